@@ -1,0 +1,294 @@
+"""The one config loader: TOML file -> validated, typed settings.
+
+Every setting has a default, so the daemon runs with no file at all. Unknown keys are errors.
+Secrets are never in the file itself: they are read from a file or an environment variable
+that the file names, and are held as `SecretStr` so they never reach a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "CAMPAIGND_CONFIG"
+SYSTEM_CONFIG = pathlib.Path("/etc/campaignd/config.toml")
+
+Role = Literal["viewer", "operator", "admin"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretSource(_Section):
+    """Where a secret comes from: exactly one of a file or an environment variable."""
+
+    file: pathlib.Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretSource:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("set exactly one of 'file' or 'env'")
+        return self
+
+    def read(self) -> SecretStr:
+        """Read the secret now; raises ConfigError naming the source when it is missing."""
+        if self.file is not None:
+            try:
+                return SecretStr(self.file.read_text(encoding="utf-8").strip())
+            except OSError as exc:
+                raise ConfigError([Problem("file", f"cannot read secret file {self.file}: {exc.strerror}")]) from exc
+        assert self.env is not None
+        value = os.environ.get(self.env)
+        if value is None:
+            raise ConfigError([Problem("env", f"environment variable {self.env} is not set")])
+        return SecretStr(value)
+
+
+class DaemonSettings(_Section):
+    """Process-wide settings."""
+
+    state_directory: pathlib.Path | None = None
+    runtime_directory: pathlib.Path | None = None
+    shutdown_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    migrate_on_start: bool = True
+
+
+class LogSettings(_Section):
+    """Logging to stdout."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class DatabaseSettings(_Section):
+    """Where campaigns are stored."""
+
+    url: str = ""
+    password: SecretSource | None = None
+    pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value:
+            return value
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            parsed = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"is not a database URL: {exc}") from None
+        if parsed.password:
+            # A password in the file would end up in backups and diffs; it comes from a secret source.
+            raise ValueError("must not contain a password; use database.password.file or .env")
+        return value
+
+
+class TlsSettings(_Section):
+    """TLS for the TCP listener; with client_ca_file, clients must present a certificate (mTLS)."""
+
+    cert_file: pathlib.Path
+    key_file: pathlib.Path
+    client_ca_file: pathlib.Path | None = None
+
+
+class TokenSettings(_Section):
+    """A bearer token and the role it grants."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    role: Role
+    secret: SecretSource
+
+
+class GrpcSettings(_Section):
+    """The API listeners."""
+
+    socket: pathlib.Path | None = None
+    socket_mode: Annotated[str, Field(pattern=r"^0?[0-7]{3}$")] = "0660"
+    tcp_address: str = ""
+    tls: TlsSettings | None = None
+    max_message_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _tcp_needs_tls(self) -> GrpcSettings:
+        if self.tcp_address and self.tls is None:
+            raise ValueError("tcp_address requires a [grpc.tls] section: the TCP listener is TLS only")
+        return self
+
+
+class AuthSettings(_Section):
+    """Bearer tokens accepted on the TCP listener. Unix-socket peers are trusted by file mode."""
+
+    tokens: list[TokenSettings] = []
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_names(cls, tokens: list[TokenSettings]) -> list[TokenSettings]:
+        names = [t.name for t in tokens]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"token names must be unique: {', '.join(duplicated)}")
+        return tokens
+
+
+class LimitSettings(_Section):
+    """Limits applied at call time; a reload changes them without a restart."""
+
+    max_page_size: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    max_watchers: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+
+class Settings(_Section):
+    """All settings of one daemon."""
+
+    daemon: DaemonSettings = DaemonSettings()
+    log: LogSettings = LogSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    grpc: GrpcSettings = GrpcSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
+
+    @property
+    def state_directory(self) -> pathlib.Path:
+        """The directory for the embedded database and other state."""
+        return self.daemon.state_directory or default_state_directory()
+
+    @property
+    def runtime_directory(self) -> pathlib.Path:
+        """The directory for the socket."""
+        return self.daemon.runtime_directory or default_runtime_directory()
+
+    @property
+    def socket_path(self) -> pathlib.Path:
+        """The Unix socket the API listens on."""
+        return self.grpc.socket or self.runtime_directory / "campaignd.sock"
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL, with the password filled in from its secret source."""
+        url = self.database.url or f"sqlite:///{self.state_directory / 'campaignd.db'}"
+        if url.startswith("postgresql:"):
+            url = "postgresql+psycopg:" + url.removeprefix("postgresql:")
+        if self.database.password is not None:
+            from sqlalchemy.engine import make_url
+
+            return make_url(url).set(password=self.database.password.read().get_secret_value()).render_as_string(
+                hide_password=False
+            )
+        return url
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a config file: the dotted key path and what is wrong."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists every reason."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+def default_state_directory() -> pathlib.Path:
+    """systemd's StateDirectory, else the XDG state home, else /var/lib for root."""
+    if env := os.environ.get("STATE_DIRECTORY"):
+        return pathlib.Path(env.split(":")[0])
+    if os.geteuid() == 0 and not os.environ.get("XDG_STATE_HOME"):
+        return pathlib.Path("/var/lib/campaignd")
+    base = os.environ.get("XDG_STATE_HOME") or str(pathlib.Path.home() / ".local" / "state")
+    return pathlib.Path(base) / "campaignd"
+
+
+def default_runtime_directory() -> pathlib.Path:
+    """systemd's RuntimeDirectory, else the XDG runtime dir, else /run for root, else /tmp."""
+    if env := os.environ.get("RUNTIME_DIRECTORY"):
+        return pathlib.Path(env.split(":")[0])
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return pathlib.Path(xdg) / "campaignd"
+    if os.geteuid() == 0:
+        return pathlib.Path("/run/campaignd")
+    return pathlib.Path(f"/tmp/campaignd-{os.geteuid()}")  # noqa: S108 - private per-user directory, mode 0700
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+        else:
+            parts.append(item)
+    return ".".join(parts) or "(top level)"
+
+
+def _problems(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        problems.append(Problem(_dotted(tuple(err["loc"])), message))
+    return problems
+
+
+def parse(data: dict[str, Any]) -> Settings:
+    """Validate a parsed TOML document; raises ConfigError listing every problem."""
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+    problems: list[Problem] = []
+    for path, source in _secret_sources(settings):
+        try:
+            source.read()
+        except ConfigError as exc:
+            problems.extend(Problem(f"{path}.{p.path}", p.message) for p in exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _secret_sources(settings: Settings) -> list[tuple[str, SecretSource]]:
+    sources = [(f"auth.tokens[{i}].secret", t.secret) for i, t in enumerate(settings.auth.tokens)]
+    if settings.database.password is not None:
+        sources.append(("database.password", settings.database.password))
+    return sources
+
+
+def load(path: pathlib.Path | None) -> Settings:
+    """Load settings from `path`, or from $CAMPAIGND_CONFIG or /etc/campaignd/config.toml when they
+    exist, or the defaults when there is no file at all."""
+    if path is None:
+        if env := os.environ.get(CONFIG_ENV):
+            path = pathlib.Path(env)
+        elif SYSTEM_CONFIG.exists():
+            path = SYSTEM_CONFIG
+        else:
+            return parse({})
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(str(path), "is not UTF-8 text")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(str(path), f"is not valid TOML: {exc}")]) from None
+    return parse(data)

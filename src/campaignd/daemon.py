@@ -1,0 +1,183 @@
+"""`campaignd`: the daemon (serve), its schema migrations (migrate), and check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from campaignd import __version__, logs
+from campaignd.api.auth import Authenticator
+from campaignd.api.server import ApiServer, SocketInUseError
+from campaignd.config import ConfigError, Settings, load
+from campaignd.sdnotify import Notifier, watchdog_interval
+from campaignd.store import migrate
+from campaignd.store.db import Database, create_engine
+
+log = logs.get("campaignd.daemon")
+
+# Exit status after a second SIGTERM cut the graceful shutdown short (128 + SIGTERM).
+EXIT_INTERRUPTED = 128 + signal.SIGTERM
+
+
+class Daemon:
+    """One running campaignd process: settings that reload can change, the database, the API."""
+
+    def __init__(self, settings: Settings, config_path: pathlib.Path | None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self.authenticator = Authenticator(settings.auth.tokens)
+        self._stop = asyncio.Event()
+        self._stopping = False
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; returns the exit status."""
+        database = open_database(self.settings, migrate_schema=self.settings.daemon.migrate_on_start)
+        api = ApiServer(self.settings, self.authenticator)
+        from campaignd.api.services import register_services
+
+        register_services(api, database, lambda: self.settings)
+        try:
+            await api.start()
+        except (SocketInUseError, RuntimeError) as exc:
+            database.close()
+            log.error("cannot listen", error=str(exc))
+            return 1
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
+        loop.add_signal_handler(signal.SIGINT, self._on_terminate)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(api)))
+        watchdog = asyncio.ensure_future(self._watchdog())
+        await api.set_serving(True)
+        log.info(
+            "serving",
+            socket=str(self.settings.socket_path),
+            tcp_port=api.tcp_port,
+            database=database.dialect,
+            version=__version__,
+        )
+        self.notifier.ready(f"serving on {self.settings.socket_path}")
+        await self._stop.wait()
+
+        self.notifier.stopping()
+        log.info("stopping", grace_seconds=self.settings.daemon.shutdown_timeout)
+        await api.set_serving(False)
+        await api.stop(self.settings.daemon.shutdown_timeout)
+        watchdog.cancel()
+        await asyncio.get_running_loop().run_in_executor(None, database.close)
+        self.notifier.close()
+        log.info("stopped")
+        return 0
+
+    def _on_terminate(self) -> None:
+        if self._stopping:
+            log.warning("second termination signal: exiting at once")
+            os._exit(EXIT_INTERRUPTED)
+        self._stopping = True
+        self._stop.set()
+
+    async def _reload(self, api: ApiServer) -> None:
+        self.notifier.reloading()
+        try:
+            new = load(self.config_path)
+            authenticator_tokens = new.auth.tokens
+            self.authenticator.set_tokens(authenticator_tokens)
+        except ConfigError as exc:
+            log.error("reload failed; keeping the running settings", problems=[str(p) for p in exc.problems])
+            self.notifier.ready("reload failed; see the log")
+            return
+        fixed = _restart_only_changes(self.settings, new)
+        if fixed:
+            log.warning("these settings take effect only after a restart", keys=fixed)
+        logs.configure(new.log.level, new.log.format)
+        self.settings = new
+        log.info("reloaded", log_level=new.log.level)
+        self.notifier.ready(f"serving on {self.settings.socket_path}")
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        # Pinging from the event loop means a blocked loop stops the pings, and systemd restarts us.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+
+def _restart_only_changes(old: Settings, new: Settings) -> list[str]:
+    changed = []
+    for section in ("daemon", "database", "grpc"):
+        if getattr(old, section) != getattr(new, section):
+            changed.append(section)
+    return changed
+
+
+def open_database(settings: Settings, *, migrate_schema: bool) -> Database:
+    """Open the configured database, migrating it first when asked; refuse an outdated schema."""
+    url = settings.database_url
+    if url.startswith("sqlite:///"):
+        settings.state_directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    engine = create_engine(url, pool_size=settings.database.pool_size)
+    if migrate_schema:
+        migrate.upgrade(engine)
+    else:
+        current, head = migrate.current_revision(engine), migrate.head_revision()
+        if current != head:
+            raise ConfigError([_schema_problem(current, head)])
+    return Database(engine)
+
+
+def _schema_problem(current: str | None, head: str) -> object:
+    from campaignd.config import Problem
+
+    return Problem("database", f"schema is at {current or 'nothing'}, this campaignd needs {head}: run `campaignd migrate`")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="campaignd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"campaignd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--config", type=pathlib.Path, help="config file (default: $CAMPAIGND_CONFIG, /etc/campaignd/config.toml, or none)")
+    mig = sub.add_parser("migrate", help="bring the database schema up to date and exit")
+    mig.add_argument("--config", type=pathlib.Path, help="config file")
+    mig.add_argument("--revision", default="head", help="target revision (default: head)")
+    check = sub.add_parser("check-config", help="validate a config file; exit 2 listing every problem")
+    check.add_argument("file", type=pathlib.Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `campaignd` command."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            settings = load(args.file)
+            print(f"{args.file}: ok")
+            return 0
+        settings = load(args.config)
+        logs.configure(settings.log.level, settings.log.format)
+        if args.command == "migrate":
+            engine = create_engine(settings.database_url)
+            if settings.database_url.startswith("sqlite:///"):
+                settings.state_directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+            before = migrate.current_revision(engine)
+            migrate.upgrade(engine, args.revision)
+            after = migrate.current_revision(engine)
+            engine.dispose()
+            print(f"schema: {before or 'empty'} -> {after}")
+            return 0
+        return asyncio.run(Daemon(settings, args.config).run())
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"campaignd: {problem}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
