@@ -14,7 +14,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_ENV = "CAMPAIGND_CONFIG"
 SYSTEM_CONFIG = pathlib.Path("/etc/campaignd/config.toml")
@@ -44,7 +52,9 @@ class SecretSource(_Section):
             try:
                 return SecretStr(self.file.read_text(encoding="utf-8").strip())
             except OSError as exc:
-                raise ConfigError([Problem("file", f"cannot read secret file {self.file}: {exc.strerror}")]) from exc
+                raise ConfigError(
+                    [Problem("file", f"cannot read secret file {self.file}: {exc.strerror}")]
+                ) from exc
         assert self.env is not None
         value = os.environ.get(self.env)
         if value is None:
@@ -183,8 +193,10 @@ class Settings(_Section):
         if self.database.password is not None:
             from sqlalchemy.engine import make_url
 
-            return make_url(url).set(password=self.database.password.read().get_secret_value()).render_as_string(
-                hide_password=False
+            return (
+                make_url(url)
+                .set(password=self.database.password.read().get_secret_value())
+                .render_as_string(hide_password=False)
             )
         return url
 
@@ -242,7 +254,9 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 def _problems(exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors():
-        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        message = (
+            "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        )
         problems.append(Problem(_dotted(tuple(err["loc"])), message))
     return problems
 

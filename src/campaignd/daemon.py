@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from campaignd import __version__, logs
 from campaignd.api.auth import Authenticator
 from campaignd.api.server import ApiServer, SocketInUseError
-from campaignd.config import ConfigError, Settings, load
+from campaignd.config import ConfigError, Problem, Settings, load
 from campaignd.sdnotify import Notifier, watchdog_interval
 from campaignd.store import migrate
 from campaignd.store.db import Database, create_engine
@@ -52,7 +52,6 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(api)))
-        watchdog = asyncio.ensure_future(self._watchdog())
         await api.set_serving(True)
         log.info(
             "serving",
@@ -62,6 +61,7 @@ class Daemon:
             version=__version__,
         )
         self.notifier.ready(f"serving on {self.settings.socket_path}")
+        watchdog = asyncio.ensure_future(self._watchdog())
         await self._stop.wait()
 
         self.notifier.stopping()
@@ -132,10 +132,11 @@ def open_database(settings: Settings, *, migrate_schema: bool) -> Database:
     return Database(engine)
 
 
-def _schema_problem(current: str | None, head: str) -> object:
-    from campaignd.config import Problem
-
-    return Problem("database", f"schema is at {current or 'nothing'}, this campaignd needs {head}: run `campaignd migrate`")
+def _schema_problem(current: str | None, head: str) -> Problem:
+    return Problem(
+        "database",
+        f"schema is at {current or 'nothing'}, this campaignd needs {head}: run `campaignd migrate`",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,7 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"campaignd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
-    serve.add_argument("--config", type=pathlib.Path, help="config file (default: $CAMPAIGND_CONFIG, /etc/campaignd/config.toml, or none)")
+    serve.add_argument(
+        "--config",
+        type=pathlib.Path,
+        help="config file (default: $CAMPAIGND_CONFIG, /etc/campaignd/config.toml, or none)",
+    )
     mig = sub.add_parser("migrate", help="bring the database schema up to date and exit")
     mig.add_argument("--config", type=pathlib.Path, help="config file")
     mig.add_argument("--revision", default="head", help="target revision (default: head)")

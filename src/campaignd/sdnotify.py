@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -27,11 +28,9 @@ class Notifier:
             return
         # A leading "@" names a socket in the abstract namespace.
         target = "\0" + self._address[1:] if self._address.startswith("@") else self._address
-        try:
+        # The manager may have gone away; the daemon keeps running regardless.
+        with contextlib.suppress(OSError):
             self._socket.sendto("\n".join(fields).encode(), target)
-        except OSError:
-            # The manager went away; the daemon keeps running regardless.
-            pass
 
     def ready(self, status: str = "") -> None:
         """READY=1: the daemon serves."""

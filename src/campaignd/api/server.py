@@ -9,10 +9,12 @@ from collections.abc import Sequence
 
 import grpc
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from campaignd.api.auth import Authenticator, AuthInterceptor
+from campaignd.api.auth import Authenticator
+from campaignd.api.interceptors import CallInterceptor
 from campaignd.config import Settings
 
 
@@ -30,8 +32,8 @@ class ApiServer:
             ("grpc.max_send_message_length", settings.grpc.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = aio.server(interceptors=[AuthInterceptor(authenticator)], options=options)
-        self.health = health.aio.HealthServicer()
+        self.server = aio.server(interceptors=[CallInterceptor(authenticator)], options=options)
+        self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         self.tcp_port: int | None = None
@@ -52,7 +54,9 @@ class ApiServer:
         try:
             self.server.add_insecure_port(f"unix:{path}")
             if self.settings.grpc.tcp_address:
-                self.tcp_port = self.server.add_secure_port(self.settings.grpc.tcp_address, _tls_credentials(self.settings))
+                self.tcp_port = self.server.add_secure_port(
+                    self.settings.grpc.tcp_address, _tls_credentials(self.settings)
+                )
             await self.server.start()
         finally:
             os.umask(old_umask)
@@ -60,7 +64,9 @@ class ApiServer:
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING for every service."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         await self._set_all(status)
 
     async def _set_all(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:

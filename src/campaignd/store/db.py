@@ -71,7 +71,9 @@ class Database:
     def __init__(self, engine: Engine, *, threads: int = 8) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self.dialect == "sqlite" else engine
+        self._writer = (
+            engine.execution_options(sqlite_begin="IMMEDIATE") if self.dialect == "sqlite" else engine
+        )
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="campaignd-db")
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:

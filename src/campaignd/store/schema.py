@@ -38,7 +38,9 @@ campaigns = sa.Table(
 channels = sa.Table(
     "channels",
     metadata,
-    sa.Column("campaign_id", sa.String(63), sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column(
+        "campaign_id", sa.String(63), sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    ),
     sa.Column("channel_id", sa.String(63), primary_key=True),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("type", sa.String(63), nullable=False),
@@ -58,7 +60,9 @@ campaign_events = sa.Table(
     "campaign_events",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("campaign_id", sa.String(63), sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "campaign_id", sa.String(63), sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False
+    ),
     sa.Column("channel_id", sa.String(63), nullable=False),
     sa.Column("operation", sa.String(32), nullable=False),
     sa.Column("from_state", sa.String(16), nullable=False),

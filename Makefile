@@ -1,0 +1,38 @@
+# Every target creates and uses .venv itself; only Python 3.11+ and make are needed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test lint proto proto-check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install
+	$(BIN)/python -m campaignd.demo
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: install
+	$(BIN)/python proto/generate.py
+
+# Regenerating the committed code must change nothing.
+proto-check: proto
+	git diff --exit-code -- src/campaignd/v1 || (echo "generated code is stale: run 'make proto' and commit" >&2; exit 1)
+	test -z "$$(git status --porcelain -- src/campaignd/v1)" || (echo "untracked generated files: run 'make proto' and commit" >&2; exit 1)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

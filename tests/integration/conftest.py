@@ -1,0 +1,147 @@
+"""The real daemon, started as a process and reached over its real Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class DaemonProcess:
+    """A `campaignd serve` process with its own state and runtime directories."""
+
+    def __init__(self, workdir: pathlib.Path, config: str, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        # Unix socket paths are limited to 108 bytes, so the runtime directory is kept short.
+        self.runtime_dir = pathlib.Path(tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
+        self.socket_path = self.runtime_dir / "campaignd.sock"
+        self.config_path = workdir / "config.toml"
+        self.log_path = workdir / "daemon.log"
+        self.write_config(config)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, extra: str) -> None:
+        """Write the config: test directories, JSON logs, then `extra` TOML."""
+        self.config_path.write_text(
+            "[daemon]\n"
+            f'state_directory = "{self.workdir / "state"}"\n'
+            f'runtime_directory = "{self.runtime_dir}"\n'
+            "shutdown_timeout = 5.0\n" + extra,
+            encoding="utf-8",
+        )
+
+    @property
+    def address(self) -> str:
+        """The gRPC target for the Unix socket."""
+        return f"unix:{self.socket_path}"
+
+    def start(self, *, wait: bool = True) -> DaemonProcess:
+        """Start the process and wait until health reports SERVING."""
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "campaignd.daemon", "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        log.close()
+        if wait:
+            self.wait_serving()
+        return self
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        """Block until the health check answers SERVING."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
+            if self.socket_path.exists():
+                try:
+                    with grpc.insecure_channel(self.address) as channel:
+                        reply = health_pb2_grpc.HealthStub(channel).Check(
+                            health_pb2.HealthCheckRequest(), timeout=1
+                        )
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"daemon not serving after {timeout}s:\n{self.log_text()}")
+
+    def channel(self) -> grpc.Channel:
+        """A new client channel to the daemon."""
+        return grpc.insecure_channel(self.address)
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send a signal to the process."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; returns its status."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int:
+        """SIGTERM and wait for the exit status."""
+        self.signal(signal.SIGTERM)
+        return self.wait(30)
+
+    def log_text(self) -> str:
+        """Everything the daemon printed."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The JSON log lines, parsed."""
+        events = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                events.append(json.loads(line))
+        return events
+
+    def cleanup(self) -> None:
+        """Kill the process if it still runs and remove the runtime directory."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+DaemonFactory = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: pathlib.Path) -> Iterator[DaemonFactory]:
+    """Make daemons (not yet started); all are killed at the end of the test."""
+    made: list[DaemonProcess] = []
+
+    def make(config: str = "", env: dict[str, str] | None = None, name: str = "d") -> DaemonProcess:
+        workdir = tmp_path / f"{name}{len(made)}"
+        workdir.mkdir()
+        daemon = DaemonProcess(workdir, config, env)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.cleanup()
+
+
+@pytest.fixture
+def daemon(daemon_factory: DaemonFactory) -> DaemonProcess:
+    """A running daemon on its embedded SQLite default."""
+    return daemon_factory().start()
