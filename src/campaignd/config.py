@@ -159,6 +159,12 @@ class LimitSettings(_Section):
     max_watchers: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
 
+class PluginSettings(_Section):
+    """Channel plugins beyond the installed distributions found through entry points."""
+
+    load: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]] = []
+
+
 class Settings(_Section):
     """All settings of one daemon."""
 
@@ -168,6 +174,7 @@ class Settings(_Section):
     grpc: GrpcSettings = GrpcSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
+    plugins: PluginSettings = PluginSettings()
 
     @property
     def state_directory(self) -> pathlib.Path:
@@ -273,6 +280,12 @@ def parse(data: dict[str, Any]) -> Settings:
             source.read()
         except ConfigError as exc:
             problems.extend(Problem(f"{path}.{p.path}", p.message) for p in exc.problems)
+    tls = settings.grpc.tls
+    if tls is not None:
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(tls, key)
+            if path is not None and not os.access(path, os.R_OK):
+                problems.append(Problem(f"grpc.tls.{key}", f"cannot read {path}"))
     if problems:
         raise ConfigError(problems)
     return settings

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from campaignd import __version__, logs
 from campaignd.api.auth import Authenticator
 from campaignd.api.server import ApiServer, SocketInUseError
+from campaignd.api.services import Services
 from campaignd.config import ConfigError, Problem, Settings, load
+from campaignd.plugin.manager import PluginError
 from campaignd.sdnotify import Notifier, watchdog_interval
 from campaignd.store import migrate
 from campaignd.store.db import Database, create_engine
@@ -39,9 +41,12 @@ class Daemon:
         """Serve until SIGTERM or SIGINT; returns the exit status."""
         database = open_database(self.settings, migrate_schema=self.settings.daemon.migrate_on_start)
         api = ApiServer(self.settings, self.authenticator)
-        from campaignd.api.services import register_services
-
-        register_services(api, database, lambda: self.settings)
+        try:
+            services = Services(api, database, lambda: self.settings)
+        except PluginError as exc:
+            database.close()
+            log.error("cannot load plugins", error=str(exc))
+            return 1
         try:
             await api.start()
         except (SocketInUseError, RuntimeError) as exc:
@@ -67,6 +72,7 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping", grace_seconds=self.settings.daemon.shutdown_timeout)
         await api.set_serving(False)
+        services.close()
         await api.stop(self.settings.daemon.shutdown_timeout)
         watchdog.cancel()
         await asyncio.get_running_loop().run_in_executor(None, database.close)
@@ -93,9 +99,12 @@ class Daemon:
             return
         fixed = _restart_only_changes(self.settings, new)
         if fixed:
-            log.warning("these settings take effect only after a restart", keys=fixed)
+            log.warning("these settings take effect only after a restart", sections=fixed)
         logs.configure(new.log.level, new.log.format)
-        self.settings = new
+        # Only what can change live is taken; the rest keeps its running value until a restart.
+        self.settings = new.model_copy(
+            update={section: getattr(self.settings, section) for section in RESTART_ONLY}
+        )
         log.info("reloaded", log_level=new.log.level)
         self.notifier.ready(f"serving on {self.settings.socket_path}")
 
@@ -109,12 +118,11 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
+RESTART_ONLY = ("daemon", "database", "grpc", "plugins")
+
+
 def _restart_only_changes(old: Settings, new: Settings) -> list[str]:
-    changed = []
-    for section in ("daemon", "database", "grpc"):
-        if getattr(old, section) != getattr(new, section):
-            changed.append(section)
-    return changed
+    return [section for section in RESTART_ONLY if getattr(old, section) != getattr(new, section)]
 
 
 def open_database(settings: Settings, *, migrate_schema: bool) -> Database:

@@ -27,7 +27,7 @@ def _wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 
             with grpc.insecure_channel(address) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return reply.status
+                return int(reply.status)
         except grpc.RpcError:
             pass
         time.sleep(0.1)
