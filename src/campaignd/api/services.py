@@ -1,13 +1,31 @@
-"""Which services the daemon serves."""
+"""Which services the daemon serves, and what they share."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from campaignd.api.campaigns import CampaignService
 from campaignd.api.server import ApiServer
+from campaignd.campaigns import CampaignManager
+from campaignd.changes import ChangeHub
 from campaignd.config import Settings
+from campaignd.plugin.manager import Plugins
 from campaignd.store.db import Database
+from campaignd.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 
 
-def register_services(api: ApiServer, database: Database, settings: Callable[[], Settings]) -> None:
-    """Add every campaignd service to the server."""
+class Services:
+    """The servicers of one daemon and the state they share."""
+
+    def __init__(self, api: ApiServer, database: Database, settings: Callable[[], Settings]) -> None:
+        self.plugins = Plugins(settings().plugins.load)
+        self.hub = ChangeHub()
+        self.campaigns = CampaignManager(database, self.plugins, self.hub)
+        campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
+            CampaignService(self.campaigns, settings), api.server
+        )
+        api.add_service(campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name)
+
+    def close(self) -> None:
+        """End the watch streams, so that shutdown does not wait on them."""
+        self.hub.close()

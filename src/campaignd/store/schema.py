@@ -29,10 +29,14 @@ campaigns = sa.Table(
     sa.Column("guard", sa.JSON, nullable=False),
     sa.Column("attestation", sa.JSON),
     sa.Column("archived", sa.Boolean, nullable=False),
+    # Derived from the channels' states by lifecycle.derive_campaign_state, kept in step in the
+    # same transaction as any channel change, so that lists can filter on it.
+    sa.Column("state", sa.String(16), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("update_time", UTCDateTime, nullable=False),
     sa.Index("ix_campaigns_create_time_id", "create_time", "id"),
+    sa.Index("ix_campaigns_state", "state"),
 )
 
 channels = sa.Table(

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("guard", sa.JSON(), nullable=False),
         sa.Column("attestation", sa.JSON(), nullable=True),
         sa.Column("archived", sa.Boolean(), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("create_time", campaignd.store.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("update_time", campaignd.store.db.UTCDateTime(timezone=True), nullable=False),
@@ -44,6 +45,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("campaigns", schema=None) as batch_op:
         batch_op.create_index("ix_campaigns_create_time_id", ["create_time", "id"], unique=False)
+        batch_op.create_index("ix_campaigns_state", ["state"], unique=False)
 
     op.create_table(
         "campaign_events",
@@ -108,6 +110,7 @@ def downgrade() -> None:
 
     op.drop_table("campaign_events")
     with op.batch_alter_table("campaigns", schema=None) as batch_op:
+        batch_op.drop_index("ix_campaigns_state")
         batch_op.drop_index("ix_campaigns_create_time_id")
 
     op.drop_table("campaigns")

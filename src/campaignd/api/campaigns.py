@@ -1,0 +1,445 @@
+"""CampaignService: validates requests, calls CampaignManager, answers with resources."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from grpc import aio
+
+from campaignd import errors
+from campaignd.api import convert
+from campaignd.api.auth import current_principal
+from campaignd.api.convert import Violations, campaign_id_from_name
+from campaignd.api.errors import streaming, unary
+from campaignd.campaigns import Caller, CampaignManager
+from campaignd.config import Settings
+from campaignd.errors import ApiError, Code
+from campaignd.lifecycle import CampaignState, ChannelState, Operation
+from campaignd.plugin.manager import Plugins
+from campaignd.store.campaigns import CampaignFilter, CampaignRecord, ChannelRecord
+from campaignd.v1 import campaign_service_pb2 as svc
+from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
+from campaignd.v1 import resources_pb2 as pb
+
+Context = aio.ServicerContext[Any, Any]
+UPDATABLE = frozenset({"display_name", "labels", "audience", "time_zone", "guard", "channels"})
+
+
+def _caller(request_id: str) -> Caller:
+    return Caller(actor=current_principal.get().name, request_id=request_id)
+
+
+def _encode(record: CampaignRecord) -> bytes:
+    return convert.campaign_message(record).SerializeToString()
+
+
+def _campaign(data: bytes) -> pb.Campaign:
+    return pb.Campaign.FromString(data)
+
+
+def _new_id() -> str:
+    return "c" + secrets.token_hex(8)
+
+
+def _time(message: timestamp_pb2.Timestamp) -> dt.datetime:
+    return message.ToDatetime(tzinfo=dt.UTC)
+
+
+class CampaignService(svc_grpc.CampaignServiceServicer):
+    """The gRPC face of campaign management."""
+
+    def __init__(self, manager: CampaignManager, settings: Callable[[], Settings]) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.watchers = 0
+
+    @property
+    def plugins(self) -> Plugins:
+        """The loaded channel plugins."""
+        return self.manager.plugins
+
+    # -- resources ----------------------------------------------------------------------------
+
+    @unary
+    async def CreateCampaign(self, request: svc.CreateCampaignRequest, context: Context) -> pb.Campaign:
+        v = Violations()
+        campaign_id = request.campaign_id or _new_id()
+        if request.campaign_id and not convert.ID.match(request.campaign_id):
+            v.add("campaign_id", "must be 1-63 characters of [a-z0-9-] starting with a letter")
+        v.request_id("request_id", request.request_id)
+        if not request.HasField("campaign"):
+            v.add("campaign", "required")
+        record = convert.campaign_record(v, request.campaign, campaign_id, self.plugins)
+        v.raise_if_any()
+        return _campaign(await self.manager.create(record, _caller(request.request_id), _encode))
+
+    @unary
+    async def GetCampaign(self, request: svc.GetCampaignRequest, context: Context) -> pb.Campaign:
+        record = await self.manager.get(campaign_id_from_name(request.name))
+        return convert.campaign_message(record)
+
+    @unary
+    async def ListCampaigns(
+        self, request: svc.ListCampaignsRequest, context: Context
+    ) -> svc.ListCampaignsResponse:
+        v = Violations()
+        states = set()
+        for index, value in enumerate(request.states):
+            if value not in pb.Campaign.State.values() or value == pb.Campaign.STATE_UNSPECIFIED:
+                v.add(f"states[{index}]", f"unknown state {value}")
+            else:
+                states.add(CampaignState[pb.Campaign.State.Name(value)])
+        v.text("channel_type", request.channel_type, max_length=63)
+        for key, label in request.labels.items():
+            v.text(f"labels[{key[:70]}]", key + label, max_length=126)
+        size = convert.page_size(v, "page_size", request.page_size, 50, self.settings().limits.max_page_size)
+        selection = CampaignFilter(
+            frozenset(states),
+            request.channel_type,
+            dict(sorted(request.labels.items())),
+            request.show_archived,
+        )
+        position = convert.decode_token(v, "page_token", request.page_token, selection)
+        v.raise_if_any()
+        after = None
+        if position is not None:
+            after = (dt.datetime.fromisoformat(position["t"]), str(position["i"]))
+        records = await self.manager.list_campaigns(selection, after, size + 1)
+        response = svc.ListCampaignsResponse(campaigns=[convert.campaign_message(r) for r in records[:size]])
+        if len(records) > size:
+            last = records[size - 1]
+            response.next_page_token = convert.encode_token(
+                {"t": last.create_time.isoformat(), "i": last.id}, selection
+            )
+        return response
+
+    @unary
+    async def UpdateCampaign(self, request: svc.UpdateCampaignRequest, context: Context) -> pb.Campaign:
+        v = Violations()
+        campaign_id = campaign_id_from_name(request.campaign.name, "campaign.name")
+        paths = list(request.update_mask.paths)
+        if not paths:
+            v.add("update_mask", f"required: name the fields to change, of {sorted(UPDATABLE)}")
+        for index, path in enumerate(paths):
+            if path not in UPDATABLE:
+                v.add(
+                    f"update_mask.paths[{index}]", f"cannot update {path!r}; updatable: {sorted(UPDATABLE)}"
+                )
+        v.request_id("request_id", request.request_id)
+        v.etag("campaign.etag", request.campaign.etag)
+        fields = frozenset(paths) & UPDATABLE
+        changes = convert.campaign_record(v, request.campaign, campaign_id, self.plugins, fields=fields)
+        v.raise_if_any()
+        data = await self.manager.update(
+            campaign_id, changes, fields, request.campaign.etag, _caller(request.request_id), _encode
+        )
+        return _campaign(data)
+
+    @unary
+    async def DeleteCampaign(
+        self, request: svc.DeleteCampaignRequest, context: Context
+    ) -> svc.DeleteCampaignResponse:
+        campaign_id = self._common(request.name, "", request.etag, request.request_id)
+
+        def encode(name: str) -> bytes:
+            return svc.DeleteCampaignResponse(name=name).SerializeToString()
+
+        data = await self.manager.delete(
+            campaign_id, request.force, request.etag, _caller(request.request_id), encode
+        )
+        return svc.DeleteCampaignResponse.FromString(data)
+
+    def _common(
+        self, name: str, channel_id: str, etag: str, request_id: str, v: Violations | None = None
+    ) -> str:
+        v = v or Violations()
+        try:
+            campaign_id = campaign_id_from_name(name)
+        except ApiError as exc:
+            v.found.extend(exc.violations)
+            campaign_id = ""
+        convert.check_channel_id(v, "channel_id", channel_id)
+        v.etag("etag", etag)
+        v.request_id("request_id", request_id)
+        v.raise_if_any()
+        return campaign_id
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def _transition(
+        self,
+        method: str,
+        operation: Operation,
+        request: Any,
+        *,
+        reason: str = "",
+        v: Violations | None = None,
+        before_commit: Callable[[CampaignRecord, list[ChannelRecord]], None] | None = None,
+    ) -> pb.Campaign:
+        v = v or Violations()
+        v.text("reason", reason, max_length=MAX_REASON)
+        campaign_id = self._common(request.name, request.channel_id, request.etag, request.request_id, v)
+        data = await self.manager.transition(
+            method,
+            operation,
+            campaign_id,
+            request.channel_id,
+            request.etag,
+            _caller(request.request_id),
+            _encode,
+            reason=reason,
+            before_commit=before_commit,
+        )
+        return _campaign(data)
+
+    @unary
+    async def ScheduleCampaign(self, request: svc.ScheduleCampaignRequest, context: Context) -> pb.Campaign:
+        v = Violations()
+        now = self.manager.clock.now()
+        if not request.HasField("schedule_time"):
+            v.add("schedule_time", "required")
+        elif _time(request.schedule_time) <= now:
+            v.add("schedule_time", "must be in the future")
+        attestation = convert.attestation(
+            v, request.attestation, request.HasField("attestation"), "attestation", now
+        )
+
+        def prepare(record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            self.manager.check_launchable(record, chosen)
+            record.attestation = attestation
+            for channel in chosen:
+                channel.schedule_time = _time(request.schedule_time)
+
+        return await self._transition(
+            "ScheduleCampaign", Operation.SCHEDULE, request, v=v, before_commit=prepare
+        )
+
+    @unary
+    async def UnscheduleCampaign(
+        self, request: svc.UnscheduleCampaignRequest, context: Context
+    ) -> pb.Campaign:
+        def clear(record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            for channel in chosen:
+                channel.schedule_time = None
+
+        return await self._transition(
+            "UnscheduleCampaign", Operation.UNSCHEDULE, request, before_commit=clear
+        )
+
+    @unary
+    async def LaunchCampaign(self, request: svc.LaunchCampaignRequest, context: Context) -> pb.Campaign:
+        v = Violations()
+        attestation = convert.attestation(
+            v, request.attestation, request.HasField("attestation"), "attestation", self.manager.clock.now()
+        )
+
+        def prepare(record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            self.manager.check_launchable(record, chosen)
+            record.attestation = attestation
+            for channel in chosen:
+                channel.schedule_time = None
+
+        return await self._transition("LaunchCampaign", Operation.LAUNCH, request, v=v, before_commit=prepare)
+
+    @unary
+    async def PauseCampaign(self, request: svc.PauseCampaignRequest, context: Context) -> pb.Campaign:
+        return await self._transition("PauseCampaign", Operation.PAUSE, request, reason=request.reason)
+
+    @unary
+    async def ResumeCampaign(self, request: svc.ResumeCampaignRequest, context: Context) -> pb.Campaign:
+        return await self._transition("ResumeCampaign", Operation.RESUME, request, reason=request.reason)
+
+    @unary
+    async def StopCampaign(self, request: svc.StopCampaignRequest, context: Context) -> pb.Campaign:
+        return await self._transition("StopCampaign", Operation.STOP, request, reason=request.reason)
+
+    @unary
+    async def RestartCampaign(self, request: svc.RestartCampaignRequest, context: Context) -> pb.Campaign:
+        return await self._transition("RestartCampaign", Operation.RESTART, request, reason=request.reason)
+
+    @unary
+    async def RetryFailedMessages(
+        self, request: svc.RetryFailedMessagesRequest, context: Context
+    ) -> pb.Campaign:
+        return await self._transition("RetryFailedMessages", Operation.RETRY_FAILED, request)
+
+    @unary
+    async def ArchiveCampaign(self, request: svc.ArchiveCampaignRequest, context: Context) -> pb.Campaign:
+        campaign_id = self._common(request.name, "", request.etag, request.request_id)
+        return _campaign(
+            await self.manager.archive(campaign_id, True, request.etag, _caller(request.request_id), _encode)
+        )
+
+    @unary
+    async def UnarchiveCampaign(self, request: svc.UnarchiveCampaignRequest, context: Context) -> pb.Campaign:
+        campaign_id = self._common(request.name, "", request.etag, request.request_id)
+        return _campaign(
+            await self.manager.archive(campaign_id, False, request.etag, _caller(request.request_id), _encode)
+        )
+
+    @unary
+    async def DuplicateCampaign(self, request: svc.DuplicateCampaignRequest, context: Context) -> pb.Campaign:
+        v = Violations()
+        if request.campaign_id and not convert.ID.match(request.campaign_id):
+            v.add("campaign_id", "must be 1-63 characters of [a-z0-9-] starting with a letter")
+        v.text("display_name", request.display_name, max_length=200)
+        campaign_id = self._common(request.name, "", "", request.request_id, v)
+        data = await self.manager.duplicate(
+            campaign_id,
+            request.campaign_id or _new_id(),
+            request.display_name,
+            _caller(request.request_id),
+            _encode,
+        )
+        return _campaign(data)
+
+    @unary
+    async def AddChannel(self, request: svc.AddChannelRequest, context: Context) -> pb.Campaign:
+        v = Violations()
+        if not request.HasField("channel"):
+            v.add("channel", "required")
+        channel = convert.channel_record(v, request.channel, self.plugins, path="channel")
+        campaign_id = self._common(request.name, "", request.etag, request.request_id, v)
+        data = await self.manager.add_channel(
+            campaign_id, channel, request.etag, _caller(request.request_id), _encode
+        )
+        return _campaign(data)
+
+    # -- sending-related reads ------------------------------------------------------------------
+
+    @unary
+    async def SendTestMessage(
+        self, request: svc.SendTestMessageRequest, context: Context
+    ) -> svc.SendTestMessageResponse:
+        v = Violations()
+        convert.check_channel_id(v, "channel_id", request.channel_id, required=True)
+        if not request.addresses:
+            v.add("addresses", "required: at least one address")
+        if len(request.addresses) > 10:
+            v.add("addresses", "at most 10 addresses")
+        for index, address in enumerate(request.addresses):
+            v.text(f"addresses[{index}]", address, max_length=320, required=True)
+        campaign_id = self._common(request.name, "", "", "", v)
+        record = await self.manager.get(campaign_id)
+        [(channel, _)] = self.manager.decide(record, Operation.TEST_SEND, request.channel_id)
+        raise ApiError(
+            Code.UNIMPLEMENTED,
+            "NO_SENDING_CHANNEL",
+            f"channel type {channel.type!r} cannot send test messages yet",
+        )
+
+    @unary
+    async def EstimateRecipients(
+        self, request: svc.EstimateRecipientsRequest, context: Context
+    ) -> svc.EstimateRecipientsResponse:
+        campaign_id = self._common(request.name, request.channel_id, "", "")
+        record = await self.manager.get(campaign_id)
+        chosen = self.manager.decide(record, Operation.ESTIMATE, request.channel_id)
+        # No contact store exists yet, so every audience resolves to nobody.
+        return svc.EstimateRecipientsResponse(channels={c.channel_id: pb.AudienceCounts() for c, _ in chosen})
+
+    @unary
+    async def GetCampaignReport(
+        self, request: svc.GetCampaignReportRequest, context: Context
+    ) -> pb.CampaignReport:
+        record = await self.manager.get(campaign_id_from_name(request.name))
+        return _report(record, self.manager.clock.now())
+
+    @unary
+    async def ListMessages(
+        self, request: svc.ListMessagesRequest, context: Context
+    ) -> svc.ListMessagesResponse:
+        v = Violations()
+        campaign_id = campaign_id_from_name(request.parent, "parent")
+        convert.check_channel_id(v, "channel_id", request.channel_id)
+        for index, value in enumerate(request.states):
+            if value not in pb.Message.State.values() or value == pb.Message.STATE_UNSPECIFIED:
+                v.add(f"states[{index}]", f"unknown state {value}")
+        v.text("reason", request.reason, max_length=100)
+        convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
+        convert.decode_token(v, "page_token", request.page_token, (campaign_id, request.channel_id))
+        v.raise_if_any()
+        record = await self.manager.get(campaign_id)
+        if request.channel_id and record.channel(request.channel_id) is None:
+            raise errors.not_found(f"{record.name}/channels/{request.channel_id}")
+        # Messages are frozen at launch by recipient resolution; until then a campaign has none.
+        return svc.ListMessagesResponse()
+
+    @unary
+    async def ListCampaignHistory(
+        self, request: svc.ListCampaignHistoryRequest, context: Context
+    ) -> svc.ListCampaignHistoryResponse:
+        v = Violations()
+        campaign_id = campaign_id_from_name(request.parent, "parent")
+        size = convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
+        position = convert.decode_token(v, "page_token", request.page_token, campaign_id)
+        v.raise_if_any()
+        after = int(position["a"]) if position is not None else 0
+        events = await self.manager.history(campaign_id, after, size + 1)
+        response = svc.ListCampaignHistoryResponse(events=[convert.event_message(e) for e in events[:size]])
+        if len(events) > size:
+            response.next_page_token = convert.encode_token({"a": events[size - 1].sequence}, campaign_id)
+        return response
+
+    @streaming
+    async def WatchCampaign(
+        self, request: svc.WatchCampaignRequest, context: Context
+    ) -> AsyncIterator[svc.WatchCampaignResponse]:
+        campaign_id = campaign_id_from_name(request.name)
+        if self.watchers >= self.settings().limits.max_watchers:
+            raise ApiError(
+                Code.RESOURCE_EXHAUSTED, "TOO_MANY_WATCHERS", "too many WatchCampaign streams are open"
+            )
+        self.watchers += 1
+        hub = self.manager.hub
+        try:
+            previous = b""
+            snapshot = True
+            while not hub.closed:
+                changed = hub.subscribe(campaign_id)
+                try:
+                    record = await self.manager.get(campaign_id)
+                except ApiError:
+                    if snapshot:
+                        raise
+                    return  # deleted while watched: the stream ends
+                now = self.manager.clock.now()
+                campaign = convert.campaign_message(record)
+                report = _report(record, now)
+                body = campaign.SerializeToString() + report.SerializeToString(deterministic=True)
+                if snapshot or body != previous:
+                    update = svc.WatchCampaignResponse(
+                        campaign=campaign, report=report, snapshot=snapshot, time=convert.timestamp(now)
+                    )
+                    yield update
+                previous, snapshot = body, False
+                # While anything may change, look again every second even without a wake-up.
+                await hub.wait(changed, 1.0)
+        finally:
+            self.watchers -= 1
+
+
+MAX_REASON = 1000
+
+
+def _report(record: CampaignRecord, now: dt.datetime) -> pb.CampaignReport:
+    return pb.CampaignReport(
+        campaign=record.name,
+        state=pb.Campaign.State.Value(record.state.name),
+        totals=pb.Progress(),
+        channels=[
+            pb.ChannelReport(
+                channel_id=c.channel_id,
+                type=c.type,
+                state=pb.Channel.State.Value(ChannelState(c.state).name),
+                progress=pb.Progress(),
+                audience=pb.AudienceCounts(),
+            )
+            for c in record.channels
+        ],
+        report_time=convert.timestamp(now),
+    )

@@ -1,0 +1,409 @@
+"""Requests in, records out: validation of every API input with field paths, and conversions."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import re
+import zoneinfo
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from campaignd.errors import FieldViolation, invalid_argument
+from campaignd.lifecycle import ChannelState, MessageState
+from campaignd.plugin.manager import Plugins
+from campaignd.store.campaigns import CampaignRecord, ChannelRecord, Event
+from campaignd.v1 import resources_pb2 as pb
+
+ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+LIST_NAME = re.compile(r"^lists/[a-z][a-z0-9-]{0,62}$")
+SEGMENT_NAME = re.compile(r"^segments/[a-z][a-z0-9-]{0,62}$")
+HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+TRANSPORT = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+MAX_CHANNELS = 16
+MAX_AUDIENCE_ENTRIES = 100
+MAX_LABELS = 64
+MAX_CONTENT_BYTES = 256 * 1024
+MAX_TEXT = 1000
+OUTCOMES = frozenset(s.value for s in MessageState) | {
+    "answered",
+    "busy",
+    "no_answer",
+    "unreachable",
+    "not_opened",
+}
+
+
+class Violations:
+    """Collects every problem of a request so that all are reported at once."""
+
+    def __init__(self) -> None:
+        self.found: list[FieldViolation] = []
+
+    def add(self, path: str, description: str) -> None:
+        """Record one problem."""
+        self.found.append(FieldViolation(path, description))
+
+    def raise_if_any(self) -> None:
+        """INVALID_ARGUMENT with every problem found so far."""
+        if self.found:
+            raise invalid_argument(self.found)
+
+    def text(self, path: str, value: str, *, max_length: int = MAX_TEXT, required: bool = False) -> None:
+        """A free-text field: length bound, no control characters."""
+        if required and not value.strip():
+            self.add(path, "required")
+        elif len(value) > max_length:
+            self.add(path, f"longer than {max_length} characters")
+        elif any(ord(ch) < 32 and ch not in "\t" for ch in value):
+            self.add(path, "contains control characters")
+
+    def request_id(self, path: str, value: str) -> None:
+        """An idempotency key: optional, 1-100 characters of [A-Za-z0-9_.:-]."""
+        if value and not REQUEST_ID.match(value):
+            self.add(path, "must be 1-100 characters of letters, digits and _.:-")
+
+    def etag(self, path: str, value: str) -> None:
+        """An etag as the server sent it."""
+        if len(value) > 100:
+            self.add(path, "longer than 100 characters")
+
+
+def campaign_id_from_name(name: str, path: str = "name") -> str:
+    """The id in `campaigns/{id}`, or INVALID_ARGUMENT naming `path`."""
+    campaign_id = name.removeprefix("campaigns/") if name.startswith("campaigns/") else None
+    if campaign_id is None or not ID.match(campaign_id):
+        raise invalid_argument(
+            [
+                FieldViolation(
+                    path, "must be campaigns/{id} with an id of 1-63 [a-z0-9-] starting with a letter"
+                )
+            ]
+        )
+    return campaign_id
+
+
+def check_channel_id(v: Violations, path: str, channel_id: str, *, required: bool = False) -> None:
+    """A channel id: 1-63 characters of [a-z0-9-] starting with a letter."""
+    if not channel_id:
+        if required:
+            v.add(path, "required")
+    elif not ID.match(channel_id):
+        v.add(path, "must be 1-63 characters of [a-z0-9-] starting with a letter")
+
+
+def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A protobuf Timestamp, or None."""
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+# -- records -> messages ---------------------------------------------------------------------
+
+
+def campaign_message(record: CampaignRecord) -> pb.Campaign:
+    """The Campaign resource for a stored campaign."""
+    message = pb.Campaign(
+        name=record.name,
+        display_name=record.display_name,
+        labels=record.labels,
+        audience=pb.Audience(**{k: record.audience.get(k, []) for k in _AUDIENCE_KEYS}),
+        state=pb.Campaign.State.Value(record.state.name),
+        archived=record.archived,
+        etag=record.etag,
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+        time_zone=record.time_zone,
+        guard=pb.GuardSettings(**record.guard),
+        channels=[channel_message(c) for c in record.channels],
+    )
+    if record.attestation:
+        message.attestation.CopyFrom(
+            pb.ConsentAttestation(
+                accepted_by=record.attestation["accepted_by"],
+                terms_version=record.attestation["terms_version"],
+                accept_time=timestamp(dt.datetime.fromisoformat(record.attestation["accept_time"])),
+            )
+        )
+    return message
+
+
+def channel_message(channel: ChannelRecord) -> pb.Channel:
+    """The Channel message for a stored channel."""
+    content = struct_pb2.Struct()
+    content.update(channel.content)
+    message = pb.Channel(
+        channel_id=channel.channel_id,
+        type=channel.type,
+        state=pb.Channel.State.Value(channel.state.name),
+        content=content,
+        transports=[pb.TransportShare(**t) for t in channel.transports],
+        rate_limit=channel.rate_limit,
+        schedule_time=timestamp(channel.schedule_time),
+        state_time=timestamp(channel.state_time),
+    )
+    if channel.send_window is not None:
+        message.send_window.CopyFrom(pb.SendWindow(**channel.send_window))
+    if channel.error is not None:
+        message.error.CopyFrom(
+            pb.ChannelError(code=channel.error.get("code", ""), message=channel.error.get("message", ""))
+        )
+    if channel.remarketing is not None:
+        message.remarketing.CopyFrom(pb.RemarketingSource(**channel.remarketing))
+    return message
+
+
+def event_message(event: Event) -> pb.CampaignEvent:
+    """A history entry."""
+    return pb.CampaignEvent(
+        sequence=event.sequence,
+        channel_id=event.channel_id,
+        operation=event.operation,
+        from_state=_channel_state_value(event.from_state),
+        to_state=_channel_state_value(event.to_state),
+        actor=event.actor,
+        cause=pb.CampaignEvent.Cause.Value(event.cause.upper()),
+        reason=event.reason,
+        time=timestamp(event.time),
+        request_id=event.request_id,
+    )
+
+
+def _channel_state_value(state: str) -> pb.Channel.State.ValueType:
+    return pb.Channel.State.Value(ChannelState(state).name) if state else pb.Channel.STATE_UNSPECIFIED
+
+
+# -- messages -> records ---------------------------------------------------------------------
+
+_AUDIENCE_KEYS = ("target_lists", "target_segments", "exclude_lists", "exclude_segments")
+
+
+def campaign_record(
+    v: Violations,
+    message: pb.Campaign,
+    campaign_id: str,
+    plugins: Plugins,
+    *,
+    path: str = "campaign",
+    fields: Iterable[str] | None = None,
+) -> CampaignRecord:
+    """Validate the writable fields of `message` (only `fields` when given) into a record."""
+    wanted = set(fields) if fields is not None else None
+
+    def check(name: str) -> bool:
+        return wanted is None or name in wanted
+
+    if check("display_name"):
+        v.text(f"{path}.display_name", message.display_name, max_length=200, required=True)
+    if check("labels"):
+        _check_labels(v, f"{path}.labels", message.labels)
+    if check("audience"):
+        _check_audience(v, f"{path}.audience", message.audience)
+    if check("time_zone") and message.time_zone:
+        _check_time_zone(v, f"{path}.time_zone", message.time_zone)
+    if check("guard"):
+        if not 0 <= message.guard.max_failure_percent <= 100:
+            v.add(f"{path}.guard.max_failure_percent", "must be between 0 and 100")
+        if message.guard.min_sends < 0:
+            v.add(f"{path}.guard.min_sends", "must not be negative")
+    channels: list[ChannelRecord] = []
+    if check("channels"):
+        if len(message.channels) > MAX_CHANNELS:
+            v.add(f"{path}.channels", f"at most {MAX_CHANNELS} channels")
+        seen: set[str] = set()
+        for index, channel in enumerate(message.channels[:MAX_CHANNELS]):
+            channel_path = f"{path}.channels[{index}]"
+            if channel.channel_id in seen:
+                v.add(f"{channel_path}.channel_id", f"duplicate channel id {channel.channel_id!r}")
+            seen.add(channel.channel_id)
+            channels.append(
+                channel_record(v, channel, plugins, path=channel_path, type_required=wanted is None)
+            )
+    now = dt.datetime.now(dt.UTC)
+    return CampaignRecord(
+        id=campaign_id,
+        display_name=message.display_name,
+        labels=dict(message.labels),
+        audience={k: list(getattr(message.audience, k)) for k in _AUDIENCE_KEYS},
+        time_zone=message.time_zone or "UTC",
+        guard={
+            "max_failure_percent": message.guard.max_failure_percent,
+            "min_sends": message.guard.min_sends,
+        },
+        archived=False,
+        version=0,
+        create_time=now,
+        update_time=now,
+        channels=channels,
+    )
+
+
+def channel_record(
+    v: Violations, message: pb.Channel, plugins: Plugins, *, path: str, type_required: bool = True
+) -> ChannelRecord:
+    """Validate a Channel message into a record (state DRAFT)."""
+    check_channel_id(v, f"{path}.channel_id", message.channel_id, required=True)
+    if message.type or type_required:
+        if not message.type:
+            v.add(f"{path}.type", "required")
+        elif message.type not in plugins.types:
+            v.add(f"{path}.type", f"unknown channel type {message.type!r}; loaded: {sorted(plugins.types)}")
+    content = json_format.MessageToDict(message.content) if message.HasField("content") else {}
+    if len(json.dumps(content)) > MAX_CONTENT_BYTES:
+        v.add(f"{path}.content", f"larger than {MAX_CONTENT_BYTES} bytes")
+    elif message.type in plugins.types:
+        for problem in plugins.validate(message.type, content, launching=False):
+            v.add(f"{path}.content.{problem.field}", problem.description)
+    _check_transports(v, f"{path}.transports", message.transports)
+    if not 0 <= message.rate_limit <= 1_000_000:
+        v.add(f"{path}.rate_limit", "must be between 0 and 1000000 messages per second")
+    send_window = None
+    if message.HasField("send_window"):
+        send_window = _check_send_window(v, f"{path}.send_window", message.send_window)
+    remarketing = None
+    if message.HasField("remarketing"):
+        remarketing = _check_remarketing(v, f"{path}.remarketing", message.remarketing)
+    return ChannelRecord(
+        channel_id=message.channel_id,
+        type=message.type,
+        state=ChannelState.DRAFT,
+        content=content,
+        transports=[{"transport": t.transport, "percent": t.percent} for t in message.transports],
+        rate_limit=message.rate_limit,
+        state_time=dt.datetime.now(dt.UTC),
+        send_window=send_window,
+        remarketing=remarketing,
+    )
+
+
+def _check_labels(v: Violations, path: str, labels: Mapping[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        v.add(path, f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key):
+            v.add(f"{path}[{key[:70]}]", "keys are 1-63 characters of [a-z0-9_.-] starting with a letter")
+        if len(value) > 63 or any(ord(ch) < 32 for ch in value):
+            v.add(f"{path}[{key[:70]}]", "values are at most 63 printable characters")
+
+
+def _check_audience(v: Violations, path: str, audience: pb.Audience) -> None:
+    for key in _AUDIENCE_KEYS:
+        entries = list(getattr(audience, key))
+        pattern = LIST_NAME if key.endswith("lists") else SEGMENT_NAME
+        if len(entries) > MAX_AUDIENCE_ENTRIES:
+            v.add(f"{path}.{key}", f"at most {MAX_AUDIENCE_ENTRIES} entries")
+        for index, entry in enumerate(entries[:MAX_AUDIENCE_ENTRIES]):
+            if not pattern.match(entry):
+                kind = "lists" if key.endswith("lists") else "segments"
+                v.add(f"{path}.{key}[{index}]", f"must be {kind}/{{id}}")
+        if len(set(entries)) != len(entries):
+            v.add(f"{path}.{key}", "contains duplicates")
+
+
+def _check_time_zone(v: Violations, path: str, name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        v.add(path, f"unknown IANA time zone {name[:64]!r}")
+
+
+def _check_transports(v: Violations, path: str, shares: Sequence[pb.TransportShare]) -> None:
+    names = [s.transport for s in shares]
+    for index, share in enumerate(shares):
+        if not TRANSPORT.match(share.transport):
+            v.add(f"{path}[{index}].transport", "must be a transport name from the daemon's configuration")
+        if not 1 <= share.percent <= 100:
+            v.add(f"{path}[{index}].percent", "must be between 1 and 100")
+    if shares and sum(s.percent for s in shares) != 100:
+        v.add(path, "percentages must add up to 100")
+    if len(set(names)) != len(names):
+        v.add(path, "names a transport twice")
+
+
+def _check_send_window(v: Violations, path: str, window: pb.SendWindow) -> dict[str, Any]:
+    for index, day in enumerate(window.days):
+        if not 1 <= day <= 7:
+            v.add(f"{path}.days[{index}]", "must be 1 (Monday) to 7 (Sunday)")
+    for name in ("start_time", "end_time"):
+        if not HHMM.match(getattr(window, name)):
+            v.add(f"{path}.{name}", "must be HH:MM")
+    if window.start_time and window.start_time == window.end_time:
+        v.add(path, "start_time and end_time must differ")
+    return {"days": sorted(set(window.days)), "start_time": window.start_time, "end_time": window.end_time}
+
+
+def _check_remarketing(v: Violations, path: str, source: pb.RemarketingSource) -> dict[str, Any]:
+    if not source.campaign.startswith("campaigns/") or not ID.match(
+        source.campaign.removeprefix("campaigns/")
+    ):
+        v.add(f"{path}.campaign", "must be campaigns/{id}")
+    check_channel_id(v, f"{path}.channel_id", source.channel_id, required=True)
+    if not source.outcomes:
+        v.add(f"{path}.outcomes", "required")
+    for index, outcome in enumerate(source.outcomes):
+        if outcome not in OUTCOMES:
+            v.add(f"{path}.outcomes[{index}]", f"unknown outcome; one of {sorted(OUTCOMES)}")
+    return {"campaign": source.campaign, "channel_id": source.channel_id, "outcomes": list(source.outcomes)}
+
+
+def attestation(
+    v: Violations, message: pb.ConsentAttestation, present: bool, path: str, now: dt.datetime
+) -> dict[str, Any]:
+    """The consent attestation to store; required."""
+    if not present:
+        v.add(path, "required: who accepted which terms version")
+    else:
+        v.text(f"{path}.accepted_by", message.accepted_by, max_length=200, required=True)
+        v.text(f"{path}.terms_version", message.terms_version, max_length=100, required=True)
+    return {
+        "accepted_by": message.accepted_by,
+        "terms_version": message.terms_version,
+        "accept_time": now.isoformat(),
+    }
+
+
+# -- page tokens -----------------------------------------------------------------------------
+
+
+def page_size(v: Violations, path: str, value: int, default: int, maximum: int) -> int:
+    """The effective page size."""
+    if value < 0:
+        v.add(path, "must not be negative")
+        return default
+    return min(value or default, maximum)
+
+
+def encode_token(position: Mapping[str, Any], selection: Any) -> str:
+    """An opaque token for the next page, bound to the filters it was made with."""
+    body = {"p": position, "f": _fingerprint(selection)}
+    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+
+
+def decode_token(v: Violations, path: str, token: str, selection: Any) -> dict[str, Any] | None:
+    """The position in a page token, or None for the first page."""
+    if not token:
+        return None
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if body["f"] != _fingerprint(selection):
+            v.add(path, "was made for other filters")
+            return None
+        position: dict[str, Any] = body["p"]
+        return position
+    except (ValueError, KeyError, TypeError):
+        v.add(path, "is not a page token this server made")
+        return None
+
+
+def _fingerprint(selection: Any) -> str:
+    return hashlib.sha256(repr(selection).encode()).hexdigest()[:16]

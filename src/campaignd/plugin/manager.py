@@ -1,0 +1,98 @@
+"""Loads channel plugins and answers questions about channel types."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pluggy
+
+from campaignd import logs
+from campaignd.errors import FieldViolation
+from campaignd.lifecycle import DEFAULT_SEMANTICS, ChannelSemantics
+from campaignd.plugin import ENTRY_POINT_GROUP, PROJECT, ChannelType, Content, hookspecs
+
+log = logs.get("campaignd.plugin")
+
+_KIND_TYPES: Mapping[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "bool": (bool,),
+    "object": (dict,),
+    "list": (list,),
+}
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or declared something invalid."""
+
+
+class Plugins:
+    """The loaded plugins and the channel types they declare."""
+
+    def __init__(self, extra_modules: Iterable[str] = (), *, entry_points: bool = True) -> None:
+        self.manager = pluggy.PluginManager(PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        if entry_points:
+            self.manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for name in extra_modules:
+            try:
+                module = importlib.import_module(name)
+            except ImportError as exc:
+                raise PluginError(f"cannot import plugin module {name}: {exc}") from exc
+            if not self.manager.is_registered(module):
+                self.manager.register(module, name=name)
+        self.types: dict[str, ChannelType] = {}
+        for declared in self.manager.hook.campaignd_channel_types():
+            for channel_type in declared:
+                if channel_type.name in self.types:
+                    raise PluginError(f"channel type {channel_type.name!r} is declared by two plugins")
+                self.types[channel_type.name] = channel_type
+        log.info("plugins loaded", channel_types=sorted(self.types))
+
+    def semantics(self, channel_type: str) -> ChannelSemantics:
+        """The type's §6.3 lifecycle choices; the defaults for a type no plugin answers for."""
+        answer: ChannelSemantics | None = self.manager.hook.campaignd_channel_semantics(
+            channel_type=channel_type
+        )
+        return answer or DEFAULT_SEMANTICS
+
+    def validate(self, channel_type: str, content: Content, *, launching: bool) -> list[FieldViolation]:
+        """Every problem with `content` for `channel_type`; paths are relative to the content."""
+        declared = self.types.get(channel_type)
+        if declared is None:
+            return [
+                FieldViolation("type", f"unknown channel type {channel_type!r}; known: {sorted(self.types)}")
+            ]
+        problems = _check_declared(declared, content, launching=launching)
+        for found in self.manager.hook.campaignd_validate_channel(
+            channel_type=channel_type, content=content, launching=launching
+        ):
+            problems.extend(found)
+        return problems
+
+
+def _check_declared(declared: ChannelType, content: Content, *, launching: bool) -> list[FieldViolation]:
+    problems = []
+    for key, value in content.items():
+        spec = declared.field(key)
+        if spec is None:
+            problems.append(FieldViolation(key, f"not a field of channel type {declared.name!r}"))
+            continue
+        if not _is_kind(value, spec.kind):
+            problems.append(FieldViolation(key, f"must be a {spec.kind}"))
+        elif isinstance(value, str) and len(value) > spec.max_length:
+            problems.append(FieldViolation(key, f"longer than {spec.max_length} characters"))
+    if launching:
+        for spec in declared.fields:
+            if spec.required and content.get(spec.name) in (None, "", [], {}):
+                problems.append(FieldViolation(spec.name, "required"))
+    return problems
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    # JSON booleans are Python bools, which are also ints; keep them out of "number".
+    if kind == "number" and isinstance(value, bool):
+        return False
+    return isinstance(value, _KIND_TYPES[kind])

@@ -1,0 +1,319 @@
+"""Named queries on campaigns, channels, history and request ids. Every function takes a Connection
+inside a transaction that the caller (Database.read/write) opened."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from campaignd.lifecycle import CampaignState, ChannelState, derive_campaign_state
+from campaignd.store.schema import api_requests, campaign_events, campaigns, channels
+
+
+@dataclass
+class ChannelRecord:
+    """One channel of a campaign as stored."""
+
+    channel_id: str
+    type: str
+    state: ChannelState
+    content: dict[str, Any]
+    transports: list[dict[str, Any]]
+    rate_limit: float
+    state_time: dt.datetime
+    schedule_time: dt.datetime | None = None
+    send_window: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    remarketing: dict[str, Any] | None = None
+    position: int = 0
+
+
+@dataclass
+class CampaignRecord:
+    """A campaign with its channels as stored."""
+
+    id: str
+    display_name: str
+    labels: dict[str, str]
+    audience: dict[str, list[str]]
+    time_zone: str
+    guard: dict[str, Any]
+    archived: bool
+    version: int
+    create_time: dt.datetime
+    update_time: dt.datetime
+    attestation: dict[str, Any] | None = None
+    channels: list[ChannelRecord] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The resource name."""
+        return f"campaigns/{self.id}"
+
+    @property
+    def etag(self) -> str:
+        """The conflict token: changes whenever the campaign or one of its channels changes."""
+        return f'"{self.version}"'
+
+    @property
+    def state(self) -> CampaignState:
+        """Derived from the channels' states."""
+        return derive_campaign_state(c.state for c in self.channels)
+
+    def channel(self, channel_id: str) -> ChannelRecord | None:
+        """The channel with this id, if any."""
+        return next((c for c in self.channels if c.channel_id == channel_id), None)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One history entry."""
+
+    sequence: int
+    campaign_id: str
+    channel_id: str
+    operation: str
+    from_state: str
+    to_state: str
+    actor: str
+    cause: str
+    reason: str
+    time: dt.datetime
+    request_id: str
+
+
+@dataclass(frozen=True)
+class CampaignFilter:
+    """What ListCampaigns selects."""
+
+    states: frozenset[CampaignState] = frozenset()
+    channel_type: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    show_archived: bool = False
+
+
+def _channel(row: sa.Row[Any]) -> ChannelRecord:
+    return ChannelRecord(
+        channel_id=row.channel_id,
+        type=row.type,
+        state=ChannelState(row.state),
+        content=row.content,
+        transports=row.transports,
+        rate_limit=row.rate_limit,
+        state_time=row.state_time,
+        schedule_time=row.schedule_time,
+        send_window=row.send_window,
+        error=row.error,
+        remarketing=row.remarketing,
+        position=row.position,
+    )
+
+
+def _campaign(row: sa.Row[Any], channel_rows: Sequence[ChannelRecord]) -> CampaignRecord:
+    return CampaignRecord(
+        id=row.id,
+        display_name=row.display_name,
+        labels=row.labels,
+        audience=row.audience,
+        time_zone=row.time_zone,
+        guard=row.guard,
+        archived=row.archived,
+        version=row.version,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        attestation=row.attestation,
+        channels=list(channel_rows),
+    )
+
+
+def get(conn: Connection, campaign_id: str, *, for_update: bool = False) -> CampaignRecord | None:
+    """The campaign with its channels; with `for_update`, its row stays locked until commit."""
+    query = sa.select(campaigns).where(campaigns.c.id == campaign_id)
+    if for_update and conn.dialect.name == "postgresql":
+        # SQLite writers already hold the database lock (BEGIN IMMEDIATE).
+        query = query.with_for_update()
+    row = conn.execute(query).one_or_none()
+    if row is None:
+        return None
+    rows = conn.execute(
+        sa.select(channels).where(channels.c.campaign_id == campaign_id).order_by(channels.c.position)
+    ).all()
+    return _campaign(row, [_channel(r) for r in rows])
+
+
+def _campaign_values(record: CampaignRecord) -> dict[str, Any]:
+    return {
+        "display_name": record.display_name,
+        "labels": record.labels,
+        "audience": record.audience,
+        "time_zone": record.time_zone,
+        "guard": record.guard,
+        "attestation": record.attestation,
+        "archived": record.archived,
+        "state": record.state.value,
+        "version": record.version,
+        "update_time": record.update_time,
+    }
+
+
+def _channel_values(campaign_id: str, channel: ChannelRecord) -> dict[str, Any]:
+    return {
+        "campaign_id": campaign_id,
+        "channel_id": channel.channel_id,
+        "position": channel.position,
+        "type": channel.type,
+        "state": channel.state.value,
+        "content": channel.content,
+        "transports": channel.transports,
+        "rate_limit": channel.rate_limit,
+        "schedule_time": channel.schedule_time,
+        "send_window": channel.send_window,
+        "error": channel.error,
+        "remarketing": channel.remarketing,
+        "state_time": channel.state_time,
+    }
+
+
+def exists(conn: Connection, campaign_id: str) -> bool:
+    """Whether a campaign with this id exists."""
+    return conn.execute(sa.select(campaigns.c.id).where(campaigns.c.id == campaign_id)).first() is not None
+
+
+def insert(conn: Connection, record: CampaignRecord) -> None:
+    """Store a new campaign and its channels."""
+    conn.execute(
+        campaigns.insert().values(id=record.id, create_time=record.create_time, **_campaign_values(record))
+    )
+    for position, channel in enumerate(record.channels):
+        channel.position = position
+        conn.execute(channels.insert().values(**_channel_values(record.id, channel)))
+
+
+def save(conn: Connection, record: CampaignRecord, *, expected_version: int) -> bool:
+    """Write back a changed campaign and all its channels if its version is still `expected_version`.
+
+    Compare-and-set: returns False, writing nothing, when someone else changed it meanwhile.
+    """
+    result = conn.execute(
+        campaigns.update()
+        .where(campaigns.c.id == record.id, campaigns.c.version == expected_version)
+        .values(**_campaign_values(record))
+    )
+    if result.rowcount != 1:
+        return False
+    known = {
+        r.channel_id
+        for r in conn.execute(sa.select(channels.c.channel_id).where(channels.c.campaign_id == record.id))
+    }
+    for position, channel in enumerate(record.channels):
+        channel.position = position
+        values = _channel_values(record.id, channel)
+        if channel.channel_id in known:
+            conn.execute(
+                channels.update()
+                .where(channels.c.campaign_id == record.id, channels.c.channel_id == channel.channel_id)
+                .values(**values)
+            )
+        else:
+            conn.execute(channels.insert().values(**values))
+    return True
+
+
+def delete(conn: Connection, campaign_id: str) -> None:
+    """Delete a campaign with its channels and history."""
+    conn.execute(campaign_events.delete().where(campaign_events.c.campaign_id == campaign_id))
+    conn.execute(channels.delete().where(channels.c.campaign_id == campaign_id))
+    conn.execute(campaigns.delete().where(campaigns.c.id == campaign_id))
+
+
+def list_page(
+    conn: Connection, selection: CampaignFilter, *, after: tuple[dt.datetime, str] | None, limit: int
+) -> list[CampaignRecord]:
+    """Up to `limit` campaigns, newest first, after the keyset position `after`."""
+    query = sa.select(campaigns)
+    if not selection.show_archived:
+        query = query.where(campaigns.c.archived.is_(False))
+    if selection.states:
+        query = query.where(campaigns.c.state.in_(sorted(s.value for s in selection.states)))
+    if selection.channel_type:
+        query = query.where(
+            sa.exists().where(
+                channels.c.campaign_id == campaigns.c.id, channels.c.type == selection.channel_type
+            )
+        )
+    for key, value in sorted(selection.labels.items()):
+        query = query.where(campaigns.c.labels[key].as_string() == value)
+    if after is not None:
+        time, last_id = after
+        query = query.where(
+            sa.or_(
+                campaigns.c.create_time < time,
+                sa.and_(campaigns.c.create_time == time, campaigns.c.id < last_id),
+            )
+        )
+    rows = conn.execute(
+        query.order_by(campaigns.c.create_time.desc(), campaigns.c.id.desc()).limit(limit)
+    ).all()
+    if not rows:
+        return []
+    by_campaign: dict[str, list[ChannelRecord]] = {r.id: [] for r in rows}
+    channel_rows = conn.execute(
+        sa.select(channels).where(channels.c.campaign_id.in_(list(by_campaign))).order_by(channels.c.position)
+    ).all()
+    for channel_row in channel_rows:
+        by_campaign[channel_row.campaign_id].append(_channel(channel_row))
+    return [_campaign(r, by_campaign[r.id]) for r in rows]
+
+
+def add_events(conn: Connection, events: Sequence[Mapping[str, Any]]) -> None:
+    """Append history entries (dicts of campaign_events columns without `id`)."""
+    if events:
+        conn.execute(campaign_events.insert(), list(events))
+
+
+def list_events(conn: Connection, campaign_id: str, *, after: int, limit: int) -> list[Event]:
+    """History entries oldest first, with sequence numbers greater than `after`."""
+    rows = conn.execute(
+        sa.select(campaign_events)
+        .where(campaign_events.c.campaign_id == campaign_id, campaign_events.c.id > after)
+        .order_by(campaign_events.c.id)
+        .limit(limit)
+    ).all()
+    return [
+        Event(
+            sequence=r.id,
+            campaign_id=r.campaign_id,
+            channel_id=r.channel_id,
+            operation=r.operation,
+            from_state=r.from_state,
+            to_state=r.to_state,
+            actor=r.actor,
+            cause=r.cause,
+            reason=r.reason,
+            time=r.time,
+            request_id=r.request_id,
+        )
+        for r in rows
+    ]
+
+
+def stored_response(conn: Connection, method: str, request_id: str) -> bytes | None:
+    """The response stored for an earlier call with this request_id, if any."""
+    row = conn.execute(
+        sa.select(api_requests.c.response).where(
+            api_requests.c.method == method, api_requests.c.request_id == request_id
+        )
+    ).first()
+    return None if row is None else bytes(row.response)
+
+
+def store_response(conn: Connection, method: str, request_id: str, response: bytes, now: dt.datetime) -> None:
+    """Remember the response of a call that carried a request_id."""
+    conn.execute(
+        api_requests.insert().values(method=method, request_id=request_id, response=response, create_time=now)
+    )
