@@ -52,7 +52,7 @@ def campaignd_channel_semantics(channel_type: str) -> ChannelSemantics | None:
 
 @hookimpl
 def campaignd_validate_channel(channel_type: str, content: Content, launching: bool) -> list[FieldViolation]:
-    """A text that says "invalid" is refused, so tests can provoke a plugin-level violation."""
-    if channel_type in SEMANTICS and content.get("text") == "invalid":
+    """A text that says "invalid" is refused at launch, so tests can provoke a plugin-level violation."""
+    if channel_type in SEMANTICS and launching and content.get("text") == "invalid":
         return [FieldViolation("text", "the test channel refuses the text 'invalid'")]
     return []

@@ -1,0 +1,159 @@
+"""A small client for tests: builds requests, reads error details, reaches into the database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from google.protobuf import struct_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from campaignd.v1 import campaign_service_pb2 as svc
+from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
+from campaignd.v1 import resources_pb2 as pb
+
+ATTESTATION = pb.ConsentAttestation(accepted_by="tests", terms_version="v1")
+_ids = itertools.count()
+
+
+@dataclass
+class Failure:
+    """What a failed call said."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    metadata: dict[str, str]
+    fields: list[str]
+
+
+def failure(error: grpc.RpcError) -> Failure:
+    """Decode the google.rpc.Status details of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    reason, metadata, fields = "", {}, []
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
+    return Failure(error.code(), error.details() or "", reason, metadata, fields)
+
+
+def content(**values: Any) -> struct_pb2.Struct:
+    """A channel content Struct."""
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def channel(channel_id: str = "main", type_: str = "test-email", text: str = "hello") -> pb.Channel:
+    """A DRAFT channel of a test type."""
+    return pb.Channel(channel_id=channel_id, type=type_, content=content(text=text))
+
+
+def future(minutes: int = 60) -> timestamp_pb2.Timestamp:
+    """A timestamp `minutes` from now."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes))
+    return stamp
+
+
+class Client:
+    """CampaignService over one channel, with shortcuts for the common calls."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = svc_grpc.CampaignServiceStub(channel)
+
+    def create(self, *channels: pb.Channel, campaign_id: str = "", **fields: Any) -> pb.Campaign:
+        """A new campaign with a target list and the given channels."""
+        campaign = pb.Campaign(
+            display_name=fields.pop("display_name", "Test"),
+            audience=pb.Audience(target_lists=["lists/x"]),
+            channels=list(channels) or [channel()],
+            **fields,
+        )
+        return self.stub.CreateCampaign(
+            svc.CreateCampaignRequest(
+                campaign=campaign, campaign_id=campaign_id or f"t{next(_ids)}-{id(self):x}"
+            )
+        )
+
+    def get(self, name: str) -> pb.Campaign:
+        """GetCampaign."""
+        return self.stub.GetCampaign(svc.GetCampaignRequest(name=name))
+
+    def history(self, name: str) -> list[pb.CampaignEvent]:
+        """Every history entry."""
+        events: list[pb.CampaignEvent] = []
+        token = ""
+        while True:
+            page = self.stub.ListCampaignHistory(
+                svc.ListCampaignHistoryRequest(parent=name, page_size=1000, page_token=token)
+            )
+            events.extend(page.events)
+            token = page.next_page_token
+            if not token:
+                return events
+
+    def launch(self, name: str, channel_id: str = "", **kw: Any) -> pb.Campaign:
+        """LaunchCampaign with an attestation."""
+        return self.stub.LaunchCampaign(
+            svc.LaunchCampaignRequest(name=name, channel_id=channel_id, attestation=ATTESTATION, **kw)
+        )
+
+    def schedule(self, name: str, channel_id: str = "") -> pb.Campaign:
+        """ScheduleCampaign an hour ahead."""
+        return self.stub.ScheduleCampaign(
+            svc.ScheduleCampaignRequest(
+                name=name, channel_id=channel_id, schedule_time=future(), attestation=ATTESTATION
+            )
+        )
+
+    def pause(self, name: str, channel_id: str = "", **kw: Any) -> pb.Campaign:
+        """PauseCampaign."""
+        return self.stub.PauseCampaign(svc.PauseCampaignRequest(name=name, channel_id=channel_id, **kw))
+
+    def resume(self, name: str, channel_id: str = "") -> pb.Campaign:
+        """ResumeCampaign."""
+        return self.stub.ResumeCampaign(svc.ResumeCampaignRequest(name=name, channel_id=channel_id))
+
+    def stop(self, name: str, channel_id: str = "") -> pb.Campaign:
+        """StopCampaign."""
+        return self.stub.StopCampaign(svc.StopCampaignRequest(name=name, channel_id=channel_id))
+
+    def count(self, **filters: Any) -> int:
+        """How many campaigns ListCampaigns returns, over all pages."""
+        total, token = 0, ""
+        while True:
+            page = self.stub.ListCampaigns(
+                svc.ListCampaignsRequest(page_size=1000, page_token=token, show_archived=True, **filters)
+            )
+            total += len(page.campaigns)
+            token = page.next_page_token
+            if not token:
+                return total
+
+
+def force_state(database_url: str, name: str, state: str) -> None:
+    """Put every channel of a campaign in `state` behind the daemon's back (states the engine reaches)."""
+    campaign_id = name.removeprefix("campaigns/")
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE channels SET state = :state WHERE campaign_id = :id"),
+            {"state": state, "id": campaign_id},
+        )
+        conn.execute(
+            sa.text("UPDATE campaigns SET state = :state, version = version + 1 WHERE id = :id"),
+            {"state": state, "id": campaign_id},
+        )
+    engine.dispose()
