@@ -50,16 +50,19 @@ class SecretSource(_Section):
         """Read the secret now; raises ConfigError naming the source when it is missing."""
         if self.file is not None:
             try:
-                return SecretStr(self.file.read_text(encoding="utf-8").strip())
+                value = self.file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(
                     [Problem("file", f"cannot read secret file {self.file}: {exc.strerror}")]
                 ) from exc
+            if not value:
+                raise ConfigError([Problem("file", f"secret file {self.file} is empty")])
+            return SecretStr(value)
         assert self.env is not None
-        value = os.environ.get(self.env)
-        if value is None:
-            raise ConfigError([Problem("env", f"environment variable {self.env} is not set")])
-        return SecretStr(value)
+        env_value = os.environ.get(self.env, "").strip()
+        if not env_value:
+            raise ConfigError([Problem("env", f"environment variable {self.env} is not set or empty")])
+        return SecretStr(env_value)
 
 
 class DaemonSettings(_Section):

@@ -146,7 +146,7 @@ class Client:
 def force_state(database_url: str, name: str, state: str) -> None:
     """Put every channel of a campaign in `state` behind the daemon's back (states the engine reaches)."""
     campaign_id = name.removeprefix("campaigns/")
-    engine = sa.create_engine(database_url)
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE channels SET state = :state WHERE campaign_id = :id"),

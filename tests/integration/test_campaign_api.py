@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import pathlib
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,10 +23,25 @@ from tests.integration.conftest import DaemonProcess
 PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n'
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database for the module's daemon: a SQLite file, then a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'campaignd.db'}"
+        return
+    admin = request.getfixturevalue("pg_admin")
+    name = f"campaignd_api_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield admin.url.set(database=name).render_as_string(hide_password=False).replace("+psycopg", "")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    """One daemon on SQLite for the whole module."""
-    process = DaemonProcess(tmp_path_factory.mktemp("api"), PLUGINS)
+def daemon(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[DaemonProcess]:
+    """One daemon for the whole module, on each database in turn."""
+    process = DaemonProcess(tmp_path_factory.mktemp("api"), f'{PLUGINS}[database]\nurl = "{database_url}"\n')
     process.start()
     yield process
     process.cleanup()
@@ -37,12 +52,6 @@ def client(daemon: DaemonProcess) -> Iterator[Client]:
     """A client on the daemon's Unix socket."""
     with daemon.channel() as channel_:
         yield Client(channel_)
-
-
-@pytest.fixture(scope="module")
-def database_url(daemon: DaemonProcess) -> str:
-    """The daemon's SQLite file."""
-    return f"sqlite:///{pathlib.Path(daemon.workdir) / 'state' / 'campaignd.db'}"
 
 
 def _expect_failure(call: Callable[[], Any], code: grpc.StatusCode) -> Any:
@@ -513,6 +522,7 @@ def test_bad_create_names_the_field_and_writes_nothing(
 ) -> None:
     """A bad CreateCampaign is INVALID_ARGUMENT naming the offending field, and no campaign appears."""
     before = client.count()
+    fields = dict(fields)
     request_fields = {k: fields.pop(k) for k in ("campaign_id", "request_id") if k in fields}
     campaign = pb.Campaign(display_name=fields.pop("display_name", "Bad"), **fields)
     found = _expect_failure(
