@@ -31,6 +31,7 @@ Encode = Callable[[CampaignRecord], bytes]
 
 # Fields of a campaign that decide what is sent; changing them is an EDIT of every channel.
 SENDING_FIELDS = frozenset({"audience", "time_zone", "guard"})
+MAX_CHANNELS = 16
 # Fields that are only descriptive and may change in any state.
 DESCRIPTIVE_FIELDS = frozenset({"display_name", "labels"})
 
@@ -171,6 +172,9 @@ class CampaignManager:
         def work(conn: Connection) -> CampaignRecord:
             if store.exists(conn, record.id):
                 raise errors.already_exists(record.name)
+            for channel in record.channels:
+                if channel.remarketing is not None:
+                    self._check_remarketing_source(conn, channel.remarketing)
             now = self.clock.now()
             new = dataclasses.replace(
                 record,
@@ -212,8 +216,13 @@ class CampaignManager:
                     )
                 targets = record.channels if fields & SENDING_FIELDS else edited
                 for channel in targets:
+                    # Whatever UpdateCampaign changes is more than the schedule (that moves only
+                    # through ScheduleCampaign), which is what a SCHEDULE_ONLY type refuses.
                     decision = lifecycle.decide(
-                        channel.state, Operation.EDIT, self.plugins.semantics(channel.type)
+                        channel.state,
+                        Operation.EDIT,
+                        self.plugins.semantics(channel.type),
+                        edit_fields=fields & (SENDING_FIELDS | {"channels"}),
                     )
                     if isinstance(decision, Refused):
                         raise _refusal(decision, channel.channel_id)
@@ -449,6 +458,10 @@ class CampaignManager:
                 )
             if record.channel(channel.channel_id) is not None:
                 raise errors.already_exists(f"{record.name}/channels/{channel.channel_id}")
+            if len(record.channels) >= MAX_CHANNELS:
+                raise errors.invalid_argument(
+                    [FieldViolation("channel", f"a campaign has at most {MAX_CHANNELS} channels")]
+                )
             if channel.remarketing is not None:
                 self._check_remarketing_source(conn, channel.remarketing)
             new = _fresh_channel(channel, self.clock.now())

@@ -254,7 +254,8 @@ def test_missing_secret_file_is_reported_with_its_key_path(tmp_path: pathlib.Pat
 def test_unset_secret_env_is_reported_with_its_key_path() -> None:
     """A secret environment variable that is not set is an error naming the key path."""
     found = problems({"database": {"password": {"env": "CAMPAIGND_TEST_UNSET_PASSWORD"}}})
-    assert found == {"database.password.env": "environment variable CAMPAIGND_TEST_UNSET_PASSWORD is not set or empty"}
+    expected = "environment variable CAMPAIGND_TEST_UNSET_PASSWORD is not set or empty"
+    assert found == {"database.password.env": expected}
 
 
 def test_secret_source_needs_exactly_one_of_file_or_env() -> None:
@@ -325,5 +326,6 @@ def test_empty_secret_is_reported(tmp_path: pathlib.Path) -> None:
     """A secret file holding only whitespace is refused: such a token could never match."""
     secret = tmp_path / "token"
     secret.write_text("  \n")
-    found = problems({"auth": {"tokens": [{"name": "ops", "role": "operator", "secret": {"file": str(secret)}}]}})
+    token = {"name": "ops", "role": "operator", "secret": {"file": str(secret)}}
+    found = problems({"auth": {"tokens": [token]}})
     assert found == {"auth.tokens[0].secret.file": f"secret file {secret} is empty"}

@@ -410,7 +410,9 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
                 now = self.manager.clock.now()
                 campaign = convert.campaign_message(record)
                 report = _report(record, now)
+                report.ClearField("report_time")  # compared without it: only real changes are sent
                 body = campaign.SerializeToString() + report.SerializeToString(deterministic=True)
+                report.report_time.FromDatetime(now)
                 if snapshot or body != previous:
                     update = svc.WatchCampaignResponse(
                         campaign=campaign, report=report, snapshot=snapshot, time=convert.timestamp(now)

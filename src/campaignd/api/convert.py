@@ -13,6 +13,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from campaignd.campaigns import MAX_CHANNELS
 from campaignd.errors import FieldViolation, invalid_argument
 from campaignd.lifecycle import ChannelState, MessageState
 from campaignd.plugin.manager import Plugins
@@ -27,7 +28,6 @@ HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 TRANSPORT = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
-MAX_CHANNELS = 16
 MAX_AUDIENCE_ENTRIES = 100
 MAX_LABELS = 64
 MAX_CONTENT_BYTES = 256 * 1024
@@ -155,8 +155,13 @@ def channel_message(channel: ChannelRecord) -> pb.Channel:
     if channel.send_window is not None:
         message.send_window.CopyFrom(pb.SendWindow(**channel.send_window))
     if channel.error is not None:
+        error_time = channel.error.get("time")
         message.error.CopyFrom(
-            pb.ChannelError(code=channel.error.get("code", ""), message=channel.error.get("message", ""))
+            pb.ChannelError(
+                code=channel.error.get("code", ""),
+                message=channel.error.get("message", ""),
+                time=timestamp(dt.datetime.fromisoformat(error_time)) if error_time else None,
+            )
         )
     if channel.remarketing is not None:
         message.remarketing.CopyFrom(pb.RemarketingSource(**channel.remarketing))

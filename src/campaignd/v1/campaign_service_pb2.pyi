@@ -108,7 +108,7 @@ class ListCampaignsRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     SHOW_ARCHIVED_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most this many results, 1-1000; 0 means 50."""
+    """At most this many results; 0 means 50, and more than the server maximum (1000 by default) means the maximum."""
     page_token: _builtins.str
     """A `next_page_token` from a previous call with the same filters."""
     channel_type: _builtins.str
@@ -895,7 +895,7 @@ class ListMessagesRequest(_message.Message):
     reason: _builtins.str
     """Only messages failed with this reason."""
     page_size: _builtins.int
-    """At most this many results, 1-1000; 0 means 100."""
+    """At most this many results; 0 means 100, and more than the server maximum (1000 by default) means the maximum."""
     page_token: _builtins.str
     """A `next_page_token` from a previous call with the same filters."""
     @_builtins.property
@@ -960,7 +960,7 @@ class ListCampaignHistoryRequest(_message.Message):
     parent: _builtins.str
     """`campaigns/{campaign_id}`."""
     page_size: _builtins.int
-    """At most this many results, 1-1000; 0 means 100."""
+    """At most this many results; 0 means 100, and more than the server maximum (1000 by default) means the maximum."""
     page_token: _builtins.str
     """A `next_page_token` from a previous call."""
     def __init__(
