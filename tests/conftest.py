@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -41,15 +42,24 @@ def pg_admin() -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+@contextlib.contextmanager
+def new_pg_database(admin: sa.Engine, prefix: str = "campaignd_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server of `admin`, dropped afterwards; yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False).replace("+psycopg", "")
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def pg_url(pg_admin: sa.Engine) -> Iterator[str]:
     """The URL of a new, empty PostgreSQL database, dropped after the test."""
-    name = f"campaignd_test_{uuid.uuid4().hex[:12]}"
-    with pg_admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield pg_admin.url.set(database=name).render_as_string(hide_password=False).replace("+psycopg", "")
-    with pg_admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_pg_database(pg_admin) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

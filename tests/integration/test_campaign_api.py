@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from campaignd.lifecycle import Allowed, ChannelState, Operation, Refused
 from campaignd.testing.channels import SEMANTICS
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
+from tests.conftest import new_pg_database
 from tests.integration.campaign_client import ATTESTATION, Client, channel, failure, force_state, future
 from tests.integration.conftest import DaemonProcess
 
@@ -29,13 +29,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'campaignd.db'}"
         return
-    admin = request.getfixturevalue("pg_admin")
-    name = f"campaignd_api_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield admin.url.set(database=name).render_as_string(hide_password=False).replace("+psycopg", "")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_pg_database(request.getfixturevalue("pg_admin"), "campaignd_api") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

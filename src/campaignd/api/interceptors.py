@@ -71,23 +71,13 @@ class _Call:
         )
 
     def wrap(self, handler: Any) -> Any:
-        if handler.request_streaming or handler.response_streaming:
-            return self._wrap_streaming(handler)
-        inner = handler.unary_unary
-
-        async def unary_unary(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            try:
-                await self.interceptor.admit(self.role, context)
-                return await inner(request, context)
-            finally:
-                self._done(started, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
-
-    def _wrap_streaming(self, handler: Any) -> Any:
+        """The handler with auth and logging around it, of the same kind as the original."""
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._coroutine(handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(handler.unary_stream),
@@ -95,39 +85,16 @@ class _Call:
                 handler.response_serializer,
             )
         if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(requests: Any, context: Context) -> Any:
-                started = time.perf_counter()
-                try:
-                    await self.interceptor.admit(self.role, context)
-                    return await inner_su(requests, context)
-                finally:
-                    self._done(started, context)
-
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
+                self._coroutine(handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
         )
 
-    def _streaming(self, inner: Any) -> Any:
-        # A streaming handler either yields its responses or awaits context.write(); the
-        # wrapper must be of the same kind for grpc to drive it.
-        if inspect.isasyncgenfunction(inner):
-
-            async def generator(request: Any, context: Context) -> AsyncIterator[Any]:
-                started = time.perf_counter()
-                try:
-                    await self.interceptor.admit(self.role, context)
-                    async for item in inner(request, context):
-                        yield item
-                finally:
-                    self._done(started, context)
-
-            return generator
-
+    def _coroutine(self, inner: Any) -> Any:
         async def coroutine(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             try:
@@ -137,3 +104,20 @@ class _Call:
                 self._done(started, context)
 
         return coroutine
+
+    def _streaming(self, inner: Any) -> Any:
+        # A streaming handler either yields its responses or awaits context.write(); the
+        # wrapper must be of the same kind for grpc to drive it.
+        if not inspect.isasyncgenfunction(inner):
+            return self._coroutine(inner)
+
+        async def generator(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                await self.interceptor.admit(self.role, context)
+                async for item in inner(request, context):
+                    yield item
+            finally:
+                self._done(started, context)
+
+        return generator
