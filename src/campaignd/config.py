@@ -271,12 +271,18 @@ def _problems(exc: ValidationError) -> list[Problem]:
     return problems
 
 
-def parse(data: dict[str, Any]) -> Settings:
-    """Validate a parsed TOML document; raises ConfigError listing every problem."""
+def parse(data: dict[str, Any], *, check_files: bool = True) -> Settings:
+    """Validate a parsed TOML document; raises ConfigError listing every problem.
+
+    With `check_files` False the secret and TLS files are not read: for clients such as
+    campaignctl that only need to find the socket and may not be allowed to read them.
+    """
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
+    if not check_files:
+        return settings
     problems: list[Problem] = []
     for path, source in _secret_sources(settings):
         try:
@@ -301,16 +307,16 @@ def _secret_sources(settings: Settings) -> list[tuple[str, SecretSource]]:
     return sources
 
 
-def load(path: pathlib.Path | None) -> Settings:
+def load(path: pathlib.Path | None, *, check_files: bool = True) -> Settings:
     """Load settings from `path`, or from $CAMPAIGND_CONFIG or /etc/campaignd/config.toml when they
-    exist, or the defaults when there is no file at all."""
+    exist, or the defaults when there is no file at all. `check_files` as for `parse`."""
     if path is None:
         if env := os.environ.get(CONFIG_ENV):
             path = pathlib.Path(env)
         elif SYSTEM_CONFIG.exists():
             path = SYSTEM_CONFIG
         else:
-            return parse({})
+            return parse({}, check_files=check_files)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -321,4 +327,4 @@ def load(path: pathlib.Path | None) -> Settings:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem(str(path), f"is not valid TOML: {exc}")]) from None
-    return parse(data)
+    return parse(data, check_files=check_files)

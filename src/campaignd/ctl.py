@@ -113,9 +113,9 @@ def positive_float(text: str) -> float:
 
 
 def page_size(text: str) -> int:
-    """1-1000, as the API accepts."""
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
-        raise argparse.ArgumentTypeError(f"invalid page size {text!r}: expected 1-1000")
+    """A positive number; the daemon lowers one above its maximum to the maximum."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid page size {text!r}: expected a number from 1")
     return int(text)
 
 
@@ -274,7 +274,8 @@ def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Targ
         if environ.get(ADDRESS_ENV):
             return tcp_target(environ[ADDRESS_ENV], args, environ)
     try:
-        settings = config.load(pathlib.Path(args.config) if args.config else None)
+        # Only the socket path is needed; the daemon's secret files may be unreadable to this user.
+        settings = config.load(pathlib.Path(args.config) if args.config else None, check_files=False)
     except config.ConfigError as exc:
         raise UsageError(f"cannot find the daemon's socket: {exc}") from None
     return unix_target(settings.socket_path)
@@ -736,7 +737,10 @@ def write_arguments(parser: argparse.ArgumentParser, *, etag: bool = True, reque
         parser.add_argument("--etag", default="", help="act only if the campaign still has this etag")
     if request_id:
         parser.add_argument(
-            "--request-id", default="", help="idempotency key: a repeat returns the first call's result"
+            "--request-id",
+            default="",
+            metavar="KEY",
+            help="idempotency key: a repeat returns the first call's result",
         )
 
 
@@ -759,9 +763,14 @@ def lifecycle_arguments(
                 help="when to start: ISO 8601 with an offset, or +10m, +2h, +1d",
             )
         if attestation:
-            parser.add_argument("--accepted-by", default="", metavar="WHO", help="who accepted the terms")
             parser.add_argument(
-                "--terms-version", default="", metavar="V", help="the version of the terms accepted"
+                "--accepted-by", default="", metavar="WHO", help="who accepted the terms (required)"
+            )
+            parser.add_argument(
+                "--terms-version",
+                default="",
+                metavar="V",
+                help="the version of the terms accepted (required)",
             )
         if reason:
             parser.add_argument("--reason", default="", help="why, recorded in the history")
@@ -811,7 +820,9 @@ def list_arguments(parser: argparse.ArgumentParser) -> None:
 
 def paging_arguments(parser: argparse.ArgumentParser) -> None:
     """--page-size, --page-token and --all."""
-    parser.add_argument("--page-size", type=page_size, default=0, help="results per page (1-1000)")
+    parser.add_argument(
+        "--page-size", type=page_size, default=0, help="results per page (the daemon caps it)"
+    )
     parser.add_argument("--page-token", default="", help="continue from a previous page")
     parser.add_argument("--all", action="store_true", help="follow next_page_token to the last page")
 
@@ -1559,10 +1570,15 @@ def global_arguments(parser: argparse.ArgumentParser, *, top: bool) -> None:
         help=f"the daemon's TLS listener (${ADDRESS_ENV})",
     )
     group.add_argument(
-        "--ca-file", default=default(None), help="CA certificates for --address (default: system)"
+        "--ca-file",
+        default=default(None),
+        metavar="FILE",
+        help="CA certificates for --address (default: system)",
     )
-    group.add_argument("--cert-file", default=default(None), help="client certificate for mTLS")
-    group.add_argument("--key-file", default=default(None), help="client key for mTLS")
+    group.add_argument(
+        "--cert-file", default=default(None), metavar="FILE", help="client certificate for mTLS"
+    )
+    group.add_argument("--key-file", default=default(None), metavar="FILE", help="client key for mTLS")
     group.add_argument("--token", default=default(""), help=f"bearer token for --address (${TOKEN_ENV})")
     group.add_argument(
         "--token-file", default=default(None), metavar="FILE", help="read the bearer token from FILE"

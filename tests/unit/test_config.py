@@ -329,3 +329,14 @@ def test_empty_secret_is_reported(tmp_path: pathlib.Path) -> None:
     token = {"name": "ops", "role": "operator", "secret": {"file": str(secret)}}
     found = problems({"auth": {"tokens": [token]}})
     assert found == {"auth.tokens[0].secret.file": f"secret file {secret} is empty"}
+
+
+def test_clients_can_load_without_reading_secret_files(tmp_path: pathlib.Path) -> None:
+    """check_files=False validates the file but does not open secret or TLS files."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[grpc]\nsocket = "/run/x.sock"\n[[auth.tokens]]\nname = "a"\nrole = "admin"\nsecret.file = "/nope"\n'
+    )
+    with pytest.raises(ConfigError):
+        load(config)
+    assert str(load(config, check_files=False).socket_path) == "/run/x.sock"
