@@ -17,11 +17,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from campaignd import errors, lifecycle
+from campaignd.audience import filters
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
 from campaignd.errors import ApiError, Code, FieldViolation
 from campaignd.lifecycle import Allowed, ChannelState, Operation, Refused
 from campaignd.plugin.manager import Plugins
+from campaignd.store import audience as audience_store
 from campaignd.store import campaigns as store
 from campaignd.store.campaigns import CampaignFilter, CampaignRecord, ChannelRecord, Event
 from campaignd.store.db import Database
@@ -295,6 +297,7 @@ class CampaignManager:
             decision = lifecycle.decide_delete((c.state for c in record.channels), force)
             if isinstance(decision, Refused):
                 raise _refusal(decision)
+            audience_store.delete_messages(conn, campaign_id)
             store.delete(conn, campaign_id)
             return None
 
@@ -318,7 +321,7 @@ class CampaignManager:
         encode: Encode,
         *,
         reason: str = "",
-        before_commit: Callable[[CampaignRecord, list[ChannelRecord]], None] | None = None,
+        before_commit: Callable[[Connection, CampaignRecord, list[ChannelRecord]], None] | None = None,
     ) -> bytes:
         """Apply a lifecycle operation to one channel, or to every channel it is legal for."""
 
@@ -326,7 +329,7 @@ class CampaignManager:
             record = self._load(conn, campaign_id, etag)
             chosen = self.decide(record, operation, channel_id)
             if before_commit is not None:
-                before_commit(record, [channel for channel, _ in chosen])
+                before_commit(conn, record, [channel for channel, _ in chosen])
             events = []
             now = self.clock.now()
             for channel, decision in chosen:
@@ -365,9 +368,12 @@ class CampaignManager:
             raise _refusal(decided)
         return [(c, decided[c.channel_id]) for c in record.channels if c.channel_id in decided]
 
-    def check_launchable(self, record: CampaignRecord, chosen: Iterable[ChannelRecord]) -> None:
+    def check_launchable(
+        self, conn: Connection, record: CampaignRecord, chosen: Iterable[ChannelRecord]
+    ) -> None:
         """§3.5 validation: every problem of the channels about to start, reported at once."""
         problems = []
+        chosen = list(chosen)
         for channel in chosen:
             for found in self.plugins.validate(channel.type, channel.content, launching=True):
                 problems.append(
@@ -383,6 +389,8 @@ class CampaignManager:
                         "campaign.audience", f"channel {channel.channel_id!r} has no target list or segment"
                     )
                 )
+        if any(c.remarketing is None for c in chosen):
+            problems.extend(_missing_audience(conn, record.audience))
         if problems:
             raise ApiError(
                 Code.FAILED_PRECONDITION,
@@ -390,6 +398,38 @@ class CampaignManager:
                 "the campaign is not ready: " + "; ".join(f"{p.field}: {p.description}" for p in problems),
                 problems,
             )
+
+    def load(self, conn: Connection, campaign_id: str) -> CampaignRecord:
+        """The campaign (without locking it), or NOT_FOUND."""
+        record = store.get(conn, campaign_id)
+        if record is None:
+            raise errors.not_found(f"campaigns/{campaign_id}")
+        return record
+
+    def check_audience(
+        self, conn: Connection, record: CampaignRecord, chosen: Iterable[ChannelRecord]
+    ) -> None:
+        """FAILED_PRECONDITION when a list or segment the channels target does not exist."""
+        if any(c.remarketing is None for c in chosen):
+            problems = _missing_audience(conn, record.audience)
+            if problems:
+                raise ApiError(
+                    Code.FAILED_PRECONDITION,
+                    "VALIDATION_FAILED",
+                    "; ".join(f"{p.field}: {p.description}" for p in problems),
+                    problems,
+                )
+
+    def resolve(
+        self, conn: Connection, record: CampaignRecord, channel: ChannelRecord, *, freeze: bool
+    ) -> audience_store.AudienceCounts:
+        """Resolve one channel's recipients (§3.5 step 3); with `freeze`, write them as QUEUED messages."""
+        declared = self.plugins.types.get(channel.type)
+        address = declared.address if declared is not None else "email"
+        when = (record.id, channel.channel_id, self.clock.now()) if freeze else None
+        return audience_store.resolve(
+            conn, _audience(conn, record, channel), address=address, channel_type=channel.type, freeze=when
+        )
 
     async def archive(
         self, campaign_id: str, archived: bool, etag: str, caller: Caller, encode: Encode
@@ -485,7 +525,12 @@ class CampaignManager:
 
 def _fresh_channel(channel: ChannelRecord, now: dt.datetime) -> ChannelRecord:
     return dataclasses.replace(
-        channel, state=ChannelState.DRAFT, state_time=now, schedule_time=None, error=None
+        channel,
+        state=ChannelState.DRAFT,
+        state_time=now,
+        schedule_time=None,
+        error=None,
+        audience_counts=None,
     )
 
 
@@ -500,3 +545,47 @@ def _required(encode: Encode) -> Callable[[CampaignRecord | None], bytes]:
         return encode(record)
 
     return encode_record
+
+
+def _missing_audience(conn: Connection, audience: dict[str, list[str]]) -> list[FieldViolation]:
+    problems = []
+    for key in ("target_lists", "exclude_lists"):
+        for index, name in enumerate(audience.get(key, [])):
+            if not audience_store.list_exists(conn, name.removeprefix("lists/")):
+                problems.append(FieldViolation(f"campaign.audience.{key}[{index}]", f"{name} does not exist"))
+    for key in ("target_segments", "exclude_segments"):
+        for index, name in enumerate(audience.get(key, [])):
+            if audience_store.get_segment(conn, name.removeprefix("segments/")) is None:
+                problems.append(FieldViolation(f"campaign.audience.{key}[{index}]", f"{name} does not exist"))
+    return problems
+
+
+def _audience(conn: Connection, record: CampaignRecord, channel: ChannelRecord) -> audience_store.Audience:
+    if channel.remarketing is not None:
+        source = channel.remarketing
+        return audience_store.Audience(
+            remarketing=(
+                source["campaign"].removeprefix("campaigns/"),
+                source["channel_id"],
+                source["outcomes"],
+            )
+        )
+
+    def segment_filters(names: list[str]) -> list[filters.Filter]:
+        found = []
+        for name in names:
+            row = audience_store.get_segment(conn, name.removeprefix("segments/"))
+            if row is not None:
+                found.append(filters.parse(row.filter))
+        return found
+
+    lists = {
+        k: [n.removeprefix("lists/") for n in record.audience.get(k, [])]
+        for k in ("target_lists", "exclude_lists")
+    }
+    return audience_store.Audience(
+        target_lists=lists["target_lists"],
+        target_filters=segment_filters(record.audience.get("target_segments", [])),
+        exclude_lists=lists["exclude_lists"],
+        exclude_filters=segment_filters(record.audience.get("exclude_segments", [])),
+    )

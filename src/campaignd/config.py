@@ -162,6 +162,13 @@ class LimitSettings(_Section):
     max_watchers: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
 
+class AudienceSettings(_Section):
+    """How contacts are read."""
+
+    # ISO 3166 region for phone numbers written without a country code; "" means such numbers are refused.
+    default_region: Annotated[str, Field(pattern=r"^([A-Z]{2})?$")] = ""
+
+
 class PluginSettings(_Section):
     """Channel plugins beyond the installed distributions found through entry points."""
 
@@ -178,6 +185,7 @@ class Settings(_Section):
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
     plugins: PluginSettings = PluginSettings()
+    audience: AudienceSettings = AudienceSettings()
 
     @property
     def state_directory(self) -> pathlib.Path:

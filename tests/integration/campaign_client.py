@@ -15,6 +15,8 @@ from grpc_status import rpc_status
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
+from campaignd.v1 import contact_service_pb2 as cs
+from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 from campaignd.v1 import resources_pb2 as pb
 
 ATTESTATION = pb.ConsentAttestation(accepted_by="tests", terms_version="v1")
@@ -72,6 +74,8 @@ class Client:
 
     def __init__(self, channel: grpc.Channel) -> None:
         self.stub = svc_grpc.CampaignServiceStub(channel)
+        self.contacts = cs_grpc.ContactServiceStub(channel)
+        ensure_list(self.contacts, "x")
 
     def create(self, *channels: pb.Channel, campaign_id: str = "", **fields: Any) -> pb.Campaign:
         """A new campaign with a target list and the given channels."""
@@ -141,6 +145,15 @@ class Client:
             token = page.next_page_token
             if not token:
                 return total
+
+
+def ensure_list(stub: cs_grpc.ContactServiceStub, list_id: str) -> None:
+    """Create the list `lists/{list_id}` unless it exists."""
+    try:
+        stub.CreateList(cs.CreateListRequest(list_id=list_id, list=cs.ContactList(display_name=list_id)))
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
 
 
 def force_state(database_url: str, name: str, state: str) -> None:

@@ -18,6 +18,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from campaignd.v1 import contact_service_pb2_grpc
+
 
 class DaemonProcess:
     """A `campaignd serve` process with its own state and runtime directories."""
@@ -85,6 +87,16 @@ class DaemonProcess:
     def channel(self) -> grpc.Channel:
         """A new client channel to the daemon."""
         return grpc.insecure_channel(self.address)
+
+    def ensure_lists(self, *list_ids: str) -> DaemonProcess:
+        """Create the (empty) contact lists campaigns will target, unless they exist."""
+        from tests.integration.campaign_client import ensure_list
+
+        with self.channel() as channel:
+            stub = contact_service_pb2_grpc.ContactServiceStub(channel)
+            for list_id in list_ids:
+                ensure_list(stub, list_id)
+        return self
 
     def signal(self, sig: signal.Signals) -> None:
         """Send a signal to the process."""

@@ -88,7 +88,7 @@ def create_demo(daemon: DaemonProcess, campaign_id: str = "spring") -> None:
 @pytest.fixture
 def plugged(daemon_factory: DaemonFactory) -> DaemonProcess:
     """A running daemon with the test channel types loaded."""
-    return daemon_factory(PLUGINS).start()
+    return daemon_factory(PLUGINS).start().ensure_lists("demo")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def _steps(stdout: str) -> dict[str, dict[str, Any]]:
 
 def test_node_client_drives_the_lifecycle(node_client: list[str], daemon_factory: DaemonFactory) -> None:
     """Node creates (idempotently), launches, pauses, resumes, stops, is refused, reads history."""
-    daemon = daemon_factory(CONFIG).start()
+    daemon = daemon_factory(CONFIG).start().ensure_lists("interop")
     include_dirs = [str(PROTO_DIR), str(googleapis_include_dir())]
     result = subprocess.run(
         [*node_client, daemon.address, *include_dirs],

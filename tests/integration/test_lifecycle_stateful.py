@@ -587,7 +587,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 @pytest.fixture
 def machine_daemon(daemon_factory: DaemonFactory) -> Iterator[DaemonProcess]:
     """One daemon with the test channel types for the whole state machine run."""
-    daemon = daemon_factory(CONFIG).start()
+    daemon = daemon_factory(CONFIG).start().ensure_lists("x")
     with daemon.channel() as channel:
         LifecycleMachine.stub = Stub(channel)
         try:
@@ -670,7 +670,7 @@ def test_concurrent_clients_never_make_a_forbidden_history(
     config = CONFIG
     if backend == "postgresql":
         config = f'[database]\nurl = "{request.getfixturevalue("pg_url")}"\n' + CONFIG
-    daemon = daemon_factory(config).start()
+    daemon = daemon_factory(config).start().ensure_lists("x")
     with daemon.channel() as channel:
         stub = Stub(channel)
         for campaign_id, types in CONCURRENT_CAMPAIGNS.items():

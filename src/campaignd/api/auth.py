@@ -22,9 +22,17 @@ VIEWER_METHODS = frozenset(
         "ListCampaignHistory",
         "WatchCampaign",
         "ServerReflectionInfo",
+        "GetContact",
+        "ListContacts",
+        "ListLists",
+        "GetSegment",
+        "ListSegments",
+        "ListSuppressions",
+        "CheckSuppression",
     }
 )
-ADMIN_METHODS = frozenset({"DeleteCampaign"})
+# Deleting campaigns and changing suppressions (which decide who may never be contacted) is admin work.
+ADMIN_METHODS = frozenset({"DeleteCampaign", "AddSuppressions", "RemoveSuppression"})
 # Load balancers and supervisors probe health without credentials.
 OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -9,6 +10,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 from grpc import aio
+from sqlalchemy.engine import Connection
 
 from campaignd import errors
 from campaignd.api import convert
@@ -18,8 +20,9 @@ from campaignd.api.errors import streaming, unary
 from campaignd.campaigns import Caller, CampaignManager
 from campaignd.config import Settings
 from campaignd.errors import ApiError, Code
-from campaignd.lifecycle import CampaignState, ChannelState, Operation
+from campaignd.lifecycle import MESSAGE_DONE_STATES, CampaignState, ChannelState, MessageState, Operation
 from campaignd.plugin.manager import Plugins
+from campaignd.store import audience as audience_store
 from campaignd.store.campaigns import CampaignFilter, CampaignRecord, ChannelRecord
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
@@ -178,7 +181,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         *,
         reason: str = "",
         v: Violations | None = None,
-        before_commit: Callable[[CampaignRecord, list[ChannelRecord]], None] | None = None,
+        before_commit: Callable[[Connection, CampaignRecord, list[ChannelRecord]], None] | None = None,
     ) -> pb.Campaign:
         v = v or Violations()
         v.text("reason", reason, max_length=MAX_REASON)
@@ -208,8 +211,8 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             v, request.attestation, request.HasField("attestation"), "attestation", now
         )
 
-        def prepare(record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
-            self.manager.check_launchable(record, chosen)
+        def prepare(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            self.manager.check_launchable(conn, record, chosen)
             record.attestation = attestation
             for channel in chosen:
                 channel.schedule_time = _time(request.schedule_time)
@@ -222,7 +225,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     async def UnscheduleCampaign(
         self, request: svc.UnscheduleCampaignRequest, context: Context
     ) -> pb.Campaign:
-        def clear(record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+        def clear(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             for channel in chosen:
                 channel.schedule_time = None
 
@@ -237,11 +240,14 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             v, request.attestation, request.HasField("attestation"), "attestation", self.manager.clock.now()
         )
 
-        def prepare(record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
-            self.manager.check_launchable(record, chosen)
+        def prepare(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            self.manager.check_launchable(conn, record, chosen)
             record.attestation = attestation
             for channel in chosen:
                 channel.schedule_time = None
+                # §3.5 step 3: the audience is resolved now and frozen into message rows.
+                counts = self.manager.resolve(conn, record, channel, freeze=True)
+                channel.audience_counts = dataclasses.asdict(counts)
 
         return await self._transition("LaunchCampaign", Operation.LAUNCH, request, v=v, before_commit=prepare)
 
@@ -255,17 +261,47 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
 
     @unary
     async def StopCampaign(self, request: svc.StopCampaignRequest, context: Context) -> pb.Campaign:
-        return await self._transition("StopCampaign", Operation.STOP, request, reason=request.reason)
+        return await self._transition(
+            "StopCampaign",
+            Operation.STOP,
+            request,
+            reason=request.reason,
+            before_commit=self._moving([MessageState.QUEUED, MessageState.RETRYING], MessageState.CANCELLED),
+        )
 
     @unary
     async def RestartCampaign(self, request: svc.RestartCampaignRequest, context: Context) -> pb.Campaign:
-        return await self._transition("RestartCampaign", Operation.RESTART, request, reason=request.reason)
+        # "Rebuilds the schedule for every recipient not yet sent": the cancelled ones queue again.
+        return await self._transition(
+            "RestartCampaign",
+            Operation.RESTART,
+            request,
+            reason=request.reason,
+            before_commit=self._moving([MessageState.CANCELLED], MessageState.QUEUED),
+        )
 
     @unary
     async def RetryFailedMessages(
         self, request: svc.RetryFailedMessagesRequest, context: Context
     ) -> pb.Campaign:
-        return await self._transition("RetryFailedMessages", Operation.RETRY_FAILED, request)
+        return await self._transition(
+            "RetryFailedMessages",
+            Operation.RETRY_FAILED,
+            request,
+            before_commit=self._moving([MessageState.FAILED], MessageState.QUEUED),
+        )
+
+    def _moving(
+        self, frm: list[MessageState], to: MessageState
+    ) -> Callable[[Connection, CampaignRecord, list[ChannelRecord]], None]:
+        def move(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            now = self.manager.clock.now()
+            for channel in chosen:
+                audience_store.move_messages(
+                    conn, record.id, channel.channel_id, [s.value for s in frm], to.value, now
+                )
+
+        return move
 
     @unary
     async def ArchiveCampaign(self, request: svc.ArchiveCampaignRequest, context: Context) -> pb.Campaign:
@@ -337,17 +373,40 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         self, request: svc.EstimateRecipientsRequest, context: Context
     ) -> svc.EstimateRecipientsResponse:
         campaign_id = self._common(request.name, request.channel_id, "", "")
-        record = await self.manager.get(campaign_id)
-        chosen = self.manager.decide(record, Operation.ESTIMATE, request.channel_id)
-        # No contact store exists yet, so every audience resolves to nobody.
-        return svc.EstimateRecipientsResponse(channels={c.channel_id: pb.AudienceCounts() for c, _ in chosen})
+
+        def estimate(conn: Connection) -> dict[str, pb.AudienceCounts]:
+            record = self.manager.load(conn, campaign_id)
+            chosen = [c for c, _ in self.manager.decide(record, Operation.ESTIMATE, request.channel_id)]
+            self.manager.check_audience(conn, record, chosen)
+            return {
+                c.channel_id: pb.AudienceCounts(
+                    **dataclasses.asdict(self.manager.resolve(conn, record, c, freeze=False))
+                )
+                for c in chosen
+            }
+
+        return svc.EstimateRecipientsResponse(channels=await self.manager.db.read(estimate))
 
     @unary
     async def GetCampaignReport(
         self, request: svc.GetCampaignReportRequest, context: Context
     ) -> pb.CampaignReport:
-        record = await self.manager.get(campaign_id_from_name(request.name))
-        return _report(record, self.manager.clock.now())
+        _, report = await self._snapshot(campaign_id_from_name(request.name))
+        return report
+
+    async def _snapshot(self, campaign_id: str) -> tuple[CampaignRecord, pb.CampaignReport]:
+        def read(
+            conn: Connection,
+        ) -> tuple[CampaignRecord, dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+            record = self.manager.load(conn, campaign_id)
+            return (
+                record,
+                audience_store.message_counts(conn, campaign_id),
+                audience_store.failure_reasons(conn, campaign_id),
+            )
+
+        record, counts, reasons = await self.manager.db.read(read)
+        return record, build_report(record, counts, reasons, self.manager.clock.now())
 
     @unary
     async def ListMessages(
@@ -360,14 +419,35 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             if value not in pb.Message.State.values() or value == pb.Message.STATE_UNSPECIFIED:
                 v.add(f"states[{index}]", f"unknown state {value}")
         v.text("reason", request.reason, max_length=100)
-        convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
-        convert.decode_token(v, "page_token", request.page_token, (campaign_id, request.channel_id))
+        states = sorted(
+            MessageState[pb.Message.State.Name(value)].value
+            for value in request.states
+            if value in pb.Message.State.values() and value != pb.Message.STATE_UNSPECIFIED
+        )
+        selection = (campaign_id, request.channel_id, tuple(states), request.reason)
+        size = convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
+        position = convert.decode_token(v, "page_token", request.page_token, selection)
         v.raise_if_any()
-        record = await self.manager.get(campaign_id)
-        if request.channel_id and record.channel(request.channel_id) is None:
-            raise errors.not_found(f"{record.name}/channels/{request.channel_id}")
-        # Messages are frozen at launch by recipient resolution; until then a campaign has none.
-        return svc.ListMessagesResponse()
+
+        def read(conn: Connection) -> list[Any]:
+            record = self.manager.load(conn, campaign_id)
+            if request.channel_id and record.channel(request.channel_id) is None:
+                raise errors.not_found(f"{record.name}/channels/{request.channel_id}")
+            return audience_store.list_messages(
+                conn,
+                campaign_id,
+                channel_id=request.channel_id,
+                states=states,
+                reason=request.reason,
+                after=int(position["a"]) if position else 0,
+                limit=size + 1,
+            )
+
+        rows = await self.manager.db.read(read)
+        response = svc.ListMessagesResponse(messages=[_message(campaign_id, r) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = convert.encode_token({"a": rows[size - 1].id}, selection)
+        return response
 
     @unary
     async def ListCampaignHistory(
@@ -402,14 +482,13 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             while not hub.closed:
                 changed = hub.subscribe(campaign_id)
                 try:
-                    record = await self.manager.get(campaign_id)
+                    record, report = await self._snapshot(campaign_id)
                 except ApiError:
                     if snapshot:
                         raise
                     return  # deleted while watched: the stream ends
                 now = self.manager.clock.now()
                 campaign = convert.campaign_message(record)
-                report = _report(record, now)
                 report.ClearField("report_time")  # compared without it: only real changes are sent
                 body = campaign.SerializeToString() + report.SerializeToString(deterministic=True)
                 report.report_time.FromDatetime(now)
@@ -428,20 +507,67 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
 MAX_REASON = 1000
 
 
-def _report(record: CampaignRecord, now: dt.datetime) -> pb.CampaignReport:
+def _progress(counts: dict[str, int], reasons: dict[str, int]) -> pb.Progress:
+    total = sum(counts.values())
+    done = sum(n for state, n in counts.items() if MessageState(state) in MESSAGE_DONE_STATES)
+    progress = pb.Progress(
+        total=total, failed_by_reason=reasons, percent_done=round(100.0 * done / total, 2) if total else 0.0
+    )
+    for state, n in counts.items():
+        # Progress has one counter per message state, named like the state.
+        setattr(progress, state, n)
+    return progress
+
+
+def build_report(
+    record: CampaignRecord,
+    counts: dict[tuple[str, str], int],
+    reasons: dict[tuple[str, str], int],
+    now: dt.datetime,
+) -> pb.CampaignReport:
+    """The report of a campaign from its message counts per (channel, state) and failure reasons."""
+    channels = []
+    all_counts: dict[str, int] = {}
+    all_reasons: dict[str, int] = {}
+    for channel in record.channels:
+        mine = {state: n for (channel_id, state), n in counts.items() if channel_id == channel.channel_id}
+        why = {reason: n for (channel_id, reason), n in reasons.items() if channel_id == channel.channel_id}
+        for state, n in mine.items():
+            all_counts[state] = all_counts.get(state, 0) + n
+        for reason, n in why.items():
+            all_reasons[reason] = all_reasons.get(reason, 0) + n
+        channels.append(
+            pb.ChannelReport(
+                channel_id=channel.channel_id,
+                type=channel.type,
+                state=pb.Channel.State.Value(ChannelState(channel.state).name),
+                progress=_progress(mine, why),
+                audience=pb.AudienceCounts(**(channel.audience_counts or {})),
+            )
+        )
     return pb.CampaignReport(
         campaign=record.name,
         state=pb.Campaign.State.Value(record.state.name),
-        totals=pb.Progress(),
-        channels=[
-            pb.ChannelReport(
-                channel_id=c.channel_id,
-                type=c.type,
-                state=pb.Channel.State.Value(ChannelState(c.state).name),
-                progress=pb.Progress(),
-                audience=pb.AudienceCounts(),
-            )
-            for c in record.channels
-        ],
+        totals=_progress(all_counts, all_reasons),
+        channels=channels,
         report_time=convert.timestamp(now),
     )
+
+
+def _message(campaign_id: str, row: Any) -> pb.Message:
+    message = pb.Message(
+        name=f"campaigns/{campaign_id}/channels/{row.channel_id}/messages/{row.id}",
+        contact=f"contacts/{row.contact_id}" if row.contact_id else "",
+        address=row.address,
+        state=pb.Message.State.Value(MessageState(row.state).name),
+        attempts=row.attempts,
+        transport=row.transport or "",
+        provider_id=row.provider_id or "",
+        last_error=row.last_error or "",
+        reason=row.reason or "",
+        outcome=row.outcome or "",
+    )
+    message.state_times["queued"].FromDatetime(row.create_time)
+    if row.state != "queued":
+        message.state_times[row.state].FromDatetime(row.update_time)
+    return message

@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from campaignd.api.campaigns import CampaignService
+from campaignd.api.contacts import ContactService
 from campaignd.api.server import ApiServer
+from campaignd.audience.service import ContactManager
 from campaignd.campaigns import CampaignManager
 from campaignd.changes import ChangeHub
 from campaignd.config import Settings
 from campaignd.plugin.manager import Plugins
 from campaignd.store.db import Database
-from campaignd.v1 import campaign_service_pb2, campaign_service_pb2_grpc
+from campaignd.v1 import (
+    campaign_service_pb2,
+    campaign_service_pb2_grpc,
+    contact_service_pb2,
+    contact_service_pb2_grpc,
+)
 
 
 class Services:
@@ -25,6 +32,11 @@ class Services:
             CampaignService(self.campaigns, settings), api.server
         )
         api.add_service(campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name)
+        self.contacts = ContactManager(database, lambda: settings().audience.default_region)
+        contact_service_pb2_grpc.add_ContactServiceServicer_to_server(
+            ContactService(self.contacts, settings), api.server
+        )
+        api.add_service(contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name)
 
     def close(self) -> None:
         """End the watch streams, so that shutdown does not wait on them."""

@@ -30,6 +30,7 @@ class ChannelRecord:
     send_window: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     remarketing: dict[str, Any] | None = None
+    audience_counts: dict[str, int] | None = None
     position: int = 0
 
 
@@ -110,6 +111,7 @@ def _channel(row: sa.Row[Any]) -> ChannelRecord:
         send_window=row.send_window,
         error=row.error,
         remarketing=row.remarketing,
+        audience_counts=row.audience_counts,
         position=row.position,
     )
 
@@ -175,6 +177,7 @@ def _channel_values(campaign_id: str, channel: ChannelRecord) -> dict[str, Any]:
         "send_window": channel.send_window,
         "error": channel.error,
         "remarketing": channel.remarketing,
+        "audience_counts": channel.audience_counts,
         "state_time": channel.state_time,
     }
 

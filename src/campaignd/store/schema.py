@@ -57,6 +57,8 @@ channels = sa.Table(
     sa.Column("error", sa.JSON),
     sa.Column("remarketing", sa.JSON),
     sa.Column("state_time", UTCDateTime, nullable=False),
+    # How the audience resolved at launch: targeted, excluded, suppressed, skipped, queued.
+    sa.Column("audience_counts", sa.JSON),
     sa.Index("ix_channels_state_schedule_time", "state", "schedule_time"),
 )
 
@@ -87,4 +89,85 @@ api_requests = sa.Table(
     sa.Column("request_id", sa.String(100), primary_key=True),
     sa.Column("response", sa.LargeBinary, nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
+)
+
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("contact_id", sa.String(63), nullable=False, unique=True),
+    # Lower-cased; unique when set (NULLs do not collide on either backend).
+    sa.Column("email", sa.String(320), unique=True),
+    sa.Column("phone", sa.String(20), index=True),
+    sa.Column("time_zone", sa.String(64)),
+    sa.Column("attributes", sa.JSON, nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("update_time", UTCDateTime, nullable=False),
+)
+
+contact_lists = sa.Table(
+    "contact_lists",
+    metadata,
+    sa.Column("id", sa.String(63), primary_key=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+)
+
+list_members = sa.Table(
+    "list_members",
+    metadata,
+    sa.Column(
+        "list_id", sa.String(63), sa.ForeignKey("contact_lists.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("contact", sa.BigInteger, sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Index("ix_list_members_contact", "contact"),
+)
+
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("id", sa.String(63), primary_key=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("filter", sa.Text, nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+)
+
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("address", sa.String(320), nullable=False),
+    # "" means every channel type; a NULL would defeat the unique constraint.
+    sa.Column("channel_type", sa.String(63), nullable=False),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("address", "channel_type"),
+)
+
+# One recipient on one channel, frozen at launch. The unique constraint is what guarantees that
+# nobody is queued twice on a channel, whatever the audience's overlaps.
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "campaign_id", sa.String(63), sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("channel_id", sa.String(63), nullable=False),
+    # The contact's row id; kept as a plain number so deleting a contact keeps its messages.
+    sa.Column("contact", sa.BigInteger),
+    sa.Column("address", sa.String(320), nullable=False),
+    sa.Column("time_zone", sa.String(64)),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("transport", sa.String(63)),
+    sa.Column("provider_id", sa.String(200)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("reason", sa.String(63)),
+    sa.Column("outcome", sa.String(63)),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("update_time", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("campaign_id", "channel_id", "address"),
+    sa.Index("ix_messages_campaign_id_channel_id_state_id", "campaign_id", "channel_id", "state", "id"),
 )

@@ -1,0 +1,442 @@
+"""ContactService: validates requests, calls ContactManager, answers with resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from grpc import aio
+
+from campaignd import errors
+from campaignd.api import convert
+from campaignd.api.convert import Violations
+from campaignd.api.errors import abort, unary
+from campaignd.audience import filters
+from campaignd.audience.contacts import ContactFieldError
+from campaignd.audience.service import (
+    SUPPRESSION_REASONS,
+    ContactManager,
+    ImportResult,
+    Rejection,
+    Row,
+    new_id,
+)
+from campaignd.config import Settings
+from campaignd.errors import ApiError, FieldViolation
+from campaignd.store.audience import ContactRecord
+from campaignd.v1 import contact_service_pb2 as cs
+from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
+
+Context = aio.ServicerContext[Any, Any]
+CONTACT_FIELDS = frozenset({"email", "phone", "time_zone", "attributes"})
+MAX_BATCH = 10_000
+MAX_REJECTED_ROWS = 10_000
+MAX_ROWS_PER_MESSAGE = 10_000
+
+
+def _id_from(name: str, collection: str, path: str) -> str:
+    prefix = f"{collection}/"
+    found = name.removeprefix(prefix) if name.startswith(prefix) else None
+    if found is None or not convert.ID.match(found):
+        raise errors.invalid_argument(
+            [FieldViolation(path, f"must be {collection}/{{id}} with an id of 1-63 [a-z0-9-]")]
+        )
+    return found
+
+
+def _check_new_id(v: Violations, path: str, value: str) -> None:
+    if value and not convert.ID.match(value):
+        v.add(path, "must be 1-63 characters of [a-z0-9-] starting with a letter")
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def contact_message(record: ContactRecord) -> cs.Contact:
+    """The Contact resource for a stored contact."""
+    return cs.Contact(
+        name=f"contacts/{record.contact_id}",
+        email=record.email or "",
+        phone=record.phone or "",
+        time_zone=record.time_zone or "",
+        attributes=_struct(record.attributes),
+        create_time=convert.timestamp(record.create_time),
+        update_time=convert.timestamp(record.update_time),
+    )
+
+
+def _attributes(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message.attributes) if message.HasField("attributes") else {}
+
+
+def _row(index: int, contact_id: str, message: Any) -> Row:
+    return Row(index, contact_id, message.email, message.phone, message.time_zone, _attributes(message))
+
+
+class ContactService(cs_grpc.ContactServiceServicer):
+    """The gRPC face of the audience."""
+
+    def __init__(self, manager: ContactManager, settings: Callable[[], Settings]) -> None:
+        self.manager = manager
+        self.settings = settings
+
+    def _page(
+        self, v: Violations, size: int, token: str, selection: Any
+    ) -> tuple[int, dict[str, Any] | None]:
+        limit = convert.page_size(v, "page_size", size, 100, self.settings().limits.max_page_size)
+        return limit, convert.decode_token(v, "page_token", token, selection)
+
+    # -- contacts -------------------------------------------------------------------------------
+
+    @unary
+    async def CreateContact(self, request: cs.CreateContactRequest, context: Context) -> cs.Contact:
+        v = Violations()
+        _check_new_id(v, "contact_id", request.contact_id)
+        v.request_id("request_id", request.request_id)
+        v.raise_if_any()
+        return contact_message(await self.manager.create(_row(0, request.contact_id, request.contact)))
+
+    @unary
+    async def GetContact(self, request: cs.GetContactRequest, context: Context) -> cs.Contact:
+        return contact_message(await self.manager.get(_id_from(request.name, "contacts", "name")))
+
+    @unary
+    async def UpdateContact(self, request: cs.UpdateContactRequest, context: Context) -> cs.Contact:
+        contact_id = _id_from(request.contact.name, "contacts", "contact.name")
+        v = Violations()
+        paths = list(request.update_mask.paths)
+        if not paths:
+            v.add("update_mask", f"required: name the fields to change, of {sorted(CONTACT_FIELDS)}")
+        for index, path in enumerate(paths):
+            if path not in CONTACT_FIELDS:
+                v.add(
+                    f"update_mask.paths[{index}]",
+                    f"cannot update {path!r}; updatable: {sorted(CONTACT_FIELDS)}",
+                )
+        v.raise_if_any()
+        record = await self.manager.update(contact_id, _row(0, contact_id, request.contact), frozenset(paths))
+        return contact_message(record)
+
+    @unary
+    async def DeleteContact(
+        self, request: cs.DeleteContactRequest, context: Context
+    ) -> cs.DeleteContactResponse:
+        contact_id = _id_from(request.name, "contacts", "name")
+        await self.manager.delete(contact_id)
+        return cs.DeleteContactResponse(name=f"contacts/{contact_id}")
+
+    @unary
+    async def ListContacts(
+        self, request: cs.ListContactsRequest, context: Context
+    ) -> cs.ListContactsResponse:
+        v = Violations()
+        parsed = None
+        try:
+            parsed = filters.parse(request.filter) if request.filter.strip() else None
+        except filters.FilterError as exc:
+            v.add("filter", str(exc))
+        list_id = _id_from(request.list, "lists", "list") if request.list else ""
+        limit, position = self._page(v, request.page_size, request.page_token, (request.filter, list_id))
+        v.raise_if_any()
+        records = await self.manager.list_contacts(
+            parsed, list_id, int(position["a"]) if position else 0, limit + 1
+        )
+        response = cs.ListContactsResponse(contacts=[contact_message(r) for r in records[:limit]])
+        if len(records) > limit:
+            response.next_page_token = convert.encode_token(
+                {"a": records[limit - 1].pk}, (request.filter, list_id)
+            )
+        return response
+
+    async def ImportContacts(
+        self, requests: AsyncIterator[cs.ImportContactsRequest], context: Context
+    ) -> cs.ImportContactsResponse:
+        try:
+            return await self._import(requests)
+        except ApiError as exc:
+            await abort(context, exc)
+            raise AssertionError("unreachable: abort raises") from exc
+
+    async def _import(self, requests: AsyncIterator[cs.ImportContactsRequest]) -> cs.ImportContactsResponse:
+        result = ImportResult()
+        options: cs.ImportOptions | None = None
+        match_on, list_id = "email", ""
+        pending: list[Row] = []
+        index = 0
+        async for request in requests:
+            if options is None:
+                options = request.options
+                match_on = "contact_id" if options.match_on == cs.ImportOptions.CONTACT_ID else "email"
+                if options.match_on not in cs.ImportOptions.MatchOn.values():
+                    raise errors.invalid_argument([FieldViolation("options.match_on", "unknown value")])
+                if options.list:
+                    list_id = _id_from(options.list, "lists", "options.list")
+                    await self.manager.check_list(list_id)
+            elif request.HasField("options"):
+                raise errors.invalid_argument(
+                    [FieldViolation("options", "only in the first message of the stream")]
+                )
+            if len(request.rows) > MAX_ROWS_PER_MESSAGE:
+                raise errors.invalid_argument(
+                    [FieldViolation("rows", f"at most {MAX_ROWS_PER_MESSAGE} per message")]
+                )
+            for row in request.rows:
+                if row.contact_id and not convert.ID.match(row.contact_id):
+                    result.rejected.append(
+                        Rejection(index, "contact_id", "must be 1-63 characters of [a-z0-9-]")
+                    )
+                elif not (row.email or row.phone):
+                    result.rejected.append(
+                        Rejection(index, "email", "a contact needs an email address or a phone")
+                    )
+                else:
+                    pending.append(_row(index, row.contact_id, row))
+                index += 1
+                if len(pending) >= 1000:
+                    await self.manager.import_rows(pending, match_on, list_id, result)
+                    pending = []
+        if pending:
+            await self.manager.import_rows(pending, match_on, list_id, result)
+        rejected = sorted(result.rejected, key=lambda r: r.index)
+        return cs.ImportContactsResponse(
+            created=result.created,
+            updated=result.updated,
+            rejected=len(rejected),
+            rejected_rows=[
+                cs.RejectedRow(index=r.index, field=r.field, reason=r.reason)
+                for r in rejected[:MAX_REJECTED_ROWS]
+            ],
+        )
+
+    # -- lists ----------------------------------------------------------------------------------
+
+    @unary
+    async def CreateList(self, request: cs.CreateListRequest, context: Context) -> cs.ContactList:
+        v = Violations()
+        _check_new_id(v, "list_id", request.list_id)
+        v.text("list.display_name", request.list.display_name, max_length=200, required=True)
+        v.raise_if_any()
+        list_id, name, created, count = await self.manager.create_list(
+            request.list_id or new_id("l"), request.list.display_name
+        )
+        return _list_message(list_id, name, created, count)
+
+    @unary
+    async def ListLists(self, request: cs.ListListsRequest, context: Context) -> cs.ListListsResponse:
+        v = Violations()
+        limit, position = self._page(v, request.page_size, request.page_token, "lists")
+        v.raise_if_any()
+        rows = await self.manager.list_lists(str(position["a"]) if position else "", limit + 1)
+        response = cs.ListListsResponse(lists=[_list_message(*r) for r in rows[:limit]])
+        if len(rows) > limit:
+            response.next_page_token = convert.encode_token({"a": rows[limit - 1][0]}, "lists")
+        return response
+
+    @unary
+    async def DeleteList(self, request: cs.DeleteListRequest, context: Context) -> cs.DeleteListResponse:
+        list_id = _id_from(request.name, "lists", "name")
+        await self.manager.delete_list(list_id)
+        return cs.DeleteListResponse(name=f"lists/{list_id}")
+
+    def _members(self, list_name: str, names: Any) -> tuple[str, list[str]]:
+        list_id = _id_from(list_name, "lists", "list")
+        v = Violations()
+        if not names:
+            v.add("contacts", "required")
+        if len(names) > MAX_BATCH:
+            v.add("contacts", f"at most {MAX_BATCH} per call")
+        ids = []
+        for index, name in enumerate(names[:MAX_BATCH]):
+            contact_id = name.removeprefix("contacts/") if name.startswith("contacts/") else ""
+            if not convert.ID.match(contact_id):
+                v.add(f"contacts[{index}]", "must be contacts/{id}")
+            ids.append(contact_id)
+        v.raise_if_any()
+        return list_id, ids
+
+    @unary
+    async def AddListMembers(
+        self, request: cs.AddListMembersRequest, context: Context
+    ) -> cs.AddListMembersResponse:
+        list_id, ids = self._members(request.list, request.contacts)
+        added, already = await self.manager.change_members(list_id, ids, add=True)
+        return cs.AddListMembersResponse(added=added, already_members=already)
+
+    @unary
+    async def RemoveListMembers(
+        self, request: cs.RemoveListMembersRequest, context: Context
+    ) -> cs.RemoveListMembersResponse:
+        list_id, ids = self._members(request.list, request.contacts)
+        removed, _ = await self.manager.change_members(list_id, ids, add=False)
+        return cs.RemoveListMembersResponse(removed=removed)
+
+    # -- segments -------------------------------------------------------------------------------
+
+    @unary
+    async def CreateSegment(self, request: cs.CreateSegmentRequest, context: Context) -> cs.Segment:
+        v = Violations()
+        _check_new_id(v, "segment_id", request.segment_id)
+        v.text("segment.display_name", request.segment.display_name, max_length=200, required=True)
+        if not request.segment.filter.strip():
+            v.add("segment.filter", "required")
+        else:
+            try:
+                filters.parse(request.segment.filter)
+            except filters.FilterError as exc:
+                v.add("segment.filter", str(exc))
+        v.raise_if_any()
+        row = await self.manager.create_segment(
+            request.segment_id or new_id("s"), request.segment.display_name, request.segment.filter
+        )
+        return _segment_message(row)
+
+    @unary
+    async def GetSegment(self, request: cs.GetSegmentRequest, context: Context) -> cs.Segment:
+        return _segment_message(await self.manager.get_segment(_id_from(request.name, "segments", "name")))
+
+    @unary
+    async def ListSegments(
+        self, request: cs.ListSegmentsRequest, context: Context
+    ) -> cs.ListSegmentsResponse:
+        v = Violations()
+        limit, position = self._page(v, request.page_size, request.page_token, "segments")
+        v.raise_if_any()
+        rows = await self.manager.list_segments(str(position["a"]) if position else "", limit + 1)
+        response = cs.ListSegmentsResponse(segments=[_segment_message(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            response.next_page_token = convert.encode_token({"a": rows[limit - 1].id}, "segments")
+        return response
+
+    @unary
+    async def DeleteSegment(
+        self, request: cs.DeleteSegmentRequest, context: Context
+    ) -> cs.DeleteSegmentResponse:
+        segment_id = _id_from(request.name, "segments", "name")
+        await self.manager.delete_segment(segment_id)
+        return cs.DeleteSegmentResponse(name=f"segments/{segment_id}")
+
+    # -- suppressions ---------------------------------------------------------------------------
+
+    def _address(self, v: Violations, path: str, address: str) -> str:
+        if not address:
+            v.add(path, "required")
+            return ""
+        try:
+            return self.manager.normalise_address(address)
+        except ContactFieldError as exc:
+            v.add(path, exc.reason)
+            return ""
+
+    @unary
+    async def AddSuppressions(
+        self, request: cs.AddSuppressionsRequest, context: Context
+    ) -> cs.AddSuppressionsResponse:
+        v = Violations()
+        if not request.suppressions:
+            v.add("suppressions", "required")
+        if len(request.suppressions) > MAX_BATCH:
+            v.add("suppressions", f"at most {MAX_BATCH} per call")
+        rows = []
+        for index, item in enumerate(request.suppressions[:MAX_BATCH]):
+            path = f"suppressions[{index}]"
+            address = self._address(v, f"{path}.address", item.address)
+            v.text(f"{path}.channel_type", item.channel_type, max_length=63)
+            v.text(f"{path}.source", item.source, max_length=200)
+            if (
+                item.reason not in cs.Suppression.Reason.values()
+                or item.reason == cs.Suppression.REASON_UNSPECIFIED
+            ):
+                v.add(f"{path}.reason", f"one of {sorted(SUPPRESSION_REASONS)}")
+                continue
+            rows.append(
+                {
+                    "address": address,
+                    "channel_type": item.channel_type,
+                    "reason": cs.Suppression.Reason.Name(item.reason).lower(),
+                    "source": item.source or "api",
+                }
+            )
+        v.raise_if_any()
+        added, already = await self.manager.add_suppressions(rows)
+        return cs.AddSuppressionsResponse(added=added, already_suppressed=already)
+
+    @unary
+    async def RemoveSuppression(
+        self, request: cs.RemoveSuppressionRequest, context: Context
+    ) -> cs.RemoveSuppressionResponse:
+        suppression_id = request.name.removeprefix("suppressions/")
+        if (
+            not request.name.startswith("suppressions/")
+            or not suppression_id.isdigit()
+            or len(suppression_id) > 18
+        ):
+            raise errors.invalid_argument([FieldViolation("name", "must be suppressions/{id}")])
+        await self.manager.remove_suppression(int(suppression_id))
+        return cs.RemoveSuppressionResponse(name=request.name)
+
+    @unary
+    async def ListSuppressions(
+        self, request: cs.ListSuppressionsRequest, context: Context
+    ) -> cs.ListSuppressionsResponse:
+        v = Violations()
+        address = self._address(v, "address", request.address) if request.address else ""
+        v.text("channel_type", request.channel_type, max_length=63)
+        if request.reason not in cs.Suppression.Reason.values():
+            v.add("reason", "unknown reason")
+        reason = cs.Suppression.Reason.Name(request.reason).lower() if request.reason else ""
+        selection = (address, request.channel_type, reason)
+        limit, position = self._page(v, request.page_size, request.page_token, selection)
+        v.raise_if_any()
+        rows = await self.manager.list_suppressions(
+            address, request.channel_type or None, reason, int(position["b"]) if position else None, limit + 1
+        )
+        response = cs.ListSuppressionsResponse(suppressions=[_suppression_message(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            response.next_page_token = convert.encode_token({"b": rows[limit - 1].id}, selection)
+        return response
+
+    @unary
+    async def CheckSuppression(
+        self, request: cs.CheckSuppressionRequest, context: Context
+    ) -> cs.CheckSuppressionResponse:
+        v = Violations()
+        address = self._address(v, "address", request.address)
+        v.text("channel_type", request.channel_type, max_length=63, required=True)
+        v.raise_if_any()
+        rows = await self.manager.check(address, request.channel_type)
+        return cs.CheckSuppressionResponse(
+            suppressed=bool(rows), suppressions=[_suppression_message(r) for r in rows]
+        )
+
+
+def _list_message(list_id: str, display_name: str, created: Any, members: int) -> cs.ContactList:
+    return cs.ContactList(
+        name=f"lists/{list_id}",
+        display_name=display_name,
+        member_count=members,
+        create_time=convert.timestamp(created),
+    )
+
+
+def _segment_message(row: Any) -> cs.Segment:
+    return cs.Segment(
+        name=f"segments/{row.id}",
+        display_name=row.display_name,
+        filter=row.filter,
+        create_time=convert.timestamp(row.create_time),
+    )
+
+
+def _suppression_message(row: Any) -> cs.Suppression:
+    return cs.Suppression(
+        name=f"suppressions/{row.id}",
+        address=row.address,
+        channel_type=row.channel_type,
+        reason=cs.Suppression.Reason.Value(row.reason.upper()),
+        source=row.source,
+        create_time=convert.timestamp(row.create_time),
+    )

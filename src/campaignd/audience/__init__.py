@@ -1,0 +1,1 @@
+"""Audiences: who a campaign reaches — lists, segment filters, exclusions and suppressions."""

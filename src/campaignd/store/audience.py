@@ -1,0 +1,473 @@
+"""Named queries on contacts, lists, segments, suppressions, and recipient resolution.
+
+Resolution is set-based: one INSERT … SELECT freezes a channel's recipients into message rows,
+whatever the audience's size; no Python loop walks the contacts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from campaignd.audience import filters
+from campaignd.store.schema import contact_lists, contacts, list_members, messages, segments, suppressions
+
+
+@dataclass
+class ContactRecord:
+    """A stored contact."""
+
+    pk: int
+    contact_id: str
+    email: str | None
+    phone: str | None
+    time_zone: str | None
+    attributes: dict[str, Any]
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+
+def _contact(row: sa.Row[Any]) -> ContactRecord:
+    return ContactRecord(
+        pk=row.id,
+        contact_id=row.contact_id,
+        email=row.email,
+        phone=row.phone,
+        time_zone=row.time_zone,
+        attributes=row.attributes,
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
+
+
+def insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows, skipping those that collide with a unique key."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    # rowcount is not reliable for an executemany with ON CONFLICT on every driver, so callers
+    # count what existed before instead.
+    conn.execute(dialect.insert(table).on_conflict_do_nothing(), list(rows))
+
+
+# -- contacts -----------------------------------------------------------------------------------
+
+
+def get_contact(conn: Connection, contact_id: str) -> ContactRecord | None:
+    """The contact with this id."""
+    row = conn.execute(sa.select(contacts).where(contacts.c.contact_id == contact_id)).one_or_none()
+    return None if row is None else _contact(row)
+
+
+def contact_by_email(conn: Connection, email: str) -> ContactRecord | None:
+    """The contact with this (normalised) email address."""
+    row = conn.execute(sa.select(contacts).where(contacts.c.email == email)).one_or_none()
+    return None if row is None else _contact(row)
+
+
+def insert_contact(conn: Connection, values: Mapping[str, Any]) -> ContactRecord:
+    """Store a new contact."""
+    pk = conn.execute(contacts.insert().values(**values).returning(contacts.c.id)).scalar_one()
+    return ContactRecord(pk=pk, **{k: values[k] for k in _CONTACT_FIELDS})
+
+
+_CONTACT_FIELDS = ("contact_id", "email", "phone", "time_zone", "attributes", "create_time", "update_time")
+
+
+def update_contact(conn: Connection, pk: int, values: Mapping[str, Any]) -> None:
+    """Change a contact's fields."""
+    conn.execute(contacts.update().where(contacts.c.id == pk).values(**values))
+
+
+def delete_contact(conn: Connection, pk: int) -> None:
+    """Delete a contact and its list memberships (frozen messages keep their copy of the address)."""
+    conn.execute(list_members.delete().where(list_members.c.contact == pk))
+    conn.execute(contacts.delete().where(contacts.c.id == pk))
+
+
+def list_contacts(
+    conn: Connection, where: sa.ColumnElement[bool] | None, list_id: str, *, after: int, limit: int
+) -> list[ContactRecord]:
+    """Contacts in creation order after row id `after`, matching `where` and in `list_id` when given."""
+    query = sa.select(contacts).where(contacts.c.id > after)
+    if where is not None:
+        query = query.where(where)
+    if list_id:
+        query = query.where(
+            contacts.c.id.in_(sa.select(list_members.c.contact).where(list_members.c.list_id == list_id))
+        )
+    return [_contact(r) for r in conn.execute(query.order_by(contacts.c.id).limit(limit))]
+
+
+def existing_contacts(conn: Connection, column: str, keys: Iterable[str]) -> dict[str, ContactRecord]:
+    """Contacts whose `column` (email or contact_id) is one of `keys`, by that key."""
+    wanted = list(set(keys))
+    found: dict[str, ContactRecord] = {}
+    for start in range(0, len(wanted), 5000):
+        chunk = wanted[start : start + 5000]
+        for row in conn.execute(sa.select(contacts).where(contacts.c[column].in_(chunk))):
+            record = _contact(row)
+            found[getattr(record, column)] = record
+    return found
+
+
+def insert_contacts(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Store new contacts in one statement; returns their row ids in order."""
+    if not rows:
+        return []
+    result = conn.execute(
+        contacts.insert().returning(contacts.c.id, sort_by_parameter_order=True), list(rows)
+    )
+    return [r.id for r in result]
+
+
+def update_contacts(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Change many contacts; each row has `pk` and the new values of every field."""
+    if rows:
+        conn.execute(
+            contacts.update()
+            .where(contacts.c.id == sa.bindparam("pk"))
+            .values(
+                email=sa.bindparam("email"),
+                phone=sa.bindparam("phone"),
+                time_zone=sa.bindparam("time_zone"),
+                attributes=sa.bindparam("attributes"),
+                update_time=sa.bindparam("update_time"),
+            ),
+            list(rows),
+        )
+
+
+# -- lists --------------------------------------------------------------------------------------
+
+
+def list_exists(conn: Connection, list_id: str) -> bool:
+    """Whether the list exists."""
+    return (
+        conn.execute(sa.select(contact_lists.c.id).where(contact_lists.c.id == list_id)).first() is not None
+    )
+
+
+def insert_list(conn: Connection, list_id: str, display_name: str, now: dt.datetime) -> None:
+    """Store a new list."""
+    conn.execute(contact_lists.insert().values(id=list_id, display_name=display_name, create_time=now))
+
+
+def list_lists(conn: Connection, *, after: str, limit: int) -> list[tuple[str, str, dt.datetime, int]]:
+    """(id, display name, create time, member count) of lists ordered by id after `after`."""
+    counts = (
+        sa.select(list_members.c.list_id, sa.func.count().label("n"))
+        .group_by(list_members.c.list_id)
+        .subquery()
+    )
+    query = (
+        sa.select(contact_lists, sa.func.coalesce(counts.c.n, 0).label("members"))
+        .outerjoin(counts, counts.c.list_id == contact_lists.c.id)
+        .where(contact_lists.c.id > after)
+        .order_by(contact_lists.c.id)
+        .limit(limit)
+    )
+    return [(r.id, r.display_name, r.create_time, r.members) for r in conn.execute(query)]
+
+
+def delete_list(conn: Connection, list_id: str) -> bool:
+    """Delete a list and its memberships; False when there was none."""
+    conn.execute(list_members.delete().where(list_members.c.list_id == list_id))
+    return conn.execute(contact_lists.delete().where(contact_lists.c.id == list_id)).rowcount == 1
+
+
+def add_members(conn: Connection, list_id: str, contact_pks: Sequence[int]) -> int:
+    """Add contacts to a list; returns how many were not members yet."""
+    already = 0
+    for start in range(0, len(contact_pks), 5000):
+        chunk = list(contact_pks[start : start + 5000])
+        already += int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(list_members)
+                .where(list_members.c.list_id == list_id, list_members.c.contact.in_(chunk))
+            ).scalar_one()
+        )
+    insert_ignore(conn, list_members, [{"list_id": list_id, "contact": pk} for pk in contact_pks])
+    return len(contact_pks) - already
+
+
+def remove_members(conn: Connection, list_id: str, contact_pks: Sequence[int]) -> int:
+    """Remove contacts from a list; returns how many were members."""
+    result = conn.execute(
+        list_members.delete().where(
+            list_members.c.list_id == list_id, list_members.c.contact.in_(contact_pks)
+        )
+    )
+    return result.rowcount
+
+
+# -- segments -----------------------------------------------------------------------------------
+
+
+def get_segment(conn: Connection, segment_id: str) -> sa.Row[Any] | None:
+    """The segment row."""
+    return conn.execute(sa.select(segments).where(segments.c.id == segment_id)).one_or_none()
+
+
+def insert_segment(conn: Connection, segment_id: str, display_name: str, text: str, now: dt.datetime) -> None:
+    """Store a new segment."""
+    conn.execute(
+        segments.insert().values(id=segment_id, display_name=display_name, filter=text, create_time=now)
+    )
+
+
+def list_segments(conn: Connection, *, after: str, limit: int) -> list[sa.Row[Any]]:
+    """Segments ordered by id after `after`."""
+    return list(
+        conn.execute(sa.select(segments).where(segments.c.id > after).order_by(segments.c.id).limit(limit))
+    )
+
+
+def delete_segment(conn: Connection, segment_id: str) -> bool:
+    """Delete a segment; False when there was none."""
+    return conn.execute(segments.delete().where(segments.c.id == segment_id)).rowcount == 1
+
+
+# -- suppressions -------------------------------------------------------------------------------
+
+
+def add_suppressions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Add suppressions, leaving existing (address, channel type) pairs alone; returns how many were new."""
+    pairs = [(r["address"], r["channel_type"]) for r in rows]
+    already = 0
+    for start in range(0, len(pairs), 2000):
+        chunk = pairs[start : start + 2000]
+        already += int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(suppressions)
+                .where(sa.tuple_(suppressions.c.address, suppressions.c.channel_type).in_(chunk))
+            ).scalar_one()
+        )
+    insert_ignore(conn, suppressions, rows)
+    return len(pairs) - already
+
+
+def remove_suppression(conn: Connection, suppression_id: int) -> bool:
+    """Remove one suppression; False when there was none."""
+    return conn.execute(suppressions.delete().where(suppressions.c.id == suppression_id)).rowcount == 1
+
+
+def list_suppressions(
+    conn: Connection, *, address: str, channel_type: str | None, reason: str, before: int | None, limit: int
+) -> list[sa.Row[Any]]:
+    """Suppressions newest first, before row id `before`, with the given filters."""
+    query = sa.select(suppressions)
+    if address:
+        query = query.where(suppressions.c.address == address)
+    if channel_type is not None:
+        query = query.where(suppressions.c.channel_type == channel_type)
+    if reason:
+        query = query.where(suppressions.c.reason == reason)
+    if before is not None:
+        query = query.where(suppressions.c.id < before)
+    return list(conn.execute(query.order_by(suppressions.c.id.desc()).limit(limit)))
+
+
+def suppressions_for(conn: Connection, address: str, channel_type: str) -> list[sa.Row[Any]]:
+    """The suppressions that keep `address` from being contacted on `channel_type`."""
+    return list(
+        conn.execute(
+            sa.select(suppressions)
+            .where(suppressions.c.address == address, suppressions.c.channel_type.in_(["", channel_type]))
+            .order_by(suppressions.c.id)
+        )
+    )
+
+
+# -- recipient resolution -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who a channel targets: lists and segment filters to include and to exclude, or a
+    remarketing source (an earlier channel's recipients with given outcomes)."""
+
+    target_lists: Sequence[str] = ()
+    target_filters: Sequence[filters.Filter] = ()
+    exclude_lists: Sequence[str] = ()
+    exclude_filters: Sequence[filters.Filter] = ()
+    remarketing: tuple[str, str, Sequence[str]] | None = None
+
+
+@dataclass(frozen=True)
+class AudienceCounts:
+    """How an audience resolves for one channel."""
+
+    targeted: int
+    excluded: int
+    suppressed: int
+    skipped: int
+    queued: int
+
+
+def _members(list_ids: Sequence[str], compiled: Sequence[sa.ColumnElement[bool]]) -> sa.Select[Any] | None:
+    parts: list[sa.Select[Any]] = []
+    if list_ids:
+        parts.append(
+            sa.select(list_members.c.contact.label("id")).where(list_members.c.list_id.in_(list_ids))
+        )
+    parts.extend(sa.select(contacts.c.id.label("id")).where(where) for where in compiled)
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    union = sa.union(*parts).subquery()
+    return sa.select(union.c.id)
+
+
+def _targets(audience: Audience) -> sa.Select[Any] | None:
+    if audience.remarketing is not None:
+        campaign_id, channel_id, outcomes = audience.remarketing
+        return sa.select(messages.c.contact.label("id")).where(
+            messages.c.campaign_id == campaign_id,
+            messages.c.channel_id == channel_id,
+            messages.c.contact.is_not(None),
+            sa.or_(messages.c.state.in_(list(outcomes)), messages.c.outcome.in_(list(outcomes))),
+        )
+    return _members(audience.target_lists, [filters.compile(f, contacts) for f in audience.target_filters])
+
+
+def resolve(
+    conn: Connection,
+    audience: Audience,
+    *,
+    address: str,
+    channel_type: str,
+    freeze: tuple[str, str, dt.datetime] | None = None,
+) -> AudienceCounts:
+    """Count (and with `freeze` = (campaign id, channel id, now), write as QUEUED messages) the
+    recipients of one channel: targets minus exclusions minus suppressions, one per address."""
+    targets = _targets(audience)
+    if targets is None:
+        return AudienceCounts(0, 0, 0, 0, 0)
+    excluded_ids = _members(
+        audience.exclude_lists, [filters.compile(f, contacts) for f in audience.exclude_filters]
+    )
+    address_column = contacts.c.email if address == "email" else contacts.c.phone
+    in_targets = contacts.c.id.in_(targets)
+    remaining = [in_targets]
+    if excluded_ids is not None:
+        remaining.append(contacts.c.id.not_in(excluded_ids))
+    suppressed = sa.exists().where(
+        suppressions.c.address == address_column, suppressions.c.channel_type.in_(["", channel_type])
+    )
+
+    def count(*where: sa.ColumnElement[bool]) -> int:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(contacts).where(*where)).scalar_one())
+
+    targeted = count(in_targets)
+    excluded = targeted - count(*remaining) if excluded_ids is not None else 0
+    skipped = count(*remaining, address_column.is_(None))
+    suppressed_count = count(*remaining, address_column.is_not(None), suppressed)
+    # One message per address: the contact with the lowest row id stands for the others.
+    chosen = (
+        sa.select(sa.func.min(contacts.c.id))
+        .where(*remaining, address_column.is_not(None), ~suppressed)
+        .group_by(address_column)
+    )
+    if freeze is None:
+        queued = int(conn.execute(sa.select(sa.func.count()).select_from(chosen.subquery())).scalar_one())
+    else:
+        campaign_id, channel_id, now = freeze
+        rows = sa.select(
+            sa.literal(campaign_id),
+            sa.literal(channel_id),
+            contacts.c.id,
+            address_column,
+            contacts.c.time_zone,
+            sa.literal("queued"),
+            sa.literal(0),
+            sa.literal(now, messages.c.create_time.type),
+            sa.literal(now, messages.c.update_time.type),
+        ).where(contacts.c.id.in_(chosen))
+        columns = ["campaign_id", "channel_id", "contact", "address", "time_zone", "state", "attempts"]
+        conn.execute(messages.insert().from_select([*columns, "create_time", "update_time"], rows))
+        # INSERT … SELECT reports no reliable rowcount on every driver; count what was frozen.
+        queued = int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(messages)
+                .where(messages.c.campaign_id == campaign_id, messages.c.channel_id == channel_id)
+            ).scalar_one()
+        )
+    return AudienceCounts(targeted, excluded, suppressed_count, skipped, queued)
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+def message_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
+    """Messages per (channel id, state) of a campaign."""
+    rows = conn.execute(
+        sa.select(messages.c.channel_id, messages.c.state, sa.func.count())
+        .where(messages.c.campaign_id == campaign_id)
+        .group_by(messages.c.channel_id, messages.c.state)
+    )
+    return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+def failure_reasons(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
+    """FAILED messages per (channel id, reason)."""
+    rows = conn.execute(
+        sa.select(messages.c.channel_id, messages.c.reason, sa.func.count())
+        .where(messages.c.campaign_id == campaign_id, messages.c.state == "failed")
+        .group_by(messages.c.channel_id, messages.c.reason)
+    )
+    return {(r[0], r[1] or ""): int(r[2]) for r in rows}
+
+
+def list_messages(
+    conn: Connection,
+    campaign_id: str,
+    *,
+    channel_id: str,
+    states: Sequence[str],
+    reason: str,
+    after: int,
+    limit: int,
+) -> list[sa.Row[Any]]:
+    """Messages of a campaign in row order after `after`, with the given filters."""
+    query = sa.select(messages, contacts.c.contact_id).outerjoin(
+        contacts, contacts.c.id == messages.c.contact
+    )
+    query = query.where(messages.c.campaign_id == campaign_id, messages.c.id > after)
+    if channel_id:
+        query = query.where(messages.c.channel_id == channel_id)
+    if states:
+        query = query.where(messages.c.state.in_(list(states)))
+    if reason:
+        query = query.where(messages.c.reason == reason)
+    return list(conn.execute(query.order_by(messages.c.id).limit(limit)))
+
+
+def move_messages(
+    conn: Connection, campaign_id: str, channel_id: str, frm: Sequence[str], to: str, now: dt.datetime
+) -> int:
+    """Move a channel's messages in states `frm` to `to` (stop, restart, retry); returns how many."""
+    return conn.execute(
+        messages.update()
+        .where(
+            messages.c.campaign_id == campaign_id,
+            messages.c.channel_id == channel_id,
+            messages.c.state.in_(list(frm)),
+        )
+        .values(state=to, update_time=now)
+    ).rowcount
+
+
+def delete_messages(conn: Connection, campaign_id: str) -> None:
+    """Delete a campaign's messages."""
+    conn.execute(messages.delete().where(messages.c.campaign_id == campaign_id))
