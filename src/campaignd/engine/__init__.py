@@ -1,0 +1,1 @@
+"""The sending engine: leasing, batches, rates, the pause barrier, schedules, sweeps, progress."""

@@ -1,0 +1,79 @@
+"""Send rates honoured over any one-second window (SPEC §4.1), not on average.
+
+A token bucket of r tokens lets 2r sends through a window that straddles a refill; a sliding log
+of the last second's sends cannot. Weights let an SMS of three parts count as three messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+
+from campaignd.clock import Clock
+
+WINDOW = 1.0
+
+
+class RateLimiter:
+    """At most `rate` units in any window of one second; rates below 1 space single sends apart."""
+
+    def __init__(self, rate: float, clock: Clock | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.clock = clock or Clock()
+        self._log: collections.deque[tuple[float, float]] = collections.deque()  # (time, weight)
+        self._in_window = 0.0
+        self._lock = asyncio.Lock()
+        self.rate = rate
+
+    def set_rate(self, rate: float) -> None:
+        """Change the rate (on reload); sends already logged still count."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+
+    def _forget(self, now: float) -> None:
+        horizon = self._horizon()
+        while self._log and self._log[0][0] <= now - horizon:
+            self._in_window -= self._log.popleft()[1]
+
+    def _horizon(self) -> float:
+        # Below one unit per second the window stretches so that one unit fits: 0.5/s is one per 2 s.
+        return WINDOW if self.rate >= 1 else WINDOW / self.rate
+
+    def _capacity(self) -> float:
+        return max(self.rate, 1.0) if self.rate >= 1 else 1.0
+
+    def delay(self, weight: float = 1.0) -> float:
+        """Seconds to wait before `weight` units may go; 0 when they may go now."""
+        now = self.clock.monotonic()
+        self._forget(now)
+        capacity = self._capacity()
+        if weight > capacity:
+            # A unit heavier than the whole window (e.g. a 10-part SMS at 5/s) goes alone.
+            return 0.0 if not self._log else self._log[-1][0] + self._horizon() - now
+        excess = self._in_window + weight - capacity
+        if excess <= 1e-9:
+            return 0.0
+        released = 0.0
+        for time, logged in self._log:
+            released += logged
+            if released >= excess - 1e-9:
+                return max(0.0, time + self._horizon() - now)
+        return self._horizon()
+
+    def record(self, weight: float = 1.0) -> None:
+        """Count `weight` units as sent now."""
+        now = self.clock.monotonic()
+        self._forget(now)
+        self._log.append((now, weight))
+        self._in_window += weight
+
+    async def acquire(self, weight: float = 1.0) -> None:
+        """Wait until `weight` units may go, then count them."""
+        async with self._lock:
+            # The wait is for time to pass, not for another task, so a sleep is the right tool.
+            while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(math.nextafter(wait, math.inf))
+            self.record(weight)

@@ -1,0 +1,130 @@
+"""The rate limiter against a clock the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from campaignd.clock import Clock
+from campaignd.engine.rates import RateLimiter
+
+
+class FakeClock(Clock):
+    """A monotonic clock that only the test moves."""
+
+    def __init__(self) -> None:
+        self.now_seconds = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now_seconds
+
+
+def _drive(
+    limiter: RateLimiter, clock: FakeClock, sends: int, weights: list[float] | None = None
+) -> list[float]:
+    """Send as fast as the limiter allows, jumping the clock over each wait; returns send times."""
+    times = []
+    for i in range(sends):
+        weight = weights[i] if weights else 1.0
+        while (wait := limiter.delay(weight)) > 0:
+            clock.now_seconds += wait
+        limiter.record(weight)
+        times.append(clock.now_seconds)
+    return times
+
+
+def _max_in_any_window(times: list[float], weights: list[float], window: float = 1.0) -> float:
+    worst = 0.0
+    for i, start in enumerate(times):
+        total = sum(w for t, w in zip(times[i:], weights[i:], strict=True) if t < start + window - 1e-9)
+        worst = max(worst, total)
+    return worst
+
+
+def test_never_more_than_the_rate_in_any_one_second_window() -> None:
+    """At 100/s, 1000 sends never put more than 100 into any one-second window."""
+    clock = FakeClock()
+    times = _drive(RateLimiter(100, clock), clock, 1000)
+    assert _max_in_any_window(times, [1.0] * 1000) == 100
+    assert times[-1] - times[0] == pytest.approx(9.0, abs=0.01)
+
+
+def test_a_burst_after_idle_is_capped_too() -> None:
+    """After a quiet spell, the burst allowed is the rate, not twice the rate."""
+    clock = FakeClock()
+    limiter = RateLimiter(10, clock)
+    first = _drive(limiter, clock, 10)
+    clock.now_seconds += 0.95
+    second = _drive(limiter, clock, 10)
+    assert _max_in_any_window(first + second, [1.0] * 20) == 10
+
+
+def test_rates_below_one_space_sends_apart() -> None:
+    """At 0.5/s sends are two seconds apart."""
+    clock = FakeClock()
+    times = _drive(RateLimiter(0.5, clock), clock, 4)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(times)] == [2.0, 2.0, 2.0]
+
+
+def test_weights_count_as_units() -> None:
+    """A three-part SMS uses three units of the per-second allowance."""
+    clock = FakeClock()
+    weights = [3.0] * 10
+    times = _drive(RateLimiter(6, clock), clock, 10, weights)
+    assert _max_in_any_window(times, weights) <= 6
+
+
+def test_a_unit_heavier_than_the_rate_goes_alone() -> None:
+    """A weight above the rate waits for a full empty window, then goes by itself."""
+    clock = FakeClock()
+    limiter = RateLimiter(2, clock)
+    times = _drive(limiter, clock, 3, [1.0, 5.0, 1.0])
+    assert times[1] - times[0] == pytest.approx(1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.sampled_from([1, 3, 7.5, 50, 200]),
+    weights=st.lists(st.sampled_from([1.0, 1.0, 1.0, 2.0, 3.0]), min_size=1, max_size=300),
+    gaps=st.lists(st.floats(min_value=0, max_value=0.3), min_size=300, max_size=300),
+)
+def test_property_no_window_exceeds_the_rate(rate: float, weights: list[float], gaps: list[float]) -> None:
+    """Whatever the pauses between attempts, no one-second window carries more than the rate."""
+    clock = FakeClock()
+    limiter = RateLimiter(rate, clock)
+    times = []
+    for weight, gap in zip(weights, gaps, strict=False):
+        clock.now_seconds += gap
+        while (wait := limiter.delay(weight)) > 0:
+            clock.now_seconds += wait
+        limiter.record(weight)
+        times.append(clock.now_seconds)
+    allowed = max(rate, max(weights))
+    assert _max_in_any_window(times, weights[: len(times)]) <= allowed + 1e-9
+
+
+def test_acquire_waits_in_real_time() -> None:
+    """acquire() really sleeps: 30 units at 20/s take at least half a second of wall time."""
+
+    async def run() -> float:
+        limiter = RateLimiter(20)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.gather(*(limiter.acquire() for _ in range(30)))
+        return loop.time() - started
+
+    assert asyncio.run(run()) >= 0.5
+
+
+def test_rejects_non_positive_rates() -> None:
+    """A rate of zero or less is a programming error, refused at once."""
+    with pytest.raises(ValueError, match="positive"):
+        RateLimiter(0)
+    limiter = RateLimiter(1)
+    with pytest.raises(ValueError, match="positive"):
+        limiter.set_rate(-random.random())
