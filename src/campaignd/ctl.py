@@ -7,18 +7,21 @@ makes the call and prints the answer. Bad local input is refused before any call
 from __future__ import annotations
 
 import argparse
+import codecs
+import csv
 import datetime as dt
 import json
 import os
 import pathlib
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.protobuf import message as pb_message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
@@ -27,6 +30,8 @@ from grpc_status import rpc_status
 from campaignd import __version__, config
 from campaignd.v1 import campaign_service_pb2 as api
 from campaignd.v1 import campaign_service_pb2_grpc as api_grpc
+from campaignd.v1 import contact_service_pb2 as capi
+from campaignd.v1 import contact_service_pb2_grpc as capi_grpc
 from campaignd.v1 import resources_pb2 as res
 
 PROG = "campaignctl"
@@ -325,6 +330,7 @@ class Client:
         self.json = json_output
         self._channel: grpc.Channel | None = None
         self._campaigns: api_grpc.CampaignServiceStub | None = None
+        self._contacts: capi_grpc.ContactServiceStub | None = None
 
     @property
     def channel(self) -> grpc.Channel:
@@ -342,6 +348,13 @@ class Client:
         if self._campaigns is None:
             self._campaigns = api_grpc.CampaignServiceStub(self.channel)
         return self._campaigns
+
+    @property
+    def contacts(self) -> capi_grpc.ContactServiceStub:
+        """The ContactService stub."""
+        if self._contacts is None:
+            self._contacts = capi_grpc.ContactServiceStub(self.channel)
+        return self._contacts
 
     def call(self, method: grpc.UnaryUnaryMultiCallable[Request, Message], request: Request) -> Message:
         """A unary call with the --timeout deadline."""
@@ -1494,6 +1507,1195 @@ def run_watch(client: Client, args: argparse.Namespace) -> int:
     return EXIT_FAILURE
 
 
+# ---------------------------------------------------------------------------------------------
+# Contacts, lists, segments and suppressions (ContactService)
+
+
+def resource_name(collection: str, what: str) -> Callable[[str], str]:
+    """A parser of `ID` or `{collection}/ID` into `{collection}/ID`, for argparse."""
+
+    def parse(text: str) -> str:
+        resource = text.removeprefix(f"{collection}/")
+        if not ID_PATTERN.match(resource):
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} {text!r}: expected ID or {collection}/ID, where ID is 1-63 characters "
+                "of a-z, 0-9 and '-' starting with a letter"
+            )
+        return f"{collection}/{resource}"
+
+    return parse
+
+
+contact_name = resource_name("contacts", "contact")
+list_name = resource_name("lists", "list")
+segment_name = resource_name("segments", "segment")
+
+
+def suppression_name(text: str) -> str:
+    """`42` or `suppressions/42` -> `suppressions/42` (ids are assigned by the daemon)."""
+    resource = text.removeprefix("suppressions/")
+    if not resource or any(c == "/" or c.isspace() for c in resource):
+        raise argparse.ArgumentTypeError(f"invalid suppression {text!r}: expected ID or suppressions/ID")
+    return f"suppressions/{resource}"
+
+
+def suppression_reason(text: str) -> capi.Suppression.Reason.ValueType:
+    """A suppression reason in any case, e.g. `bounced` or `opted-out`."""
+    name = text.upper().replace("-", "_")
+    names = capi.Suppression.Reason.keys()[1:]  # without REASON_UNSPECIFIED
+    if name not in names:
+        choices = ", ".join(n.lower() for n in names)
+        raise argparse.ArgumentTypeError(f"invalid reason {text!r}: choose from {choices}")
+    return capi.Suppression.Reason.Value(name)
+
+
+def reason_name(value: int) -> str:
+    """A Suppression.Reason number as a lower-case name."""
+    return capi.Suppression.Reason.Name(value).lower() if value else "-"  # type: ignore[arg-type]
+
+
+MAX_BATCH_SIZE = 10_000  # rows per ImportContacts message the daemon accepts
+
+
+def batch_size(text: str) -> int:
+    """--batch-size: 1 to MAX_BATCH_SIZE rows."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"invalid batch size {text!r}: expected 1-{MAX_BATCH_SIZE}")
+    return int(text)
+
+
+def batched(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    """`items` in slices of at most `size`."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def read_words(path: str, what: str) -> list[str]:
+    """The non-blank lines of a file (`-`: standard input), stripped; lines starting with # are skipped."""
+    return [
+        line.strip()
+        for line in read_text(path, what).splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def attribute_json(value: Any) -> str:
+    """An attribute value as compact JSON; whole numbers without `.0` (Struct keeps only doubles)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+            return int(v)
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return json.dumps(plain(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def attributes_text(struct: struct_pb2.Struct) -> str:
+    """`k=v k2=[1,2]`, keys sorted; '-' when there are none."""
+    values = json_format.MessageToDict(struct)
+    if not values:
+        return "-"
+    return " ".join(
+        f"{k}={v if isinstance(v, str) else attribute_json(v)}" for k, v in sorted(values.items())
+    )
+
+
+def render_contacts(contacts: Sequence[capi.Contact]) -> str:
+    """The contact list table."""
+    return table(
+        ["ID", "EMAIL", "PHONE", "TIME ZONE", "ATTRIBUTES", "UPDATED"],
+        (
+            [
+                c.name.removeprefix("contacts/"),
+                c.email or "-",
+                c.phone or "-",
+                c.time_zone or "-",
+                attributes_text(c.attributes),
+                local_time(c.update_time),
+            ]
+            for c in contacts
+        ),
+    )
+
+
+def render_contact(c: capi.Contact) -> str:
+    """One contact as `Key: value` lines."""
+    return key_values(
+        [
+            ("Name", c.name),
+            ("Email", c.email or "-"),
+            ("Phone", c.phone or "-"),
+            ("Time zone", c.time_zone or "-"),
+            ("Attributes", attributes_text(c.attributes)),
+            ("Created", local_time(c.create_time)),
+            ("Updated", local_time(c.update_time)),
+        ]
+    )
+
+
+def show(client: Client, message: Message, render: Callable[[Message], str]) -> int:
+    """Print a message as JSON or through `render`."""
+    if client.json:
+        print_json(message)
+    else:
+        print(render(message))
+    return EXIT_OK
+
+
+def show_deleted(client: Client, reply: pb_message.Message, name: str, verb: str = "deleted") -> int:
+    """The answer of a Delete/Remove call."""
+    if client.json:
+        print_json(reply)
+    else:
+        print(f"{verb} {getattr(reply, 'name', '') or name}")
+    return EXIT_OK
+
+
+def show_page(
+    client: Client, what: str, reply: pb_message.Message, items: Sequence[Message], token: str, render: str
+) -> int:
+    """A list command's output: one JSON document, or a table and the more-results hint."""
+    if client.json:
+        print_json(reply)
+        return EXIT_OK
+    if items:
+        print(render)
+    else:
+        print(f"{PROG}: no {what}", file=sys.stderr)
+    more_hint(what, token)
+    return EXIT_OK
+
+
+def contact_field_arguments(parser: argparse.ArgumentParser, *, update: bool) -> None:
+    """--email, --phone, --time-zone and --attr."""
+    clear = "; '' clears it" if update else ""
+    parser.add_argument("--email", default=None, help=f"email address{clear}")
+    parser.add_argument("--phone", default=None, help=f"phone number, E.164 or national{clear}")
+    parser.add_argument("--time-zone", default=None, metavar="ZONE", help=f"IANA time zone{clear}")
+    parser.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="K=TEXT|K:=JSON",
+        help="an attribute (repeatable)" + ("; other attributes are kept" if update else ""),
+    )
+
+
+def attributes_from(texts: Sequence[str]) -> dict[str, Any]:
+    """The --attr options as a dict."""
+    return dict(content_entry(text, "--attr") for text in texts)
+
+
+def contacts_create_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `contacts create`."""
+    parser.add_argument("--id", default="", type=resource_id, help="the contact id; generated when omitted")
+    contact_field_arguments(parser, update=False)
+    write_arguments(parser, etag=False)
+
+
+def run_contacts_create(client: Client, args: argparse.Namespace) -> int:
+    """contacts create [--id ID] [--email E] [--phone P] [--time-zone Z] [--attr K=V ...]."""
+    contact = capi.Contact(email=args.email or "", phone=args.phone or "", time_zone=args.time_zone or "")
+    contact.attributes.update(attributes_from(args.attr))
+    request = capi.CreateContactRequest(contact=contact, contact_id=args.id, request_id=args.request_id)
+    return show(client, client.call(client.contacts.CreateContact, request), render_contact)
+
+
+def contact_argument(parser: argparse.ArgumentParser) -> None:
+    """The CONTACT positional."""
+    parser.add_argument("name", metavar="CONTACT", type=contact_name, help="ID or contacts/ID")
+
+
+def run_contacts_get(client: Client, args: argparse.Namespace) -> int:
+    """contacts get CONTACT."""
+    contact = client.call(client.contacts.GetContact, capi.GetContactRequest(name=args.name))
+    return show(client, contact, render_contact)
+
+
+def contacts_update_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `contacts update`."""
+    contact_argument(parser)
+    contact_field_arguments(parser, update=True)
+    parser.add_argument(
+        "--remove-attr", action="append", default=[], metavar="K", help="remove an attribute (repeatable)"
+    )
+
+
+def run_contacts_update(client: Client, args: argparse.Namespace) -> int:
+    """contacts update CONTACT [field flags]: the update mask names exactly the fields given."""
+    contact = capi.Contact(name=args.name)
+    paths: list[str] = []
+    for flag in ("email", "phone", "time_zone"):
+        if getattr(args, flag) is not None:
+            setattr(contact, flag, getattr(args, flag))
+            paths.append(flag)
+    changes = attributes_from(args.attr)
+    if changes or args.remove_attr:
+        # The API replaces the attributes as a whole; the others are kept by sending them back.
+        current = client.call(client.contacts.GetContact, capi.GetContactRequest(name=args.name))
+        attributes = json_format.MessageToDict(current.attributes)
+        attributes.update(changes)
+        for key in args.remove_attr:
+            attributes.pop(key, None)
+        contact.attributes.update(attributes)
+        paths.append("attributes")
+    if not paths:
+        raise UsageError("nothing to update: give --email, --phone, --time-zone, --attr or --remove-attr")
+    request = capi.UpdateContactRequest(contact=contact)
+    request.update_mask.paths.extend(paths)
+    return show(client, client.call(client.contacts.UpdateContact, request), render_contact)
+
+
+def run_contacts_delete(client: Client, args: argparse.Namespace) -> int:
+    """contacts delete CONTACT."""
+    reply = client.call(client.contacts.DeleteContact, capi.DeleteContactRequest(name=args.name))
+    return show_deleted(client, reply, args.name)
+
+
+def contacts_list_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `contacts list`."""
+    parser.add_argument("--filter", default="", metavar="EXPR", help="a segment filter (docs/segments.md)")
+    parser.add_argument("--list", default=None, type=list_name, metavar="LIST", help="only members of LIST")
+    paging_arguments(parser)
+
+
+def run_contacts_list(client: Client, args: argparse.Namespace) -> int:
+    """contacts list [--filter EXPR] [--list LIST]."""
+
+    def fetch(token: str) -> tuple[Sequence[capi.Contact], str]:
+        reply = client.call(
+            client.contacts.ListContacts,
+            capi.ListContactsRequest(
+                filter=args.filter, list=args.list or "", page_size=args.page_size, page_token=token
+            ),
+        )
+        return reply.contacts, reply.next_page_token
+
+    contacts, token = pages(fetch, args.page_token, args.all)
+    reply = capi.ListContactsResponse(contacts=contacts, next_page_token=token)
+    return show_page(client, "contacts", reply, contacts, token, render_contacts(contacts))
+
+
+# --- contacts import
+
+
+CSV_LINE_LIMIT = 1 << 20  # bytes in one line of a CSV file, and characters in one field
+CSV_MESSAGE_BYTES = 2 << 20  # rows per stream message are also capped by size (gRPC allows 4 MiB)
+CONTACT_FIELDS = ("contact_id", "email", "phone", "time_zone")
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+MATCH_ON = {"email": capi.ImportOptions.EMAIL, "contact_id": capi.ImportOptions.CONTACT_ID}
+REJECTED_COLUMNS = ("error_field", "error_reason")
+LINE_TOO_LONG = "line too long"
+EXTRA_FIELDS = "extra fields"
+
+
+def column_mapping(text: str) -> tuple[str, str]:
+    """`--map csvcol=field`: field is contact_id, email, phone, time_zone or attributes.NAME."""
+    column, sep, target = text.rpartition("=")
+    column, target = column.strip(), target.strip()
+    if not sep or not column:
+        raise argparse.ArgumentTypeError(f"invalid --map {text!r}: expected CSVCOLUMN=FIELD")
+    attribute = target.removeprefix("attributes.")
+    if target not in CONTACT_FIELDS and not (
+        target.startswith("attributes.") and ATTRIBUTE_NAME.match(attribute)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"invalid --map {text!r}: the field is one of {', '.join(CONTACT_FIELDS)} or attributes.NAME "
+            "(NAME: 1-63 characters of A-Z, a-z, 0-9 and _ not starting with a digit)"
+        )
+    return column, target
+
+
+class LineTooLongError(Exception):
+    """A physical line of the CSV file is longer than CSV_LINE_LIMIT bytes; it was skipped."""
+
+
+class CsvLines:
+    """The text lines of a CSV file, read in bytes and decoded line by line, so that a line longer
+    than CSV_LINE_LIMIT is skipped (raising LineTooLongError once) without being held in memory.
+
+    An iterator class rather than a generator: csv.reader goes on reading after the exception."""
+
+    def __init__(self, raw: IO[bytes], encoding: str) -> None:
+        self.raw = raw
+        self.decoder = codecs.getincrementaldecoder(encoding)()
+        self.line = 0  # physical lines read
+        self.bytes_read = 0
+
+    def __iter__(self) -> CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        chunk = self.raw.readline(CSV_LINE_LIMIT + 1)
+        if not chunk:
+            raise StopIteration
+        self.line += 1
+        self.bytes_read += len(chunk)
+        if len(chunk) > CSV_LINE_LIMIT and not chunk.endswith(b"\n"):
+            while chunk and not chunk.endswith(b"\n"):  # skip the rest of the line
+                chunk = self.raw.readline(CSV_LINE_LIMIT)
+                self.bytes_read += len(chunk)
+            raise LineTooLongError
+        return self.decoder.decode(chunk)
+
+
+@dataclass(frozen=True)
+class CsvRecord:
+    """One record of a CSV file: its fields, or why it could not be read."""
+
+    line: int  # the physical line it starts on, from 1
+    fields: list[str] | None
+    error: str = ""
+
+
+def csv_records(raw: IO[bytes], encoding: str, lines: CsvLines | None = None) -> Iterator[CsvRecord]:
+    """The non-blank records of a CSV file, each a row of fields or a record with an error."""
+    lines = lines or CsvLines(raw, encoding)
+    reader = csv.reader(lines)
+    while True:
+        start = lines.line + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except LineTooLongError:
+            yield CsvRecord(start, None, LINE_TOO_LONG)
+            continue
+        except csv.Error as exc:
+            # With field_size_limit set, a quoted field running over many lines ends up here too.
+            too_long = "field limit" in str(exc)
+            yield CsvRecord(start, None, LINE_TOO_LONG if too_long else f"not valid CSV: {exc}")
+            continue
+        if fields and any(fields):
+            yield CsvRecord(start, fields)
+
+
+def check_encoding(path: pathlib.Path, encoding: str) -> bool:
+    """Refuse a file that is not valid in `encoding`, naming the line; False when it is empty
+    (nothing but white space)."""
+    try:
+        codec = codecs.lookup(encoding)
+    except LookupError:
+        raise UsageError(f"unknown --encoding {encoding!r}") from None
+    if "\n,a".encode(codec.name, errors="replace") != b"\n,a":
+        raise UsageError(
+            f"--encoding {encoding}: only encodings in which ASCII is one byte per character are "
+            "supported (convert the file, e.g. with iconv -t utf-8)"
+        )
+    decoder = codec.incrementaldecoder()
+    line, content = 1, False
+    try:
+        with path.open("rb") as raw:
+            while chunk := raw.read(1 << 16):
+                for piece in chunk.splitlines(keepends=True):
+                    try:
+                        text = decoder.decode(piece)
+                    except UnicodeDecodeError as exc:
+                        byte = exc.object[exc.start : exc.start + 1].hex()
+                        raise UsageError(
+                            f"{path}: line {line} is not valid {encoding} (byte 0x{byte}: {exc.reason}); "
+                            "pass the file's --encoding, e.g. --encoding latin-1"
+                        ) from None
+                    content = content or bool(text.replace("\ufeff", "").strip())
+                    line += piece.endswith(b"\n")
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise UsageError(
+                    f"{path}: line {line} is not valid {encoding} (cut off at the end)"
+                ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return content
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    """What `contacts import` does with each column of the file."""
+
+    path: pathlib.Path
+    encoding: str
+    header: list[str]
+    targets: list[str | None]  # per column: a ContactRow field, attributes.NAME, or None (ignored)
+
+    def row(self, fields: Sequence[str]) -> capi.ContactRow | str:
+        """A ContactRow from a record's fields, or why the record is rejected locally."""
+        if len(fields) > len(self.header):
+            return EXTRA_FIELDS
+        row = capi.ContactRow()
+        attributes: dict[str, Any] = {}
+        for target, value in zip(self.targets, fields, strict=False):
+            if target is None or value == "":
+                continue  # an empty cell sets nothing
+            if target.startswith("attributes."):
+                attributes[target.removeprefix("attributes.")] = value
+            else:
+                setattr(row, target, value.strip())
+        if attributes:
+            row.attributes.update(attributes)
+        return row
+
+    def original(self, record: CsvRecord) -> list[str]:
+        """The record's cells as in the file, one per header column (empty for an unreadable one)."""
+        fields = list(record.fields or [])[: len(self.header)]
+        return fields + [""] * (len(self.header) - len(fields))
+
+
+def plan_import(args: argparse.Namespace) -> ImportPlan:
+    """Every check that needs no daemon: the encoding, the header and the mapping."""
+    path = pathlib.Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"cannot read {path}: no such file" if not path.exists() else f"{path}: not a file")
+    if not check_encoding(path, args.encoding):
+        raise UsageError(f"{path}: empty file")
+    with path.open("rb") as raw:
+        records = csv_records(raw, args.encoding)
+        head = next(records, None)
+        if head is None:  # only empty cells, e.g. lines of commas
+            raise UsageError(f"{path}: empty file")
+        if head.fields is None:
+            raise UsageError(f"{path}: line {head.line}: cannot read the header: {head.error}")
+        if next(records, None) is None:
+            raise UsageError(f"{path}: no rows after the header")
+    header = [name.strip().lstrip("\ufeff") for name in head.fields]
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, 1):
+        if name in seen:
+            raise UsageError(f"{path}: columns {seen[name]} and {number} have the same header {name!r}")
+        seen[name] = number
+    targets: list[str | None] = [None] * len(header)
+    mapped: dict[str, str] = {}  # target -> column
+    for column, target in args.map:
+        if column not in seen:
+            raise UsageError(f"--map {column}={target}: {path} has no column {column!r}")
+        if targets[seen[column] - 1] is not None:
+            raise UsageError(f"--map: column {column!r} is mapped twice")
+        if target in mapped:
+            raise UsageError(f"--map: columns {mapped[target]!r} and {column!r} both map to {target}")
+        targets[seen[column] - 1] = target
+        mapped[target] = column
+    for index, name in enumerate(header):
+        if targets[index] is not None:
+            continue
+        field_name = name.lower()
+        if field_name in CONTACT_FIELDS and field_name not in mapped:
+            target = field_name  # a column named like a field fills that field
+        elif args.only_mapped:
+            continue
+        elif not ATTRIBUTE_NAME.match(name):
+            raise UsageError(
+                f"{path}: column {index + 1} ({name!r}) is not a valid attribute name (1-63 characters of "
+                f"A-Z, a-z, 0-9 and _ not starting with a digit): pass --map '{name}=attributes.NAME', "
+                "or --only-mapped to skip the columns not mapped"
+            )
+        else:
+            target = f"attributes.{name}"
+        if target in mapped:
+            raise UsageError(f"{path}: columns {mapped[target]!r} and {name!r} both map to {target}")
+        targets[index] = target
+        mapped[target] = name
+    if args.match_on == "contact_id" and "contact_id" not in mapped:
+        raise UsageError("--match-on contact_id needs a column mapped to contact_id")
+    if not mapped:
+        raise UsageError("no column is imported: map at least one with --map")
+    plan = ImportPlan(path, args.encoding, header, targets)
+    destination = rejected_path(args, plan)
+    if destination.resolve() == path.resolve():
+        raise UsageError(f"--rejected {destination} would overwrite the input")
+    if not destination.parent.is_dir():
+        raise UsageError(f"--rejected {destination}: no directory {destination.parent}")
+    return plan
+
+
+class ImportProgress:
+    """A one-line progress bar on stderr: rows sent, and an estimate of the total from the share of
+    the file's bytes read so far."""
+
+    def __init__(self, total_bytes: int, *, enabled: bool) -> None:
+        self.total_bytes = total_bytes
+        self.enabled = enabled
+        self.last = 0.0
+        self.drawn = False
+
+    def update(self, rows: int, bytes_read: int, *, force: bool = False, note: str = "") -> None:
+        """Redraw, at most ten times a second."""
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < 0.1):
+            return
+        self.last = now
+        share = min(bytes_read / self.total_bytes, 1.0) if self.total_bytes else 1.0
+        filled = round(share * 20)
+        estimate = f"/~{round(rows / share):,}" if 0 < share < 1 else ""
+        bar = "[" + "#" * filled + "-" * (20 - filled) + "]"
+        note = f", {note}" if note else ""
+        sys.stderr.write(f"\rimporting {bar} {share * 100:5.1f}%  {rows:,}{estimate} rows sent{note}\x1b[K")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        """Erase the bar; the summary follows."""
+        if self.drawn:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.drawn = False
+
+
+class ImportStream:
+    """The request messages of ImportContacts: the options, then the file's rows in order. Rows
+    rejected locally are counted here and not sent. gRPC reads this in a thread of its own."""
+
+    def __init__(
+        self, plan: ImportPlan, options: capi.ImportOptions, batch_size: int, progress: ImportProgress
+    ) -> None:
+        self.plan = plan
+        self.options = options
+        self.batch_size = batch_size
+        self.progress = progress
+        self.sent = 0
+        self.local_rejected = 0
+        self.failure: BaseException | None = None
+
+    def __iter__(self) -> Iterator[capi.ImportContactsRequest]:
+        try:
+            yield from self._messages()
+        except Exception as exc:
+            self.failure = exc  # gRPC cancels the call; the main thread reports this
+            raise
+
+    def _messages(self) -> Iterator[capi.ImportContactsRequest]:
+        first = True
+        batch: list[capi.ContactRow] = []
+        size = 0
+        with self.plan.path.open("rb") as raw:
+            lines = CsvLines(raw, self.plan.encoding)
+            records = csv_records(raw, self.plan.encoding, lines)
+            next(records)  # the header
+            for record in records:
+                row = self.plan.row(record.fields) if record.fields is not None else record.error
+                if isinstance(row, str):
+                    self.local_rejected += 1
+                    continue
+                if batch and (len(batch) >= self.batch_size or size + row.ByteSize() > CSV_MESSAGE_BYTES):
+                    yield self._message(batch, first)
+                    first, batch, size = False, [], 0
+                batch.append(row)
+                size += row.ByteSize() + 8
+                self.sent += 1
+                self.progress.update(self.sent, lines.bytes_read)
+            if batch or first:
+                yield self._message(batch, first)
+            self.progress.update(self.sent, lines.bytes_read, force=True, note="waiting for the daemon")
+
+    def _message(self, rows: list[capi.ContactRow], first: bool) -> capi.ImportContactsRequest:
+        request = capi.ImportContactsRequest(rows=rows)
+        if first:
+            request.options.CopyFrom(self.options)
+        return request
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row that was not imported: its line in the file, the field at fault, and why."""
+
+    line: int
+    field: str
+    reason: str
+
+
+def write_rejected(
+    plan: ImportPlan, server: Mapping[int, capi.RejectedRow], destination: pathlib.Path
+) -> list[Rejection]:
+    """Read the file again, in the same order as it was sent, and pick out the rejected records:
+    those rejected locally and those whose stream index the daemon rejected. They are written to
+    `destination`: original columns plus error_field and error_reason. OSError when that fails."""
+    rejections: list[Rejection] = []
+    with destination.open("w", encoding=plan.encoding, errors="replace", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow([*plan.header, *REJECTED_COLUMNS])
+        index = 0
+        with plan.path.open("rb") as raw:
+            records = csv_records(raw, plan.encoding)
+            next(records)  # the header
+            for record in records:
+                row = plan.row(record.fields) if record.fields is not None else record.error
+                if isinstance(row, str):
+                    rejection = Rejection(record.line, "", row)
+                else:
+                    found = server.get(index)
+                    index += 1
+                    if found is None:
+                        continue
+                    rejection = Rejection(record.line, found.field, found.reason)
+                rejections.append(rejection)
+                writer.writerow([*plan.original(record), rejection.field, rejection.reason])
+    return rejections
+
+
+def rejected_path(args: argparse.Namespace, plan: ImportPlan) -> pathlib.Path:
+    """--rejected, or the default next to the input."""
+    return pathlib.Path(args.rejected) if args.rejected else default_rejected_path(plan.path)
+
+
+def default_rejected_path(path: pathlib.Path) -> pathlib.Path:
+    """`contacts.csv` -> `contacts.rejected.csv`, next to it."""
+    stem = path.name.removesuffix(".csv").removesuffix(".CSV")
+    return path.with_name(f"{stem}.rejected.csv")
+
+
+def contacts_import_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `contacts import`."""
+    parser.add_argument("file", metavar="FILE.csv", help="a CSV file with a header line")
+    parser.add_argument(
+        "--map",
+        action="append",
+        type=column_mapping,
+        default=[],
+        metavar="CSVCOL=FIELD",
+        help="import a column into contact_id, email, phone, time_zone or attributes.NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--only-mapped",
+        action="store_true",
+        help="skip the columns not mapped (by default they become attributes named by their header)",
+    )
+    parser.add_argument(
+        "--match-on",
+        choices=sorted(MATCH_ON),
+        default="email",
+        help="which field finds an existing contact to update (email)",
+    )
+    parser.add_argument(
+        "--list", default=None, type=list_name, metavar="LIST", help="also add the contacts to LIST"
+    )
+    parser.add_argument("--encoding", default="utf-8", help="the file's encoding (utf-8)")
+    parser.add_argument(
+        "--rejected",
+        default=None,
+        metavar="FILE",
+        help="where to write rejected rows as CSV (default: FILE.rejected.csv next to the input)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=batch_size,
+        default=1000,
+        metavar="N",
+        help=f"rows per stream message, 1-{MAX_BATCH_SIZE:,} (1000)",
+    )
+
+
+def run_contacts_import(client: Client, args: argparse.Namespace) -> int:
+    """contacts import FILE.csv: stream the rows, report created/updated/rejected, write rejects."""
+    previous_limit = csv.field_size_limit(CSV_LINE_LIMIT)
+    try:
+        return import_contacts(client, args, plan_import(args))
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def import_contacts(client: Client, args: argparse.Namespace, plan: ImportPlan) -> int:
+    """The import itself, after the local checks passed."""
+    options = capi.ImportOptions(match_on=MATCH_ON[args.match_on], list=args.list or "")
+    progress = ImportProgress(plan.path.stat().st_size, enabled=sys.stderr.isatty() and not client.json)
+    stream = ImportStream(plan, options, args.batch_size, progress)
+    try:
+        # No deadline: a large file takes as long as it takes (Ctrl-C cancels it).
+        reply = client.contacts.ImportContacts(iter(stream))
+    except grpc.RpcError:
+        progress.finish()
+        if stream.failure is not None and not isinstance(stream.failure, grpc.RpcError):
+            print(
+                f"{PROG}: reading {plan.path} failed after {stream.sent} rows were sent, "
+                f"and the import was cancelled: {stream.failure}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        raise
+    progress.finish()
+    server = {r.index: r for r in reply.rejected_rows}
+    rejected = reply.rejected + stream.local_rejected
+    destination: pathlib.Path | None = None
+    rejections: list[Rejection] = []
+    write_error = ""
+    if rejected:
+        destination = rejected_path(args, plan)
+        try:
+            rejections = write_rejected(plan, server, destination)
+        except OSError as exc:
+            write_error = f"{PROG}: cannot write the rejected rows to {destination}: {exc.strerror or exc}"
+            destination = None
+    total = stream.sent + stream.local_rejected
+    if client.json:
+        print(
+            json.dumps(
+                {
+                    "created": reply.created,
+                    "updated": reply.updated,
+                    "rejected": rejected,
+                    "rejected_file": str(destination) if destination else "",
+                    "rejected_rows": [
+                        {"line": r.line, "field": r.field, "reason": r.reason} for r in rejections
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        where = f", written to {destination}" if destination else ""
+        print(
+            key_values(
+                [
+                    ("Created", str(reply.created)),
+                    ("Updated", str(reply.updated)),
+                    ("Rejected", f"{rejected}{where}"),
+                ]
+            )
+        )
+        for r in rejections[:10]:
+            print(f"  line {r.line}: {r.field + ': ' if r.field else ''}{r.reason}", file=sys.stderr)
+        if len(rejections) > 10:
+            print(f"  ... and {len(rejections) - 10} more in {destination}", file=sys.stderr)
+        if rejected > len(rejections) and not write_error:
+            print(
+                f"  {rejected - len(rejections)} rejected rows were not itemised by the daemon",
+                file=sys.stderr,
+            )
+    if write_error:
+        print(write_error, file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_FAILURE if total and rejected >= total else EXIT_OK
+
+
+# --- lists
+
+
+def lists_create_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `lists create`."""
+    parser.add_argument(
+        "id", nargs="?", default="", type=resource_id, metavar="ID", help="generated when omitted"
+    )
+    parser.add_argument("--display-name", default="", help="human-readable name (default: the id)")
+
+
+def run_lists_create(client: Client, args: argparse.Namespace) -> int:
+    """lists create [ID] [--display-name N]."""
+    display_name = args.display_name or args.id
+    if not display_name:
+        raise UsageError("lists create needs an ID or --display-name")
+    request = capi.CreateListRequest(list=capi.ContactList(display_name=display_name), list_id=args.id)
+    return show(client, client.call(client.contacts.CreateList, request), render_list)
+
+
+def render_list(c: capi.ContactList) -> str:
+    """One list as `Key: value` lines."""
+    return key_values(
+        [
+            ("Name", c.name),
+            ("Display name", c.display_name),
+            ("Members", str(c.member_count)),
+            ("Created", local_time(c.create_time)),
+        ]
+    )
+
+
+def render_lists(lists: Sequence[capi.ContactList]) -> str:
+    """The list table."""
+    return table(
+        ["ID", "DISPLAY NAME", "MEMBERS", "CREATED"],
+        (
+            [c.name.removeprefix("lists/"), c.display_name, str(c.member_count), local_time(c.create_time)]
+            for c in lists
+        ),
+    )
+
+
+def run_lists_list(client: Client, args: argparse.Namespace) -> int:
+    """lists list."""
+
+    def fetch(token: str) -> tuple[Sequence[capi.ContactList], str]:
+        reply = client.call(
+            client.contacts.ListLists, capi.ListListsRequest(page_size=args.page_size, page_token=token)
+        )
+        return reply.lists, reply.next_page_token
+
+    lists, token = pages(fetch, args.page_token, args.all)
+    reply = capi.ListListsResponse(lists=lists, next_page_token=token)
+    return show_page(client, "lists", reply, lists, token, render_lists(lists))
+
+
+def list_argument(parser: argparse.ArgumentParser) -> None:
+    """The LIST positional."""
+    parser.add_argument("name", metavar="LIST", type=list_name, help="ID or lists/ID")
+
+
+def run_lists_delete(client: Client, args: argparse.Namespace) -> int:
+    """lists delete LIST."""
+    reply = client.call(client.contacts.DeleteList, capi.DeleteListRequest(name=args.name))
+    return show_deleted(client, reply, args.name)
+
+
+MEMBERS_PER_CALL = 10_000
+
+
+def members_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `lists add` and `lists remove`."""
+    list_argument(parser)
+    parser.add_argument(
+        "contacts",
+        nargs="+",
+        metavar="CONTACT",
+        help="ID or contacts/ID; '-' reads them from standard input, one per line",
+    )
+
+
+def member_names(texts: Sequence[str]) -> list[str]:
+    """The CONTACT arguments, with `-` replaced by the ids on standard input; all checked first."""
+    names: list[str] = []
+    for text in texts:
+        for word in read_text("-", "standard input").split() if text == "-" else [text]:
+            try:
+                names.append(contact_name(word))
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(str(exc)) from None
+    if not names:
+        raise UsageError("no contacts given")
+    return names
+
+
+def run_lists_add(client: Client, args: argparse.Namespace) -> int:
+    """lists add LIST CONTACT... | -: in calls of at most 10,000 contacts."""
+    total = capi.AddListMembersResponse()
+    try:
+        for batch in batched(member_names(args.contacts), MEMBERS_PER_CALL):
+            reply = client.call(
+                client.contacts.AddListMembers, capi.AddListMembersRequest(list=args.name, contacts=batch)
+            )
+            total.added += reply.added
+            total.already_members += reply.already_members
+    except grpc.RpcError:
+        if total.added or total.already_members:
+            print(f"{PROG}: {total.added} contacts were added before the error", file=sys.stderr)
+        raise
+    if client.json:
+        print_json(total)
+    else:
+        print(f"added {total.added}, already members {total.already_members}")
+    return EXIT_OK
+
+
+def run_lists_remove(client: Client, args: argparse.Namespace) -> int:
+    """lists remove LIST CONTACT... | -: in calls of at most 10,000 contacts."""
+    total = capi.RemoveListMembersResponse()
+    try:
+        for batch in batched(member_names(args.contacts), MEMBERS_PER_CALL):
+            reply = client.call(
+                client.contacts.RemoveListMembers,
+                capi.RemoveListMembersRequest(list=args.name, contacts=batch),
+            )
+            total.removed += reply.removed
+    except grpc.RpcError:
+        if total.removed:
+            print(f"{PROG}: {total.removed} contacts were removed before the error", file=sys.stderr)
+        raise
+    if client.json:
+        print_json(total)
+    else:
+        print(f"removed {total.removed}")
+    return EXIT_OK
+
+
+# --- segments
+
+
+def segment_argument(parser: argparse.ArgumentParser) -> None:
+    """The SEGMENT positional."""
+    parser.add_argument("name", metavar="SEGMENT", type=segment_name, help="ID or segments/ID")
+
+
+def segments_create_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `segments create`."""
+    parser.add_argument(
+        "id", nargs="?", default="", type=resource_id, metavar="ID", help="generated when omitted"
+    )
+    parser.add_argument("--display-name", default="", help="human-readable name (default: the id)")
+    parser.add_argument(
+        "--filter", required=True, metavar="EXPR", help="the filter, e.g. 'attributes.plan = \"pro\"'"
+    )
+
+
+def render_segment(s: capi.Segment) -> str:
+    """One segment as `Key: value` lines."""
+    return key_values(
+        [
+            ("Name", s.name),
+            ("Display name", s.display_name),
+            ("Filter", s.filter or "(every contact)"),
+            ("Created", local_time(s.create_time)),
+        ]
+    )
+
+
+def render_segments(segments: Sequence[capi.Segment]) -> str:
+    """The segment table."""
+    return table(
+        ["ID", "DISPLAY NAME", "FILTER", "CREATED"],
+        (
+            [s.name.removeprefix("segments/"), s.display_name, s.filter or "-", local_time(s.create_time)]
+            for s in segments
+        ),
+    )
+
+
+def run_segments_create(client: Client, args: argparse.Namespace) -> int:
+    """segments create [ID] --filter EXPR [--display-name N]."""
+    display_name = args.display_name or args.id
+    if not display_name:
+        raise UsageError("segments create needs an ID or --display-name")
+    request = capi.CreateSegmentRequest(
+        segment=capi.Segment(display_name=display_name, filter=args.filter), segment_id=args.id
+    )
+    return show(client, client.call(client.contacts.CreateSegment, request), render_segment)
+
+
+def run_segments_get(client: Client, args: argparse.Namespace) -> int:
+    """segments get SEGMENT."""
+    segment = client.call(client.contacts.GetSegment, capi.GetSegmentRequest(name=args.name))
+    return show(client, segment, render_segment)
+
+
+def run_segments_list(client: Client, args: argparse.Namespace) -> int:
+    """segments list."""
+
+    def fetch(token: str) -> tuple[Sequence[capi.Segment], str]:
+        reply = client.call(
+            client.contacts.ListSegments, capi.ListSegmentsRequest(page_size=args.page_size, page_token=token)
+        )
+        return reply.segments, reply.next_page_token
+
+    segments, token = pages(fetch, args.page_token, args.all)
+    reply = capi.ListSegmentsResponse(segments=segments, next_page_token=token)
+    return show_page(client, "segments", reply, segments, token, render_segments(segments))
+
+
+def run_segments_delete(client: Client, args: argparse.Namespace) -> int:
+    """segments delete SEGMENT."""
+    reply = client.call(client.contacts.DeleteSegment, capi.DeleteSegmentRequest(name=args.name))
+    return show_deleted(client, reply, args.name)
+
+
+# --- suppressions
+
+
+EXIT_SUPPRESSED = 3  # `suppressions check`: the address must not be contacted
+
+
+def render_suppressions(suppressions: Sequence[capi.Suppression]) -> str:
+    """The suppression table."""
+    return table(
+        ["ID", "ADDRESS", "CHANNEL TYPE", "REASON", "SOURCE", "CREATED"],
+        (
+            [
+                s.name.removeprefix("suppressions/"),
+                s.address,
+                s.channel_type or "(all)",
+                reason_name(s.reason),
+                s.source or "-",
+                local_time(s.create_time),
+            ]
+            for s in suppressions
+        ),
+    )
+
+
+def suppressions_add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `suppressions add`."""
+    parser.add_argument("addresses", nargs="*", metavar="ADDRESS", help="email addresses or phone numbers")
+    parser.add_argument(
+        "--file", default=None, help="read addresses from FILE, one per line ('-' for stdin; # comments)"
+    )
+    parser.add_argument(
+        "--reason",
+        type=suppression_reason,
+        default=capi.Suppression.MANUAL,
+        help="unsubscribed, bounced, complained, opted_out or manual (manual)",
+    )
+    parser.add_argument(
+        "--channel-type", default="", metavar="T", help="only this channel type (default: every one)"
+    )
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="where it came from (default: import:FILE with --file, else the daemon's)",
+    )
+
+
+def run_suppressions_add(client: Client, args: argparse.Namespace) -> int:
+    """suppressions add ADDRESS... | --file FILE: in calls of at most 10,000."""
+    addresses = list(args.addresses)
+    if args.file:
+        addresses += read_words(args.file, "--file")
+    if not addresses:
+        raise UsageError("no addresses given: pass ADDRESS... or --file FILE")
+    source = args.source
+    if source is None:
+        source = f"import:{pathlib.Path(args.file).name}" if args.file and args.file != "-" else ""
+    total = capi.AddSuppressionsResponse()
+    try:
+        for batch in batched(addresses, MEMBERS_PER_CALL):
+            request = capi.AddSuppressionsRequest(
+                suppressions=[
+                    capi.Suppression(
+                        address=a, channel_type=args.channel_type, reason=args.reason, source=source
+                    )
+                    for a in batch
+                ]
+            )
+            reply = client.call(client.contacts.AddSuppressions, request)
+            total.added += reply.added
+            total.already_suppressed += reply.already_suppressed
+    except grpc.RpcError:
+        if total.added or total.already_suppressed:
+            print(f"{PROG}: {total.added} suppressions were added before the error", file=sys.stderr)
+        raise
+    if client.json:
+        print_json(total)
+    else:
+        print(f"added {total.added}, already suppressed {total.already_suppressed}")
+    return EXIT_OK
+
+
+def suppressions_remove_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `suppressions remove`."""
+    parser.add_argument("name", metavar="SUPPRESSION", type=suppression_name, help="ID or suppressions/ID")
+
+
+def run_suppressions_remove(client: Client, args: argparse.Namespace) -> int:
+    """suppressions remove SUPPRESSION."""
+    reply = client.call(client.contacts.RemoveSuppression, capi.RemoveSuppressionRequest(name=args.name))
+    return show_deleted(client, reply, args.name, "removed")
+
+
+def suppressions_list_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `suppressions list`."""
+    parser.add_argument(
+        "--address", dest="filter_address", default="", metavar="ADDRESS", help="only this address"
+    )
+    parser.add_argument("--channel-type", default="", metavar="T", help="only this channel type")
+    parser.add_argument(
+        "--reason",
+        type=suppression_reason,
+        default=capi.Suppression.REASON_UNSPECIFIED,
+        help="only this reason",
+    )
+    paging_arguments(parser)
+
+
+def run_suppressions_list(client: Client, args: argparse.Namespace) -> int:
+    """suppressions list [--address A] [--channel-type T] [--reason R]."""
+
+    def fetch(token: str) -> tuple[Sequence[capi.Suppression], str]:
+        reply = client.call(
+            client.contacts.ListSuppressions,
+            capi.ListSuppressionsRequest(
+                address=args.filter_address,
+                channel_type=args.channel_type,
+                reason=args.reason,
+                page_size=args.page_size,
+                page_token=token,
+            ),
+        )
+        return reply.suppressions, reply.next_page_token
+
+    suppressions, token = pages(fetch, args.page_token, args.all)
+    reply = capi.ListSuppressionsResponse(suppressions=suppressions, next_page_token=token)
+    return show_page(client, "suppressions", reply, suppressions, token, render_suppressions(suppressions))
+
+
+def suppressions_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `suppressions check`."""
+    parser.add_argument("check_address", metavar="ADDRESS", help="an email address or phone number")
+    parser.add_argument("--channel-type", required=True, metavar="T", help="the channel type, e.g. email")
+
+
+def run_suppressions_check(client: Client, args: argparse.Namespace) -> int:
+    """suppressions check ADDRESS --channel-type T: exit 0 when it may be contacted, 3 when suppressed."""
+    request = capi.CheckSuppressionRequest(address=args.check_address, channel_type=args.channel_type)
+    reply = client.call(client.contacts.CheckSuppression, request)
+    if client.json:
+        print_json(reply)
+    elif reply.suppressed:
+        print(render_suppressions(reply.suppressions))
+    else:
+        print("not suppressed")
+    return EXIT_SUPPRESSED if reply.suppressed else EXIT_OK
+
+
+CONTACT_COMMANDS: tuple[Command | Group, ...] = (
+    Group(
+        "contacts",
+        "contacts: create, get, update, delete, list, import",
+        (
+            Command("create", "create a contact", contacts_create_arguments, run_contacts_create),
+            Command("get", "show a contact", contact_argument, run_contacts_get),
+            Command("update", "change a contact's fields", contacts_update_arguments, run_contacts_update),
+            Command(
+                "delete", "delete a contact and its list memberships", contact_argument, run_contacts_delete
+            ),
+            Command("list", "list contacts, oldest first", contacts_list_arguments, run_contacts_list),
+            Command(
+                "import",
+                "create or update contacts from a CSV file",
+                contacts_import_arguments,
+                run_contacts_import,
+            ),
+        ),
+    ),
+    Group(
+        "lists",
+        "static lists of contacts",
+        (
+            Command("create", "create a list", lists_create_arguments, run_lists_create),
+            Command("list", "list the lists", paging_arguments, run_lists_list),
+            Command("delete", "delete a list (not its contacts)", list_argument, run_lists_delete),
+            Command("add", "add contacts to a list", members_arguments, run_lists_add),
+            Command("remove", "remove contacts from a list", members_arguments, run_lists_remove),
+        ),
+    ),
+    Group(
+        "segments",
+        "saved contact filters, resolved at launch",
+        (
+            Command("create", "create a segment", segments_create_arguments, run_segments_create),
+            Command("get", "show a segment", segment_argument, run_segments_get),
+            Command("list", "list the segments", paging_arguments, run_segments_list),
+            Command("delete", "delete a segment", segment_argument, run_segments_delete),
+        ),
+    ),
+    Group(
+        "suppressions",
+        "addresses that must never be contacted",
+        (
+            Command("add", "suppress addresses", suppressions_add_arguments, run_suppressions_add),
+            Command(
+                "remove", "remove one suppression", suppressions_remove_arguments, run_suppressions_remove
+            ),
+            Command(
+                "list", "list suppressions, newest first", suppressions_list_arguments, run_suppressions_list
+            ),
+            Command(
+                "check",
+                "say whether an address may be contacted (exit 3 when suppressed)",
+                suppressions_check_arguments,
+                run_suppressions_check,
+            ),
+        ),
+    ),
+)
+
+
 COMMANDS: tuple[Command | Group, ...] = (
     Command("create", "create a campaign in DRAFT", create_arguments, run_create),
     Command("get", "show a campaign", name_argument, run_get),
@@ -1539,6 +2741,7 @@ COMMANDS: tuple[Command | Group, ...] = (
     Command("messages", "list a campaign's messages", messages_arguments, run_messages),
     Command("history", "list a campaign's transitions, oldest first", history_arguments, run_history),
     Command("watch", "show live progress until the campaign ends", name_argument, run_watch),
+    *CONTACT_COMMANDS,
 )
 
 
@@ -1554,43 +2757,44 @@ def global_arguments(parser: argparse.ArgumentParser, *, top: bool) -> None:
         return value if top else argparse.SUPPRESS
 
     group = parser.add_argument_group("connection and output")
-    group.add_argument(
-        "--socket", default=default(None), metavar="PATH", help=f"the daemon's Unix socket (${SOCKET_ENV})"
-    )
-    group.add_argument(
+
+    def add(*flags: str, **options: Any) -> None:
+        # A command's own option of the same name wins (`suppressions list --address`); the
+        # connection option is then accepted before the command name only.
+        if top or flags[0] not in parser._option_string_actions:
+            group.add_argument(*flags, **options)
+
+    add("--socket", default=default(None), metavar="PATH", help=f"the daemon's Unix socket (${SOCKET_ENV})")
+    add(
         "--config",
         default=default(None),
         metavar="FILE",
         help="read the socket path from the daemon's config",
     )
-    group.add_argument(
+    add(
         "--address",
         default=default(None),
         metavar="HOST:PORT",
         help=f"the daemon's TLS listener (${ADDRESS_ENV})",
     )
-    group.add_argument(
+    add(
         "--ca-file",
         default=default(None),
         metavar="FILE",
         help="CA certificates for --address (default: system)",
     )
-    group.add_argument(
-        "--cert-file", default=default(None), metavar="FILE", help="client certificate for mTLS"
-    )
-    group.add_argument("--key-file", default=default(None), metavar="FILE", help="client key for mTLS")
-    group.add_argument("--token", default=default(""), help=f"bearer token for --address (${TOKEN_ENV})")
-    group.add_argument(
-        "--token-file", default=default(None), metavar="FILE", help="read the bearer token from FILE"
-    )
-    group.add_argument(
+    add("--cert-file", default=default(None), metavar="FILE", help="client certificate for mTLS")
+    add("--key-file", default=default(None), metavar="FILE", help="client key for mTLS")
+    add("--token", default=default(""), help=f"bearer token for --address (${TOKEN_ENV})")
+    add("--token-file", default=default(None), metavar="FILE", help="read the bearer token from FILE")
+    add(
         "--timeout",
         type=positive_float,
         default=default(30.0),
         metavar="SECONDS",
         help="deadline of each call (30)",
     )
-    group.add_argument("--json", action="store_true", default=default(False), help="print proto3 JSON")
+    add("--json", action="store_true", default=default(False), help="print proto3 JSON")
 
 
 def add_commands(

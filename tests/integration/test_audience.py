@@ -346,6 +346,16 @@ def test_contacts_crud_and_email_uniqueness(client: Client) -> None:
         )
     )
     assert (updated.email, updated.phone) == ("crud@example.org", "+442079460000")
+    found = _expect(
+        lambda: client.contacts.UpdateContact(
+            cs.UpdateContactRequest(
+                contact=cs.Contact(name="contacts/crud"),
+                update_mask=field_mask_pb2.FieldMask(paths=["email", "phone"]),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert found.fields == ["contact.email"]
     members = _list(client, "crud-list")
     client.contacts.AddListMembers(cs.AddListMembersRequest(list=members, contacts=["contacts/crud"]))
     client.contacts.DeleteContact(cs.DeleteContactRequest(name="contacts/crud"))

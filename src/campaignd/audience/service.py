@@ -88,6 +88,7 @@ class ContactManager:
     async def create(self, row: Row) -> ContactRecord:
         """A new contact; ALREADY_EXISTS when its id or email is taken."""
         normal = self._normal_or_invalid(row, "contact")
+        _reachable(normal.email, normal.phone)
         contact_id = row.contact_id or new_id("c")
 
         def work(conn: Connection) -> ContactRecord:
@@ -142,6 +143,7 @@ class ContactManager:
             if record is None:
                 raise errors.not_found(f"contacts/{contact_id}")
             values = {name: getattr(normal, name) for name in mask}
+            _reachable(values.get("email", record.email), values.get("phone", record.phone))
             if "email" in mask:
                 self._email_free(conn, normal.email, record.pk)
             values["update_time"] = self.clock.now()
@@ -439,3 +441,10 @@ def _merge(values: dict[str, Any], normal: fields_.ContactFields, now: dt.dateti
             values[name] = getattr(normal, name)
     values["attributes"] = {**values.get("attributes", {}), **normal.attributes}
     values["update_time"] = now
+
+
+def _reachable(email: str | None, phone: str | None) -> None:
+    if not (email or phone):
+        raise errors.invalid_argument(
+            [FieldViolation("contact.email", "a contact needs an email address or a phone number")]
+        )

@@ -1,0 +1,372 @@
+"""`campaignctl contacts|lists|segments|suppressions` as an operator runs them.
+
+The first tests check CSV handling and local refusals without a daemon; the rest run the command line
+as a subprocess against a real daemon over its socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from campaignd import ctl
+from tests.integration.conftest import DaemonFactory, DaemonProcess
+
+PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n'
+# Variables that would point campaignctl somewhere other than the daemon under test.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
+TEN_MB = 10 * 1024 * 1024
+
+
+def ctl_at(daemon: DaemonProcess, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run campaignctl against `daemon`'s socket and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "campaignd.ctl", "--socket", str(daemon.socket_path), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=CLEAN_ENV,
+        check=False,
+    )
+
+
+def ok(daemon: DaemonProcess, *args: str, stdin: str | None = None) -> str:
+    """Run campaignctl, require exit 0, return stdout."""
+    result = ctl_at(daemon, *args, stdin=stdin)
+    assert result.returncode == 0, f"{args}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def contacts_by_email(daemon: DaemonProcess, *args: str) -> dict[str, dict[str, Any]]:
+    """Every contact (`contacts list --all --json`), by email address."""
+    reply = json.loads(ok(daemon, "contacts", "list", "--all", "--json", *args))
+    return {c["email"]: c for c in reply["contacts"]}
+
+
+def summary(stdout: str) -> dict[str, str]:
+    """The `Key: value` lines of the import summary."""
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in stdout.splitlines())}
+
+
+@pytest.fixture
+def plugged(daemon_factory: DaemonFactory) -> DaemonProcess:
+    """A running daemon with the test channel types loaded."""
+    return daemon_factory(PLUGINS).start()
+
+
+# ---------------------------------------------------------------------------------------------
+# Without a daemon
+
+
+def test_map_takes_contact_fields_and_attribute_names() -> None:
+    """--map COL=FIELD accepts the four contact fields and attributes.NAME, nothing else."""
+    assert ctl.column_mapping("E-mail=email") == ("E-mail", "email")
+    assert ctl.column_mapping("a=b=attributes.plan") == ("a=b", "attributes.plan")
+    for bad in ("email", "=email", "x=name", "x=attributes.", "x=attributes.9a", "x=attributes.a-b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ctl.column_mapping(bad)
+
+
+def test_records_skip_long_lines_and_keep_line_numbers() -> None:
+    """A line over 1 MiB becomes one 'line too long' record; the records after it keep their lines."""
+    data = (
+        b"email,note\n"
+        b"a@example.com,one\n"
+        b"\n"
+        b'b@example.com,"two\nlines"\n' + b"c@example.com," + b"x" * (2 * ctl.CSV_LINE_LIMIT) + b"\n"
+        b"d@example.com,caf\xc3\xa9\n"
+    )
+    previous = csv.field_size_limit(ctl.CSV_LINE_LIMIT)
+    try:
+        records = list(ctl.csv_records(io.BytesIO(data), "utf-8"))
+    finally:
+        csv.field_size_limit(previous)
+    assert [(r.line, r.fields, r.error) for r in records] == [
+        (1, ["email", "note"], ""),
+        (2, ["a@example.com", "one"], ""),
+        (4, ["b@example.com", "two\nlines"], ""),
+        (6, None, ctl.LINE_TOO_LONG),
+        (7, ["d@example.com", "café"], ""),
+    ]
+
+
+LOCAL_REFUSALS = [
+    pytest.param(b"", [], "empty file", id="empty"),
+    pytest.param(b"\n \n", [], "empty file", id="blank"),
+    pytest.param(b",,\n,\n", [], "empty file", id="empty-cells"),
+    pytest.param(b"email\n", [], "no rows after the header", id="header-only"),
+    pytest.param(b"email,email\na@example.com,b\n", [], "same header 'email'", id="duplicate-header"),
+    pytest.param(b"email\na@example.com\n", ["--map", "mail=email"], "no column 'mail'", id="unknown-column"),
+    pytest.param(
+        b"email,First Name\na@example.com,A\n", [], "not a valid attribute name", id="attribute-name"
+    ),
+    pytest.param(
+        b"email\na@example.com\n", ["--match-on", "contact_id"], "mapped to contact_id", id="match-on"
+    ),
+    pytest.param(
+        b"email\na@example.com\nz@example.com,Zo\xe9\n", [], "line 3 is not valid utf-8", id="latin-1"
+    ),
+    pytest.param(b"email\na@example.com\n", ["--batch-size", "10001"], "invalid batch size", id="batch-size"),
+    pytest.param(b"email\na@example.com\n", ["--encoding", "utf-16"], "ASCII", id="utf-16"),
+    pytest.param(
+        b"email\na@example.com\n", ["--rejected", "/nonexistent/r.csv"], "no directory", id="rejected"
+    ),
+]
+
+
+@pytest.mark.parametrize(("content", "options", "message"), LOCAL_REFUSALS)
+def test_import_refuses_bad_files_before_any_call(
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    options: list[str],
+    message: str,
+) -> None:
+    """Bad files and options exit 2 with a message; no call is made (it would fail with exit 1)."""
+    path = tmp_path / "in.csv"
+    path.write_bytes(content)
+    socket = str(tmp_path / "no-daemon.sock")
+    try:
+        status = ctl.main(["--socket", socket, "contacts", "import", str(path), *options], environ={})
+    except SystemExit as exc:  # argparse refuses an option value this way
+        status = int(str(exc.code))
+    assert status == ctl.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_progress_bar_estimates_the_total_from_bytes_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """The bar shows the share of the file read and estimates the row total from it."""
+    progress = ctl.ImportProgress(1000, enabled=True)
+    progress.update(100, 250, force=True)
+    progress.finish()
+    err = capsys.readouterr().err
+    assert "[#####---------------]" in err
+    assert " 25.0%" in err
+    assert "100/~400 rows sent" in err
+    silent = ctl.ImportProgress(1000, enabled=False)
+    silent.update(1, 1, force=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_rejected_file_defaults_next_to_the_input() -> None:
+    """The rejected rows of `x.csv` go to `x.rejected.csv` in the same directory."""
+    assert ctl.default_rejected_path(pathlib.Path("/d/x.csv")) == pathlib.Path("/d/x.rejected.csv")
+    assert ctl.default_rejected_path(pathlib.Path("/d/x.txt")) == pathlib.Path("/d/x.txt.rejected.csv")
+
+
+def test_suppressions_list_address_is_a_filter_not_the_daemon() -> None:
+    """After `suppressions list`, --address filters; before the command it is still the daemon's."""
+    args = ctl.build_parser().parse_args(
+        ["--address", "db:7443", "suppressions", "list", "--address", "a@example.com"]
+    )
+    assert args.address == "db:7443"
+    assert args.filter_address == "a@example.com"
+    args = ctl.build_parser().parse_args(["suppressions", "check", "a@example.com", "--channel-type", "sms"])
+    assert args.address is None
+    assert args.check_address == "a@example.com"
+
+
+# ---------------------------------------------------------------------------------------------
+# Against a daemon
+
+
+def test_import_counts_rejects_and_writes_them_back(plugged: DaemonProcess, tmp_path: pathlib.Path) -> None:
+    """Good, bad-email, bad-phone, duplicate, extra-field and 10 MB rows: counts, rejected file, contacts."""
+    path = tmp_path / "people.csv"
+    path.write_text(
+        "email,phone,first_name,plan\n"
+        "ann@example.com,+14155550101,Ann,pro\n"  # line 2: created
+        "bob@example.com,,Bob,free\n"  # line 3: created
+        "not-an-email,,Bad,free\n"  # line 4: bad email
+        "cat@example.com,12,Cat,pro\n"  # line 5: bad phone, so no cat at all
+        "ANN@example.com,,Ann2,team\n"  # line 6: same email as line 2: updates ann
+        "dan@example.com,,Dan,pro,extra\n"  # line 7: more fields than the header
+        "eve@example.com,,Eve," + "x" * TEN_MB + "\n"  # line 8: 10 MB
+        "fay@example.com,,Fay,free\n",  # line 9: created
+        encoding="utf-8",
+    )
+    result = ctl_at(plugged, "contacts", "import", str(path))
+    assert result.returncode == 0, result.stderr
+    rejected_path = tmp_path / "people.rejected.csv"
+    assert summary(result.stdout) == {
+        "Created": "3",
+        "Updated": "1",
+        "Rejected": f"4, written to {rejected_path}",
+    }
+    assert "line 4: email:" in result.stderr
+    assert "line 8: line too long" in result.stderr
+
+    with rejected_path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["email", "phone", "first_name", "plan", "error_field", "error_reason"]
+    assert [row[:5] for row in rows[1:]] == [
+        ["not-an-email", "", "Bad", "free", "email"],
+        ["cat@example.com", "12", "Cat", "pro", "phone"],
+        ["dan@example.com", "", "Dan", "pro", ""],
+        ["", "", "", "", ""],
+    ]
+    assert all(row[5] for row in rows[1:3])
+    assert [row[5] for row in rows[3:]] == ["extra fields", "line too long"]
+
+    contacts = contacts_by_email(plugged)
+    assert sorted(contacts) == ["ann@example.com", "bob@example.com", "fay@example.com"]
+    assert contacts["ann@example.com"]["phone"] == "+14155550101"
+    assert contacts["ann@example.com"]["attributes"] == {"first_name": "Ann2", "plan": "team"}
+
+    # The same file again: every good row now updates, and --json itemises the rejections by line.
+    again = json.loads(ok(plugged, "contacts", "import", str(path), "--json"))
+    assert (again["created"], again["updated"], again["rejected"]) == (0, 4, 4)
+    assert [r["line"] for r in again["rejected_rows"]] == [4, 5, 7, 8]
+
+
+def test_import_of_an_empty_file_creates_nothing(plugged: DaemonProcess, tmp_path: pathlib.Path) -> None:
+    """An empty file exits 2 with 'empty file', and no contact exists afterwards."""
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    result = ctl_at(plugged, "contacts", "import", str(path))
+    assert result.returncode == 2
+    assert "empty file" in result.stderr
+    assert contacts_by_email(plugged) == {}
+
+
+def test_latin1_read_as_utf8_names_the_line(plugged: DaemonProcess, tmp_path: pathlib.Path) -> None:
+    """A latin-1 file read as UTF-8 exits 2 naming the bad line and sends nothing; --encoding fixes it."""
+    path = tmp_path / "latin.csv"
+    path.write_bytes("email,first_name\nann@example.com,Ann\nzoe@example.com,Zoé\n".encode("latin-1"))
+    result = ctl_at(plugged, "contacts", "import", str(path))
+    assert result.returncode == 2
+    assert "line 3 is not valid utf-8" in result.stderr
+    assert contacts_by_email(plugged) == {}
+    ok(plugged, "contacts", "import", str(path), "--encoding", "latin-1")
+    contacts = contacts_by_email(plugged)
+    assert contacts["zoe@example.com"]["attributes"] == {"first_name": "Zoé"}
+
+
+def test_import_adds_to_a_list(plugged: DaemonProcess, tmp_path: pathlib.Path) -> None:
+    """--list adds every imported contact to the list; member_count shows it."""
+    ok(plugged, "lists", "create", "vip", "--display-name", "VIP")
+    path = tmp_path / "vip.csv"
+    path.write_text(
+        "Mail,id,tier,ignored\na@example.com,ann,gold,x\nb@example.com,bob,silver,y\n", encoding="utf-8"
+    )
+    result = ctl_at(
+        plugged,
+        "contacts",
+        "import",
+        str(path),
+        "--list",
+        "lists/vip",
+        "--map",
+        "Mail=email",
+        "--map",
+        "id=contact_id",
+        "--map",
+        "tier=attributes.level",
+        "--only-mapped",
+        "--batch-size",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert summary(result.stdout)["Created"] == "2"
+    lists = json.loads(ok(plugged, "lists", "list", "--json"))["lists"]
+    assert [(x["name"], x["member_count"]) for x in lists] == [("lists/vip", "2")]
+    members = json.loads(ok(plugged, "contacts", "list", "--list", "vip", "--json"))["contacts"]
+    assert {(m["name"], json.dumps(m["attributes"])) for m in members} == {
+        ("contacts/ann", '{"level": "gold"}'),
+        ("contacts/bob", '{"level": "silver"}'),
+    }
+
+
+def test_list_members_from_stdin_and_contact_commands(plugged: DaemonProcess) -> None:
+    """contacts create/update/get/delete, and lists add/remove reading ids from stdin with '-'."""
+    ok(plugged, "contacts", "create", "--id", "zed", "--email", "Zed@Example.com", "--attr", "age:=30")
+    updated = json.loads(
+        ok(plugged, "contacts", "update", "zed", "--attr", "plan=pro", "--remove-attr", "age", "--json")
+    )
+    assert (updated["email"], updated["attributes"]) == ("zed@example.com", {"plan": "pro"})
+    ok(plugged, "contacts", "create", "--id", "amy", "--phone", "+14155550102")
+    ok(plugged, "lists", "create", "team")
+    assert ok(plugged, "lists", "add", "team", "-", stdin="contacts/zed\namy\n").strip() == (
+        "added 2, already members 0"
+    )
+    assert ok(plugged, "lists", "add", "lists/team", "zed").strip() == "added 0, already members 1"
+    assert ok(plugged, "lists", "remove", "team", "-", stdin="zed\n").strip() == "removed 1"
+    refused = ctl_at(plugged, "lists", "add", "team", "-", stdin="amy\nNot_An_Id\n")
+    assert refused.returncode == 2
+    assert "Not_An_Id" in refused.stderr
+    ok(plugged, "contacts", "delete", "zed")
+    gone = ctl_at(plugged, "contacts", "get", "zed")
+    assert gone.returncode == 1
+    assert "NOT_FOUND" in gone.stderr
+    table = ok(plugged, "contacts", "list", "--list", "team")
+    assert re.search(r"^amy\s+-\s+\+14155550102\s", table, re.MULTILINE)
+
+
+def test_segment_with_a_bad_filter_shows_the_field_violation(plugged: DaemonProcess) -> None:
+    """A filter the daemon refuses exits 2 and prints its field violation; a good one is kept."""
+    result = ctl_at(plugged, "segments", "create", "bad", "--display-name", "Bad", "--filter", 'foo = "x"')
+    assert result.returncode == 2
+    assert "INVALID_ARGUMENT" in result.stderr
+    assert "field segment.filter: unknown field 'foo' at 0" in result.stderr
+    ok(plugged, "segments", "create", "pro", "--display-name", "Pro", "--filter", 'attributes.plan = "pro"')
+    segments = json.loads(ok(plugged, "segments", "list", "--json"))["segments"]
+    assert [(s["name"], s["filter"]) for s in segments] == [("segments/pro", 'attributes.plan = "pro"')]
+    assert json.loads(ok(plugged, "segments", "get", "pro", "--json"))["display_name"] == "Pro"
+    ok(plugged, "segments", "delete", "segments/pro")
+    assert json.loads(ok(plugged, "segments", "list", "--json"))["segments"] == []
+
+
+def test_suppressions_round_trip_with_exit_status_3(plugged: DaemonProcess, tmp_path: pathlib.Path) -> None:
+    """add, check (exit 3 when suppressed, 0 when not), list with filters, remove, check again."""
+    assert ok(
+        plugged,
+        "suppressions",
+        "add",
+        "Ann@Example.com",
+        "--reason",
+        "bounced",
+        "--channel-type",
+        "email",
+        "--source",
+        "test",
+    ).strip() == ("added 1, already suppressed 0")
+    more = tmp_path / "unsubscribed.txt"
+    more.write_text("# from the old system\nbob@example.com\n\nann@example.com\n", encoding="utf-8")
+    assert ok(plugged, "suppressions", "add", "--file", str(more), "--reason", "unsubscribed").strip() == (
+        "added 2, already suppressed 0"
+    )
+
+    check = ctl_at(plugged, "suppressions", "check", "ann@example.com", "--channel-type", "email")
+    assert check.returncode == 3
+    assert "bounced" in check.stdout
+    assert "unsubscribed" in check.stdout
+    free = ctl_at(plugged, "suppressions", "check", "cat@example.com", "--channel-type", "email")
+    assert (free.returncode, free.stdout) == (0, "not suppressed\n")
+
+    listed = json.loads(ok(plugged, "suppressions", "list", "--address", "ann@example.com", "--json"))
+    by_reason = {s["reason"]: s for s in listed["suppressions"]}
+    assert sorted(by_reason) == ["BOUNCED", "UNSUBSCRIBED"]
+    assert by_reason["BOUNCED"]["source"] == "test"
+    assert by_reason["UNSUBSCRIBED"]["source"] == "import:unsubscribed.txt"
+    assert by_reason["UNSUBSCRIBED"]["channel_type"] == ""
+    only = json.loads(ok(plugged, "suppressions", "list", "--reason", "bounced", "--json"))
+    assert [s["address"] for s in only["suppressions"]] == ["ann@example.com"]
+
+    for suppression in listed["suppressions"]:
+        assert ok(plugged, "suppressions", "remove", suppression["name"]).strip() == (
+            f"removed {suppression['name']}"
+        )
+    after = ctl_at(plugged, "suppressions", "check", "ann@example.com", "--channel-type", "email", "--json")
+    assert after.returncode == 0
+    assert json.loads(after.stdout) == {"suppressed": False, "suppressions": []}
