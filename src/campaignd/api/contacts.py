@@ -11,7 +11,7 @@ from grpc import aio
 from campaignd import errors
 from campaignd.api import convert
 from campaignd.api.convert import Violations
-from campaignd.api.errors import abort, unary
+from campaignd.api.errors import unary
 from campaignd.audience import filters
 from campaignd.audience.contacts import ContactFieldError
 from campaignd.audience.service import (
@@ -23,7 +23,7 @@ from campaignd.audience.service import (
     new_id,
 )
 from campaignd.config import Settings
-from campaignd.errors import ApiError, FieldViolation
+from campaignd.errors import FieldViolation
 from campaignd.store.audience import ContactRecord
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
@@ -118,7 +118,17 @@ class ContactService(cs_grpc.ContactServiceServicer):
                     f"cannot update {path!r}; updatable: {sorted(CONTACT_FIELDS)}",
                 )
         v.raise_if_any()
-        record = await self.manager.update(contact_id, _row(0, contact_id, request.contact), frozenset(paths))
+        # Only the masked fields are read from the request; the others may hold anything.
+        contact = request.contact
+        row = Row(
+            0,
+            contact_id,
+            contact.email if "email" in paths else "",
+            contact.phone if "phone" in paths else "",
+            contact.time_zone if "time_zone" in paths else "",
+            _attributes(contact) if "attributes" in paths else {},
+        )
+        record = await self.manager.update(contact_id, row, frozenset(paths))
         return contact_message(record)
 
     @unary
@@ -152,14 +162,11 @@ class ContactService(cs_grpc.ContactServiceServicer):
             )
         return response
 
+    @unary
     async def ImportContacts(
         self, requests: AsyncIterator[cs.ImportContactsRequest], context: Context
     ) -> cs.ImportContactsResponse:
-        try:
-            return await self._import(requests)
-        except ApiError as exc:
-            await abort(context, exc)
-            raise AssertionError("unreachable: abort raises") from exc
+        return await self._import(requests)
 
     async def _import(self, requests: AsyncIterator[cs.ImportContactsRequest]) -> cs.ImportContactsResponse:
         result = ImportResult()

@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
         sa.UniqueConstraint("contact_id", name=op.f("uq_contacts_contact_id")),
         sa.UniqueConstraint("email", name=op.f("uq_contacts_email")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_contacts_phone"), ["phone"], unique=False)
@@ -65,6 +66,7 @@ def upgrade() -> None:
         sa.Column("create_time", campaignd.store.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_suppressions")),
         sa.UniqueConstraint("address", "channel_type", name=op.f("uq_suppressions_address_channel_type")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "list_members",
@@ -113,6 +115,7 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "campaign_id", "channel_id", "address", name=op.f("uq_messages_campaign_id_channel_id_address")
         ),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.create_index(
