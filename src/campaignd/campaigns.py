@@ -46,6 +46,9 @@ class Caller:
     request_id: str = ""
 
 
+SYSTEM = Caller(actor="system")
+
+
 class CampaignManager:
     """The operations of CampaignService, independent of gRPC."""
 
@@ -344,6 +347,53 @@ class CampaignManager:
             return self._commit(conn, record, events)
 
         return await self._once(method, caller, work, _required(encode))
+
+    async def system_transition(
+        self,
+        campaign_id: str,
+        channel_id: str,
+        operation: Operation,
+        *,
+        cause: str,
+        reason: str = "",
+        error: dict[str, Any] | None = None,
+        before_commit: Callable[[Connection, CampaignRecord, list[ChannelRecord]], None] | None = None,
+    ) -> bool:
+        """A transition the daemon makes itself (schedule, slot, completion, guard, error).
+
+        Returns False, changing nothing, when the channel is no longer in a state that allows it
+        (an operator got there first).
+        """
+
+        def work(conn: Connection) -> CampaignRecord | None:
+            record = store.get(conn, campaign_id, for_update=True)
+            channel = record.channel(channel_id) if record is not None else None
+            if record is None or channel is None:
+                return None
+            decision = lifecycle.decide(channel.state, operation, self.plugins.semantics(channel.type))
+            if isinstance(decision, Refused) or decision.target is None:
+                return None
+            if before_commit is not None:
+                before_commit(conn, record, [channel])
+            before = channel.state
+            channel.state, channel.state_time = decision.target, self.clock.now()
+            if error is not None:
+                channel.error = error
+            event = self._event(
+                record,
+                SYSTEM,
+                operation.value,
+                channel=channel,
+                from_state=before,
+                reason=reason,
+                cause=cause,
+            )
+            return self._commit(conn, record, [event])
+
+        changed = await self.db.write(work)
+        if changed is not None:
+            self.hub.publish(campaign_id)
+        return changed is not None
 
     def decide(
         self, record: CampaignRecord, operation: Operation, channel_id: str

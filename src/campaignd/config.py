@@ -162,6 +162,26 @@ class LimitSettings(_Section):
     max_watchers: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
 
+class EngineSettings(_Section):
+    """The sending engine."""
+
+    # false: this daemon answers the API but sends nothing (another daemon on the database sends).
+    enabled: bool = True
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 200
+    # SENDING longer than this without a live owner renewing the lease: FAILED(timed_out).
+    sending_timeout: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    # Delay before the first retry; each further retry waits twice as long.
+    retry_delay: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    tick_interval: Annotated[float, Field(gt=0, le=60)] = 0.25
+    # Channel type -> how many campaigns may have such a channel RUNNING at once (SPEC §4.4).
+    slots: dict[str, Annotated[int, Field(ge=1)]] = {}
+    # What a launch does when no slot is free: wait in QUEUED, or be refused.
+    slot_policy: Literal["queue", "refuse"] = "queue"
+    guard_max_failure_percent: Annotated[float, Field(gt=0, le=100)] = 5.0
+    guard_min_sends: Annotated[int, Field(ge=1)] = 100
+
+
 class AudienceSettings(_Section):
     """How contacts are read."""
 
@@ -186,6 +206,7 @@ class Settings(_Section):
     limits: LimitSettings = LimitSettings()
     plugins: PluginSettings = PluginSettings()
     audience: AudienceSettings = AudienceSettings()
+    engine: EngineSettings = EngineSettings()
 
     @property
     def state_directory(self) -> pathlib.Path:

@@ -67,13 +67,19 @@ class Daemon:
         )
         self.notifier.ready(f"serving on {self.settings.socket_path}")
         watchdog = asyncio.ensure_future(self._watchdog())
+        engine = services.engine
+        engine_task = asyncio.ensure_future(engine.run()) if engine is not None else None
         await self._stop.wait()
 
         self.notifier.stopping()
         log.info("stopping", grace_seconds=self.settings.daemon.shutdown_timeout)
         await api.set_serving(False)
         services.close()
-        await api.stop(self.settings.daemon.shutdown_timeout)
+        grace = self.settings.daemon.shutdown_timeout
+        # No new calls and no new leases; sends in flight finish and are recorded within the bound.
+        await asyncio.gather(api.stop(grace), engine.stop(grace) if engine is not None else asyncio.sleep(0))
+        if engine_task is not None:
+            engine_task.cancel()
         watchdog.cancel()
         await asyncio.get_running_loop().run_in_executor(None, database.close)
         self.notifier.close()

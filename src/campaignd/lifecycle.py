@@ -313,8 +313,9 @@ _M = MessageState
 MESSAGE_TRANSITIONS: Final[Mapping[MessageState, frozenset[MessageState]]] = MappingProxyType(
     {
         _M.QUEUED: frozenset({_M.SENDING, _M.OPTED_OUT, _M.CANCELLED}),
-        # Some providers answer "delivered" at once, skipping SENT.
-        _M.SENDING: frozenset({_M.SENT, _M.DELIVERED, _M.FAILED, _M.RETRYING}),
+        # Some providers answer "delivered" at once, skipping SENT. A leased message the gate kept
+        # from starting goes back to QUEUED, or to CANCELLED when its channel was stopped meanwhile.
+        _M.SENDING: frozenset({_M.SENT, _M.DELIVERED, _M.FAILED, _M.RETRYING, _M.QUEUED, _M.CANCELLED}),
         _M.RETRYING: frozenset({_M.SENDING, _M.FAILED, _M.CANCELLED}),
         # A bounce or undeliverable receipt can still arrive after the provider accepted the message.
         _M.SENT: frozenset({_M.DELIVERED, _M.FAILED, _M.ASSUMED_DELIVERED}),
@@ -324,7 +325,8 @@ MESSAGE_TRANSITIONS: Final[Mapping[MessageState, frozenset[MessageState]]] = Map
         _M.FAILED: frozenset({_M.QUEUED}),
         _M.DELIVERED: frozenset(),
         _M.OPTED_OUT: frozenset(),
-        _M.CANCELLED: frozenset(),
+        # Only a restart of a restartable channel type takes a cancelled message back.
+        _M.CANCELLED: frozenset({_M.QUEUED}),
     }
 )
 """The legal moves of a message: state -> the states it may move to (§3.3)."""

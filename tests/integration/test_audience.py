@@ -16,7 +16,11 @@ from tests.conftest import new_pg_database
 from tests.integration.campaign_client import Client, channel, failure
 from tests.integration.conftest import DaemonProcess
 
-CONFIG = '[plugins]\nload = ["campaignd.testing.channels"]\n[audience]\ndefault_region = "US"\n'
+# The engine is off: these tests check what launch freezes, so launched channels must stay QUEUED.
+CONFIG = (
+    '[plugins]\nload = ["campaignd.testing.channels"]\n[audience]\ndefault_region = "US"\n'
+    "[engine]\nenabled = false\n"
+)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

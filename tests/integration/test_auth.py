@@ -228,7 +228,7 @@ def auth_config(
     client_ca_line = f'client_ca_file = "{pki.ca_file}"\n' if client_ca else ""
     return (
         f'[log]\nlevel = "{log_level}"\nformat = "json"\n'
-        '[plugins]\nload = ["campaignd.testing.channels"]\n'
+        '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
         '[grpc]\ntcp_address = "127.0.0.1:0"\n'
         f'[grpc.tls]\ncert_file = "{pki.server_cert_file}"\nkey_file = "{pki.server_key_file}"\n'
         + client_ca_line

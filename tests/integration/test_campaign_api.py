@@ -20,7 +20,8 @@ from tests.conftest import new_pg_database
 from tests.integration.campaign_client import ATTESTATION, Client, channel, failure, force_state, future
 from tests.integration.conftest import DaemonProcess
 
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n'
+# The engine is off (an API-only daemon): these tests drive the lifecycle alone.
+PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

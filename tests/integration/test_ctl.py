@@ -28,7 +28,8 @@ from campaignd.v1 import resources_pb2 as res
 from tests.integration.conftest import DaemonFactory, DaemonProcess
 from tests.integration.test_auth import start_tls_daemon, write_pki
 
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n'
+# The engine is off (an API-only daemon): these tests drive the lifecycle alone.
+PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 ATTESTATION = ("--accepted-by", "alice@example.com", "--terms-version", "2024-05")
 # Variables that would point campaignctl somewhere other than the daemon under test.
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}

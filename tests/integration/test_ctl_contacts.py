@@ -22,7 +22,8 @@ import pytest
 from campaignd import ctl
 from tests.integration.conftest import DaemonFactory, DaemonProcess
 
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n'
+# The engine is off (an API-only daemon): these tests drive the lifecycle alone.
+PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 # Variables that would point campaignctl somewhere other than the daemon under test.
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
 TEN_MB = 10 * 1024 * 1024

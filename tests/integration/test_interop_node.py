@@ -18,7 +18,8 @@ from tests.integration.conftest import DaemonFactory
 REPO = pathlib.Path(__file__).resolve().parents[2]
 INTEROP_DIR = REPO / "tests" / "interop"
 PROTO_DIR = REPO / "proto"
-CONFIG = '[plugins]\nload = ["campaignd.testing.channels"]\n'
+# The engine is off (an API-only daemon): the client drives the lifecycle alone.
+CONFIG = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 NPM_CI_TIMEOUT = 600.0
 CLIENT_TIMEOUT = 120.0
 

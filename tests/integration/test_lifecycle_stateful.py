@@ -34,7 +34,8 @@ from campaignd.v1 import campaign_service_pb2_grpc
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.conftest import DaemonFactory, DaemonProcess
 
-CONFIG = '[plugins]\nload = ["campaignd.testing.channels"]\n'
+# The engine is off (an API-only daemon): the model covers the lifecycle alone.
+CONFIG = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 TYPES = sorted(SEMANTICS)
 RPC_TIMEOUT = 10.0
 MAX_LIVE_CAMPAIGNS = 3

@@ -403,6 +403,8 @@ EXPECTED_MESSAGE_MOVES = {
     (M.SENDING, M.DELIVERED),
     (M.SENDING, M.FAILED),
     (M.SENDING, M.RETRYING),
+    (M.SENDING, M.QUEUED),
+    (M.SENDING, M.CANCELLED),
     (M.RETRYING, M.SENDING),
     (M.RETRYING, M.FAILED),
     (M.RETRYING, M.CANCELLED),
@@ -412,6 +414,7 @@ EXPECTED_MESSAGE_MOVES = {
     (M.ASSUMED_DELIVERED, M.DELIVERED),
     (M.ASSUMED_DELIVERED, M.FAILED),
     (M.FAILED, M.QUEUED),
+    (M.CANCELLED, M.QUEUED),
 }
 MESSAGE_PAIRS = list(itertools.product(MessageState, MessageState))
 
@@ -428,12 +431,12 @@ def test_message_transitions_cover_every_state() -> None:
 
 
 def test_final_messages_have_no_exits_but_retry() -> None:
-    """Final message states have no exits but retry (FAILED -> QUEUED) and late receipts after ASSUMED."""
+    """Final states leave only by retry-failed, restart (CANCELLED -> QUEUED) or a late receipt."""
     exits = {state: MESSAGE_TRANSITIONS[state] for state in MESSAGE_FINAL_STATES}
     assert exits == {
         M.DELIVERED: frozenset(),
         M.OPTED_OUT: frozenset(),
-        M.CANCELLED: frozenset(),
+        M.CANCELLED: {M.QUEUED},
         M.FAILED: {M.QUEUED},
         M.ASSUMED_DELIVERED: {M.DELIVERED, M.FAILED},
     }

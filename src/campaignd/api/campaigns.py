@@ -19,6 +19,7 @@ from campaignd.api.convert import Violations, campaign_id_from_name
 from campaignd.api.errors import streaming, unary
 from campaignd.campaigns import Caller, CampaignManager
 from campaignd.config import Settings
+from campaignd.engine.core import Engine
 from campaignd.errors import ApiError, Code
 from campaignd.lifecycle import MESSAGE_DONE_STATES, CampaignState, ChannelState, MessageState, Operation
 from campaignd.plugin.manager import Plugins
@@ -55,9 +56,12 @@ def _time(message: timestamp_pb2.Timestamp) -> dt.datetime:
 class CampaignService(svc_grpc.CampaignServiceServicer):
     """The gRPC face of campaign management."""
 
-    def __init__(self, manager: CampaignManager, settings: Callable[[], Settings]) -> None:
+    def __init__(
+        self, manager: CampaignManager, settings: Callable[[], Settings], engine: Engine | None = None
+    ) -> None:
         self.manager = manager
         self.settings = settings
+        self.engine = engine
         self.watchers = 0
 
     @property
@@ -186,17 +190,28 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         v = v or Violations()
         v.text("reason", reason, max_length=MAX_REASON)
         campaign_id = self._common(request.name, request.channel_id, request.etag, request.request_id, v)
-        data = await self.manager.transition(
-            method,
-            operation,
-            campaign_id,
-            request.channel_id,
-            request.etag,
-            _caller(request.request_id),
-            _encode,
-            reason=reason,
-            before_commit=before_commit,
-        )
+
+        async def transition() -> bytes:
+            return await self.manager.transition(
+                method,
+                operation,
+                campaign_id,
+                request.channel_id,
+                request.etag,
+                _caller(request.request_id),
+                _encode,
+                reason=reason,
+                before_commit=before_commit,
+            )
+
+        if self.engine is None:
+            return _campaign(await transition())
+        if operation in (Operation.PAUSE, Operation.STOP):
+            # The barrier: the gates close before the state changes and stay closed after.
+            async with self.engine.hold(campaign_id, request.channel_id):
+                return _campaign(await transition())
+        data = await transition()
+        self.engine.wake()
         return _campaign(data)
 
     @unary

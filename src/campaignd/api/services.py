@@ -11,6 +11,7 @@ from campaignd.audience.service import ContactManager
 from campaignd.campaigns import CampaignManager
 from campaignd.changes import ChangeHub
 from campaignd.config import Settings
+from campaignd.engine.core import Engine
 from campaignd.plugin.manager import Plugins
 from campaignd.store.db import Database
 from campaignd.v1 import (
@@ -28,8 +29,13 @@ class Services:
         self.plugins = Plugins(settings().plugins.load)
         self.hub = ChangeHub()
         self.campaigns = CampaignManager(database, self.plugins, self.hub)
+        self.engine = (
+            Engine(database, self.plugins, self.campaigns, self.hub, settings)
+            if settings().engine.enabled
+            else None
+        )
         campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
-            CampaignService(self.campaigns, settings), api.server
+            CampaignService(self.campaigns, settings, self.engine), api.server
         )
         api.add_service(campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name)
         self.contacts = ContactManager(database, lambda: settings().audience.default_region)

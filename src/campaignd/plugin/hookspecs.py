@@ -7,7 +7,19 @@ without breaking older plugins.
 
 from __future__ import annotations
 
-from campaignd.plugin import ChannelSemantics, ChannelType, Content, FieldViolation, hookspec
+from collections.abc import Awaitable, Sequence
+
+from campaignd.plugin import (
+    ChannelInfo,
+    ChannelSemantics,
+    ChannelType,
+    Content,
+    FieldViolation,
+    Gate,
+    Recipient,
+    SendResult,
+    hookspec,
+)
 
 
 @hookspec
@@ -42,5 +54,22 @@ def campaignd_validate_channel(channel_type: str, content: Content, launching: b
     The daemon has already checked the fields declared by the channel type (required, kind,
     length); this hook adds the type's own rules. Field paths are relative to the content,
     e.g. `subject`. Plugins return an empty list for channel types that are not theirs.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def campaignd_send(
+    channel_type: str, channel: ChannelInfo, recipients: Sequence[Recipient], gate: Gate
+) -> Awaitable[Sequence[SendResult]] | None:
+    """Send a batch of messages of `channel_type`; return None at once when the type is not yours.
+
+    Otherwise return an awaitable (e.g. call an ``async def``) that gives one SendResult per
+    recipient. Before starting each message, ``await gate.admit()``; when it returns True start
+    that send at once, with no other await in between; when it returns False do not start it and
+    report it NOT_STARTED. This is what makes Pause a barrier: once the Pause call has returned,
+    the gate admits nothing. The daemon records every result in one transaction when the awaitable
+    finishes. An exception, or an awaitable that does not finish within the channel's sending
+    timeout, fails the channel (not the daemon) with the error kept.
     """
     raise NotImplementedError

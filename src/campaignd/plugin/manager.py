@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pluggy
@@ -11,7 +12,17 @@ import pluggy
 from campaignd import logs
 from campaignd.errors import FieldViolation
 from campaignd.lifecycle import DEFAULT_SEMANTICS, ChannelSemantics
-from campaignd.plugin import ENTRY_POINT_GROUP, PROJECT, ChannelType, Content, hookspecs
+from campaignd.plugin import (
+    ENTRY_POINT_GROUP,
+    PROJECT,
+    ChannelInfo,
+    ChannelType,
+    Content,
+    Gate,
+    Recipient,
+    SendResult,
+    hookspecs,
+)
 
 log = logs.get("campaignd.plugin")
 
@@ -26,6 +37,10 @@ _KIND_TYPES: Mapping[str, tuple[type, ...]] = {
 
 class PluginError(Exception):
     """A plugin could not be loaded or declared something invalid."""
+
+
+class PluginCallError(Exception):
+    """A plugin failed while working for a channel; the channel fails, never the daemon."""
 
 
 class Plugins:
@@ -57,6 +72,34 @@ class Plugins:
             channel_type=channel_type
         )
         return answer or DEFAULT_SEMANTICS
+
+    def default_window(self, channel_type: str) -> dict[str, Any] | None:
+        """The send window of a channel type that sets none (e.g. quiet hours for SMS)."""
+        declared = self.types.get(channel_type)
+        return dict(declared.default_window) if declared and declared.default_window else None
+
+    async def send(
+        self,
+        channel_type: str,
+        channel: ChannelInfo,
+        recipients: Sequence[Recipient],
+        gate: Gate,
+        seconds: float,
+    ) -> list[SendResult]:
+        """Hand a batch to the plugin of `channel_type`; any error of the plugin is a PluginCallError."""
+        try:
+            awaitable = self.manager.hook.campaignd_send(
+                channel_type=channel_type, channel=channel, recipients=recipients, gate=gate
+            )
+            if awaitable is None:
+                raise PluginCallError(f"no loaded plugin sends channel type {channel_type!r}")
+            return await _await(awaitable, seconds)
+        except PluginCallError:
+            raise
+        except TimeoutError:
+            raise PluginCallError(f"the {channel_type} plugin gave no result within {seconds:g} s") from None
+        except Exception as exc:
+            raise PluginCallError(f"the {channel_type} plugin failed: {type(exc).__name__}: {exc}") from exc
 
     def validate(self, channel_type: str, content: Content, *, launching: bool) -> list[FieldViolation]:
         """Every problem with `content` for `channel_type`; paths are relative to the content."""
@@ -96,3 +139,7 @@ def _is_kind(value: Any, kind: str) -> bool:
     if kind == "number" and isinstance(value, bool):
         return False
     return isinstance(value, _KIND_TYPES[kind])
+
+
+async def _await(awaitable: Awaitable[Sequence[SendResult]], seconds: float) -> list[SendResult]:
+    return list(await asyncio.wait_for(awaitable, seconds))

@@ -16,7 +16,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from campaignd.audience import filters
-from campaignd.store.schema import contact_lists, contacts, list_members, messages, segments, suppressions
+from campaignd.store.engine import add_counts, read_counts
+from campaignd.store.schema import (
+    channel_counts,
+    contact_lists,
+    contacts,
+    list_members,
+    messages,
+    segments,
+    suppressions,
+)
 
 
 @dataclass
@@ -403,6 +412,7 @@ def resolve(
                 .where(messages.c.campaign_id == campaign_id, messages.c.channel_id == channel_id)
             ).scalar_one()
         )
+        add_counts(conn, campaign_id, channel_id, {"queued": queued})
     return AudienceCounts(targeted, excluded, suppressed_count, skipped, queued)
 
 
@@ -411,12 +421,7 @@ def resolve(
 
 def message_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
     """Messages per (channel id, state) of a campaign."""
-    rows = conn.execute(
-        sa.select(messages.c.channel_id, messages.c.state, sa.func.count())
-        .where(messages.c.campaign_id == campaign_id)
-        .group_by(messages.c.channel_id, messages.c.state)
-    )
-    return {(r[0], r[1]): int(r[2]) for r in rows}
+    return read_counts(conn, campaign_id)
 
 
 def failure_reasons(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
@@ -457,17 +462,23 @@ def move_messages(
     conn: Connection, campaign_id: str, channel_id: str, frm: Sequence[str], to: str, now: dt.datetime
 ) -> int:
     """Move a channel's messages in states `frm` to `to` (stop, restart, retry); returns how many."""
-    return conn.execute(
-        messages.update()
-        .where(
-            messages.c.campaign_id == campaign_id,
-            messages.c.channel_id == channel_id,
-            messages.c.state.in_(list(frm)),
-        )
-        .values(state=to, update_time=now)
-    ).rowcount
+    moved = 0
+    for state in frm:
+        n = conn.execute(
+            messages.update()
+            .where(
+                messages.c.campaign_id == campaign_id,
+                messages.c.channel_id == channel_id,
+                messages.c.state == state,
+            )
+            .values(state=to, update_time=now, next_attempt_time=None)
+        ).rowcount
+        add_counts(conn, campaign_id, channel_id, {state: -n, to: n})
+        moved += n
+    return moved
 
 
 def delete_messages(conn: Connection, campaign_id: str) -> None:
-    """Delete a campaign's messages."""
+    """Delete a campaign's messages and their counters."""
     conn.execute(messages.delete().where(messages.c.campaign_id == campaign_id))
+    conn.execute(channel_counts.delete().where(channel_counts.c.campaign_id == campaign_id))

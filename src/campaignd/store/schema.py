@@ -103,6 +103,8 @@ contacts = sa.Table(
     sa.Column("attributes", sa.JSON, nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("update_time", UTCDateTime, nullable=False),
+    # SQLite would otherwise reuse the highest row id after a delete; other rows point at these ids.
+    sqlite_autoincrement=True,
 )
 
 contact_lists = sa.Table(
@@ -143,6 +145,7 @@ suppressions = sa.Table(
     sa.Column("source", sa.String(200), nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.UniqueConstraint("address", "channel_type"),
+    sqlite_autoincrement=True,
 )
 
 # One recipient on one channel, frozen at launch. The unique constraint is what guarantees that
@@ -166,8 +169,28 @@ messages = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("reason", sa.String(63)),
     sa.Column("outcome", sa.String(63)),
+    # Who is sending it (a daemon's owner id) and until when, unless the owner renews the lease.
+    sa.Column("lease_owner", sa.String(100)),
+    sa.Column("lease_expiry", UTCDateTime),
+    # When a RETRYING message may be tried again.
+    sa.Column("next_attempt_time", UTCDateTime),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("update_time", UTCDateTime, nullable=False),
     sa.UniqueConstraint("campaign_id", "channel_id", "address"),
     sa.Index("ix_messages_campaign_id_channel_id_state_id", "campaign_id", "channel_id", "state", "id"),
+    sa.Index("ix_messages_state_lease_expiry", "state", "lease_expiry"),
+    sqlite_autoincrement=True,
+)
+
+# Messages per state of each channel, kept in step with every message move in the same
+# transaction, so that progress never needs a COUNT over the messages.
+channel_counts = sa.Table(
+    "channel_counts",
+    metadata,
+    sa.Column(
+        "campaign_id", sa.String(63), sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("channel_id", sa.String(63), primary_key=True),
+    sa.Column("state", sa.String(20), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
 )

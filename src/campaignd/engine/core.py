@@ -1,0 +1,404 @@
+"""The engine loop and the channel workers.
+
+Every tick the engine starts SCHEDULED channels whose time has come, activates QUEUED ones when a
+slot is free, completes RUNNING ones with nothing left to send, fails messages whose sender died,
+and keeps one worker per RUNNING channel. A worker leases a batch, hands it to the channel's
+plugin with the channel's gate, and records the results in one transaction.
+
+The gate is the pause barrier: Pause and Stop close it, in this process, before their call
+returns, and a plugin starts a send only when the gate admits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Connection
+
+from campaignd import logs
+from campaignd.campaigns import CampaignManager
+from campaignd.changes import ChangeHub
+from campaignd.clock import Clock
+from campaignd.config import EngineSettings, Settings
+from campaignd.engine.rates import RateLimiter
+from campaignd.engine.windows import SendWindow
+from campaignd.errors import ApiError
+from campaignd.lifecycle import ChannelState, Operation
+from campaignd.plugin import ChannelInfo, Recipient, SendResult, SendStatus
+from campaignd.plugin.manager import PluginCallError, Plugins
+from campaignd.store import engine as store
+from campaignd.store.campaigns import CampaignRecord, ChannelRecord
+from campaignd.store.db import Database
+
+log = logs.get("campaignd.engine")
+Key = tuple[str, str]  # (campaign id, channel id)
+
+
+class ChannelGate:
+    """Admits sends of one channel while it runs, at its rate."""
+
+    def __init__(self, limiter: RateLimiter | None) -> None:
+        self.open = True
+        self.limiter = limiter
+
+    async def admit(self, weight: float = 1.0) -> bool:
+        """True when a send may start now; the caller starts it with no further await."""
+        if not self.open:
+            return False
+        if self.limiter is not None:
+            await self.limiter.acquire(weight)
+        return self.open
+
+
+def owner_id() -> str:
+    """A name for this process's leases, unique across hosts and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Engine:
+    """Sends what the lifecycle says may be sent."""
+
+    def __init__(
+        self,
+        database: Database,
+        plugins: Plugins,
+        campaigns: CampaignManager,
+        hub: ChangeHub,
+        settings: Callable[[], Settings],
+        clock: Clock | None = None,
+    ) -> None:
+        self.db = database
+        self.plugins = plugins
+        self.campaigns = campaigns
+        self.hub = hub
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.owner = owner_id()
+        self._gates: dict[Key, ChannelGate] = {}
+        self._held: set[Key] = set()
+        self._workers: dict[Key, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def config(self) -> EngineSettings:
+        """The engine's settings as they are now (a reload may change them)."""
+        return self.settings().engine
+
+    def wake(self) -> None:
+        """Run a tick now, e.g. after a launch or resume."""
+        self._wake.set()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, campaign_id: str, channel_id: str = "") -> AsyncIterator[None]:
+        """Close the gates of a campaign's channels (or of one) for the length of a Pause or Stop.
+
+        The gates close before the state changes, so no send starts after the call returns; while
+        held, no tick reopens them. If the state did not change, the next tick reopens them.
+        """
+        hold = (campaign_id, channel_id or "*")
+        self._held.add(hold)
+        for key, gate in self._gates.items():
+            if self._is_held(key):
+                gate.open = False
+        try:
+            yield
+        finally:
+            self._held.discard(hold)
+            self.wake()
+
+    def _is_held(self, key: Key) -> bool:
+        return (key[0], "*") in self._held or key in self._held
+
+    async def run(self) -> None:
+        """Tick until stopped."""
+        while not self._stopping:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("engine tick failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.tick_interval)
+
+    async def stop(self, grace: float) -> None:
+        """Stop leasing and give workers `grace` seconds to finish and record what is in flight."""
+        self._stopping = True
+        self._wake.set()
+        for gate in self._gates.values():
+            gate.open = False
+        workers = [w for w in self._workers.values() if not w.done()]
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=grace)
+            for worker in pending:
+                # Their SENDING messages fail as timed_out once the lease runs out (SPEC §8).
+                worker.cancel()
+        log.info("engine stopped", workers=len(workers))
+
+    # -- the tick ---------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One pass over the channels that need the engine."""
+        now = self.clock.now()
+        expired = await self.db.write(store.expire_leases, now)
+        for campaign_id, channel_id in expired:
+            log.warning(
+                "sends without a result timed out",
+                campaign=campaign_id,
+                channel=channel_id,
+                messages=expired[(campaign_id, channel_id)],
+            )
+            self.hub.publish(campaign_id)
+        rows = await self.db.read(store.channels_in, ["scheduled", "queued", "running"])
+        running_types: dict[str, set[str]] = {}
+        for row in rows:
+            if row.state == "running":
+                running_types.setdefault(row.type, set()).add(row.campaign_id)
+        active = set()
+        for row in rows:
+            key = (row.campaign_id, row.channel_id)
+            if row.state == "scheduled" and row.schedule_time is not None and row.schedule_time <= now:
+                await self._start(row)
+            elif row.state == "queued" and self._slot_free(row.type, row.campaign_id, running_types):
+                if await self.campaigns.system_transition(
+                    row.campaign_id,
+                    row.channel_id,
+                    Operation.ACTIVATE,
+                    cause="schedule",
+                    reason="a slot is free",
+                ):
+                    running_types.setdefault(row.type, set()).add(row.campaign_id)
+                    self.wake()
+            elif row.state == "running":
+                active.add(key)
+                await self._keep_running(key, row)
+        for key, gate in self._gates.items():
+            if key not in active:
+                gate.open = False
+
+    def _slot_free(self, channel_type: str, campaign_id: str, running: dict[str, set[str]]) -> bool:
+        limit = self.config.slots.get(channel_type)
+        holders = running.get(channel_type, set())
+        return limit is None or campaign_id in holders or len(holders) < limit
+
+    async def _start(self, row: Any) -> None:
+        def resolve(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            self.campaigns.check_audience(conn, record, chosen)
+            for channel in chosen:
+                counts = self.campaigns.resolve(conn, record, channel, freeze=True)
+                channel.audience_counts = dataclasses.asdict(counts)
+                channel.schedule_time = None
+
+        try:
+            await self.campaigns.system_transition(
+                row.campaign_id,
+                row.channel_id,
+                Operation.START,
+                cause="schedule",
+                reason="its time came",
+                before_commit=resolve,
+            )
+        except ApiError as exc:
+            await self.fail(row.campaign_id, row.channel_id, exc.reason, exc.message)
+        self.wake()
+
+    async def _keep_running(self, key: Key, row: Any) -> None:
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = ChannelGate(RateLimiter(row.rate_limit) if row.rate_limit > 0 else None)
+        elif gate.limiter is not None and row.rate_limit > 0:
+            gate.limiter.set_rate(row.rate_limit)
+        if not self._is_held(key) and not self._stopping:
+            gate.open = True
+        worker = self._workers.get(key)
+        if worker is not None and not worker.done():
+            return
+        remaining = await self.db.read(store.unfinished, *key)
+        if remaining == 0:
+            if await self.campaigns.system_transition(
+                *key, Operation.COMPLETE, cause="system", reason="every message is done"
+            ):
+                self._gates.pop(key, None)
+            return
+        if gate.open:
+            self._workers[key] = asyncio.create_task(
+                self._work(key, row, gate), name=f"send {key[0]}/{key[1]}"
+            )
+
+    # -- a worker ---------------------------------------------------------------------------------
+
+    async def _work(self, key: Key, row: Any, gate: ChannelGate) -> None:
+        campaign_id, channel_id = key
+        record = await self.campaigns.get(campaign_id)
+        channel = record.channel(channel_id)
+        if channel is None:
+            return
+        info = ChannelInfo(record.name, channel_id, channel.type, channel.content)
+        while gate.open and not self._stopping:
+            config = self.config
+            zones = await self._open_zones(key, row)
+            if zones is not None and not zones:
+                return  # every recipient's window is closed; a later tick looks again
+            now = self.clock.now()
+            expiry = now + dt.timedelta(seconds=config.sending_timeout)
+            batch = await self.db.write(
+                functools.partial(
+                    store.lease,
+                    campaign_id=campaign_id,
+                    channel_id=channel_id,
+                    owner=self.owner,
+                    limit=config.batch_size,
+                    now=now,
+                    expiry=expiry,
+                    zones=zones,
+                )
+            )
+            if not batch:
+                return
+            fields = await self.db.read(
+                store.contact_fields, [m.contact for m in batch if m.contact is not None]
+            )
+            recipients = [
+                Recipient(m.id, m.address, fields.get(m.contact or 0, {}), m.attempts + 1) for m in batch
+            ]
+            renewing = asyncio.create_task(self._renew([m.id for m in batch], config.sending_timeout))
+            try:
+                results = await self.plugins.send(
+                    channel.type, info, recipients, gate, config.sending_timeout
+                )
+            except PluginCallError as exc:
+                await self._record(
+                    key,
+                    [
+                        store.Outcome(m.id, "failed", error=str(exc)[:2000], reason="plugin_error")
+                        for m in batch
+                    ],
+                )
+                await self.fail(campaign_id, channel_id, "PLUGIN_ERROR", str(exc))
+                return
+            finally:
+                renewing.cancel()
+            await self._record(key, self._outcomes(batch, results, config))
+            started = [r for r in results if r.status != SendStatus.NOT_STARTED]
+            if started and all(r.fatal for r in started):
+                await self.fail(
+                    campaign_id, channel_id, "TRANSPORT_FAILED", started[-1].error or "transport failure"
+                )
+                return
+            if await self._guard(key, record):
+                return
+
+    async def _open_zones(self, key: Key, row: Any) -> list[str | None] | None:
+        window_record = row.send_window or self.plugins.default_window(row.type)
+        if not window_record:
+            return None
+        window = SendWindow.from_record(window_record)
+        zones = await self.db.read(store.queued_zones, *key)
+        now = self.clock.now()
+        campaign_zone = ZoneInfo(row.time_zone or "UTC")
+        return [z for z in zones if window.is_open(ZoneInfo(z) if z else campaign_zone, now)]
+
+    async def _renew(self, ids: list[int], lease_seconds: float) -> None:
+        # The lease is what tells other processes this one is alive and sending.
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            expiry = self.clock.now() + dt.timedelta(seconds=lease_seconds)
+            await self.db.write(functools.partial(store.renew, owner=self.owner, ids=ids, expiry=expiry))
+
+    def _outcomes(
+        self, batch: list[store.Leased], results: Iterable[SendResult], config: EngineSettings
+    ) -> list[store.Outcome]:
+        by_id = {r.message_id: r for r in results}
+        now = self.clock.now()
+        outcomes = []
+        for message in batch:
+            result = by_id.get(message.id)
+            attempt = message.attempts + 1
+            if result is None:
+                outcomes.append(
+                    store.Outcome(message.id, "failed", error="the plugin gave no result", reason="no_result")
+                )
+            elif result.status == SendStatus.NOT_STARTED:
+                outcomes.append(store.Outcome(message.id, "queued"))
+            elif result.status == SendStatus.RETRY and attempt < config.max_attempts:
+                delay = config.retry_delay * 2 ** (attempt - 1)
+                outcomes.append(
+                    store.Outcome(
+                        message.id,
+                        "retrying",
+                        error=result.error,
+                        reason=result.reason,
+                        next_attempt_time=now + dt.timedelta(seconds=delay),
+                    )
+                )
+            elif result.status == SendStatus.RETRY:
+                outcomes.append(
+                    store.Outcome(message.id, "failed", error=result.error, reason="retries_exhausted")
+                )
+            else:
+                state = {SendStatus.SENT: "sent", SendStatus.DELIVERED: "delivered"}.get(
+                    result.status, "failed"
+                )
+                reason = result.reason or ("rejected" if state == "failed" else "")
+                outcomes.append(store.Outcome(message.id, state, result.provider_id, result.error, reason))
+        return outcomes
+
+    async def _record(self, key: Key, outcomes: list[store.Outcome]) -> None:
+        campaign_id, channel_id = key
+
+        def write(conn: Connection) -> None:
+            record = self.campaigns.load(conn, campaign_id)
+            channel = record.channel(channel_id)
+            stopped = channel is None or channel.state not in (
+                ChannelState.RUNNING,
+                ChannelState.PAUSED,
+                ChannelState.QUEUED,
+            )
+            # A message handed back unstarted waits again, unless its channel was stopped meanwhile.
+            final = [
+                dataclasses.replace(o, state="cancelled") if stopped and o.state == "queued" else o
+                for o in outcomes
+            ]
+            store.record(conn, campaign_id, channel_id, self.owner, final, self.clock.now())
+
+        await self.db.write(write)
+        self.hub.publish(campaign_id)
+
+    async def _guard(self, key: Key, record: CampaignRecord) -> bool:
+        config = self.config
+        limit = record.guard.get("max_failure_percent") or config.guard_max_failure_percent
+        minimum = record.guard.get("min_sends") or config.guard_min_sends
+        counts = await self.db.read(store.read_counts, key[0])
+        mine = {state: n for (channel_id, state), n in counts.items() if channel_id == key[1]}
+        failed = mine.get("failed", 0)
+        finished = failed + sum(mine.get(s, 0) for s in ("sent", "delivered", "assumed_delivered"))
+        if finished < minimum or failed * 100 <= limit * finished:
+            return False
+        gate = self._gates.get(key)
+        if gate is not None:
+            gate.open = False
+        reason = f"failure rate {100 * failed / finished:.1f}% is over {limit:g}% after {finished} sends"
+        await self.campaigns.system_transition(*key, Operation.GUARD_PAUSE, cause="guard", reason=reason)
+        log.warning("guard paused a channel", campaign=key[0], channel=key[1], reason=reason)
+        return True
+
+    async def fail(self, campaign_id: str, channel_id: str, code: str, message: str) -> None:
+        """Fail a channel with its error kept."""
+        gate = self._gates.get((campaign_id, channel_id))
+        if gate is not None:
+            gate.open = False
+        error = {"code": code, "message": message[:2000], "time": self.clock.now().isoformat()}
+        await self.campaigns.system_transition(
+            campaign_id, channel_id, Operation.FAIL, cause="error", reason=message[:1000], error=error
+        )
+        log.error("channel failed", campaign=campaign_id, channel=channel_id, code=code, error=message[:500])

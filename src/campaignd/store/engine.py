@@ -1,0 +1,305 @@
+"""Named queries of the sending engine: leases, results, sweeps, and per-state counters.
+
+A lease marks messages SENDING with an owner and an expiry that the live owner renews. The
+owner hands each one to its channel plugin only while the channel's gate is open, and gives back
+the ones it did not start. SENDING messages whose lease ran out belonged to an owner that died:
+whether they went out is unknown, so they fail as `timed_out` and are never sent again (SPEC §8).
+Every change of a message's state moves the channel's counters in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages
+
+SENDING = "sending"
+
+
+@dataclass(frozen=True)
+class Leased:
+    """A message leased for sending."""
+
+    id: int
+    address: str
+    time_zone: str | None
+    attempts: int
+    contact: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one send: the new state and what the provider said."""
+
+    id: int
+    state: str  # sent, delivered, failed, retrying, queued (not started)
+    provider_id: str = ""
+    error: str = ""
+    reason: str = ""
+    next_attempt_time: dt.datetime | None = None
+
+
+# -- counters -------------------------------------------------------------------------------------
+
+
+def add_counts(conn: Connection, campaign_id: str, channel_id: str, deltas: Mapping[str, int]) -> None:
+    """Move the channel's per-state counters by `deltas`."""
+    rows = [
+        {"campaign_id": campaign_id, "channel_id": channel_id, "state": state, "n": n}
+        for state, n in sorted(deltas.items())
+        if n
+    ]
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(channel_counts)
+    statement = statement.on_conflict_do_update(
+        index_elements=["campaign_id", "channel_id", "state"],
+        set_={"n": channel_counts.c.n + statement.excluded.n},
+    )
+    for row in rows:
+        conn.execute(statement, row)
+
+
+def read_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
+    """Messages per (channel id, state) of a campaign, from the counters."""
+    rows = conn.execute(
+        sa.select(channel_counts.c.channel_id, channel_counts.c.state, channel_counts.c.n).where(
+            channel_counts.c.campaign_id == campaign_id, channel_counts.c.n != 0
+        )
+    )
+    return {(r.channel_id, r.state): int(r.n) for r in rows}
+
+
+def unfinished(conn: Connection, campaign_id: str, channel_id: str) -> int:
+    """Messages of a channel that still need the engine: queued, sending or retrying."""
+    total = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(channel_counts.c.n), 0)).where(
+            channel_counts.c.campaign_id == campaign_id,
+            channel_counts.c.channel_id == channel_id,
+            channel_counts.c.state.in_(["queued", SENDING, "retrying"]),
+        )
+    ).scalar_one()
+    return int(total)
+
+
+# -- leases ---------------------------------------------------------------------------------------
+
+
+def lease(
+    conn: Connection,
+    *,
+    campaign_id: str,
+    channel_id: str,
+    owner: str,
+    limit: int,
+    now: dt.datetime,
+    expiry: dt.datetime,
+    zones: Sequence[str | None] | None = None,
+) -> list[Leased]:
+    """Mark up to `limit` messages SENDING for `owner`: QUEUED ones first, then RETRYING ones due now.
+
+    With `zones`, only messages to recipients in those time zones (None: no zone) are taken.
+    """
+    leased: list[Leased] = []
+    for state in ("queued", "retrying"):
+        room = limit - len(leased)
+        if room <= 0:
+            break
+        where = [
+            messages.c.campaign_id == campaign_id,
+            messages.c.channel_id == channel_id,
+            messages.c.state == state,
+        ]
+        if state == "retrying":
+            where.append(messages.c.next_attempt_time <= now)
+        if zones is not None:
+            named = [z for z in zones if z is not None]
+            zone_match = messages.c.time_zone.in_(named)
+            where.append(sa.or_(zone_match, messages.c.time_zone.is_(None)) if None in zones else zone_match)
+        candidates = sa.select(messages.c.id).where(*where).order_by(messages.c.id).limit(room)
+        if conn.dialect.name == "postgresql":
+            # Several daemons lease from one table: each takes rows no one else has locked.
+            candidates = candidates.with_for_update(skip_locked=True)
+        statement = (
+            messages.update()
+            .where(messages.c.id.in_(candidates.scalar_subquery()))
+            .values(state=SENDING, lease_owner=owner, lease_expiry=expiry, update_time=now)
+            .returning(
+                messages.c.id,
+                messages.c.address,
+                messages.c.time_zone,
+                messages.c.attempts,
+                messages.c.contact,
+            )
+        )
+        rows = conn.execute(statement).all()
+        leased.extend(Leased(r.id, r.address, r.time_zone, r.attempts, r.contact) for r in rows)
+        if rows:
+            add_counts(conn, campaign_id, channel_id, {state: -len(rows), SENDING: len(rows)})
+    leased.sort(key=lambda m: m.id)
+    return leased
+
+
+def renew(conn: Connection, *, owner: str, ids: Sequence[int], expiry: dt.datetime) -> None:
+    """Extend the lease of messages still being sent."""
+    for start in range(0, len(ids), 5000):
+        conn.execute(
+            messages.update()
+            .where(
+                messages.c.id.in_(ids[start : start + 5000]),
+                messages.c.lease_owner == owner,
+                messages.c.state == SENDING,
+            )
+            .values(lease_expiry=expiry)
+        )
+
+
+def record(
+    conn: Connection,
+    campaign_id: str,
+    channel_id: str,
+    owner: str,
+    outcomes: Sequence[Outcome],
+    now: dt.datetime,
+) -> int:
+    """Write the outcomes of leased messages that are still ours; returns how many were written."""
+    ids = [o.id for o in outcomes]
+    ours: set[int] = set()
+    for start in range(0, len(ids), 5000):
+        query = sa.select(messages.c.id).where(
+            messages.c.id.in_(ids[start : start + 5000]),
+            messages.c.state == SENDING,
+            messages.c.lease_owner == owner,
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        ours.update(r.id for r in conn.execute(query))
+    valid = [o for o in outcomes if o.id in ours]
+    if not valid:
+        return 0
+    started = [o for o in valid if o.state != "queued"]
+    conn.execute(
+        messages.update()
+        .where(messages.c.id == sa.bindparam("mid"))
+        .values(
+            state=sa.bindparam("new_state"),
+            provider_id=sa.bindparam("provider"),
+            last_error=sa.bindparam("error"),
+            reason=sa.bindparam("why"),
+            next_attempt_time=sa.bindparam("next_at"),
+            attempts=messages.c.attempts + sa.bindparam("tried"),
+            lease_owner=None,
+            lease_expiry=None,
+            update_time=now,
+        ),
+        [
+            {
+                "mid": o.id,
+                "new_state": o.state,
+                "provider": o.provider_id or None,
+                "error": o.error or None,
+                "why": o.reason or None,
+                "next_at": o.next_attempt_time,
+                # A message handed back unstarted was not attempted.
+                "tried": 0 if o.state == "queued" else 1,
+            }
+            for o in valid
+        ],
+    )
+    deltas = Counter(o.state for o in valid)
+    deltas[SENDING] -= len(valid)
+    add_counts(conn, campaign_id, channel_id, deltas)
+    return len(started)
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+
+
+def expire_leases(conn: Connection, now: dt.datetime) -> dict[tuple[str, str], int]:
+    """Fail SENDING messages whose lease ran out (their owner died) as `timed_out`; per channel."""
+    expired = conn.execute(
+        sa.select(messages.c.campaign_id, messages.c.channel_id, sa.func.count())
+        .where(messages.c.state == SENDING, messages.c.lease_expiry < now)
+        .group_by(messages.c.campaign_id, messages.c.channel_id)
+    ).all()
+    if not expired:
+        return {}
+    conn.execute(
+        messages.update()
+        .where(messages.c.state == SENDING, messages.c.lease_expiry < now)
+        .values(
+            state="failed",
+            reason="timed_out",
+            last_error="no result before the lease expired",
+            lease_owner=None,
+            lease_expiry=None,
+            update_time=now,
+        )
+    )
+    result = {}
+    for campaign_id, channel_id, n in expired:
+        add_counts(conn, campaign_id, channel_id, {SENDING: -int(n), "failed": int(n)})
+        result[(campaign_id, channel_id)] = int(n)
+    return result
+
+
+def channels_in(conn: Connection, states: Iterable[str]) -> list[sa.Row[Any]]:
+    """(campaign_id, channel_id, type, state, schedule_time, send_window, rate_limit) of channels in
+    these states, with the campaign's time zone and guard settings, oldest state change first."""
+    query = (
+        sa.select(
+            channels.c.campaign_id,
+            channels.c.channel_id,
+            channels.c.type,
+            channels.c.state,
+            channels.c.schedule_time,
+            channels.c.send_window,
+            channels.c.rate_limit,
+            channels.c.state_time,
+            campaigns.c.time_zone,
+            campaigns.c.guard,
+        )
+        .join(campaigns, campaigns.c.id == channels.c.campaign_id)
+        .where(channels.c.state.in_(list(states)))
+        .order_by(channels.c.state_time)
+    )
+    return list(conn.execute(query))
+
+
+def queued_zones(conn: Connection, campaign_id: str, channel_id: str) -> list[str | None]:
+    """The distinct time zones of a channel's messages still waiting to be sent."""
+    rows = conn.execute(
+        sa.select(messages.c.time_zone)
+        .where(
+            messages.c.campaign_id == campaign_id,
+            messages.c.channel_id == channel_id,
+            messages.c.state.in_(["queued", "retrying"]),
+        )
+        .distinct()
+    )
+    return [r.time_zone for r in rows]
+
+
+def contact_fields(conn: Connection, pks: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Contacts by row id, as dicts for rendering."""
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(pks), 5000):
+        rows = conn.execute(sa.select(contacts).where(contacts.c.id.in_(pks[start : start + 5000])))
+        for r in rows:
+            found[r.id] = {
+                "contact_id": r.contact_id,
+                "email": r.email,
+                "phone": r.phone,
+                "time_zone": r.time_zone,
+                "attributes": r.attributes,
+            }
+    return found
