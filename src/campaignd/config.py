@@ -182,6 +182,13 @@ class EngineSettings(_Section):
     guard_min_sends: Annotated[int, Field(ge=1)] = 100
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint."""
+
+    # host:port to serve /metrics on, e.g. "127.0.0.1:9464"; "" serves none.
+    address: Annotated[str, Field(pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")] = ""
+
+
 class AudienceSettings(_Section):
     """How contacts are read."""
 
@@ -207,6 +214,7 @@ class Settings(_Section):
     plugins: PluginSettings = PluginSettings()
     audience: AudienceSettings = AudienceSettings()
     engine: EngineSettings = EngineSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def state_directory(self) -> pathlib.Path:

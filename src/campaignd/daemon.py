@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from campaignd import __version__, logs
+from campaignd import __version__, logs, metrics
 from campaignd.api.auth import Authenticator
 from campaignd.api.server import ApiServer, SocketInUseError
 from campaignd.api.services import Services
@@ -57,9 +57,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(api)))
+        metrics_port = metrics.serve(self.settings.metrics.address) if self.settings.metrics.address else None
         await api.set_serving(True)
         log.info(
             "serving",
+            metrics_port=metrics_port,
             socket=str(self.settings.socket_path),
             tcp_port=api.tcp_port,
             database=database.dialect,
@@ -124,7 +126,7 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-RESTART_ONLY = ("daemon", "database", "grpc", "plugins")
+RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics")
 
 
 def _restart_only_changes(old: Settings, new: Settings) -> list[str]:

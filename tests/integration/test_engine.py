@@ -7,6 +7,7 @@ import pathlib
 import random
 import signal
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from google.protobuf import struct_pb2
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import ATTESTATION, Client, future
+from tests.integration.campaign_client import ATTESTATION, Client, failure, future
 from tests.integration.conftest import DaemonFactory, DaemonProcess
 
 PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n'
@@ -297,3 +298,64 @@ def test_watch_streams_progress_to_the_end(client: Client) -> None:
     assert sent_counts == sorted(sent_counts)
     with pytest.raises(grpc.RpcError):
         client.stub.PauseCampaign(svc.PauseCampaignRequest(name=campaign.name))
+
+
+def test_progress_shows_rate_and_eta_while_sending(client: Client) -> None:
+    """While a channel sends, its report has a current rate and an ETA; at the end, the ETA is gone."""
+    campaign = _campaign(client, _people(client, "eta", 300), delay_ms=10)
+    client.launch(campaign.name)
+    _wait(
+        lambda: (
+            client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name)).totals.sent >= 60
+        ),
+        what="some sends",
+    )
+    report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
+    assert report.channels[0].progress.current_rate > 10
+    assert report.totals.HasField("eta")
+    assert report.totals.eta.ToDatetime() > report.report_time.ToDatetime()
+    _wait(lambda: _state(client, campaign.name) == pb.Channel.COMPLETED, what="completion")
+    final = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
+    assert not final.totals.HasField("eta")
+
+
+def test_refuse_policy_refuses_a_launch_without_a_slot(daemon_factory: DaemonFactory) -> None:
+    """With one test-email slot and policy "refuse", a second launch fails with NO_SLOT and stays DRAFT."""
+    daemon = daemon_factory(PLUGINS + FAST + 'slots = { "test-email" = 1 }\nslot_policy = "refuse"\n').start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        first = _campaign(client, _people(client, "slot-a", 200), delay_ms=20)
+        client.launch(first.name)
+        _wait(lambda: _state(client, first.name) == pb.Channel.RUNNING, what="the first to run")
+        second = _campaign(client, _people(client, "slot-b", 5, start=1000))
+        with pytest.raises(grpc.RpcError) as refused:
+            client.launch(second.name)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert failure(refused.value).reason == "NO_SLOT"
+        assert client.get(second.name).state == pb.Campaign.DRAFT
+
+
+def test_metrics_endpoint_counts_messages_and_rpcs(daemon_factory: DaemonFactory) -> None:
+    """/metrics shows messages by channel type and outcome, queue depth, and RPC latency."""
+    daemon = daemon_factory(
+        PLUGINS + FAST + '[metrics]\naddress = "127.0.0.1:0"\n[log]\nformat = "json"\n'
+    ).start()
+    port = next(e for e in daemon.log_events() if e["event"] == "serving")["metrics_port"]
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = _campaign(client, _people(client, "metrics", 40), fail_matching="p1@")
+        client.launch(campaign.name)
+        _wait(lambda: _state(client, campaign.name) == pb.Channel.COMPLETED, what="completion")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert (
+        'campaignd_messages_total{channel_type="test-email",outcome="sent",transport="default"} 39.0' in text
+    )
+    assert (
+        'campaignd_messages_total{channel_type="test-email",outcome="failed",transport="default"} 1.0' in text
+    )
+    assert (
+        'campaignd_rpc_duration_seconds_count{code="OK",method="/campaignd.v1.CampaignService/LaunchCampaign"}'
+        in text
+    )
+    assert "campaignd_queue_depth" in text

@@ -144,13 +144,13 @@ def test_unknown_keys_are_errors_naming_the_path() -> None:
         {
             "grpc": {"sockett": "/run/x.sock"},
             "auth": {"tokens": [{"name": "a", "role": "viewer", "secret": {"env": "T"}, "colour": "red"}]},
-            "metrics": {},
+            "statistics": {},
         }
     )
     assert found == {
         "grpc.sockett": "unknown key",
         "auth.tokens[0].colour": "unknown key",
-        "metrics": "unknown key",
+        "statistics": "unknown key",
     }
 
 

@@ -24,6 +24,7 @@ from campaignd.errors import ApiError, Code
 from campaignd.lifecycle import MESSAGE_DONE_STATES, CampaignState, ChannelState, MessageState, Operation
 from campaignd.plugin.manager import Plugins
 from campaignd.store import audience as audience_store
+from campaignd.store import engine as engine_store
 from campaignd.store.campaigns import CampaignFilter, CampaignRecord, ChannelRecord
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
@@ -257,6 +258,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
 
         def prepare(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             self.manager.check_launchable(conn, record, chosen)
+            self._check_slots(conn, record, chosen)
             record.attestation = attestation
             for channel in chosen:
                 channel.schedule_time = None
@@ -265,6 +267,20 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
                 channel.audience_counts = dataclasses.asdict(counts)
 
         return await self._transition("LaunchCampaign", Operation.LAUNCH, request, v=v, before_commit=prepare)
+
+    def _check_slots(self, conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+        engine = self.settings().engine
+        if engine.slot_policy != "refuse":
+            return
+        for channel in chosen:
+            limit = engine.slots.get(channel.type)
+            holders = engine_store.slot_holders(conn, channel.type) - {record.id}
+            if limit is not None and len(holders) >= limit:
+                raise errors.failed_precondition(
+                    "NO_SLOT",
+                    f"{len(holders)} campaign(s) already run a {channel.type} channel, the limit is {limit}",
+                    channel_id=channel.channel_id,
+                )
 
     @unary
     async def PauseCampaign(self, request: svc.PauseCampaignRequest, context: Context) -> pb.Campaign:
@@ -421,7 +437,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             )
 
         record, counts, reasons = await self.manager.db.read(read)
-        return record, build_report(record, counts, reasons, self.manager.clock.now())
+        return record, build_report(record, counts, reasons, self.manager.clock.now(), self.engine)
 
     @unary
     async def ListMessages(
@@ -539,8 +555,10 @@ def build_report(
     counts: dict[tuple[str, str], int],
     reasons: dict[tuple[str, str], int],
     now: dt.datetime,
+    engine: Engine | None = None,
 ) -> pb.CampaignReport:
-    """The report of a campaign from its message counts per (channel, state) and failure reasons."""
+    """The report of a campaign from its message counts per (channel, state) and failure reasons,
+    with the current rate, ETA and window reopening from this daemon's engine when it has one."""
     channels = []
     all_counts: dict[str, int] = {}
     all_reasons: dict[str, int] = {}
@@ -551,22 +569,41 @@ def build_report(
             all_counts[state] = all_counts.get(state, 0) + n
         for reason, n in why.items():
             all_reasons[reason] = all_reasons.get(reason, 0) + n
+        progress = _progress(mine, why)
+        if engine is not None:
+            _live(progress, engine, record.id, channel.channel_id, now)
         channels.append(
             pb.ChannelReport(
                 channel_id=channel.channel_id,
                 type=channel.type,
                 state=pb.Channel.State.Value(ChannelState(channel.state).name),
-                progress=_progress(mine, why),
+                progress=progress,
                 audience=pb.AudienceCounts(**(channel.audience_counts or {})),
             )
         )
+    totals = _progress(all_counts, all_reasons)
+    totals.current_rate = sum(c.progress.current_rate for c in channels)
+    etas = [c.progress.eta.ToDatetime(tzinfo=dt.UTC) for c in channels if c.progress.HasField("eta")]
+    if etas:
+        totals.eta.FromDatetime(max(etas))
     return pb.CampaignReport(
         campaign=record.name,
         state=pb.Campaign.State.Value(record.state.name),
-        totals=_progress(all_counts, all_reasons),
+        totals=totals,
         channels=channels,
         report_time=convert.timestamp(now),
     )
+
+
+def _live(progress: pb.Progress, engine: Engine, campaign_id: str, channel_id: str, now: dt.datetime) -> None:
+    rate = engine.rate(campaign_id, channel_id)
+    progress.current_rate = round(rate, 2)
+    remaining = progress.queued + progress.sending + progress.retrying
+    if rate > 0 and remaining:
+        progress.eta.FromDatetime(now + dt.timedelta(seconds=remaining / rate))
+    reopens = engine.window_reopens(campaign_id, channel_id)
+    if reopens is not None:
+        progress.window_reopens_time.FromDatetime(reopens)
 
 
 def _message(campaign_id: str, row: Any) -> pb.Message:

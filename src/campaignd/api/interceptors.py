@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from campaignd import logs
+from campaignd import logs, metrics
 from campaignd.api.auth import RANK, Authenticator, current_principal, required_role
 from campaignd.config import Role
 
@@ -63,12 +63,10 @@ class _Call:
 
     def _done(self, started: float, context: Context) -> None:
         code = context.code()
-        log.debug(
-            "rpc",
-            method=self.method,
-            code=(code.name if isinstance(code, grpc.StatusCode) else "OK"),
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+        seconds = time.perf_counter() - started
+        metrics.RPC_SECONDS.labels(self.method, name).observe(seconds)
+        log.debug("rpc", method=self.method, code=name, ms=round(seconds * 1000, 2))
 
     def wrap(self, handler: Any) -> Any:
         """The handler with auth and logging around it, of the same kind as the original."""

@@ -12,6 +12,7 @@ returns, and a plugin starts a send only when the gate admits it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -25,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Connection
 
-from campaignd import logs
+from campaignd import logs, metrics
 from campaignd.campaigns import CampaignManager
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
@@ -42,6 +43,7 @@ from campaignd.store.db import Database
 
 log = logs.get("campaignd.engine")
 Key = tuple[str, str]  # (campaign id, channel id)
+RATE_WINDOW = 10.0  # seconds over which the current send rate is measured (SPEC §4.6)
 
 
 class ChannelGate:
@@ -89,6 +91,28 @@ class Engine:
         self._workers: dict[Key, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        # Per channel: (monotonic time, messages finished) of recent batches, for the send rate.
+        self._finished: dict[Key, collections.deque[tuple[float, int]]] = {}
+        self._running_since: dict[Key, float] = {}
+        self._reopens: dict[Key, dt.datetime] = {}
+        self._types: dict[Key, str] = {}
+
+    def rate(self, campaign_id: str, channel_id: str) -> float:
+        """Messages this daemon finished per second for a channel over the last 10 seconds."""
+        key = (campaign_id, channel_id)
+        recent = self._finished.get(key)
+        if not recent:
+            return 0.0
+        now = self.clock.monotonic()
+        while recent and recent[0][0] < now - RATE_WINDOW:
+            recent.popleft()
+        # Early on, divide by the time the channel has run, not by the whole window.
+        span = min(RATE_WINDOW, max(1.0, now - self._running_since.get(key, now - RATE_WINDOW)))
+        return sum(n for _, n in recent) / span
+
+    def window_reopens(self, campaign_id: str, channel_id: str) -> dt.datetime | None:
+        """When a channel waiting for its send window can send again, if it is waiting."""
+        return self._reopens.get((campaign_id, channel_id))
 
     @property
     def config(self) -> EngineSettings:
@@ -159,10 +183,11 @@ class Engine:
                 messages=expired[(campaign_id, channel_id)],
             )
             self.hub.publish(campaign_id)
-        rows = await self.db.read(store.channels_in, ["scheduled", "queued", "running"])
+        rows = await self.db.read(store.channels_in, ["scheduled", "queued", "running", "paused"])
+        # A paused campaign keeps its slot: resuming it must not put two on one channel type.
         running_types: dict[str, set[str]] = {}
         for row in rows:
-            if row.state == "running":
+            if row.state in ("running", "paused"):
                 running_types.setdefault(row.type, set()).add(row.campaign_id)
         active = set()
         for row in rows:
@@ -185,6 +210,20 @@ class Engine:
         for key, gate in self._gates.items():
             if key not in active:
                 gate.open = False
+        for key in set(self._running_since) - active:
+            self._running_since.pop(key, None)
+            self._reopens.pop(key, None)
+        self._publish_metrics(active)
+        for channel_type, depth in (await self.db.read(store.queue_depths)).items():
+            metrics.QUEUE_DEPTH.labels(channel_type).set(depth)
+
+    def _publish_metrics(self, active: set[Key]) -> None:
+        rates: dict[str, float] = {}
+        for key in active:
+            channel_type = self._types.get(key, "")
+            rates[channel_type] = rates.get(channel_type, 0.0) + self.rate(*key)
+        for channel_type, rate in rates.items():
+            metrics.SEND_RATE.labels(channel_type).set(rate)
 
     def _slot_free(self, channel_type: str, campaign_id: str, running: dict[str, set[str]]) -> bool:
         limit = self.config.slots.get(channel_type)
@@ -213,6 +252,8 @@ class Engine:
         self.wake()
 
     async def _keep_running(self, key: Key, row: Any) -> None:
+        self._running_since.setdefault(key, self.clock.monotonic())
+        self._types[key] = row.type
         gate = self._gates.get(key)
         if gate is None:
             gate = self._gates[key] = ChannelGate(RateLimiter(row.rate_limit) if row.rate_limit > 0 else None)
@@ -306,7 +347,14 @@ class Engine:
         zones = await self.db.read(store.queued_zones, *key)
         now = self.clock.now()
         campaign_zone = ZoneInfo(row.time_zone or "UTC")
-        return [z for z in zones if window.is_open(ZoneInfo(z) if z else campaign_zone, now)]
+        open_zones = [z for z in zones if window.is_open(ZoneInfo(z) if z else campaign_zone, now)]
+        if open_zones or not zones:
+            self._reopens.pop(key, None)
+        else:
+            self._reopens[key] = min(
+                window.next_open(ZoneInfo(z) if z else campaign_zone, now) for z in zones
+            )
+        return open_zones
 
     async def _renew(self, ids: list[int], lease_seconds: float) -> None:
         # The lease is what tells other processes this one is alive and sending.
@@ -372,6 +420,14 @@ class Engine:
             store.record(conn, campaign_id, channel_id, self.owner, final, self.clock.now())
 
         await self.db.write(write)
+        finished = [o for o in outcomes if o.state not in ("queued", "cancelled")]
+        if finished:
+            self._finished.setdefault(key, collections.deque()).append(
+                (self.clock.monotonic(), len(finished))
+            )
+            channel_type = self._types.get(key, "")
+            for state, n in collections.Counter(o.state for o in finished).items():
+                metrics.MESSAGES.labels(channel_type, "default", state).inc(n)
         self.hub.publish(campaign_id)
 
     async def _guard(self, key: Key, record: CampaignRecord) -> bool:

@@ -303,3 +303,30 @@ def contact_fields(conn: Connection, pks: Sequence[int]) -> dict[int, dict[str, 
                 "attributes": r.attributes,
             }
     return found
+
+
+def queue_depths(conn: Connection) -> dict[str, int]:
+    """Messages waiting (queued or retrying) in running channels, per channel type."""
+    rows = conn.execute(
+        sa.select(channels.c.type, sa.func.sum(channel_counts.c.n))
+        .join(
+            channels,
+            sa.and_(
+                channels.c.campaign_id == channel_counts.c.campaign_id,
+                channels.c.channel_id == channel_counts.c.channel_id,
+            ),
+        )
+        .where(channels.c.state == "running", channel_counts.c.state.in_(["queued", "retrying"]))
+        .group_by(channels.c.type)
+    )
+    return {r[0]: int(r[1] or 0) for r in rows}
+
+
+def slot_holders(conn: Connection, channel_type: str) -> set[str]:
+    """Campaigns holding a slot of `channel_type`: with such a channel RUNNING or PAUSED."""
+    rows = conn.execute(
+        sa.select(channels.c.campaign_id)
+        .where(channels.c.type == channel_type, channels.c.state.in_(["running", "paused"]))
+        .distinct()
+    )
+    return {r.campaign_id for r in rows}
