@@ -171,6 +171,8 @@ class EngineSettings(_Section):
     # SENDING longer than this without a live owner renewing the lease: FAILED(timed_out).
     sending_timeout: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    # SENT this long without a receipt: ASSUMED_DELIVERED, on channel types that have receipts.
+    assume_delivered_after: Annotated[float, Field(gt=0, le=30 * 86_400)] = 600.0
     # Delay before the first retry; each further retry waits twice as long.
     retry_delay: Annotated[float, Field(gt=0, le=86_400)] = 30.0
     tick_interval: Annotated[float, Field(gt=0, le=60)] = 0.25

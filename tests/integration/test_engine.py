@@ -359,3 +359,40 @@ def test_metrics_endpoint_counts_messages_and_rpcs(daemon_factory: DaemonFactory
         in text
     )
     assert "campaignd_queue_depth" in text
+
+
+def test_sent_without_receipt_is_assumed_delivered_on_receipt_channels(daemon_factory: DaemonFactory) -> None:
+    """On a type with receipts, SENT turns ASSUMED_DELIVERED after the set time; email-like stays SENT."""
+    daemon = daemon_factory(PLUGINS + FAST + "assume_delivered_after = 1.0\n").start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        client.contacts.CreateList(
+            cs.CreateListRequest(list_id="assume", list=cs.ContactList(display_name="a"))
+        )
+        rows = [cs.ContactRow(email=f"a{i}@example.org", phone=f"+1202555060{i}") for i in range(5)]
+        options = cs.ImportContactsRequest(options=cs.ImportOptions(list="lists/assume"))
+        assert (
+            client.contacts.ImportContacts(iter([options, cs.ImportContactsRequest(rows=rows)])).created == 5
+        )
+        campaign = client.stub.CreateCampaign(
+            svc.CreateCampaignRequest(
+                campaign=pb.Campaign(
+                    display_name="Receipts",
+                    audience=pb.Audience(target_lists=["lists/assume"]),
+                    channels=[
+                        pb.Channel(channel_id="mail", type="test-email", content=_content()),
+                        pb.Channel(channel_id="text", type="test-sms", content=_content()),
+                    ],
+                )
+            )
+        )
+        client.launch(campaign.name)
+
+        def progress() -> list[tuple[int, int]]:
+            report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
+            return [(c.progress.sent, c.progress.assumed_delivered) for c in report.channels]
+
+        _wait(lambda: progress() == [(5, 0), (0, 5)], 30, "SMS receipts to be assumed")
+        time.sleep(1.5)
+        assert progress() == [(5, 0), (0, 5)]
+        assert client.get(campaign.name).state == pb.Campaign.COMPLETED

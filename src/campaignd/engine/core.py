@@ -183,6 +183,11 @@ class Engine:
                 messages=expired[(campaign_id, channel_id)],
             )
             self.hub.publish(campaign_id)
+        receipts = [t.name for t in self.plugins.types.values() if "receipts" in t.capabilities]
+        cutoff = now - dt.timedelta(seconds=self.config.assume_delivered_after)
+        assumed = await self.db.write(store.assume_delivered, cutoff, receipts, now)
+        for campaign_id, _ in assumed:
+            self.hub.publish(campaign_id)
         rows = await self.db.read(store.channels_in, ["scheduled", "queued", "running", "paused"])
         # A paused campaign keeps its slot: resuming it must not put two on one channel type.
         running_types: dict[str, set[str]] = {}

@@ -252,6 +252,35 @@ def expire_leases(conn: Connection, now: dt.datetime) -> dict[tuple[str, str], i
     return result
 
 
+def assume_delivered(
+    conn: Connection, cutoff: dt.datetime, channel_types: Sequence[str], now: dt.datetime
+) -> dict[tuple[str, str], int]:
+    """SENT messages of channels of these types with no receipt since `cutoff`: ASSUMED_DELIVERED."""
+    if not channel_types:
+        return {}
+    of_types = sa.select(channels.c.campaign_id, channels.c.channel_id).where(
+        channels.c.type.in_(list(channel_types))
+    )
+    stale = [
+        messages.c.state == "sent",
+        messages.c.update_time < cutoff,
+        sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(of_types),
+    ]
+    found = conn.execute(
+        sa.select(messages.c.campaign_id, messages.c.channel_id, sa.func.count())
+        .where(*stale)
+        .group_by(messages.c.campaign_id, messages.c.channel_id)
+    ).all()
+    if not found:
+        return {}
+    conn.execute(messages.update().where(*stale).values(state="assumed_delivered", update_time=now))
+    result = {}
+    for campaign_id, channel_id, n in found:
+        add_counts(conn, campaign_id, channel_id, {"sent": -int(n), "assumed_delivered": int(n)})
+        result[(campaign_id, channel_id)] = int(n)
+    return result
+
+
 def channels_in(conn: Connection, states: Iterable[str]) -> list[sa.Row[Any]]:
     """(campaign_id, channel_id, type, state, schedule_time, send_window, rate_limit) of channels in
     these states, with the campaign's time zone and guard settings, oldest state change first."""

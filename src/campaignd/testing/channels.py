@@ -58,6 +58,8 @@ def campaignd_channel_types() -> list[ChannelType]:
             fields=_FIELDS,
             description="test double",
             version="1",
+            # Like SMS, the SMS-like double has delivery receipts, so SENT can turn ASSUMED_DELIVERED.
+            capabilities=frozenset({"receipts"}) if name == "test-sms" else frozenset(),
         )
         for name in SEMANTICS
     ]
