@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from campaignd import logs, metrics
@@ -44,6 +45,10 @@ from campaignd.store.db import Database
 log = logs.get("campaignd.engine")
 Key = tuple[str, str]  # (campaign id, channel id)
 RATE_WINDOW = 10.0  # seconds over which the current send rate is measured (SPEC §4.6)
+
+
+class _NoSlotError(Exception):
+    """Another daemon took the last slot first."""
 
 
 class ChannelGate:
@@ -200,13 +205,7 @@ class Engine:
             if row.state == "scheduled" and row.schedule_time is not None and row.schedule_time <= now:
                 await self._start(row)
             elif row.state == "queued" and self._slot_free(row.type, row.campaign_id, running_types):
-                if await self.campaigns.system_transition(
-                    row.campaign_id,
-                    row.channel_id,
-                    Operation.ACTIVATE,
-                    cause="schedule",
-                    reason="a slot is free",
-                ):
+                if await self._activate(row):
                     running_types.setdefault(row.type, set()).add(row.campaign_id)
                     self.wake()
             elif row.state == "running":
@@ -234,6 +233,30 @@ class Engine:
         limit = self.config.slots.get(channel_type)
         holders = running.get(channel_type, set())
         return limit is None or campaign_id in holders or len(holders) < limit
+
+    async def _activate(self, row: Any) -> bool:
+        limit = self.config.slots.get(row.type)
+
+        def take_slot(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            if limit is None:
+                return
+            if conn.dialect.name == "postgresql":
+                # Daemons activating at once queue here per channel type, so the count below is exact.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": f"slot:{row.type}"})
+            if len(store.slot_holders(conn, row.type) - {record.id}) >= limit:
+                raise _NoSlotError
+
+        try:
+            return await self.campaigns.system_transition(
+                row.campaign_id,
+                row.channel_id,
+                Operation.ACTIVATE,
+                cause="schedule",
+                reason="a slot is free",
+                before_commit=take_slot,
+            )
+        except _NoSlotError:
+            return False
 
     async def _start(self, row: Any) -> None:
         def resolve(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
