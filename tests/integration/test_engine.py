@@ -396,3 +396,27 @@ def test_sent_without_receipt_is_assumed_delivered_on_receipt_channels(daemon_fa
         time.sleep(1.5)
         assert progress() == [(5, 0), (0, 5)]
         assert client.get(campaign.name).state == pb.Campaign.COMPLETED
+
+
+def test_a_schedule_missed_while_down_starts_at_the_next_start(
+    daemon_factory: DaemonFactory, tmp_path: pathlib.Path
+) -> None:
+    """A channel whose time came while the daemon was stopped starts when the daemon starts again."""
+    sink = tmp_path / "received"
+    daemon = daemon_factory(PLUGINS + FAST).start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = _campaign(client, _people(client, "missed", 5), sink=str(sink))
+        when = future(0)
+        when.seconds += 2
+        client.stub.ScheduleCampaign(
+            svc.ScheduleCampaignRequest(name=campaign.name, schedule_time=when, attestation=ATTESTATION)
+        )
+    assert daemon.stop() == 0
+    time.sleep(3)
+    assert not sink.exists()
+    daemon.start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        _wait(lambda: _state(client, campaign.name) == pb.Channel.COMPLETED, what="the late start")
+    assert len(_received(sink)) == 5
