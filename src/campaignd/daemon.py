@@ -130,7 +130,10 @@ RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics")
 
 
 def _restart_only_changes(old: Settings, new: Settings) -> list[str]:
-    return [section for section in RESTART_ONLY if getattr(old, section) != getattr(new, section)]
+    changed = [section for section in RESTART_ONLY if getattr(old, section) != getattr(new, section)]
+    if old.engine.enabled != new.engine.enabled:
+        changed.append("engine.enabled")
+    return changed
 
 
 def open_database(settings: Settings, *, migrate_schema: bool) -> Database:

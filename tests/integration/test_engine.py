@@ -188,6 +188,10 @@ def test_a_transport_that_fails_fatally_fails_the_channel(client: Client) -> Non
     failed = client.get(campaign.name).channels[0]
     assert failed.error.code == "TRANSPORT_FAILED"
     assert "535" in failed.error.message
+    # FAILED is final: nothing is left waiting to be sent.
+    totals = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name)).totals
+    assert totals.queued == totals.retrying == totals.sending == 0
+    assert totals.cancelled + totals.failed == 10
 
 
 def test_rate_limit_holds_over_any_second(client: Client, tmp_path: pathlib.Path) -> None:

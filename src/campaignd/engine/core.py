@@ -39,6 +39,7 @@ from campaignd.lifecycle import ChannelState, Operation
 from campaignd.plugin import ChannelInfo, Recipient, SendResult, SendStatus
 from campaignd.plugin.manager import PluginCallError, Plugins
 from campaignd.store import engine as store
+from campaignd.store.audience import move_messages
 from campaignd.store.campaigns import CampaignRecord, ChannelRecord
 from campaignd.store.db import Database
 
@@ -55,7 +56,8 @@ class ChannelGate:
     """Admits sends of one channel while it runs, at its rate."""
 
     def __init__(self, limiter: RateLimiter | None) -> None:
-        self.open = True
+        # Closed until the tick opens it, so a gate made while a Pause holds its channel admits nothing.
+        self.open = False
         self.limiter = limiter
 
     async def admit(self, weight: float = 1.0) -> bool:
@@ -100,6 +102,7 @@ class Engine:
         self._finished: dict[Key, collections.deque[tuple[float, int]]] = {}
         self._running_since: dict[Key, float] = {}
         self._reopens: dict[Key, dt.datetime] = {}
+        self._guard_base: dict[Key, tuple[int, int]] = {}
         self._types: dict[Key, str] = {}
 
     def rate(self, campaign_id: str, channel_id: str) -> float:
@@ -202,15 +205,19 @@ class Engine:
         active = set()
         for row in rows:
             key = (row.campaign_id, row.channel_id)
-            if row.state == "scheduled" and row.schedule_time is not None and row.schedule_time <= now:
-                await self._start(row)
-            elif row.state == "queued" and self._slot_free(row.type, row.campaign_id, running_types):
-                if await self._activate(row):
-                    running_types.setdefault(row.type, set()).add(row.campaign_id)
-                    self.wake()
-            elif row.state == "running":
+            if row.state == "running":
                 active.add(key)
-                await self._keep_running(key, row)
+            try:
+                await self._tend(row, key, now, running_types)
+            except Exception as exc:
+                # One channel's trouble (a plugin hook raising, a bad saved filter) fails that channel,
+                # not the tick that every other channel depends on.
+                log.exception(
+                    "channel failed in the engine", campaign=row.campaign_id, channel=row.channel_id
+                )
+                await self.fail(
+                    row.campaign_id, row.channel_id, "ENGINE_ERROR", f"{type(exc).__name__}: {exc}"
+                )
         for key, gate in self._gates.items():
             if key not in active:
                 gate.open = False
@@ -220,6 +227,16 @@ class Engine:
         self._publish_metrics(active)
         for channel_type, depth in (await self.db.read(store.queue_depths)).items():
             metrics.QUEUE_DEPTH.labels(channel_type).set(depth)
+
+    async def _tend(self, row: Any, key: Key, now: dt.datetime, running_types: dict[str, set[str]]) -> None:
+        if row.state == "scheduled" and row.schedule_time is not None and row.schedule_time <= now:
+            await self._start(row)
+        elif row.state == "queued" and self._slot_free(row.type, row.campaign_id, running_types):
+            if await self._activate(row):
+                running_types.setdefault(row.type, set()).add(row.campaign_id)
+                self.wake()
+        elif row.state == "running":
+            await self._keep_running(key, row)
 
     def _publish_metrics(self, active: set[Key]) -> None:
         rates: dict[str, float] = {}
@@ -280,6 +297,10 @@ class Engine:
         self.wake()
 
     async def _keep_running(self, key: Key, row: Any) -> None:
+        if key not in self._running_since:
+            # The guard judges the sends since the channel (re)started running, so that a resumed
+            # channel is not paused again at once for the failures it was paused for.
+            self._guard_base[key] = await self._finished_counts(key)
         self._running_since.setdefault(key, self.clock.monotonic())
         self._types[key] = row.type
         gate = self._gates.get(key)
@@ -341,10 +362,13 @@ class Engine:
                 Recipient(m.id, m.address, fields.get(m.contact or 0, {}), m.attempts + 1) for m in batch
             ]
             renewing = asyncio.create_task(self._renew([m.id for m in batch], config.sending_timeout))
+            # Time spent waiting for the rate is not the plugin's: allow for it on top of the timeout.
+            pacing = len(batch) / gate.limiter.rate if gate.limiter is not None else 0.0
             try:
                 results = await self.plugins.send(
-                    channel.type, info, recipients, gate, config.sending_timeout
+                    channel.type, info, recipients, gate, config.sending_timeout + pacing
                 )
+                outcomes = self._outcomes(batch, results, config)
             except PluginCallError as exc:
                 await self._record(
                     key,
@@ -357,7 +381,7 @@ class Engine:
                 return
             finally:
                 renewing.cancel()
-            await self._record(key, self._outcomes(batch, results, config))
+            await self._record(key, outcomes)
             started = [r for r in results if r.status != SendStatus.NOT_STARTED]
             if started and all(r.fatal for r in started):
                 await self.fail(
@@ -394,6 +418,9 @@ class Engine:
     def _outcomes(
         self, batch: list[store.Leased], results: Iterable[SendResult], config: EngineSettings
     ) -> list[store.Outcome]:
+        results = list(results)
+        if not all(isinstance(r, SendResult) for r in results):
+            raise PluginCallError("the plugin returned something other than SendResult objects")
         by_id = {r.message_id: r for r in results}
         now = self.clock.now()
         outcomes = []
@@ -440,9 +467,12 @@ class Engine:
                 ChannelState.PAUSED,
                 ChannelState.QUEUED,
             )
-            # A message handed back unstarted waits again, unless its channel was stopped meanwhile.
+            # A message handed back unstarted, or to be retried, waits again, unless its channel was
+            # stopped or failed meanwhile: then it will never be sent.
             final = [
-                dataclasses.replace(o, state="cancelled") if stopped and o.state == "queued" else o
+                dataclasses.replace(o, state="cancelled", next_attempt_time=None)
+                if stopped and o.state in ("queued", "retrying")
+                else o
                 for o in outcomes
             ]
             store.record(conn, campaign_id, channel_id, self.owner, final, self.clock.now())
@@ -462,10 +492,9 @@ class Engine:
         config = self.config
         limit = record.guard.get("max_failure_percent") or config.guard_max_failure_percent
         minimum = record.guard.get("min_sends") or config.guard_min_sends
-        counts = await self.db.read(store.read_counts, key[0])
-        mine = {state: n for (channel_id, state), n in counts.items() if channel_id == key[1]}
-        failed = mine.get("failed", 0)
-        finished = failed + sum(mine.get(s, 0) for s in ("sent", "delivered", "assumed_delivered"))
+        failed_now, finished_now = await self._finished_counts(key)
+        failed_before, finished_before = self._guard_base.get(key, (0, 0))
+        failed, finished = failed_now - failed_before, finished_now - finished_before
         if finished < minimum or failed * 100 <= limit * finished:
             return False
         gate = self._gates.get(key)
@@ -476,13 +505,32 @@ class Engine:
         log.warning("guard paused a channel", campaign=key[0], channel=key[1], reason=reason)
         return True
 
+    async def _finished_counts(self, key: Key) -> tuple[int, int]:
+        counts = await self.db.read(store.read_counts, key[0])
+        mine = {state: n for (channel_id, state), n in counts.items() if channel_id == key[1]}
+        failed = mine.get("failed", 0)
+        return failed, failed + sum(mine.get(s, 0) for s in ("sent", "delivered", "assumed_delivered"))
+
     async def fail(self, campaign_id: str, channel_id: str, code: str, message: str) -> None:
         """Fail a channel with its error kept."""
         gate = self._gates.get((campaign_id, channel_id))
         if gate is not None:
             gate.open = False
         error = {"code": code, "message": message[:2000], "time": self.clock.now().isoformat()}
+
+        def cancel_waiting(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            # FAILED is final: what still waits will never be sent.
+            move_messages(
+                conn, campaign_id, channel_id, ["queued", "retrying"], "cancelled", self.clock.now()
+            )
+
         await self.campaigns.system_transition(
-            campaign_id, channel_id, Operation.FAIL, cause="error", reason=message[:1000], error=error
+            campaign_id,
+            channel_id,
+            Operation.FAIL,
+            cause="error",
+            reason=message[:1000],
+            error=error,
+            before_commit=cancel_waiting,
         )
         log.error("channel failed", campaign=campaign_id, channel=channel_id, code=code, error=message[:500])

@@ -105,7 +105,7 @@ class SendResult:
 
 class Gate(Protocol):
     """Admits each send as it starts: it closes when the channel is paused or stopped, and paces
-    sends to the channel's and transport's rates."""
+    sends to the channel's rate."""
 
     async def admit(self, weight: float = 1.0) -> bool:
         """Wait for the rate to allow `weight` units, then say whether the send may start now."""

@@ -69,7 +69,8 @@ def campaignd_send(
     that send at once, with no other await in between; when it returns False do not start it and
     report it NOT_STARTED. This is what makes Pause a barrier: once the Pause call has returned,
     the gate admits nothing. The daemon records every result in one transaction when the awaitable
-    finishes. An exception, or an awaitable that does not finish within the channel's sending
-    timeout, fails the channel (not the daemon) with the error kept.
+    finishes. An exception, or an awaitable that does not finish within the daemon's
+    `[engine] sending_timeout` (plus the time the batch spends waiting for its rate), fails the
+    channel (not the daemon) with the error kept.
     """
     raise NotImplementedError

@@ -49,6 +49,16 @@ class Plugins:
     def __init__(self, extra_modules: Iterable[str] = (), *, entry_points: bool = True) -> None:
         self.manager = pluggy.PluginManager(PROJECT)
         self.manager.add_hookspecs(hookspecs)
+        try:
+            self._load(extra_modules, entry_points=entry_points)
+        except PluginError:
+            raise
+        except Exception as exc:
+            # A broken plugin stops the start with its name and error, not with a traceback.
+            raise PluginError(f"a plugin failed to load: {type(exc).__name__}: {exc}") from exc
+        log.info("plugins loaded", channel_types=sorted(self.types))
+
+    def _load(self, extra_modules: Iterable[str], *, entry_points: bool) -> None:
         if entry_points:
             self.manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         for name in extra_modules:
@@ -64,7 +74,8 @@ class Plugins:
                 if channel_type.name in self.types:
                     raise PluginError(f"channel type {channel_type.name!r} is declared by two plugins")
                 self.types[channel_type.name] = channel_type
-        log.info("plugins loaded", channel_types=sorted(self.types))
+        # A hook implementation whose name or arguments match no specification is a plugin bug.
+        self.manager.check_pending()
 
     def semantics(self, channel_type: str) -> ChannelSemantics:
         """The type's §6.3 lifecycle choices; the defaults for a type no plugin answers for."""

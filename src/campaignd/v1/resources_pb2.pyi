@@ -465,7 +465,7 @@ class ChannelError(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """Machine-readable code, e.g. "TRANSPORT_AUTH_FAILED" or "PLUGIN_ERROR"."""
+    """Machine-readable code: "TRANSPORT_FAILED", "PLUGIN_ERROR", "ENGINE_ERROR" or "VALIDATION_FAILED"."""
     message: _builtins.str
     """Human-readable detail."""
     @_builtins.property

@@ -42,6 +42,12 @@ def upgrade() -> None:
             sa.Column("next_attempt_time", campaignd.store.db.UTCDateTime(timezone=True), nullable=True)
         )
         batch_op.create_index("ix_messages_state_lease_expiry", ["state", "lease_expiry"], unique=False)
+    # Channels launched before this revision already have messages: count them once.
+    op.execute(
+        "INSERT INTO channel_counts (campaign_id, channel_id, state, n) "
+        "SELECT campaign_id, channel_id, state, COUNT(*) FROM messages "
+        "GROUP BY campaign_id, channel_id, state"
+    )
 
 
 def downgrade() -> None:
