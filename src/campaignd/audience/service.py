@@ -278,7 +278,8 @@ class ContactManager:
         new_pks = store.insert_contacts(conn, list(creates.values()))
         store.update_contacts(conn, [{"pk": pk, **values} for pk, values in updates.items()])
         if list_id:
-            store.add_members(conn, list_id, [*new_pks, *updates])
+            store.add_new_members(conn, list_id, new_pks)
+            store.add_members(conn, list_id, list(updates))
         return created, updated, rejected
 
     # -- lists ----------------------------------------------------------------------------------

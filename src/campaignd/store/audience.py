@@ -191,6 +191,12 @@ def delete_list(conn: Connection, list_id: str) -> bool:
     return conn.execute(contact_lists.delete().where(contact_lists.c.id == list_id)).rowcount == 1
 
 
+def add_new_members(conn: Connection, list_id: str, contact_pks: Sequence[int]) -> None:
+    """Add contacts created in this transaction to a list: they cannot be members yet."""
+    if contact_pks:
+        conn.execute(list_members.insert(), [{"list_id": list_id, "contact": pk} for pk in contact_pks])
+
+
 def add_members(conn: Connection, list_id: str, contact_pks: Sequence[int]) -> int:
     """Add contacts to a list; returns how many were not members yet."""
     already = 0

@@ -179,6 +179,8 @@ messages = sa.Table(
     sa.UniqueConstraint("campaign_id", "channel_id", "address"),
     sa.Index("ix_messages_campaign_id_channel_id_state_id", "campaign_id", "channel_id", "state", "id"),
     sa.Index("ix_messages_state_lease_expiry", "state", "lease_expiry"),
+    # ListMessages pages through a channel (or a campaign) in id order without a state filter.
+    sa.Index("ix_messages_campaign_id_channel_id_id", "campaign_id", "channel_id", "id"),
     sqlite_autoincrement=True,
 )
 

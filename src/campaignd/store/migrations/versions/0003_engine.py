@@ -42,6 +42,10 @@ def upgrade() -> None:
             sa.Column("next_attempt_time", campaignd.store.db.UTCDateTime(timezone=True), nullable=True)
         )
         batch_op.create_index("ix_messages_state_lease_expiry", ["state", "lease_expiry"], unique=False)
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_messages_campaign_id_channel_id_id", ["campaign_id", "channel_id", "id"], unique=False
+        )
     # Channels launched before this revision already have messages: count them once.
     op.execute(
         "INSERT INTO channel_counts (campaign_id, channel_id, state, n) "
@@ -51,6 +55,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_messages_campaign_id_channel_id_id")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index("ix_messages_state_lease_expiry")
         batch_op.drop_column("next_attempt_time")
