@@ -6,8 +6,9 @@ whatever the audience's size; no Python loop walks the contacts.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -355,6 +356,51 @@ def _targets(audience: Audience) -> sa.Select[Any] | None:
     return _members(audience.target_lists, [filters.compile(f, contacts) for f in audience.target_filters])
 
 
+# The contacts an audience resolves to, worked out once per resolution; a per-connection
+# temporary table that is emptied before use.
+_resolved = sa.Table("campaignd_resolved", sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True))
+
+
+@contextlib.contextmanager
+def _bulk_cache(conn: Connection) -> Iterator[None]:
+    """On SQLite, a 64 MiB page cache for the length of a bulk insert, then the default again:
+    writing millions of rows through several indexes otherwise re-reads pages all the time."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    before = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
+    conn.exec_driver_sql("PRAGMA cache_size=-65536")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size={int(before)}")
+
+
+def _resolve_into_temp(conn: Connection, audience: Audience) -> tuple[int, int]:
+    """Fill the temporary table with targets minus exclusions; returns (targeted, excluded)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "CREATE TEMP TABLE IF NOT EXISTS campaignd_resolved (id bigint PRIMARY KEY) ON COMMIT DROP"
+        )
+    else:
+        conn.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS campaignd_resolved (id INTEGER PRIMARY KEY)")
+    conn.execute(_resolved.delete())
+    targets = _targets(audience)
+    if targets is None:
+        return 0, 0
+    # A contact can be in several target lists and segments: keep it once.
+    conn.execute(_resolved.insert().from_select(["id"], sa.select(targets.subquery().c[0]).distinct()))
+    targeted = int(conn.execute(sa.select(sa.func.count()).select_from(_resolved)).scalar_one())
+    excluded_ids = _members(
+        audience.exclude_lists, [filters.compile(f, contacts) for f in audience.exclude_filters]
+    )
+    if excluded_ids is None:
+        return targeted, 0
+    conn.execute(_resolved.delete().where(_resolved.c.id.in_(excluded_ids)))
+    remaining = int(conn.execute(sa.select(sa.func.count()).select_from(_resolved)).scalar_one())
+    return targeted, targeted - remaining
+
+
 def resolve(
     conn: Connection,
     audience: Audience,
@@ -364,40 +410,48 @@ def resolve(
     freeze: tuple[str, str, dt.datetime] | None = None,
 ) -> AudienceCounts:
     """Count (and with `freeze` = (campaign id, channel id, now), write as QUEUED messages) the
-    recipients of one channel: targets minus exclusions minus suppressions, one per address."""
-    targets = _targets(audience)
-    if targets is None:
+    recipients of one channel: targets minus exclusions minus suppressions, one per address.
+
+    The audience (lists and segment filters) is evaluated once, into a temporary table; the
+    counts then come from one pass over it, and the messages from one INSERT … SELECT.
+    """
+    targeted, excluded = _resolve_into_temp(conn, audience)
+    if targeted == 0:
         return AudienceCounts(0, 0, 0, 0, 0)
-    excluded_ids = _members(
-        audience.exclude_lists, [filters.compile(f, contacts) for f in audience.exclude_filters]
-    )
     address_column = contacts.c.email if address == "email" else contacts.c.phone
-    in_targets = contacts.c.id.in_(targets)
-    remaining = [in_targets]
-    if excluded_ids is not None:
-        remaining.append(contacts.c.id.not_in(excluded_ids))
     suppressed = sa.exists().where(
         suppressions.c.address == address_column, suppressions.c.channel_type.in_(["", channel_type])
     )
-
-    def count(*where: sa.ColumnElement[bool]) -> int:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(contacts).where(*where)).scalar_one())
-
-    targeted = count(in_targets)
-    excluded = targeted - count(*remaining) if excluded_ids is not None else 0
-    skipped = count(*remaining, address_column.is_(None))
-    suppressed_count = count(*remaining, address_column.is_not(None), suppressed)
-    # One message per address: the contact with the lowest row id stands for the others.
-    chosen = (
-        sa.select(sa.func.min(contacts.c.id))
-        .where(*remaining, address_column.is_not(None), ~suppressed)
-        .group_by(address_column)
-    )
+    joined = _resolved.join(contacts, contacts.c.id == _resolved.c.id)
+    skipped, suppressed_count = conn.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.sum(sa.case((address_column.is_(None), 1), else_=0)), 0),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((sa.and_(address_column.is_not(None), suppressed), 1), else_=0)), 0
+            ),
+        ).select_from(joined)
+    ).one()
+    sendable = sa.and_(address_column.is_not(None), ~suppressed)
+    if address == "email":
+        # Email addresses are unique among contacts: every sendable contact is its own recipient.
+        chosen: sa.Select[Any] = sa.select(contacts.c.id).select_from(joined).where(sendable)
+    else:
+        # One message per number: the contact with the lowest row id stands for the others.
+        chosen = (
+            sa.select(sa.func.min(contacts.c.id)).select_from(joined).where(sendable).group_by(address_column)
+        )
     if freeze is None:
         queued = int(conn.execute(sa.select(sa.func.count()).select_from(chosen.subquery())).scalar_one())
+        return AudienceCounts(targeted, excluded, int(suppressed_count), int(skipped), queued)
+    campaign_id, channel_id, now = freeze
+    source: sa.FromClause
+    condition: sa.ColumnElement[bool]
+    if address == "email":
+        source, condition = joined, sendable
     else:
-        campaign_id, channel_id, now = freeze
-        rows = sa.select(
+        source, condition = contacts, contacts.c.id.in_(chosen)
+    rows = (
+        sa.select(
             sa.literal(campaign_id),
             sa.literal(channel_id),
             contacts.c.id,
@@ -407,19 +461,23 @@ def resolve(
             sa.literal(0),
             sa.literal(now, messages.c.create_time.type),
             sa.literal(now, messages.c.update_time.type),
-        ).where(contacts.c.id.in_(chosen))
-        columns = ["campaign_id", "channel_id", "contact", "address", "time_zone", "state", "attempts"]
-        conn.execute(messages.insert().from_select([*columns, "create_time", "update_time"], rows))
-        # INSERT … SELECT reports no reliable rowcount on every driver; count what was frozen.
-        queued = int(
-            conn.execute(
-                sa.select(sa.func.count())
-                .select_from(messages)
-                .where(messages.c.campaign_id == campaign_id, messages.c.channel_id == channel_id)
-            ).scalar_one()
         )
-        add_counts(conn, campaign_id, channel_id, {"queued": queued})
-    return AudienceCounts(targeted, excluded, suppressed_count, skipped, queued)
+        .select_from(source)
+        .where(condition)
+    )
+    columns = ["campaign_id", "channel_id", "contact", "address", "time_zone", "state", "attempts"]
+    with _bulk_cache(conn):
+        conn.execute(messages.insert().from_select([*columns, "create_time", "update_time"], rows))
+    # INSERT … SELECT reports no reliable rowcount on every driver; count what was frozen.
+    queued = int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(messages)
+            .where(messages.c.campaign_id == campaign_id, messages.c.channel_id == channel_id)
+        ).scalar_one()
+    )
+    add_counts(conn, campaign_id, channel_id, {"queued": queued})
+    return AudienceCounts(targeted, excluded, int(suppressed_count), int(skipped), queued)
 
 
 # -- messages -----------------------------------------------------------------------------------

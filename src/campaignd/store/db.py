@@ -55,6 +55,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Recipient resolution builds a temporary table of contact ids; keep it off the disk.
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 

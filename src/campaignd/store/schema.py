@@ -178,7 +178,14 @@ messages = sa.Table(
     sa.Column("update_time", UTCDateTime, nullable=False),
     sa.UniqueConstraint("campaign_id", "channel_id", "address"),
     sa.Index("ix_messages_campaign_id_channel_id_state_id", "campaign_id", "channel_id", "state", "id"),
-    sa.Index("ix_messages_state_lease_expiry", "state", "lease_expiry"),
+    # Only SENDING rows have leases to sweep; a partial index costs nothing when launches write
+    # millions of QUEUED rows.
+    sa.Index(
+        "ix_messages_sending_lease_expiry",
+        "lease_expiry",
+        sqlite_where=sa.text("state = 'sending'"),
+        postgresql_where=sa.text("state = 'sending'"),
+    ),
     # ListMessages pages through a channel (or a campaign) in id order without a state filter.
     sa.Index("ix_messages_campaign_id_channel_id_id", "campaign_id", "channel_id", "id"),
     sqlite_autoincrement=True,

@@ -41,7 +41,13 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("next_attempt_time", campaignd.store.db.UTCDateTime(timezone=True), nullable=True)
         )
-        batch_op.create_index("ix_messages_state_lease_expiry", ["state", "lease_expiry"], unique=False)
+        batch_op.create_index(
+            "ix_messages_sending_lease_expiry",
+            ["lease_expiry"],
+            unique=False,
+            sqlite_where=sa.text("state = 'sending'"),
+            postgresql_where=sa.text("state = 'sending'"),
+        )
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.create_index(
             "ix_messages_campaign_id_channel_id_id", ["campaign_id", "channel_id", "id"], unique=False
@@ -58,7 +64,7 @@ def downgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index("ix_messages_campaign_id_channel_id_id")
     with op.batch_alter_table("messages", schema=None) as batch_op:
-        batch_op.drop_index("ix_messages_state_lease_expiry")
+        batch_op.drop_index("ix_messages_sending_lease_expiry")
         batch_op.drop_column("next_attempt_time")
         batch_op.drop_column("lease_expiry")
         batch_op.drop_column("lease_owner")
