@@ -6,9 +6,8 @@ whatever the audience's size; no Python loop walks the contacts.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -361,21 +360,6 @@ def _targets(audience: Audience) -> sa.Select[Any] | None:
 _resolved = sa.Table("campaignd_resolved", sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True))
 
 
-@contextlib.contextmanager
-def _bulk_cache(conn: Connection) -> Iterator[None]:
-    """On SQLite, a 64 MiB page cache for the length of a bulk insert, then the default again:
-    writing millions of rows through several indexes otherwise re-reads pages all the time."""
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    before = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
-    conn.exec_driver_sql("PRAGMA cache_size=-65536")
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size={int(before)}")
-
-
 def _resolve_into_temp(conn: Connection, audience: Audience) -> tuple[int, int]:
     """Fill the temporary table with targets minus exclusions; returns (targeted, excluded)."""
     if conn.dialect.name == "postgresql":
@@ -466,8 +450,7 @@ def resolve(
         .where(condition)
     )
     columns = ["campaign_id", "channel_id", "contact", "address", "time_zone", "state", "attempts"]
-    with _bulk_cache(conn):
-        conn.execute(messages.insert().from_select([*columns, "create_time", "update_time"], rows))
+    conn.execute(messages.insert().from_select([*columns, "create_time", "update_time"], rows))
     # INSERT … SELECT reports no reliable rowcount on every driver; count what was frozen.
     queued = int(
         conn.execute(
