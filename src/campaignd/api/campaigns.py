@@ -76,8 +76,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     async def CreateCampaign(self, request: svc.CreateCampaignRequest, context: Context) -> pb.Campaign:
         v = Violations()
         campaign_id = request.campaign_id or _new_id()
-        if request.campaign_id and not convert.ID.match(request.campaign_id):
-            v.add("campaign_id", "must be 1-63 characters of [a-z0-9-] starting with a letter")
+        convert.check_id(v, "campaign_id", request.campaign_id)
         v.request_id("request_id", request.request_id)
         if not request.HasField("campaign"):
             v.add("campaign", "required")
@@ -170,7 +169,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         except ApiError as exc:
             v.found.extend(exc.violations)
             campaign_id = ""
-        convert.check_channel_id(v, "channel_id", channel_id)
+        convert.check_id(v, "channel_id", channel_id)
         v.etag("etag", etag)
         v.request_id("request_id", request_id)
         v.raise_if_any()
@@ -351,8 +350,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     @unary
     async def DuplicateCampaign(self, request: svc.DuplicateCampaignRequest, context: Context) -> pb.Campaign:
         v = Violations()
-        if request.campaign_id and not convert.ID.match(request.campaign_id):
-            v.add("campaign_id", "must be 1-63 characters of [a-z0-9-] starting with a letter")
+        convert.check_id(v, "campaign_id", request.campaign_id)
         v.text("display_name", request.display_name, max_length=200)
         campaign_id = self._common(request.name, "", "", request.request_id, v)
         data = await self.manager.duplicate(
@@ -383,7 +381,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         self, request: svc.SendTestMessageRequest, context: Context
     ) -> svc.SendTestMessageResponse:
         v = Violations()
-        convert.check_channel_id(v, "channel_id", request.channel_id, required=True)
+        convert.check_id(v, "channel_id", request.channel_id, required=True)
         if not request.addresses:
             v.add("addresses", "required: at least one address")
         if len(request.addresses) > 10:
@@ -445,7 +443,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     ) -> svc.ListMessagesResponse:
         v = Violations()
         campaign_id = campaign_id_from_name(request.parent, "parent")
-        convert.check_channel_id(v, "channel_id", request.channel_id)
+        convert.check_id(v, "channel_id", request.channel_id)
         for index, value in enumerate(request.states):
             if value not in pb.Message.State.values() or value == pb.Message.STATE_UNSPECIFIED:
                 v.add(f"states[{index}]", f"unknown state {value}")

@@ -35,21 +35,6 @@ MAX_REJECTED_ROWS = 10_000
 MAX_ROWS_PER_MESSAGE = 10_000
 
 
-def _id_from(name: str, collection: str, path: str) -> str:
-    prefix = f"{collection}/"
-    found = name.removeprefix(prefix) if name.startswith(prefix) else None
-    if found is None or not convert.ID.match(found):
-        raise errors.invalid_argument(
-            [FieldViolation(path, f"must be {collection}/{{id}} with an id of 1-63 [a-z0-9-]")]
-        )
-    return found
-
-
-def _check_new_id(v: Violations, path: str, value: str) -> None:
-    if value and not convert.ID.match(value):
-        v.add(path, "must be 1-63 characters of [a-z0-9-] starting with a letter")
-
-
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(values)
@@ -95,18 +80,18 @@ class ContactService(cs_grpc.ContactServiceServicer):
     @unary
     async def CreateContact(self, request: cs.CreateContactRequest, context: Context) -> cs.Contact:
         v = Violations()
-        _check_new_id(v, "contact_id", request.contact_id)
+        convert.check_id(v, "contact_id", request.contact_id)
         v.request_id("request_id", request.request_id)
         v.raise_if_any()
         return contact_message(await self.manager.create(_row(0, request.contact_id, request.contact)))
 
     @unary
     async def GetContact(self, request: cs.GetContactRequest, context: Context) -> cs.Contact:
-        return contact_message(await self.manager.get(_id_from(request.name, "contacts", "name")))
+        return contact_message(await self.manager.get(convert.id_from_name(request.name, "contacts", "name")))
 
     @unary
     async def UpdateContact(self, request: cs.UpdateContactRequest, context: Context) -> cs.Contact:
-        contact_id = _id_from(request.contact.name, "contacts", "contact.name")
+        contact_id = convert.id_from_name(request.contact.name, "contacts", "contact.name")
         v = Violations()
         paths = list(request.update_mask.paths)
         if not paths:
@@ -135,7 +120,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
     async def DeleteContact(
         self, request: cs.DeleteContactRequest, context: Context
     ) -> cs.DeleteContactResponse:
-        contact_id = _id_from(request.name, "contacts", "name")
+        contact_id = convert.id_from_name(request.name, "contacts", "name")
         await self.manager.delete(contact_id)
         return cs.DeleteContactResponse(name=f"contacts/{contact_id}")
 
@@ -149,7 +134,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
             parsed = filters.parse(request.filter) if request.filter.strip() else None
         except filters.FilterError as exc:
             v.add("filter", str(exc))
-        list_id = _id_from(request.list, "lists", "list") if request.list else ""
+        list_id = convert.id_from_name(request.list, "lists", "list") if request.list else ""
         limit, position = self._page(v, request.page_size, request.page_token, (request.filter, list_id))
         v.raise_if_any()
         records = await self.manager.list_contacts(
@@ -181,7 +166,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
                 if options.match_on not in cs.ImportOptions.MatchOn.values():
                     raise errors.invalid_argument([FieldViolation("options.match_on", "unknown value")])
                 if options.list:
-                    list_id = _id_from(options.list, "lists", "options.list")
+                    list_id = convert.id_from_name(options.list, "lists", "options.list")
                     await self.manager.check_list(list_id)
             elif request.HasField("options"):
                 raise errors.invalid_argument(
@@ -224,7 +209,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
     @unary
     async def CreateList(self, request: cs.CreateListRequest, context: Context) -> cs.ContactList:
         v = Violations()
-        _check_new_id(v, "list_id", request.list_id)
+        convert.check_id(v, "list_id", request.list_id)
         v.text("list.display_name", request.list.display_name, max_length=200, required=True)
         v.raise_if_any()
         list_id, name, created, count = await self.manager.create_list(
@@ -245,12 +230,12 @@ class ContactService(cs_grpc.ContactServiceServicer):
 
     @unary
     async def DeleteList(self, request: cs.DeleteListRequest, context: Context) -> cs.DeleteListResponse:
-        list_id = _id_from(request.name, "lists", "name")
+        list_id = convert.id_from_name(request.name, "lists", "name")
         await self.manager.delete_list(list_id)
         return cs.DeleteListResponse(name=f"lists/{list_id}")
 
     def _members(self, list_name: str, names: Any) -> tuple[str, list[str]]:
-        list_id = _id_from(list_name, "lists", "list")
+        list_id = convert.id_from_name(list_name, "lists", "list")
         v = Violations()
         if not names:
             v.add("contacts", "required")
@@ -286,7 +271,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
     @unary
     async def CreateSegment(self, request: cs.CreateSegmentRequest, context: Context) -> cs.Segment:
         v = Violations()
-        _check_new_id(v, "segment_id", request.segment_id)
+        convert.check_id(v, "segment_id", request.segment_id)
         v.text("segment.display_name", request.segment.display_name, max_length=200, required=True)
         if not request.segment.filter.strip():
             v.add("segment.filter", "required")
@@ -303,7 +288,9 @@ class ContactService(cs_grpc.ContactServiceServicer):
 
     @unary
     async def GetSegment(self, request: cs.GetSegmentRequest, context: Context) -> cs.Segment:
-        return _segment_message(await self.manager.get_segment(_id_from(request.name, "segments", "name")))
+        return _segment_message(
+            await self.manager.get_segment(convert.id_from_name(request.name, "segments", "name"))
+        )
 
     @unary
     async def ListSegments(
@@ -322,7 +309,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
     async def DeleteSegment(
         self, request: cs.DeleteSegmentRequest, context: Context
     ) -> cs.DeleteSegmentResponse:
-        segment_id = _id_from(request.name, "segments", "name")
+        segment_id = convert.id_from_name(request.name, "segments", "name")
         await self.manager.delete_segment(segment_id)
         return cs.DeleteSegmentResponse(name=f"segments/{segment_id}")
 

@@ -76,26 +76,33 @@ class Violations:
             self.add(path, "longer than 100 characters")
 
 
-def campaign_id_from_name(name: str, path: str = "name") -> str:
-    """The id in `campaigns/{id}`, or INVALID_ARGUMENT naming `path`."""
-    campaign_id = name.removeprefix("campaigns/") if name.startswith("campaigns/") else None
-    if campaign_id is None or not ID.match(campaign_id):
+def id_from_name(name: str, collection: str, path: str = "name") -> str:
+    """The id in `{collection}/{id}`, or INVALID_ARGUMENT naming `path`."""
+    prefix = f"{collection}/"
+    found = name.removeprefix(prefix) if name.startswith(prefix) else None
+    if found is None or not ID.match(found):
         raise invalid_argument(
             [
                 FieldViolation(
-                    path, "must be campaigns/{id} with an id of 1-63 [a-z0-9-] starting with a letter"
+                    path, f"must be {collection}/{{id}} with an id of 1-63 [a-z0-9-] starting with a letter"
                 )
             ]
         )
-    return campaign_id
+    return found
 
 
-def check_channel_id(v: Violations, path: str, channel_id: str, *, required: bool = False) -> None:
-    """A channel id: 1-63 characters of [a-z0-9-] starting with a letter."""
-    if not channel_id:
+def campaign_id_from_name(name: str, path: str = "name") -> str:
+    """The id in `campaigns/{id}`, or INVALID_ARGUMENT naming `path`."""
+    return id_from_name(name, "campaigns", path)
+
+
+def check_id(v: Violations, path: str, value: str, *, required: bool = False) -> None:
+    """A resource or channel id: 1-63 characters of [a-z0-9-] starting with a letter; empty is
+    allowed unless `required` (a new resource then gets a generated id)."""
+    if not value:
         if required:
             v.add(path, "required")
-    elif not ID.match(channel_id):
+    elif not ID.match(value):
         v.add(path, "must be 1-63 characters of [a-z0-9-] starting with a letter")
 
 
@@ -257,7 +264,7 @@ def channel_record(
     v: Violations, message: pb.Channel, plugins: Plugins, *, path: str, type_required: bool = True
 ) -> ChannelRecord:
     """Validate a Channel message into a record (state DRAFT)."""
-    check_channel_id(v, f"{path}.channel_id", message.channel_id, required=True)
+    check_id(v, f"{path}.channel_id", message.channel_id, required=True)
     if message.type or type_required:
         if not message.type:
             v.add(f"{path}.type", "required")
@@ -352,7 +359,7 @@ def _check_remarketing(v: Violations, path: str, source: pb.RemarketingSource) -
         source.campaign.removeprefix("campaigns/")
     ):
         v.add(f"{path}.campaign", "must be campaigns/{id}")
-    check_channel_id(v, f"{path}.channel_id", source.channel_id, required=True)
+    check_id(v, f"{path}.channel_id", source.channel_id, required=True)
     if not source.outcomes:
         v.add(f"{path}.outcomes", "required")
     for index, outcome in enumerate(source.outcomes):

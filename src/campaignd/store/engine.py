@@ -224,32 +224,42 @@ def record(
 # -- sweeps ---------------------------------------------------------------------------------------
 
 
-def expire_leases(conn: Connection, now: dt.datetime) -> dict[tuple[str, str], int]:
-    """Fail SENDING messages whose lease ran out (their owner died) as `timed_out`; per channel."""
-    expired = conn.execute(
+def _move_matching(
+    conn: Connection, where: Sequence[sa.ColumnElement[bool]], frm: str, to: str, values: Mapping[str, Any]
+) -> dict[tuple[str, str], int]:
+    """Move every message in state `frm` matching `where` to `to` in one statement, with the
+    counters of each channel; returns how many moved per (campaign id, channel id)."""
+    matching = [messages.c.state == frm, *where]
+    found = conn.execute(
         sa.select(messages.c.campaign_id, messages.c.channel_id, sa.func.count())
-        .where(messages.c.state == SENDING, messages.c.lease_expiry < now)
+        .where(*matching)
         .group_by(messages.c.campaign_id, messages.c.channel_id)
     ).all()
-    if not expired:
+    if not found:
         return {}
-    conn.execute(
-        messages.update()
-        .where(messages.c.state == SENDING, messages.c.lease_expiry < now)
-        .values(
-            state="failed",
-            reason="timed_out",
-            last_error="no result before the lease expired",
-            lease_owner=None,
-            lease_expiry=None,
-            update_time=now,
-        )
+    conn.execute(messages.update().where(*matching).values(state=to, **values))
+    moved = {}
+    for campaign_id, channel_id, n in found:
+        add_counts(conn, campaign_id, channel_id, {frm: -int(n), to: int(n)})
+        moved[(campaign_id, channel_id)] = int(n)
+    return moved
+
+
+def expire_leases(conn: Connection, now: dt.datetime) -> dict[tuple[str, str], int]:
+    """Fail SENDING messages whose lease ran out (their owner died) as `timed_out`; per channel."""
+    return _move_matching(
+        conn,
+        [messages.c.lease_expiry < now],
+        SENDING,
+        "failed",
+        {
+            "reason": "timed_out",
+            "last_error": "no result before the lease expired",
+            "lease_owner": None,
+            "lease_expiry": None,
+            "update_time": now,
+        },
     )
-    result = {}
-    for campaign_id, channel_id, n in expired:
-        add_counts(conn, campaign_id, channel_id, {SENDING: -int(n), "failed": int(n)})
-        result[(campaign_id, channel_id)] = int(n)
-    return result
 
 
 def assume_delivered(
@@ -262,23 +272,10 @@ def assume_delivered(
         channels.c.type.in_(list(channel_types))
     )
     stale = [
-        messages.c.state == "sent",
         messages.c.update_time < cutoff,
         sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(of_types),
     ]
-    found = conn.execute(
-        sa.select(messages.c.campaign_id, messages.c.channel_id, sa.func.count())
-        .where(*stale)
-        .group_by(messages.c.campaign_id, messages.c.channel_id)
-    ).all()
-    if not found:
-        return {}
-    conn.execute(messages.update().where(*stale).values(state="assumed_delivered", update_time=now))
-    result = {}
-    for campaign_id, channel_id, n in found:
-        add_counts(conn, campaign_id, channel_id, {"sent": -int(n), "assumed_delivered": int(n)})
-        result[(campaign_id, channel_id)] = int(n)
-    return result
+    return _move_matching(conn, stale, "sent", "assumed_delivered", {"update_time": now})
 
 
 def channels_in(conn: Connection, states: Iterable[str]) -> list[sa.Row[Any]]:
