@@ -431,6 +431,12 @@ class CampaignManager:
                         f"campaign.channels[{channel.channel_id}].content.{found.field}", found.description
                     )
                 )
+            for found in self.plugins.check_transports(channel.type, channel.transports, launching=True):
+                problems.append(
+                    FieldViolation(
+                        f"campaign.channels[{channel.channel_id}].{found.field}", found.description
+                    )
+                )
             if channel.remarketing is None and not any(
                 record.audience.get(k) for k in ("target_lists", "target_segments")
             ):

@@ -180,6 +180,8 @@ class EngineSettings(_Section):
     slots: dict[str, Annotated[int, Field(ge=1)]] = {}
     # What a launch does when no slot is free: wait in QUEUED, or be refused.
     slot_policy: Literal["queue", "refuse"] = "queue"
+    # How long a transport that could not be reached rests before it is tried again.
+    transport_rest: Annotated[float, Field(gt=0, le=3600)] = 10.0
     guard_max_failure_percent: Annotated[float, Field(gt=0, le=100)] = 5.0
     guard_min_sends: Annotated[int, Field(ge=1)] = 100
 
@@ -204,6 +206,22 @@ class PluginSettings(_Section):
     load: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]] = []
 
 
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+class TransportSettings(_Section):
+    """One transport: how channels of a type reach their provider (e.g. an SMTP relay)."""
+
+    # The channel type it serves, as a loaded plugin declares it.
+    type: Annotated[str, Field(pattern=NAME_PATTERN)]
+    # Messages per second over any 1-second window; 0 means no limit.
+    rate: Annotated[float, Field(ge=0, le=1_000_000)] = 0
+    # Sends in flight at once (for SMTP: connections).
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 10
+    # The plugin's own settings; the plugin declares and validates them.
+    options: dict[str, Any] = {}
+
+
 class Settings(_Section):
     """All settings of one daemon."""
 
@@ -217,6 +235,10 @@ class Settings(_Section):
     audience: AudienceSettings = AudienceSettings()
     engine: EngineSettings = EngineSettings()
     metrics: MetricsSettings = MetricsSettings()
+    # Transport name -> transport; channels name these in their transport shares.
+    transports: dict[Annotated[str, Field(pattern=NAME_PATTERN)], TransportSettings] = {}
+    # Channel type -> that type's options, which its plugin declares and validates.
+    channel_types: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = {}
 
     @property
     def state_directory(self) -> pathlib.Path:

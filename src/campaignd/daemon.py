@@ -15,7 +15,7 @@ from campaignd.api.auth import Authenticator
 from campaignd.api.server import ApiServer, SocketInUseError
 from campaignd.api.services import Services
 from campaignd.config import ConfigError, Problem, Settings, load
-from campaignd.plugin.manager import PluginError
+from campaignd.plugin.manager import PluginError, Plugins
 from campaignd.sdnotify import Notifier, watchdog_interval
 from campaignd.store import migrate
 from campaignd.store.db import Database, create_engine
@@ -47,6 +47,9 @@ class Daemon:
             database.close()
             log.error("cannot load plugins", error=str(exc))
             return 1
+        except ConfigError:
+            database.close()
+            raise
         try:
             await api.start()
         except (SocketInUseError, RuntimeError) as exc:
@@ -56,7 +59,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(api)))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(services)))
         metrics_port = metrics.serve(self.settings.metrics.address) if self.settings.metrics.address else None
         await api.set_serving(True)
         log.info(
@@ -82,6 +85,7 @@ class Daemon:
         await asyncio.gather(api.stop(grace), engine.stop(grace) if engine is not None else asyncio.sleep(0))
         if engine_task is not None:
             engine_task.cancel()
+        await services.transports.close()
         watchdog.cancel()
         await asyncio.get_running_loop().run_in_executor(None, database.close)
         self.notifier.close()
@@ -95,12 +99,13 @@ class Daemon:
         self._stopping = True
         self._stop.set()
 
-    async def _reload(self, api: ApiServer) -> None:
+    async def _reload(self, services: Services) -> None:
         self.notifier.reloading()
         try:
             new = load(self.config_path)
-            authenticator_tokens = new.auth.tokens
-            self.authenticator.set_tokens(authenticator_tokens)
+            if new.plugins == self.settings.plugins:
+                await services.reconfigure(new)
+            self.authenticator.set_tokens(new.auth.tokens)
         except ConfigError as exc:
             log.error("reload failed; keeping the running settings", problems=[str(p) for p in exc.problems])
             self.notifier.ready("reload failed; see the log")
@@ -182,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             settings = load(args.file)
+            Plugins(settings.plugins.load).check_config(settings)
             print(f"{args.file}: ok")
             return 0
         settings = load(args.config)

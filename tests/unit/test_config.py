@@ -58,18 +58,24 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
         yield from _models_in(arg)
 
 
+NAMED_TABLES = ("transports", "channel_types")
+
+
 def keys_shown(text: str) -> set[str]:
     """Dotted keys of the TOML text, commented out or not: table headers and `key =` lines."""
     shown: set[str] = set()
     section = ""
     for raw in text.splitlines():
         line = raw.lstrip("#").strip()
-        if header := re.fullmatch(r"\[\[?([\w.]+)\]\]?", line):
+        if header := re.fullmatch(r"\[\[?([\w.-]+)\]\]?", line):
             section = header.group(1)
             shown.add(section)
         elif assignment := re.match(r"([\w.]+)\s*=", line):
             dotted = f"{section}.{assignment.group(1)}" if section else assignment.group(1)
             parts = dotted.split(".")
+            if parts[0] in NAMED_TABLES and len(parts) > 2:
+                # [transports.<name>] stands for every transport: drop the name.
+                del parts[1]
             shown.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return shown
 

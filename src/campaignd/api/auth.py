@@ -21,6 +21,7 @@ VIEWER_METHODS = frozenset(
         "ListMessages",
         "ListCampaignHistory",
         "WatchCampaign",
+        "ListChannelTypes",
         "ServerReflectionInfo",
         "GetContact",
         "ListContacts",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -17,12 +17,15 @@ from campaignd.api import convert
 from campaignd.api.auth import current_principal
 from campaignd.api.convert import Violations, campaign_id_from_name
 from campaignd.api.errors import streaming, unary
+from campaignd.audience.contacts import ContactFieldError, normalise_email, normalise_phone
 from campaignd.campaigns import Caller, CampaignManager
 from campaignd.config import Settings
 from campaignd.engine.core import Engine
+from campaignd.engine.transports import Transports, send_once
 from campaignd.errors import ApiError, Code
 from campaignd.lifecycle import MESSAGE_DONE_STATES, CampaignState, ChannelState, MessageState, Operation
-from campaignd.plugin.manager import Plugins
+from campaignd.plugin import ChannelInfo, Recipient, SendStatus
+from campaignd.plugin.manager import PluginCallError, Plugins
 from campaignd.store import audience as audience_store
 from campaignd.store import engine as engine_store
 from campaignd.store.campaigns import CampaignFilter, CampaignRecord, ChannelRecord
@@ -32,6 +35,20 @@ from campaignd.v1 import resources_pb2 as pb
 
 Context = aio.ServicerContext[Any, Any]
 UPDATABLE = frozenset({"display_name", "labels", "audience", "time_zone", "guard", "channels"})
+
+
+def _test_addresses(addresses: Iterable[str], kind: str, default_region: str) -> list[str]:
+    v = Violations()
+    found = []
+    for index, address in enumerate(addresses):
+        try:
+            found.append(
+                normalise_email(address) if kind == "email" else normalise_phone(address, default_region)
+            )
+        except ContactFieldError as exc:
+            v.add(f"addresses[{index}]", exc.reason)
+    v.raise_if_any()
+    return found
 
 
 def _caller(request_id: str) -> Caller:
@@ -58,11 +75,16 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     """The gRPC face of campaign management."""
 
     def __init__(
-        self, manager: CampaignManager, settings: Callable[[], Settings], engine: Engine | None = None
+        self,
+        manager: CampaignManager,
+        settings: Callable[[], Settings],
+        engine: Engine | None,
+        transports: Transports,
     ) -> None:
         self.manager = manager
         self.settings = settings
         self.engine = engine
+        self.transports = transports
         self.watchers = 0
 
     @property
@@ -391,11 +413,58 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         campaign_id = self._common(request.name, "", "", "", v)
         record = await self.manager.get(campaign_id)
         [(channel, _)] = self.manager.decide(record, Operation.TEST_SEND, request.channel_id)
-        raise ApiError(
-            Code.UNIMPLEMENTED,
-            "NO_SENDING_CHANNEL",
-            f"channel type {channel.type!r} cannot send test messages yet",
+        declared = self.plugins.types[channel.type]
+        path = f"campaign.channels[{channel.channel_id}]"
+        problems = [
+            errors.FieldViolation(f"{path}.content.{p.field}", p.description)
+            for p in self.plugins.validate(channel.type, channel.content, launching=True)
+        ] + [
+            errors.FieldViolation(f"{path}.{p.field}", p.description)
+            for p in self.plugins.check_transports(channel.type, channel.transports, launching=True)
+        ]
+        if problems:
+            raise ApiError(
+                Code.FAILED_PRECONDITION,
+                "CHANNEL_INCOMPLETE",
+                "the channel cannot send until these are fixed",
+                violations=problems,
+            )
+        addresses = _test_addresses(
+            request.addresses, declared.address, self.settings().audience.default_region
         )
+        contacts = await self.manager.db.read(
+            lambda conn: engine_store.contacts_by_address(conn, declared.address, addresses)
+        )
+        info = ChannelInfo(record.name, channel.channel_id, channel.type, channel.content)
+        recipients = [
+            Recipient(-(index + 1), address, contacts.get(address, {}), 1)
+            for index, address in enumerate(addresses)
+        ]
+        try:
+            results = await send_once(
+                self.plugins,
+                self.transports,
+                info,
+                channel.transports,
+                recipients,
+                self.settings().engine.sending_timeout,
+            )
+        except PluginCallError as exc:
+            raise ApiError(Code.UNAVAILABLE, "PLUGIN_ERROR", str(exc)) from None
+        by_id = {r.message_id: r for r in results}
+        answers = []
+        for recipient in recipients:
+            result = by_id.get(recipient.message_id)
+            accepted = result is not None and result.status in (SendStatus.SENT, SendStatus.DELIVERED)
+            detail = "" if result is None else (result.provider_id if accepted else result.error)
+            answers.append(svc.TestSendResult(address=recipient.address, accepted=accepted, detail=detail))
+        return svc.SendTestMessageResponse(results=answers)
+
+    @unary
+    async def ListChannelTypes(
+        self, request: svc.ListChannelTypesRequest, context: Context
+    ) -> svc.ListChannelTypesResponse:
+        return svc.ListChannelTypesResponse(channel_types=convert.channel_types(self.plugins))
 
     @unary
     async def EstimateRecipients(

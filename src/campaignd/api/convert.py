@@ -18,6 +18,7 @@ from campaignd.errors import FieldViolation, invalid_argument
 from campaignd.lifecycle import ChannelState, MessageState
 from campaignd.plugin.manager import Plugins
 from campaignd.store.campaigns import CampaignRecord, ChannelRecord, Event
+from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
 
 ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -276,7 +277,12 @@ def channel_record(
     elif message.type in plugins.types:
         for problem in plugins.validate(message.type, content, launching=False):
             v.add(f"{path}.content.{problem.field}", problem.description)
+    before = len(v.found)
     _check_transports(v, f"{path}.transports", message.transports)
+    if message.type in plugins.types and len(v.found) == before:
+        shares = [{"transport": t.transport, "percent": t.percent} for t in message.transports]
+        for problem in plugins.check_transports(message.type, shares, launching=False):
+            v.add(f"{path}.{problem.field}", problem.description)
     if not 0 <= message.rate_limit <= 1_000_000:
         v.add(f"{path}.rate_limit", "must be between 0 and 1000000 messages per second")
     send_window = None
@@ -419,3 +425,34 @@ def decode_token(v: Violations, path: str, token: str, selection: Any) -> dict[s
 
 def _fingerprint(selection: Any) -> str:
     return hashlib.sha256(repr(selection).encode()).hexdigest()[:16]
+
+
+def channel_types(plugins: Plugins) -> list[svc.ChannelTypeInfo]:
+    """What the loaded plugins provide, for ListChannelTypes."""
+    by_type = {name: p for p in plugins.loaded for name in p.channel_types}
+    found = []
+    for name, declared in sorted(plugins.types.items()):
+        plugin = by_type.get(name)
+        semantics = plugins.semantics(name)
+        info = svc.ChannelTypeInfo(
+            name=name,
+            address=declared.address,
+            description=declared.description,
+            version=declared.version,
+            plugin=plugin.name if plugin else "",
+            distribution=plugin.distribution if plugin else "",
+            distribution_version=plugin.version if plugin else "",
+            capabilities=sorted(declared.capabilities),
+            content_fields=[
+                svc.ContentFieldInfo(name=f.name, kind=f.kind, required=f.required, description=f.description)
+                for f in declared.fields
+            ],
+            restartable=semantics.restartable,
+            edit_while_scheduled=semantics.edit_while_scheduled.value,
+            uses_transports=declared.uses_transports,
+            transports=sorted(t.name for t in plugins.config.transports.values() if t.channel_type == name),
+        )
+        if declared.default_window:
+            info.default_window.CopyFrom(pb.SendWindow(**declared.default_window))
+        found.append(info)
+    return found

@@ -10,8 +10,11 @@ from campaignd.api.server import ApiServer
 from campaignd.audience.service import ContactManager
 from campaignd.campaigns import CampaignManager
 from campaignd.changes import ChangeHub
+from campaignd.clock import Clock
 from campaignd.config import Settings
 from campaignd.engine.core import Engine
+from campaignd.engine.events import EventRecorder
+from campaignd.engine.transports import Transports
 from campaignd.plugin.manager import Plugins
 from campaignd.store.db import Database
 from campaignd.v1 import (
@@ -27,15 +30,19 @@ class Services:
 
     def __init__(self, api: ApiServer, database: Database, settings: Callable[[], Settings]) -> None:
         self.plugins = Plugins(settings().plugins.load)
+        self.plugins.configure(settings())
         self.hub = ChangeHub()
         self.campaigns = CampaignManager(database, self.plugins, self.hub)
+        self.transports = Transports(
+            self.plugins, EventRecorder(database, self.hub), lambda: settings().engine.transport_rest, Clock()
+        )
         self.engine = (
-            Engine(database, self.plugins, self.campaigns, self.hub, settings)
+            Engine(database, self.plugins, self.campaigns, self.hub, settings, self.transports)
             if settings().engine.enabled
             else None
         )
         campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
-            CampaignService(self.campaigns, settings, self.engine), api.server
+            CampaignService(self.campaigns, settings, self.engine, self.transports), api.server
         )
         api.add_service(campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name)
         self.contacts = ContactManager(database, lambda: settings().audience.default_region)
@@ -47,3 +54,9 @@ class Services:
     def close(self) -> None:
         """End the watch streams, so that shutdown does not wait on them."""
         self.hub.close()
+
+    async def reconfigure(self, settings: Settings) -> None:
+        """Take the transports and channel-type options of reloaded settings; ConfigError keeps
+        the running ones."""
+        self.plugins.configure(settings)
+        await self.transports.reconfigure()

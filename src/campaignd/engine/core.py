@@ -33,10 +33,11 @@ from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
 from campaignd.config import EngineSettings, Settings
 from campaignd.engine.rates import RateLimiter
+from campaignd.engine.transports import Transports, route
 from campaignd.engine.windows import SendWindow
 from campaignd.errors import ApiError
 from campaignd.lifecycle import ChannelState, Operation
-from campaignd.plugin import ChannelInfo, Recipient, SendResult, SendStatus
+from campaignd.plugin import ChannelInfo, Recipient, SendResult, SendStatus, Transport
 from campaignd.plugin.manager import PluginCallError, Plugins
 from campaignd.store import engine as store
 from campaignd.store.audience import move_messages
@@ -46,6 +47,12 @@ from campaignd.store.db import Database
 log = logs.get("campaignd.engine")
 Key = tuple[str, str]  # (campaign id, channel id)
 RATE_WINDOW = 10.0  # seconds over which the current send rate is measured (SPEC §4.6)
+
+
+@dataclasses.dataclass
+class _BatchOutcome:
+    outcomes: list[store.Outcome]
+    fatal: str  # when every transport of the channel failed fatally: why
 
 
 class _NoSlotError(Exception):
@@ -69,6 +76,22 @@ class ChannelGate:
         return self.open
 
 
+class TransportGate:
+    """A channel's gate for sends through one transport: the transport's rate, then the channel's."""
+
+    def __init__(self, channel: ChannelGate, limiter: RateLimiter | None) -> None:
+        self.channel = channel
+        self.limiter = limiter
+
+    async def admit(self, weight: float = 1.0) -> bool:
+        """As ChannelGate.admit; the channel's open check comes last, right before the send."""
+        if not self.channel.open:
+            return False
+        if self.limiter is not None:
+            await self.limiter.acquire(weight)
+        return await self.channel.admit(weight)
+
+
 def owner_id() -> str:
     """A name for this process's leases, unique across hosts and restarts."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -84,10 +107,12 @@ class Engine:
         campaigns: CampaignManager,
         hub: ChangeHub,
         settings: Callable[[], Settings],
+        transports: Transports,
         clock: Clock | None = None,
     ) -> None:
         self.db = database
         self.plugins = plugins
+        self.transports = transports
         self.campaigns = campaigns
         self.hub = hub
         self.settings = settings
@@ -362,13 +387,8 @@ class Engine:
                 Recipient(m.id, m.address, fields.get(m.contact or 0, {}), m.attempts + 1) for m in batch
             ]
             renewing = asyncio.create_task(self._renew([m.id for m in batch], config.sending_timeout))
-            # Time spent waiting for the rate is not the plugin's: allow for it on top of the timeout.
-            pacing = len(batch) / gate.limiter.rate if gate.limiter is not None else 0.0
             try:
-                results = await self.plugins.send(
-                    channel.type, info, recipients, gate, config.sending_timeout + pacing
-                )
-                outcomes = self._outcomes(batch, results, config)
+                outcomes = await self._send(info, channel.transports, batch, recipients, gate, config)
             except PluginCallError as exc:
                 await self._record(
                     key,
@@ -381,15 +401,101 @@ class Engine:
                 return
             finally:
                 renewing.cancel()
-            await self._record(key, outcomes)
-            started = [r for r in results if r.status != SendStatus.NOT_STARTED]
-            if started and all(r.fatal for r in started):
-                await self.fail(
-                    campaign_id, channel_id, "TRANSPORT_FAILED", started[-1].error or "transport failure"
-                )
+            await self._record(key, outcomes.outcomes)
+            if outcomes.fatal:
+                await self.fail(campaign_id, channel_id, "TRANSPORT_FAILED", outcomes.fatal)
                 return
             if await self._guard(key, record):
                 return
+
+    def _targets(self, info: ChannelInfo, shares: list[dict[str, Any]]) -> list[tuple[Transport, int]] | None:
+        declared = self.plugins.types.get(info.type)
+        if declared is None or not declared.uses_transports:
+            return None
+        return self.plugins.transports_for(info.type, shares)
+
+    async def _send(
+        self,
+        info: ChannelInfo,
+        shares: list[dict[str, Any]],
+        batch: list[store.Leased],
+        recipients: list[Recipient],
+        gate: ChannelGate,
+        config: EngineSettings,
+    ) -> _BatchOutcome:
+        """Send a batch, through the channel's transports when its type has them."""
+        targets = self._targets(info, shares)
+        if targets is None:
+            results = await self.plugins.send(
+                info.type, info, recipients, gate, self._allowance(batch, gate, config)
+            )
+            outcomes = self._outcomes(batch, results, config)
+            started = [r for r in results if r.status != SendStatus.NOT_STARTED]
+            fatal = (
+                started[-1].error or "transport failure" if started and all(r.fatal for r in started) else ""
+            )
+            return _BatchOutcome(outcomes, fatal)
+        chosen = route([r.address for r in recipients], targets, self.transports.usable)
+        groups: dict[str, tuple[Transport, list[Recipient]]] = {}
+        unrouted: list[Recipient] = []
+        for recipient, transport in zip(recipients, chosen, strict=True):
+            if transport is None:
+                unrouted.append(recipient)
+            else:
+                groups.setdefault(transport.name, (transport, []))[1].append(recipient)
+        sent = await asyncio.gather(
+            *(self._send_through(info, t, group, gate, config) for t, group in groups.values())
+        )
+        results = [r for part in sent for r in part]
+        # No transport usable: they wait, unattempted, for one to come back.
+        results += [SendResult(r.message_id, SendStatus.NOT_STARTED) for r in unrouted]
+        via = {r.message_id: t.name for t, group in groups.values() for r in group}
+        names = [t.name for t, _ in targets]
+        failover = any(self.transports.usable(n) for n in names)
+        outcomes = self._outcomes(batch, results, config, via=via, requeue_down=failover)
+        fatal = ""
+        if all(self.transports.fatal(n) for n in names):
+            fatal = "; ".join(f"{n}: {self.transports.fatal(n)}" for n in names)
+        return _BatchOutcome(outcomes, fatal)
+
+    async def _send_through(
+        self,
+        info: ChannelInfo,
+        transport: Transport,
+        recipients: list[Recipient],
+        gate: ChannelGate,
+        config: EngineSettings,
+    ) -> list[SendResult]:
+        try:
+            async with self.transports.use(transport) as opened:
+                through = TransportGate(gate, opened.limiter)
+                rate = min(
+                    (lim.rate for lim in (opened.limiter, gate.limiter) if lim is not None), default=0.0
+                )
+                seconds = config.sending_timeout + (len(recipients) / rate if rate else 0.0)
+                results = await self.plugins.send(
+                    info.type, info, recipients, through, seconds, transport=transport, client=opened.client
+                )
+        except PluginCallError as exc:
+            if "opening transport" not in str(exc):
+                raise
+            self.transports.rest(transport.name, str(exc))
+            return [
+                SendResult(r.message_id, SendStatus.RETRY, error=str(exc)[:2000], transport_down=True)
+                for r in recipients
+            ]
+        started = [r for r in results if r.status != SendStatus.NOT_STARTED]
+        if started and all(r.fatal for r in started):
+            self.transports.fail(transport.name, started[-1].error)
+        elif any(r.transport_down for r in started):
+            self.transports.rest(transport.name, next(r.error for r in started if r.transport_down))
+        return results
+
+    @staticmethod
+    def _allowance(batch: list[store.Leased], gate: ChannelGate, config: EngineSettings) -> float:
+        # Time spent waiting for the rate is not the plugin's: allow for it on top of the timeout.
+        pacing = len(batch) / gate.limiter.rate if gate.limiter is not None else 0.0
+        return config.sending_timeout + pacing
 
     async def _open_zones(self, key: Key, row: Any) -> list[str | None] | None:
         window_record = row.send_window or self.plugins.default_window(row.type)
@@ -416,8 +522,17 @@ class Engine:
             await self.db.write(functools.partial(store.renew, owner=self.owner, ids=ids, expiry=expiry))
 
     def _outcomes(
-        self, batch: list[store.Leased], results: Iterable[SendResult], config: EngineSettings
+        self,
+        batch: list[store.Leased],
+        results: Iterable[SendResult],
+        config: EngineSettings,
+        *,
+        via: dict[int, str] | None = None,
+        requeue_down: bool = False,
     ) -> list[store.Outcome]:
+        """What to record for each message; with `requeue_down`, a message its transport could not
+        take waits again, unattempted, to go through another transport."""
+        via = via or {}
         results = list(results)
         if not all(isinstance(r, SendResult) for r in results):
             raise PluginCallError("the plugin returned something other than SendResult objects")
@@ -431,7 +546,9 @@ class Engine:
                 outcomes.append(
                     store.Outcome(message.id, "failed", error="the plugin gave no result", reason="no_result")
                 )
-            elif result.status == SendStatus.NOT_STARTED:
+            elif result.status == SendStatus.NOT_STARTED or (
+                requeue_down and (result.transport_down or result.fatal) and result.status == SendStatus.RETRY
+            ):
                 outcomes.append(store.Outcome(message.id, "queued"))
             elif result.status == SendStatus.RETRY and attempt < config.max_attempts:
                 delay = config.retry_delay * 2 ** (attempt - 1)
@@ -454,7 +571,7 @@ class Engine:
                 )
                 reason = result.reason or ("rejected" if state == "failed" else "")
                 outcomes.append(store.Outcome(message.id, state, result.provider_id, result.error, reason))
-        return outcomes
+        return [dataclasses.replace(o, transport=via.get(o.id)) if o.id in via else o for o in outcomes]
 
     async def _record(self, key: Key, outcomes: list[store.Outcome]) -> None:
         campaign_id, channel_id = key
@@ -484,8 +601,8 @@ class Engine:
                 (self.clock.monotonic(), len(finished))
             )
             channel_type = self._types.get(key, "")
-            for state, n in collections.Counter(o.state for o in finished).items():
-                metrics.MESSAGES.labels(channel_type, "default", state).inc(n)
+            for (state, via), n in collections.Counter((o.state, o.transport) for o in finished).items():
+                metrics.MESSAGES.labels(channel_type, via or "default", state).inc(n)
         self.hub.publish(campaign_id)
 
     async def _guard(self, key: Key, record: CampaignRecord) -> bool:

@@ -8,7 +8,7 @@ specifications in `campaignd.plugin.hookspecs`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -36,6 +36,9 @@ class ContentField:
     required: bool = False
     max_length: int = 100_000
     description: str = ""
+    # For options read from the daemon's config: the value is given as a secret source
+    # (`{ file = "..." }` or `{ env = "..." }`) and reaches the plugin as the secret's text.
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,12 @@ class ChannelType:
     # The send window used when a channel sets none, in SendWindow's stored form
     # ({"days": [...], "start_time": "HH:MM", "end_time": "HH:MM"}); None means any time.
     default_window: Mapping[str, Any] | None = None
+    # Options of the type as a whole, from the config's [channel_types.<name>] table.
+    options: tuple[ContentField, ...] = ()
+    # Whether channels of this type send through transports defined in the config's
+    # [transports.<name>] tables, and the options such a transport takes.
+    uses_transports: bool = False
+    transport_options: tuple[ContentField, ...] = ()
 
     def field(self, name: str) -> ContentField | None:
         """The declared field called `name`, if any."""
@@ -58,6 +67,22 @@ class ChannelType:
 
 
 Content = dict[str, Any]
+Options = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Transport:
+    """A transport from the config: how a channel type reaches its provider (e.g. one SMTP relay).
+
+    `rate` is its messages per second (0: no limit), which the gate enforces; `concurrency` is how
+    many sends it may have in flight at once, which the plugin must not exceed.
+    """
+
+    name: str
+    channel_type: str
+    rate: float
+    concurrency: int
+    options: Options
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,16 @@ class Recipient:
     attempt: int
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """One message as it would be sent: a one-line `summary` (e.g. the subject), a readable `text`,
+    and the bytes a provider would receive."""
+
+    summary: str
+    text: str
+    data: bytes = b""
+
+
 class SendStatus(enum.StrEnum):
     """What became of one message."""
 
@@ -92,8 +127,13 @@ class SendStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SendResult:
-    """The result of one message. `fatal` marks an error of the transport itself (e.g. refused
-    authentication) rather than of this message."""
+    """The result of one message.
+
+    `transport_down`: the transport could not be reached (connection refused or dropped before
+    the message was accepted), so the message was not handed over; the daemon rests the transport
+    and sends through another one. `fatal`: the transport is unusable until an operator acts
+    (e.g. refused authentication); a channel whose every transport is fatal fails.
+    """
 
     message_id: int
     status: SendStatus
@@ -101,6 +141,40 @@ class SendResult:
     error: str = ""
     reason: str = ""
     fatal: bool = False
+    transport_down: bool = False
+
+
+class EventKind(enum.StrEnum):
+    """What an inbound event says about a message or an address (SPEC §5)."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    BOUNCED = "bounced"  # a hard bounce: the address is suppressed
+    OPENED = "opened"
+    CLICKED = "clicked"
+    COMPLAINED = "complained"  # the address is suppressed
+    UNSUBSCRIBED = "unsubscribed"  # the address is suppressed
+    OPTED_OUT = "opted_out"  # e.g. an SMS "STOP"; the address is suppressed
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    """An event a provider reported: about a sent message (found by `provider_id`) or about an
+    `address` (an opt-out that answers no particular message)."""
+
+    kind: EventKind
+    provider_id: str = ""
+    address: str = ""
+    detail: str = ""
+
+
+class EventSink(Protocol):
+    """Where a transport reports inbound events; the daemon applies them to messages and
+    suppressions."""
+
+    async def record(self, channel_type: str, events: Sequence[InboundEvent]) -> None:
+        """Apply events; returns once they are stored."""
+        ...
 
 
 class Gate(Protocol):
@@ -121,11 +195,17 @@ __all__ = [
     "Content",
     "ContentField",
     "EditPolicy",
+    "EventKind",
+    "EventSink",
     "FieldViolation",
     "Gate",
+    "InboundEvent",
+    "Options",
     "Recipient",
+    "Rendered",
     "SendResult",
     "SendStatus",
+    "Transport",
     "hookimpl",
     "hookspec",
 ]

@@ -8,16 +8,21 @@ without breaking older plugins.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
+from typing import Any
 
 from campaignd.plugin import (
     ChannelInfo,
     ChannelSemantics,
     ChannelType,
     Content,
+    EventSink,
     FieldViolation,
     Gate,
+    Options,
     Recipient,
+    Rendered,
     SendResult,
+    Transport,
     hookspec,
 )
 
@@ -46,23 +51,88 @@ def campaignd_channel_semantics(channel_type: str) -> ChannelSemantics | None:
 
 
 @hookspec
-def campaignd_validate_channel(channel_type: str, content: Content, launching: bool) -> list[FieldViolation]:
+def campaignd_validate_options(
+    channel_type: str, options: Options, transport: str | None
+) -> list[FieldViolation]:
+    """Return every problem with options from the config, or an empty list.
+
+    Called at start, by `campaignd check-config` and on reload, once for the type's own options
+    (`transport` None: the `[channel_types.<type>]` table) and once per transport of the type
+    (`transport` its name: the `[transports.<name>.options]` table). The daemon has already
+    checked the declared fields and read the secrets. Paths are relative to the table, e.g.
+    `port`. A problem stops the start, or makes a reload keep the old config.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def campaignd_validate_channel(
+    channel_type: str, content: Content, launching: bool, options: Options
+) -> list[FieldViolation]:
     """Return every problem with a channel's content, or an empty list.
 
     Called when a channel is created or changed (`launching` False: content may still be
     incomplete) and before it is scheduled or launched (`launching` True: it must be complete).
     The daemon has already checked the fields declared by the channel type (required, kind,
-    length); this hook adds the type's own rules. Field paths are relative to the content,
+    length); this hook adds the type's own rules, such as a template that does not compile.
+    `options` are the type's options from the config. Field paths are relative to the content,
     e.g. `subject`. Plugins return an empty list for channel types that are not theirs.
     """
     raise NotImplementedError
 
 
 @hookspec(firstresult=True)
+def campaignd_render(
+    channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options
+) -> Rendered | None:
+    """Render the message `recipient` would get from `channel`; None when the type is not yours.
+
+    Used for previews and test sends; it must do no I/O. A template error is raised as
+    ValueError with a message fit for the client, who gets it as INVALID_ARGUMENT.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def campaignd_open_transport(
+    channel_type: str, transport: Transport, events: EventSink
+) -> Awaitable[Any] | None:
+    """Open a transport of your type; None at once when the type is not yours.
+
+    Otherwise return an awaitable giving the open transport: whatever object the plugin wants
+    back, e.g. a pool of connections, which `campaignd_send` receives as `client`. The daemon
+    opens a transport when a channel first sends through it, keeps it open while the daemon
+    runs, and closes it at shutdown or when a reload changes it. Connect lazily if you like;
+    failing here makes the batch's messages RETRY with the transport rested. Inbound events the
+    transport receives (receipts, replies) go to `events`.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def campaignd_close_transport(channel_type: str, transport: Transport, client: Any) -> Awaitable[None] | None:
+    """Close what `campaignd_open_transport` opened; None at once when the type is not yours.
+
+    Called once no batch uses `client` any more. Errors are logged and otherwise ignored.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
 def campaignd_send(
-    channel_type: str, channel: ChannelInfo, recipients: Sequence[Recipient], gate: Gate
+    channel_type: str,
+    channel: ChannelInfo,
+    recipients: Sequence[Recipient],
+    gate: Gate,
+    transport: Transport | None,
+    client: Any,
+    options: Options,
 ) -> Awaitable[Sequence[SendResult]] | None:
     """Send a batch of messages of `channel_type`; return None at once when the type is not yours.
+
+    For a type that uses transports, every recipient of the batch goes through `transport`, whose
+    open form (`campaignd_open_transport`) is `client`; keep at most `transport.concurrency` sends
+    in flight. Types without transports get None for both. `options` are the type's options.
 
     Otherwise return an awaitable (e.g. call an ``async def``) that gives one SendResult per
     recipient. Before starting each message, ``await gate.admit()``; when it returns True start

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.metadata
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+from pydantic import ValidationError
 
 from campaignd import logs
+from campaignd.config import ConfigError, Problem, SecretSource, Settings
 from campaignd.errors import FieldViolation
 from campaignd.lifecycle import DEFAULT_SEMANTICS, ChannelSemantics
 from campaignd.plugin import (
@@ -18,9 +22,14 @@ from campaignd.plugin import (
     ChannelInfo,
     ChannelType,
     Content,
+    ContentField,
+    EventSink,
     Gate,
+    Options,
     Recipient,
+    Rendered,
     SendResult,
+    Transport,
     hookspecs,
 )
 
@@ -43,12 +52,31 @@ class PluginCallError(Exception):
     """A plugin failed while working for a channel; the channel fails, never the daemon."""
 
 
+@dataclass(frozen=True)
+class PluginConfig:
+    """What the config says to the plugins: the transports, and each channel type's options."""
+
+    transports: Mapping[str, Transport] = field(default_factory=dict)
+    options: Mapping[str, Options] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadedPlugin:
+    """A loaded plugin: its name, the distribution and version it came from, the types it declares."""
+
+    name: str
+    distribution: str
+    version: str
+    channel_types: tuple[str, ...]
+
+
 class Plugins:
-    """The loaded plugins and the channel types they declare."""
+    """The loaded plugins, the channel types they declare, and the config they were given."""
 
     def __init__(self, extra_modules: Iterable[str] = (), *, entry_points: bool = True) -> None:
         self.manager = pluggy.PluginManager(PROJECT)
         self.manager.add_hookspecs(hookspecs)
+        self.config = PluginConfig()
         try:
             self._load(extra_modules, entry_points=entry_points)
         except PluginError:
@@ -69,13 +97,166 @@ class Plugins:
             if not self.manager.is_registered(module):
                 self.manager.register(module, name=name)
         self.types: dict[str, ChannelType] = {}
-        for declared in self.manager.hook.campaignd_channel_types():
+        self.loaded: list[LoadedPlugin] = []
+        distributions = {id(p): d for p, d in self.manager.list_plugin_distinfo()}
+        for plugin in self.manager.get_plugins():
+            impl = getattr(plugin, "campaignd_channel_types", None)
+            declared: list[ChannelType] = list(impl()) if impl is not None else []
             for channel_type in declared:
+                if not isinstance(channel_type, ChannelType):
+                    raise PluginError(f"plugin {self.manager.get_name(plugin)} declared {channel_type!r}")
                 if channel_type.name in self.types:
                     raise PluginError(f"channel type {channel_type.name!r} is declared by two plugins")
                 self.types[channel_type.name] = channel_type
+            dist = distributions.get(id(plugin))
+            self.loaded.append(
+                LoadedPlugin(
+                    name=self.manager.get_name(plugin) or repr(plugin),
+                    distribution=dist.project_name if dist is not None else "",
+                    version=dist.version if dist is not None else _module_version(plugin),
+                    channel_types=tuple(t.name for t in declared),
+                )
+            )
         # A hook implementation whose name or arguments match no specification is a plugin bug.
         self.manager.check_pending()
+
+    def configure(self, settings: Settings) -> None:
+        """Take the transports and channel-type options of `settings`; ConfigError if any is bad."""
+        self.config = self.check_config(settings)
+
+    def check_config(self, settings: Settings) -> PluginConfig:
+        """Check the plugin parts of `settings` against the loaded plugins; every problem at once."""
+        problems: list[Problem] = []
+        options: dict[str, Options] = {}
+        for name in sorted(set(settings.channel_types) - set(self.types)):
+            problems.append(
+                Problem(f"channel_types.{name}", f"no loaded plugin declares channel type {name!r}")
+            )
+        for name, declared in self.types.items():
+            raw = settings.channel_types.get(name, {})
+            options[name] = self._options(
+                declared, declared.options, raw, f"channel_types.{name}", None, problems
+            )
+        transports: dict[str, Transport] = {}
+        for name, transport in settings.transports.items():
+            path = f"transports.{name}"
+            declared_type = self.types.get(transport.type)
+            if declared_type is None:
+                problems.append(
+                    Problem(f"{path}.type", f"no loaded plugin declares channel type {transport.type!r}")
+                )
+                continue
+            if not declared_type.uses_transports:
+                problems.append(
+                    Problem(f"{path}.type", f"channel type {transport.type!r} uses no transports")
+                )
+                continue
+            resolved = self._options(
+                declared_type,
+                declared_type.transport_options,
+                transport.options,
+                f"{path}.options",
+                name,
+                problems,
+            )
+            transports[name] = Transport(
+                name, transport.type, transport.rate, transport.concurrency, resolved
+            )
+        if problems:
+            raise ConfigError(problems)
+        return PluginConfig(transports, options)
+
+    def _options(
+        self,
+        declared: ChannelType,
+        fields: Sequence[ContentField],
+        raw: Mapping[str, Any],
+        path: str,
+        transport: str | None,
+        problems: list[Problem],
+    ) -> Options:
+        found = len(problems)
+        values: dict[str, Any] = {}
+        by_name = {f.name: f for f in fields}
+        for key, value in raw.items():
+            spec = by_name.get(key)
+            if spec is None:
+                problems.append(Problem(f"{path}.{key}", "unknown key"))
+            elif spec.secret:
+                values[key] = _read_secret(value, f"{path}.{key}", problems)
+            elif not _is_kind(value, spec.kind):
+                problems.append(Problem(f"{path}.{key}", f"must be a {spec.kind}"))
+            elif isinstance(value, str) and len(value) > spec.max_length:
+                problems.append(Problem(f"{path}.{key}", f"longer than {spec.max_length} characters"))
+            else:
+                values[key] = value
+        for spec in fields:
+            if spec.required and key_missing(raw, spec.name):
+                problems.append(Problem(f"{path}.{spec.name}", "required"))
+        if len(problems) > found:
+            return values
+        try:
+            answers = self.manager.hook.campaignd_validate_options(
+                channel_type=declared.name, options=values, transport=transport
+            )
+        except Exception as exc:
+            problems.append(Problem(path, f"the {declared.name} plugin failed checking it: {exc}"))
+            return values
+        for answer in answers:
+            problems.extend(Problem(f"{path}.{v.field}", v.description) for v in answer)
+        return values
+
+    def transports_for(
+        self, channel_type: str, shares: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Transport, int]]:
+        """The transports a channel sends through with their percentages: the ones it names, or
+        else every configured transport of its type in equal shares."""
+        transports = self.config.transports
+        if shares:
+            return [
+                (transports[s["transport"]], int(s["percent"]))
+                for s in shares
+                if s["transport"] in transports
+            ]
+        mine = [t for t in transports.values() if t.channel_type == channel_type]
+        return [(t, 100 // len(mine) + (1 if i < 100 % len(mine) else 0)) for i, t in enumerate(mine)]
+
+    def check_transports(
+        self, channel_type: str, shares: Sequence[Mapping[str, Any]], *, launching: bool
+    ) -> list[FieldViolation]:
+        """Problems with a channel's transport shares against the configured transports; at
+        launch also that a channel naming none has a configured transport of its type."""
+        declared = self.types.get(channel_type)
+        if declared is None or not declared.uses_transports:
+            return (
+                [FieldViolation("transports", f"channel type {channel_type!r} uses no transports")]
+                if shares
+                else []
+            )
+        problems = []
+        for index, share in enumerate(shares):
+            transport = self.config.transports.get(share["transport"])
+            if transport is None:
+                problems.append(
+                    FieldViolation(
+                        f"transports[{index}].transport",
+                        f"no transport {share['transport']!r} in the daemon's configuration",
+                    )
+                )
+            elif transport.channel_type != channel_type:
+                problems.append(
+                    FieldViolation(
+                        f"transports[{index}].transport",
+                        f"transport {transport.name!r} serves type {transport.channel_type!r}",
+                    )
+                )
+        if launching and not shares and not self.transports_for(channel_type, ()):
+            problems.append(
+                FieldViolation(
+                    "transports", f"no transport of type {channel_type!r} is configured in the daemon"
+                )
+            )
+        return problems
 
     def semantics(self, channel_type: str) -> ChannelSemantics:
         """The type's §6.3 lifecycle choices; the defaults for a type no plugin answers for."""
@@ -96,11 +277,19 @@ class Plugins:
         recipients: Sequence[Recipient],
         gate: Gate,
         seconds: float,
+        transport: Transport | None = None,
+        client: Any = None,
     ) -> list[SendResult]:
         """Hand a batch to the plugin of `channel_type`; any error of the plugin is a PluginCallError."""
         try:
             awaitable = self.manager.hook.campaignd_send(
-                channel_type=channel_type, channel=channel, recipients=recipients, gate=gate
+                channel_type=channel_type,
+                channel=channel,
+                recipients=recipients,
+                gate=gate,
+                transport=transport,
+                client=client,
+                options=self.config.options.get(channel_type, {}),
             )
             if awaitable is None:
                 raise PluginCallError(f"no loaded plugin sends channel type {channel_type!r}")
@@ -121,10 +310,62 @@ class Plugins:
             ]
         problems = _check_declared(declared, content, launching=launching)
         for found in self.manager.hook.campaignd_validate_channel(
-            channel_type=channel_type, content=content, launching=launching
+            channel_type=channel_type,
+            content=content,
+            launching=launching,
+            options=self.config.options.get(channel_type, {}),
         ):
             problems.extend(found)
         return problems
+
+    def render(self, channel: ChannelInfo, recipient: Recipient) -> Rendered:
+        """The message `recipient` would get; ValueError for a content problem, PluginCallError
+        when the plugin fails otherwise or renders nothing."""
+        try:
+            rendered = self.manager.hook.campaignd_render(
+                channel_type=channel.type,
+                channel=channel,
+                recipient=recipient,
+                options=self.config.options.get(channel.type, {}),
+            )
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise PluginCallError(f"the {channel.type} plugin failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(rendered, Rendered):
+            raise PluginCallError(f"channel type {channel.type!r} cannot render messages")
+        return rendered
+
+    async def open_transport(self, transport: Transport, events: EventSink, seconds: float) -> Any:
+        """Open `transport` through its plugin; PluginCallError when that fails or takes too long."""
+        try:
+            awaitable = self.manager.hook.campaignd_open_transport(
+                channel_type=transport.channel_type, transport=transport, events=events
+            )
+            if awaitable is None:
+                raise PluginCallError(f"no loaded plugin opens transports of type {transport.channel_type!r}")
+            return await asyncio.wait_for(awaitable, seconds)
+        except PluginCallError:
+            raise
+        except TimeoutError:
+            raise PluginCallError(f"opening transport {transport.name} took over {seconds:g} s") from None
+        except Exception as exc:
+            raise PluginCallError(
+                f"opening transport {transport.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def close_transport(self, transport: Transport, client: Any, seconds: float) -> None:
+        """Close an open transport; errors are logged, never raised."""
+        try:
+            awaitable = self.manager.hook.campaignd_close_transport(
+                channel_type=transport.channel_type, transport=transport, client=client
+            )
+            if awaitable is not None:
+                await asyncio.wait_for(awaitable, seconds)
+        except Exception as exc:
+            log.warning(
+                "closing a transport failed", transport=transport.name, error=f"{type(exc).__name__}: {exc}"
+            )
 
 
 def _check_declared(declared: ChannelType, content: Content, *, launching: bool) -> list[FieldViolation]:
@@ -140,9 +381,39 @@ def _check_declared(declared: ChannelType, content: Content, *, launching: bool)
             problems.append(FieldViolation(key, f"longer than {spec.max_length} characters"))
     if launching:
         for spec in declared.fields:
-            if spec.required and content.get(spec.name) in (None, "", [], {}):
+            if spec.required and key_missing(content, spec.name):
                 problems.append(FieldViolation(spec.name, "required"))
     return problems
+
+
+def key_missing(values: Mapping[str, Any], key: str) -> bool:
+    """Whether a required key is missing or empty."""
+    return values.get(key) in (None, "", [], {})
+
+
+def _read_secret(value: Any, path: str, problems: list[Problem]) -> str:
+    try:
+        source = SecretSource.model_validate(value)
+        return source.read().get_secret_value()
+    except ValidationError as exc:
+        problems.extend(
+            Problem(
+                f"{path}.{'.'.join(str(p) for p in e['loc'])}".rstrip("."),
+                e["msg"].removeprefix("Value error, "),
+            )
+            for e in exc.errors()
+        )
+    except ConfigError as exc:
+        problems.extend(Problem(f"{path}.{p.path}", p.message) for p in exc.problems)
+    return ""
+
+
+def _module_version(plugin: object) -> str:
+    module = getattr(plugin, "__name__", "")
+    try:
+        return importlib.metadata.version(module.split(".")[0]) if module else ""
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(plugin, "__version__", ""))
 
 
 def _is_kind(value: Any, kind: str) -> bool:

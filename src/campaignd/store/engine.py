@@ -45,6 +45,7 @@ class Outcome:
     error: str = ""
     reason: str = ""
     next_attempt_time: dt.datetime | None = None
+    transport: str | None = None  # the transport it went through, when its type uses transports
 
 
 # -- counters -------------------------------------------------------------------------------------
@@ -196,6 +197,7 @@ def record(
             last_error=sa.bindparam("error"),
             reason=sa.bindparam("why"),
             next_attempt_time=sa.bindparam("next_at"),
+            transport=sa.func.coalesce(sa.bindparam("via", type_=sa.String), messages.c.transport),
             attempts=messages.c.attempts + sa.bindparam("tried"),
             lease_owner=None,
             lease_expiry=None,
@@ -209,6 +211,7 @@ def record(
                 "error": o.error or None,
                 "why": o.reason or None,
                 "next_at": o.next_attempt_time,
+                "via": o.transport,
                 # A message handed back unstarted was not attempted.
                 "tried": 0 if o.state == "queued" else 1,
             }
@@ -331,6 +334,14 @@ def contact_fields(conn: Connection, pks: Sequence[int]) -> dict[int, dict[str, 
     return found
 
 
+def contacts_by_address(conn: Connection, kind: str, addresses: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Contacts by their email address or phone number (`kind`), as dicts for rendering."""
+    column = contacts.c.email if kind == "email" else contacts.c.phone
+    rows = conn.execute(sa.select(contacts.c.id, column.label("key")).where(column.in_(list(addresses))))
+    by_pk = {r.id: r.key for r in rows}
+    return {by_pk[pk]: fields for pk, fields in contact_fields(conn, list(by_pk)).items()}
+
+
 def queue_depths(conn: Connection) -> dict[str, int]:
     """Messages waiting (queued or retrying) in running channels, per channel type."""
     rows = conn.execute(
@@ -356,3 +367,49 @@ def slot_holders(conn: Connection, channel_type: str) -> set[str]:
         .distinct()
     )
     return {r.campaign_id for r in rows}
+
+
+# -- inbound events -------------------------------------------------------------------------------
+
+# Which states an event may move a message from, and to which state.
+EVENT_MOVES: Mapping[str, tuple[tuple[str, ...], str]] = {
+    "delivered": (("sent", "assumed_delivered"), "delivered"),
+    "failed": (("sent", "assumed_delivered"), "failed"),
+    "bounced": (("sent", "assumed_delivered", "delivered"), "failed"),
+}
+
+
+def apply_event(
+    conn: Connection, provider_id: str, kind: str, detail: str, now: dt.datetime
+) -> list[tuple[str, str]]:
+    """Move the messages a provider knows as `provider_id` as event `kind` says; returns the
+    (campaign id, channel id) pairs whose messages moved."""
+    frm, to = EVENT_MOVES.get(kind, ((), ""))
+    rows = conn.execute(
+        sa.select(messages.c.id, messages.c.campaign_id, messages.c.channel_id, messages.c.state).where(
+            messages.c.provider_id == provider_id
+        )
+    ).all()
+    changed = []
+    for row in rows:
+        if row.state in frm:
+            conn.execute(
+                messages.update()
+                .where(messages.c.id == row.id)
+                .values(
+                    state=to,
+                    reason=kind if to == "failed" else None,
+                    last_error=detail or None,
+                    update_time=now,
+                )
+            )
+            add_counts(conn, row.campaign_id, row.channel_id, {row.state: -1, to: 1})
+        elif kind not in EVENT_MOVES:
+            # Engagement (opened, clicked, complained, ...) is kept as the message's outcome.
+            conn.execute(
+                messages.update().where(messages.c.id == row.id).values(outcome=kind, update_time=now)
+            )
+        else:
+            continue
+        changed.append((row.campaign_id, row.channel_id))
+    return changed

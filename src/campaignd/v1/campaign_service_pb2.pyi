@@ -1067,3 +1067,156 @@ class WatchCampaignResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchCampaignResponse: _TypeAlias = WatchCampaignResponse  # noqa: Y015
+
+@_typing.final
+class ListChannelTypesRequest(_message.Message):
+    """Request for ListChannelTypes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChannelTypesRequest: _TypeAlias = ListChannelTypesRequest  # noqa: Y015
+
+@_typing.final
+class ListChannelTypesResponse(_message.Message):
+    """Response for ListChannelTypes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_TYPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def channel_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelTypeInfo]:
+        """Every channel type the daemon can send, sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        channel_types: _abc.Iterable[Global___ChannelTypeInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_types", b"channel_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChannelTypesResponse: _TypeAlias = ListChannelTypesResponse  # noqa: Y015
+
+@_typing.final
+class ChannelTypeInfo(_message.Message):
+    """A channel type as its plugin declares it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PLUGIN_FIELD_NUMBER: _builtins.int
+    DISTRIBUTION_FIELD_NUMBER: _builtins.int
+    DISTRIBUTION_VERSION_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELDS_FIELD_NUMBER: _builtins.int
+    RESTARTABLE_FIELD_NUMBER: _builtins.int
+    EDIT_WHILE_SCHEDULED_FIELD_NUMBER: _builtins.int
+    USES_TRANSPORTS_FIELD_NUMBER: _builtins.int
+    TRANSPORTS_FIELD_NUMBER: _builtins.int
+    DEFAULT_WINDOW_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name channels give as their `type`."""
+    address: _builtins.str
+    """The contact field recipients are resolved by: "email" or "phone"."""
+    description: _builtins.str
+    """What the type does."""
+    version: _builtins.str
+    """The version the plugin declares for the type."""
+    plugin: _builtins.str
+    """The plugin that provides it: its name, and the distribution and version it was installed as."""
+    distribution: _builtins.str
+    distribution_version: _builtins.str
+    restartable: _builtins.bool
+    """Whether a STOPPED channel of this type may be restarted (SPEC §6.3)."""
+    edit_while_scheduled: _builtins.str
+    """What editing a SCHEDULED channel does: "return_to_draft", "schedule_only" or "settings_and_schedule"."""
+    uses_transports: _builtins.bool
+    """Whether channels of this type send through configured transports, and which are configured."""
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities, e.g. "receipts"."""
+
+    @_builtins.property
+    def content_fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentFieldInfo]:
+        """The fields a channel's content may have."""
+
+    @_builtins.property
+    def transports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def default_window(self) -> _resources_pb2.SendWindow:
+        """The send window a channel that sets none gets; unset means any time."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        description: _builtins.str = ...,
+        version: _builtins.str = ...,
+        plugin: _builtins.str = ...,
+        distribution: _builtins.str = ...,
+        distribution_version: _builtins.str = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        content_fields: _abc.Iterable[Global___ContentFieldInfo] | None = ...,
+        restartable: _builtins.bool = ...,
+        edit_while_scheduled: _builtins.str = ...,
+        uses_transports: _builtins.bool = ...,
+        transports: _abc.Iterable[_builtins.str] | None = ...,
+        default_window: _resources_pb2.SendWindow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_window", b"default_window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capabilities", b"capabilities", "content_fields", b"content_fields", "default_window", b"default_window", "description", b"description", "distribution", b"distribution", "distribution_version", b"distribution_version", "edit_while_scheduled", b"edit_while_scheduled", "name", b"name", "plugin", b"plugin", "restartable", b"restartable", "transports", b"transports", "uses_transports", b"uses_transports", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelTypeInfo: _TypeAlias = ChannelTypeInfo  # noqa: Y015
+
+@_typing.final
+class ContentFieldInfo(_message.Message):
+    """One field of a channel type's content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The key in `content`."""
+    kind: _builtins.str
+    """"string", "number", "bool", "object" or "list"."""
+    required: _builtins.bool
+    """Whether launching needs it."""
+    description: _builtins.str
+    """What it is for."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        required: _builtins.bool = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind", "name", b"name", "required", b"required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContentFieldInfo: _TypeAlias = ContentFieldInfo  # noqa: Y015

@@ -153,6 +153,11 @@ class CampaignServiceStub:
                 request_serializer=campaignd_dot_v1_dot_campaign__service__pb2.WatchCampaignRequest.SerializeToString,
                 response_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.WatchCampaignResponse.FromString,
                 _registered_method=True)
+        self.ListChannelTypes = channel.unary_unary(
+                '/campaignd.v1.CampaignService/ListChannelTypes',
+                request_serializer=campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesRequest.SerializeToString,
+                response_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -323,6 +328,13 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListChannelTypes(self, request, context):
+        """The channel types the loaded plugins provide, with their plugins, versions and capabilities.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -440,6 +452,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.WatchCampaign,
                     request_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.WatchCampaignRequest.FromString,
                     response_serializer=campaignd_dot_v1_dot_campaign__service__pb2.WatchCampaignResponse.SerializeToString,
+            ),
+            'ListChannelTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChannelTypes,
+                    request_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesRequest.FromString,
+                    response_serializer=campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1066,6 +1083,33 @@ class CampaignService:
             '/campaignd.v1.CampaignService/WatchCampaign',
             campaignd_dot_v1_dot_campaign__service__pb2.WatchCampaignRequest.SerializeToString,
             campaignd_dot_v1_dot_campaign__service__pb2.WatchCampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChannelTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignd.v1.CampaignService/ListChannelTypes',
+            campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesRequest.SerializeToString,
+            campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,8 @@ class CampaignServiceStub:
     """Streams the campaign and its report: a full snapshot first, then an update on every state
     change and at least every second while anything changes.
     """
+    ListChannelTypes: _grpc.UnaryUnaryMultiCallable[_campaign_service_pb2.ListChannelTypesRequest, _campaign_service_pb2.ListChannelTypesResponse]
+    """The channel types the loaded plugins provide, with their plugins, versions and capabilities."""
 
 @_typing.type_check_only
 class CampaignServiceAsyncStub(CampaignServiceStub):
@@ -142,6 +144,8 @@ class CampaignServiceAsyncStub(CampaignServiceStub):
     """Streams the campaign and its report: a full snapshot first, then an update on every state
     change and at least every second while anything changes.
     """
+    ListChannelTypes: _aio.UnaryUnaryMultiCallable[_campaign_service_pb2.ListChannelTypesRequest, _campaign_service_pb2.ListChannelTypesResponse]  # type: ignore[assignment]
+    """The channel types the loaded plugins provide, with their plugins, versions and capabilities."""
 
 class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages campaigns. Every lifecycle call acts on all channels of a campaign, or on one channel
@@ -334,5 +338,13 @@ class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the campaign and its report: a full snapshot first, then an update on every state
         change and at least every second while anything changes.
         """
+
+    @_abc_1.abstractmethod
+    def ListChannelTypes(
+        self,
+        request: _campaign_service_pb2.ListChannelTypesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaign_service_pb2.ListChannelTypesResponse, _abc.Awaitable[_campaign_service_pb2.ListChannelTypesResponse]]:
+        """The channel types the loaded plugins provide, with their plugins, versions and capabilities."""
 
 def add_CampaignServiceServicer_to_server(servicer: CampaignServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,213 @@
+"""The transports this daemon has open: their clients, rate limiters and health.
+
+A transport is opened through its plugin when a channel first sends through it and stays open
+while the daemon runs. A reload that changes a transport retires the open one: new batches get
+a fresh one, and the old one is closed once the batches using it have finished.
+
+Health: a transport that could not be reached rests for `[engine] transport_rest` seconds, during
+which its recipients go through the channel's other transports (failover). One that failed
+fatally (e.g. refused authentication) stays out until a reload or a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+from campaignd import logs
+from campaignd.clock import Clock
+from campaignd.engine.rates import RateLimiter
+from campaignd.plugin import ChannelInfo, EventSink, Recipient, SendResult, SendStatus, Transport
+from campaignd.plugin.manager import Plugins
+
+log = logs.get("campaignd.transports")
+OPEN_TIMEOUT = 30.0  # seconds a plugin may take to open or close a transport
+
+
+@dataclasses.dataclass(eq=False)
+class OpenTransport:
+    """One open transport and the batches using it."""
+
+    transport: Transport
+    client: Any
+    limiter: RateLimiter | None
+    users: int = 0
+    retired: bool = False
+
+
+@dataclasses.dataclass
+class _Health:
+    rest_until: float = 0.0
+    fatal: str = ""
+
+
+class Transports:
+    """Opens, shares, rests and closes the daemon's transports."""
+
+    def __init__(self, plugins: Plugins, events: EventSink, rest: Callable[[], float], clock: Clock) -> None:
+        self.plugins = plugins
+        self.events = events
+        self.rest_seconds = rest
+        self.clock = clock
+        self._open: dict[str, OpenTransport] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+        self._retired: list[OpenTransport] = []
+        self._health: dict[str, _Health] = {}
+
+    def usable(self, name: str) -> bool:
+        """Whether batches may go through `name` now: neither resting nor fatally failed."""
+        health = self._health.get(name)
+        return health is None or (not health.fatal and health.rest_until <= self.clock.monotonic())
+
+    def fatal(self, name: str) -> str:
+        """The error that took `name` out until a reload, or ""."""
+        health = self._health.get(name)
+        return health.fatal if health is not None else ""
+
+    def rest(self, name: str, error: str) -> None:
+        """Rest `name`: it could not be reached."""
+        health = self._health.setdefault(name, _Health())
+        if health.rest_until <= self.clock.monotonic():
+            log.warning(
+                "transport down; resting it", transport=name, seconds=self.rest_seconds(), error=error
+            )
+        health.rest_until = self.clock.monotonic() + self.rest_seconds()
+
+    def fail(self, name: str, error: str) -> None:
+        """Take `name` out until a reload: it failed in a way that retrying will not mend."""
+        health = self._health.setdefault(name, _Health())
+        if not health.fatal:
+            log.error("transport failed; not used until a reload", transport=name, error=error)
+        health.fatal = error or "transport failure"
+
+    @contextlib.asynccontextmanager
+    async def use(self, transport: Transport) -> AsyncIterator[OpenTransport]:
+        """The open form of `transport` for the length of a batch; PluginCallError if it cannot open."""
+        entry = await self._get(transport)
+        entry.users += 1
+        try:
+            yield entry
+        finally:
+            entry.users -= 1
+            if entry.retired and entry.users == 0:
+                await self._close(entry)
+
+    async def _get(self, transport: Transport) -> OpenTransport:
+        entry = self._open.get(transport.name)
+        if entry is not None and entry.transport == transport:
+            return entry
+        lock = self._opening.setdefault(transport.name, asyncio.Lock())
+        async with lock:
+            entry = self._open.get(transport.name)
+            if entry is not None and entry.transport == transport:
+                return entry
+            if entry is not None:
+                await self._retire(entry)
+            client = await self.plugins.open_transport(transport, self.events, OPEN_TIMEOUT)
+            limiter = RateLimiter(transport.rate, self.clock) if transport.rate > 0 else None
+            entry = self._open[transport.name] = OpenTransport(transport, client, limiter)
+            log.info("transport opened", transport=transport.name, type=transport.channel_type)
+            return entry
+
+    async def reconfigure(self) -> None:
+        """After a reload: retire transports whose config changed or went, forget fatal errors."""
+        self._health.clear()
+        configured = self.plugins.config.transports
+        for name, entry in list(self._open.items()):
+            if configured.get(name) != entry.transport:
+                del self._open[name]
+                await self._retire(entry)
+
+    async def _retire(self, entry: OpenTransport) -> None:
+        entry.retired = True
+        if entry.users == 0:
+            await self._close(entry)
+
+    async def _close(self, entry: OpenTransport) -> None:
+        if self._open.get(entry.transport.name) is entry:
+            del self._open[entry.transport.name]
+        await self.plugins.close_transport(entry.transport, entry.client, OPEN_TIMEOUT)
+        log.info("transport closed", transport=entry.transport.name)
+
+    async def close(self) -> None:
+        """Close every open transport (at shutdown, after the workers stopped)."""
+        for entry in list(self._open.values()):
+            await self._close(entry)
+
+
+def route(
+    addresses: Sequence[str], targets: Sequence[tuple[Transport, int]], usable: Callable[[str], bool]
+) -> list[Transport | None]:
+    """The transport for each address: by the percentage split, deterministic per address, and
+    failing over, in the order of `targets`, from an unusable transport to the next usable one.
+    None where no transport is usable."""
+    bounds = []
+    total = 0
+    for transport, percent in targets:
+        total += percent
+        bounds.append((total, transport))
+    live = [usable(t.name) for t, _ in targets]
+    chosen: list[Transport | None] = []
+    for address in addresses:
+        bucket = _bucket(address, total)
+        index = next(i for i, (bound, _) in enumerate(bounds) if bucket < bound)
+        for step in range(len(targets)):
+            candidate = (index + step) % len(targets)
+            if live[candidate]:
+                chosen.append(targets[candidate][0])
+                break
+        else:
+            chosen.append(None)
+    return chosen
+
+
+def _bucket(address: str, total: int) -> int:
+    # A hash, not Python's hash(): the same recipient must get the same transport in every process.
+    digest = hashlib.blake2b(address.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % max(total, 1)
+
+
+class _AlwaysOpen:
+    """The gate of a test send: nothing pauses it."""
+
+    async def admit(self, weight: float = 1.0) -> bool:
+        return True
+
+
+async def send_once(
+    plugins: Plugins,
+    transports: Transports,
+    channel: ChannelInfo,
+    shares: Sequence[Mapping[str, Any]],
+    recipients: Sequence[Recipient],
+    seconds: float,
+) -> list[SendResult]:
+    """Send `recipients` outside any campaign run (a test send): through the channel's
+    transports when its type has them; PluginCallError when the plugin fails."""
+    declared = plugins.types.get(channel.type)
+    if declared is None or not declared.uses_transports:
+        return await plugins.send(channel.type, channel, recipients, _AlwaysOpen(), seconds)
+    targets = plugins.transports_for(channel.type, shares)
+    chosen = route([r.address for r in recipients], targets, transports.usable)
+    results: list[SendResult] = []
+    for recipient, transport in zip(recipients, chosen, strict=True):
+        if transport is None:
+            results.append(
+                SendResult(recipient.message_id, SendStatus.RETRY, error="no transport is usable now")
+            )
+            continue
+        async with transports.use(transport) as opened:
+            results += await plugins.send(
+                channel.type,
+                channel,
+                [recipient],
+                _AlwaysOpen(),
+                seconds,
+                transport=transport,
+                client=opened.client,
+            )
+    return results
