@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml plugins/*/pyproject.toml 
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(foreach p,$(wildcard plugins/*),-e $(p))
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -168,6 +168,8 @@ class EngineSettings(_Section):
     # false: this daemon answers the API but sends nothing (another daemon on the database sends).
     enabled: bool = True
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 200
+    # Batches of one channel sent at once by this daemon.
+    batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
     # SENDING longer than this without a live owner renewing the lease: FAILED(timed_out).
     sending_timeout: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3

@@ -831,6 +831,10 @@ def list_arguments(parser: argparse.ArgumentParser) -> None:
     paging_arguments(parser)
 
 
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """A command that takes none."""
+
+
 def paging_arguments(parser: argparse.ArgumentParser) -> None:
     """--page-size, --page-token and --all."""
     parser.add_argument(
@@ -1386,6 +1390,30 @@ def run_estimate(client: Client, args: argparse.Namespace) -> int:
         print_json(reply)
     else:
         print(render_audience(reply.channels))
+    return EXIT_OK
+
+
+def run_channels(client: Client, args: argparse.Namespace) -> int:
+    """channels: the channel types the daemon's plugins provide."""
+    reply = client.call(client.campaigns.ListChannelTypes, api.ListChannelTypesRequest())
+    if client.json:
+        print_json(reply)
+        return EXIT_OK
+    rows = [
+        [
+            t.name,
+            t.address,
+            f"{t.distribution or t.plugin} {t.distribution_version}".strip(),
+            ",".join(t.capabilities) or "-",
+            "yes" if t.restartable else "no",
+            t.edit_while_scheduled,
+            ",".join(t.transports) or ("none configured" if t.uses_transports else "-"),
+        ]
+        for t in reply.channel_types
+    ]
+    print(
+        table(["TYPE", "ADDRESS", "PLUGIN", "CAPABILITIES", "RESTART", "EDIT SCHEDULED", "TRANSPORTS"], rows)
+    )
     return EXIT_OK
 
 
@@ -2741,6 +2769,7 @@ COMMANDS: tuple[Command | Group, ...] = (
     Command("messages", "list a campaign's messages", messages_arguments, run_messages),
     Command("history", "list a campaign's transitions, oldest first", history_arguments, run_history),
     Command("watch", "show live progress until the campaign ends", name_argument, run_watch),
+    Command("channels", "list the channel types the daemon's plugins provide", no_arguments, run_channels),
     *CONTACT_COMMANDS,
 )
 

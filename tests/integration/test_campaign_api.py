@@ -100,7 +100,11 @@ def _call(client: Client, op: Operation, campaign: pb.Campaign) -> Any:
         ),
         Operation.DELETE: lambda: stub.DeleteCampaign(svc.DeleteCampaignRequest(name=name)),
         Operation.TEST_SEND: lambda: stub.SendTestMessage(
-            svc.SendTestMessageRequest(name=name, channel_id="main", addresses=["a@example.org"])
+            svc.SendTestMessageRequest(
+                name=name,
+                channel_id="main",
+                addresses=["a@example.org" if campaign.channels[0].type == "test-email" else "+14155550100"],
+            )
         ),
         Operation.ESTIMATE: lambda: stub.EstimateRecipients(svc.EstimateRecipientsRequest(name=name)),
         Operation.SCHEDULE: lambda: client.schedule(name),
@@ -142,9 +146,11 @@ def test_transition_table_through_the_api(
         return
     assert isinstance(expected, Allowed)
     if op is Operation.TEST_SEND:
-        # Allowed in DRAFT, but the test channel type has no way to send yet.
-        found = _expect_failure(lambda: _call(client, op, campaign), grpc.StatusCode.UNIMPLEMENTED)
-        assert found.reason == "NO_SENDING_CHANNEL"
+        # Sent outside the campaign: accepted, and the campaign does not change.
+        reply = _call(client, op, campaign)
+        assert [r.accepted for r in reply.results] == [True]
+        assert client.get(campaign.name).etag == campaign.etag
+        assert len(client.history(campaign.name)) == len(history_before)
         return
     _call(client, op, campaign)
     if op is Operation.DELETE:

@@ -489,7 +489,20 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     async def GetCampaignReport(
         self, request: svc.GetCampaignReportRequest, context: Context
     ) -> pb.CampaignReport:
-        _, report = await self._snapshot(campaign_id_from_name(request.name))
+        campaign_id = campaign_id_from_name(request.name)
+        _, report = await self._snapshot(campaign_id)
+        # Per transport needs a pass over the messages, so only this call makes it, not each
+        # update of a watch.
+        by_transport = await self.manager.db.read(
+            lambda conn: engine_store.transport_counts(conn, campaign_id)
+        )
+        for channel in report.channels:
+            mine: dict[str, dict[str, int]] = {}
+            for (channel_id, transport, state), n in by_transport.items():
+                if channel_id == channel.channel_id:
+                    mine.setdefault(transport, {})[state] = n
+            for transport, counts in mine.items():
+                channel.by_transport[transport].CopyFrom(_progress(counts, {}))
         return report
 
     async def _snapshot(self, campaign_id: str) -> tuple[CampaignRecord, pb.CampaignReport]:

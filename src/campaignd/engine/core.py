@@ -359,6 +359,23 @@ class Engine:
         if channel is None:
             return
         info = ChannelInfo(record.name, channel_id, channel.type, channel.content)
+        # Several batches in flight, so that the provider is kept busy while one batch's results
+        # are written and the next batch is leased.
+        lanes = [
+            self._lane(key, row, gate, record, channel, info) for _ in range(self.config.batches_in_flight)
+        ]
+        await asyncio.gather(*lanes)
+
+    async def _lane(
+        self,
+        key: Key,
+        row: Any,
+        gate: ChannelGate,
+        record: CampaignRecord,
+        channel: ChannelRecord,
+        info: ChannelInfo,
+    ) -> None:
+        campaign_id, channel_id = key
         while gate.open and not self._stopping:
             config = self.config
             zones = await self._open_zones(key, row)
@@ -571,7 +588,11 @@ class Engine:
                 )
                 reason = result.reason or ("rejected" if state == "failed" else "")
                 outcomes.append(store.Outcome(message.id, state, result.provider_id, result.error, reason))
-        return [dataclasses.replace(o, transport=via.get(o.id)) if o.id in via else o for o in outcomes]
+        # A message handed back unsent keeps the transport of its last real attempt.
+        return [
+            dataclasses.replace(o, transport=via[o.id]) if o.id in via and o.state != "queued" else o
+            for o in outcomes
+        ]
 
     async def _record(self, key: Key, outcomes: list[store.Outcome]) -> None:
         campaign_id, channel_id = key

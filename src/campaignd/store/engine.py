@@ -342,6 +342,16 @@ def contacts_by_address(conn: Connection, kind: str, addresses: Sequence[str]) -
     return {by_pk[pk]: fields for pk, fields in contact_fields(conn, list(by_pk)).items()}
 
 
+def transport_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str, str], int]:
+    """Messages per (channel id, transport, state) of a campaign, for those sent through a transport."""
+    rows = conn.execute(
+        sa.select(messages.c.channel_id, messages.c.transport, messages.c.state, sa.func.count())
+        .where(messages.c.campaign_id == campaign_id, messages.c.transport.is_not(None))
+        .group_by(messages.c.channel_id, messages.c.transport, messages.c.state)
+    )
+    return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+
 def queue_depths(conn: Connection) -> dict[str, int]:
     """Messages waiting (queued or retrying) in running channels, per channel type."""
     rows = conn.execute(

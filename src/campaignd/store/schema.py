@@ -203,3 +203,11 @@ channel_counts = sa.Table(
     sa.Column("state", sa.String(20), primary_key=True),
     sa.Column("n", sa.BigInteger, nullable=False),
 )
+
+# Inbound events find their message by the provider's id; only sent messages have one.
+sa.Index(
+    "ix_messages_provider_id",
+    messages.c.provider_id,
+    sqlite_where=sa.text("provider_id IS NOT NULL"),
+    postgresql_where=sa.text("provider_id IS NOT NULL"),
+)

@@ -7,8 +7,9 @@ change while SCHEDULED) and `test-voice` (stop final, settings may change while 
 
 Sending is simulated, steered by the channel's content: `delay_ms` per message, addresses
 containing `fail_matching` fail for good and those containing `defer_matching` are deferred,
-`fatal` makes every send a transport failure, and `sink` names a file to which each message
-that starts is appended (`<unix time> <address>`), so that tests count at the receiving end.
+`fatal` makes every send a transport failure, `crash` makes the plugin misbehave ("raise": the
+send raises; "hang": it never finishes), and `sink` names a file to which each message that
+starts is appended (`<unix time> <address>`), so that tests count at the receiving end.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _FIELDS = (
     ContentField("defer_matching", description="addresses containing this are deferred"),
     ContentField("fatal", kind="bool", description="every send fails as a transport error"),
     ContentField("sink", description="file that records each send that starts"),
+    ContentField("crash", description='"raise": sending raises; "hang": sending never finishes'),
 )
 
 
@@ -90,6 +92,10 @@ def campaignd_send(
 
 
 async def _send(content: Content, recipients: Sequence[Recipient], gate: Gate) -> list[SendResult]:
+    if content.get("crash") == "raise":
+        raise RuntimeError("the test channel was told to crash")
+    if content.get("crash") == "hang":
+        await asyncio.Event().wait()
     delay = float(content.get("delay_ms") or 0) / 1000
     sink = content.get("sink")
     results = []
