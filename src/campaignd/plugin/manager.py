@@ -18,6 +18,7 @@ from campaignd.errors import FieldViolation
 from campaignd.lifecycle import DEFAULT_SEMANTICS, ChannelSemantics
 from campaignd.plugin import (
     ENTRY_POINT_GROUP,
+    HOOK_API_VERSION,
     PROJECT,
     ChannelInfo,
     ChannelType,
@@ -100,6 +101,12 @@ class Plugins:
         self.loaded: list[LoadedPlugin] = []
         distributions = {id(p): d for p, d in self.manager.list_plugin_distinfo()}
         for plugin in self.manager.get_plugins():
+            needed = getattr(plugin, "CAMPAIGND_HOOK_API", 1)
+            if not isinstance(needed, int) or needed > HOOK_API_VERSION:
+                raise PluginError(
+                    f"plugin {self.manager.get_name(plugin)} needs hook API {needed!r}; "
+                    f"this campaignd has {HOOK_API_VERSION}"
+                )
             impl = getattr(plugin, "campaignd_channel_types", None)
             declared: list[ChannelType] = list(impl()) if impl is not None else []
             for channel_type in declared:
