@@ -907,15 +907,15 @@ def campaign_flag_arguments(parser: argparse.ArgumentParser, *, update: bool) ->
         parser.add_argument(
             "--remove-label", action="append", default=[], metavar="K", help="remove a label (repeatable)"
         )
-    for flag, what in (
-        ("--target-list", "a list to target, lists/ID"),
-        ("--target-segment", "a segment to target, segments/ID"),
-        ("--exclude-list", "a list to exclude"),
-        ("--exclude-segment", "a segment to exclude"),
+    for flag, what, parse in (
+        ("--target-list", "a list to target, ID or lists/ID", list_name),
+        ("--target-segment", "a segment to target, ID or segments/ID", segment_name),
+        ("--exclude-list", "a list to exclude", list_name),
+        ("--exclude-segment", "a segment to exclude", segment_name),
     ):
         more = "; replaces that part of the audience" if update else ""
         parser.add_argument(
-            flag, action="append", default=None, metavar="NAME", help=f"{what} (repeatable{more})"
+            flag, action="append", type=parse, default=None, metavar="NAME", help=f"{what} (repeatable{more})"
         )
     parser.add_argument("--time-zone", default=None, help="IANA time zone for recipients without one")
     parser.add_argument(

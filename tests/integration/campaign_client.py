@@ -81,7 +81,7 @@ class Client:
         """A new campaign with a target list and the given channels."""
         campaign = pb.Campaign(
             display_name=fields.pop("display_name", "Test"),
-            audience=pb.Audience(target_lists=["lists/x"]),
+            audience=fields.pop("audience", pb.Audience(target_lists=["lists/x"])),
             channels=list(channels) or [channel()],
             **fields,
         )

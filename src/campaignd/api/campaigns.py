@@ -651,7 +651,14 @@ def build_report(
             all_reasons[reason] = all_reasons.get(reason, 0) + n
         progress = _progress(mine, why)
         if engine is not None:
-            _live(progress, engine, record.id, channel.channel_id, now)
+            _live(
+                progress,
+                engine,
+                record.id,
+                channel.channel_id,
+                now,
+                running=channel.state == ChannelState.RUNNING,
+            )
         channels.append(
             pb.ChannelReport(
                 channel_id=channel.channel_id,
@@ -675,11 +682,20 @@ def build_report(
     )
 
 
-def _live(progress: pb.Progress, engine: Engine, campaign_id: str, channel_id: str, now: dt.datetime) -> None:
+def _live(
+    progress: pb.Progress,
+    engine: Engine,
+    campaign_id: str,
+    channel_id: str,
+    now: dt.datetime,
+    *,
+    running: bool,
+) -> None:
     rate = engine.rate(campaign_id, channel_id)
     progress.current_rate = round(rate, 2)
     remaining = progress.queued + progress.sending + progress.retrying
-    if rate > 0 and remaining:
+    # A channel that is not running has no end to estimate.
+    if running and rate > 0 and remaining:
         progress.eta.FromDatetime(now + dt.timedelta(seconds=remaining / rate))
     reopens = engine.window_reopens(campaign_id, channel_id)
     if reopens is not None:

@@ -326,6 +326,8 @@ class Engine:
             # The guard judges the sends since the channel (re)started running, so that a resumed
             # channel is not paused again at once for the failures it was paused for.
             self._guard_base[key] = await self._finished_counts(key)
+            # Likewise the rate: sends from before a pause would inflate the rate after it.
+            self._finished.pop(key, None)
         self._running_since.setdefault(key, self.clock.monotonic())
         self._types[key] = row.type
         gate = self._gates.get(key)
