@@ -571,12 +571,12 @@ def render_report(report: res.CampaignReport) -> str:
     if engagement:
         parts.append(table(["CHANNEL", "OPENED", "CLICKED", "BOUNCED"], engagement))
     transports = [
-        [ch.channel_id, name, str(p.total), str(sent_count(p)), str(p.failed), f"{p.current_rate:.1f}/s"]
+        [ch.channel_id, name, str(p.total), str(sent_count(p)), str(p.retrying), str(p.failed)]
         for ch in report.channels
         for name, p in sorted(ch.by_transport.items())
     ]
     if transports:
-        parts.append(table(["CHANNEL", "TRANSPORT", "TOTAL", "SENT", "FAILED", "RATE"], transports))
+        parts.append(table(["CHANNEL", "TRANSPORT", "TOTAL", "SENT", "RETRYING", "FAILED"], transports))
     return "\n\n".join(parts)
 
 
@@ -680,7 +680,14 @@ def rpc_error_lines(err: grpc.Call, where: str) -> list[str]:
     """The code and message of a failed call, then the reason and field violations it carries."""
     code = err.code()
     details = err.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:
+        # The rich status disagrees with the call's status; the code and message still hold.
+        status = None
+    # A rich status comes from the daemon itself: then UNAVAILABLE is its answer (e.g. a
+    # provider that failed a test send), not a connection problem.
+    if code == grpc.StatusCode.UNAVAILABLE and status is None:
         head = f"the daemon is not reachable at {where}" + (f" ({details})" if details else "")
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         head = f"no answer from {where} in time (see --timeout)"
@@ -689,11 +696,6 @@ def rpc_error_lines(err: grpc.Call, where: str) -> list[str]:
     lines = [f"{PROG}: {code.name}: {head}"]
     if code == grpc.StatusCode.UNAUTHENTICATED:
         lines.append(f"  pass a token with --token-file, --token or ${TOKEN_ENV}")
-    try:
-        status = rpc_status.from_call(err)
-    except ValueError:
-        # The rich status disagrees with the call's status; the code and message above still hold.
-        status = None
     for detail in status.details if status is not None else []:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

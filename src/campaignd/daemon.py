@@ -187,7 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             settings = load(args.file)
-            Plugins(settings.plugins.load).check_config(settings)
+            try:
+                Plugins(settings.plugins.load).check_config(settings)
+            except PluginError as exc:
+                raise ConfigError([Problem("plugins", str(exc))]) from None
             print(f"{args.file}: ok")
             return 0
         settings = load(args.config)

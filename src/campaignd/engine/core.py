@@ -380,6 +380,8 @@ class Engine:
         campaign_id, channel_id = key
         while gate.open and not self._stopping:
             config = self.config
+            if not await self._transports_ready(key, info, channel.transports):
+                return
             zones = await self._open_zones(key, row)
             if zones is not None and not zones:
                 return  # every recipient's window is closed; a later tick looks again
@@ -426,6 +428,27 @@ class Engine:
                 return
             if await self._guard(key, record):
                 return
+
+    async def _transports_ready(self, key: Key, info: ChannelInfo, shares: list[dict[str, Any]]) -> bool:
+        """Whether a batch may be leased: a channel with transports needs one usable now."""
+        targets = self._targets(info, shares)
+        if targets is None or any(self.transports.usable(t.name) for t, _ in targets):
+            return True
+        if not targets:
+            # A reload took away every transport the channel names: it waits, PAUSED, for an
+            # operator to configure one and resume it.
+            gate = self._gates.get(key)
+            if gate is not None:
+                gate.open = False
+            names = ", ".join(s["transport"] for s in shares) or f"any of type {info.type}"
+            reason = f"no configured transport: {names}"
+            await self.campaigns.system_transition(*key, Operation.GUARD_PAUSE, cause="error", reason=reason)
+            log.error("channel paused", campaign=key[0], channel=key[1], reason=reason)
+        elif all(self.transports.fatal(t.name) for t, _ in targets):
+            errors = "; ".join(f"{t.name}: {self.transports.fatal(t.name)}" for t, _ in targets)
+            await self.fail(*key, "TRANSPORT_FAILED", errors)
+        # Otherwise every transport rests; a later tick looks again.
+        return False
 
     def _targets(self, info: ChannelInfo, shares: list[dict[str, Any]]) -> list[tuple[Transport, int]] | None:
         declared = self.plugins.types.get(info.type)

@@ -145,6 +145,8 @@ def route(
     """The transport for each address: by the percentage split, deterministic per address, and
     failing over, in the order of `targets`, from an unusable transport to the next usable one.
     None where no transport is usable."""
+    if not targets:
+        return [None] * len(addresses)
     bounds = []
     total = 0
     for transport, percent in targets:

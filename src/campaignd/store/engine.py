@@ -385,7 +385,8 @@ def slot_holders(conn: Connection, channel_type: str) -> set[str]:
 EVENT_MOVES: Mapping[str, tuple[tuple[str, ...], str]] = {
     "delivered": (("sent", "assumed_delivered"), "delivered"),
     "failed": (("sent", "assumed_delivered"), "failed"),
-    "bounced": (("sent", "assumed_delivered", "delivered"), "failed"),
+    # A bounce after a confirmed delivery suppresses the address but leaves the message DELIVERED.
+    "bounced": (("sent", "assumed_delivered"), "failed"),
 }
 
 
