@@ -393,3 +393,31 @@ def test_a_reload_that_removes_the_transports_pauses_the_channel(
         client.resume(campaign.name)
         assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
     assert {_recipient(m) for m in a.inbox.parsed()} == {f"reader{i:05d}@example.org" for i in range(200)}
+
+
+def test_messages_wait_while_the_only_transport_is_down(
+    daemon_factory: DaemonFactory, smtp: Callable[..., Server]
+) -> None:
+    """A relay that is down loses nobody: messages wait unattempted and go out once it is back."""
+    port = _port()
+    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", port), env=ENV).start()
+    _import(daemon, _readers(50))
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = client.create(_email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
+        client.launch(campaign.name)
+        time.sleep(5)  # two and a half rest periods of the transport
+        report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
+        assert report.totals.failed == 0
+        assert report.totals.queued == 50
+        assert client.get(campaign.name).state == pb.Campaign.RUNNING
+        inbox = Inbox()
+        controller = Controller(inbox, hostname="127.0.0.1", port=port)
+        controller.start()
+        try:
+            assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
+        finally:
+            controller.stop()
+        messages = client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name, page_size=100))
+    assert len(inbox) == 50
+    assert {m.attempts for m in messages.messages} == {1}

@@ -494,7 +494,7 @@ class Engine:
         via = {r.message_id: t.name for t, group in groups.values() for r in group}
         names = [t.name for t, _ in targets]
         failover = any(self.transports.usable(n) for n in names)
-        outcomes = self._outcomes(batch, results, config, via=via, requeue_down=failover)
+        outcomes = self._outcomes(batch, results, config, via=via, transports=True, failover=failover)
         fatal = ""
         if all(self.transports.fatal(n) for n in names):
             fatal = "; ".join(f"{n}: {self.transports.fatal(n)}" for n in names)
@@ -570,10 +570,12 @@ class Engine:
         config: EngineSettings,
         *,
         via: dict[int, str] | None = None,
-        requeue_down: bool = False,
+        transports: bool = False,
+        failover: bool = False,
     ) -> list[store.Outcome]:
-        """What to record for each message; with `requeue_down`, a message its transport could not
-        take waits again, unattempted, to go through another transport."""
+        """What to record for each message. Through `transports`, a message its transport could not
+        reach was never handed over: it waits again, unattempted, until a transport is usable; one
+        whose transport failed fatally waits for another transport when there is one (`failover`)."""
         via = via or {}
         results = list(results)
         if not all(isinstance(r, SendResult) for r in results):
@@ -589,7 +591,9 @@ class Engine:
                     store.Outcome(message.id, "failed", error="the plugin gave no result", reason="no_result")
                 )
             elif result.status == SendStatus.NOT_STARTED or (
-                requeue_down and (result.transport_down or result.fatal) and result.status == SendStatus.RETRY
+                transports
+                and result.status == SendStatus.RETRY
+                and (result.transport_down or (result.fatal and failover))
             ):
                 outcomes.append(store.Outcome(message.id, "queued"))
             elif result.status == SendStatus.RETRY and attempt < config.max_attempts:
