@@ -1378,6 +1378,29 @@ def run_test_send(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.accepted for r in reply.results) else EXIT_FAILURE
 
 
+def preview_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `preview`."""
+    name_argument(parser)
+    parser.add_argument("--channel", required=True, type=resource_id, metavar="ID", help="the channel")
+    parser.add_argument("recipient", metavar="ADDRESS", help="the recipient whose message is rendered")
+    parser.add_argument("--raw", action="store_true", help="print the message as the provider gets it")
+
+
+def run_preview(client: Client, args: argparse.Namespace) -> int:
+    """preview NAME --channel ID ADDRESS."""
+    request = api.PreviewMessageRequest(name=args.name, channel_id=args.channel, address=args.recipient)
+    reply = client.call(client.campaigns.PreviewMessage, request)
+    if client.json:
+        print_json(reply)
+    elif args.raw:
+        sys.stdout.write(reply.data.decode("utf-8", errors="replace"))
+    else:
+        print(reply.summary)
+        print()
+        print(reply.text)
+    return EXIT_OK
+
+
 def estimate_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `estimate`."""
     name_argument(parser)
@@ -2766,6 +2789,7 @@ COMMANDS: tuple[Command | Group, ...] = (
     Command(
         "test-send", "send a DRAFT channel's content to test addresses", test_send_arguments, run_test_send
     ),
+    Command("preview", "show the message one address would get", preview_arguments, run_preview),
     Command("estimate", "count the recipients a launch would queue", estimate_arguments, run_estimate),
     Command("report", "show a campaign's counters", name_argument, run_report),
     Command("messages", "list a campaign's messages", messages_arguments, run_messages),

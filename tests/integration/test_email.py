@@ -12,6 +12,8 @@ import email
 import email.policy
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -421,3 +423,39 @@ def test_messages_wait_while_the_only_transport_is_down(
         messages = client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name, page_size=100))
     assert len(inbox) == 50
     assert {m.attempts for m in messages.messages} == {1}
+
+
+def test_preview_renders_a_contacts_message_without_sending(
+    daemon_factory: DaemonFactory, smtp: Callable[..., Server]
+) -> None:
+    """PreviewMessage shows the personalised message as it would be sent; nothing is sent."""
+    a = smtp()
+    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", a.port), env=ENV).start()
+    _import(daemon, _readers(5))
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = client.create(_email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
+        reply = client.stub.PreviewMessage(
+            svc.PreviewMessageRequest(
+                name=campaign.name, channel_id="mail", address="Reader00003@example.org"
+            )
+        )
+        with pytest.raises(grpc.RpcError) as bad:
+            client.stub.PreviewMessage(
+                svc.PreviewMessageRequest(name=campaign.name, channel_id="mail", address="not an address")
+            )
+    assert reply.summary == "Hello Name00003"
+    assert "Dear Name00003 of Oslo." in reply.text
+    parsed = email.message_from_bytes(reply.data, policy=email.policy.default)
+    assert parsed["To"] == "reader00003@example.org"
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(a.inbox) == 0
+    ctl = [sys.executable, "-m", "campaignd.ctl", "--socket", str(daemon.socket_path)]
+    shown = subprocess.run(
+        [*ctl, "preview", campaign.name, "--channel", "mail", "reader00001@example.org"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("Hello Name00001\n")

@@ -22,6 +22,7 @@ VIEWER_METHODS = frozenset(
         "ListCampaignHistory",
         "WatchCampaign",
         "ListChannelTypes",
+        "PreviewMessage",
         "ServerReflectionInfo",
         "GetContact",
         "ListContacts",

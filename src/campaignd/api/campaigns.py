@@ -37,7 +37,9 @@ Context = aio.ServicerContext[Any, Any]
 UPDATABLE = frozenset({"display_name", "labels", "audience", "time_zone", "guard", "channels"})
 
 
-def _test_addresses(addresses: Iterable[str], kind: str, default_region: str) -> list[str]:
+def _test_addresses(
+    addresses: Iterable[str], kind: str, default_region: str, field: str = "addresses"
+) -> list[str]:
     v = Violations()
     found = []
     for index, address in enumerate(addresses):
@@ -46,7 +48,7 @@ def _test_addresses(addresses: Iterable[str], kind: str, default_region: str) ->
                 normalise_email(address) if kind == "email" else normalise_phone(address, default_region)
             )
         except ContactFieldError as exc:
-            v.add(f"addresses[{index}]", exc.reason)
+            v.add(f"{field}[{index}]" if field == "addresses" else field, exc.reason)
     v.raise_if_any()
     return found
 
@@ -459,6 +461,37 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             detail = "" if result is None else (result.provider_id if accepted else result.error)
             answers.append(svc.TestSendResult(address=recipient.address, accepted=accepted, detail=detail))
         return svc.SendTestMessageResponse(results=answers)
+
+    @unary
+    async def PreviewMessage(
+        self, request: svc.PreviewMessageRequest, context: Context
+    ) -> svc.PreviewMessageResponse:
+        v = Violations()
+        convert.check_id(v, "channel_id", request.channel_id, required=True)
+        v.text("address", request.address, max_length=320, required=True)
+        record = await self.manager.get(self._common(request.name, "", "", "", v))
+        channel = record.channel(request.channel_id)
+        if channel is None:
+            raise ApiError(
+                Code.NOT_FOUND, "NOT_FOUND", f"{record.name} has no channel {request.channel_id!r}"
+            )
+        declared = self.plugins.types[channel.type]
+        [address] = _test_addresses(
+            [request.address], declared.address, self.settings().audience.default_region, field="address"
+        )
+        contacts = await self.manager.db.read(
+            lambda conn: engine_store.contacts_by_address(conn, declared.address, [address])
+        )
+        info = ChannelInfo(record.name, channel.channel_id, channel.type, channel.content)
+        try:
+            rendered = self.plugins.render(info, Recipient(0, address, contacts.get(address, {}), 1))
+        except ValueError as exc:
+            raise errors.invalid_argument(
+                [errors.FieldViolation(f"campaign.channels[{channel.channel_id}].content", str(exc))]
+            ) from None
+        except PluginCallError as exc:
+            raise ApiError(Code.FAILED_PRECONDITION, "PLUGIN_ERROR", str(exc)) from None
+        return svc.PreviewMessageResponse(summary=rendered.summary, text=rendered.text, data=rendered.data)
 
     @unary
     async def ListChannelTypes(

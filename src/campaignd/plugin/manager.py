@@ -300,13 +300,18 @@ class Plugins:
             )
             if awaitable is None:
                 raise PluginCallError(f"no loaded plugin sends channel type {channel_type!r}")
-            return await _await(awaitable, seconds)
+            results = await _await(awaitable, seconds)
         except PluginCallError:
             raise
         except TimeoutError:
             raise PluginCallError(f"the {channel_type} plugin gave no result within {seconds:g} s") from None
         except Exception as exc:
             raise PluginCallError(f"the {channel_type} plugin failed: {type(exc).__name__}: {exc}") from exc
+        if not all(isinstance(r, SendResult) for r in results):
+            raise PluginCallError(
+                f"the {channel_type} plugin returned something other than SendResult objects"
+            )
+        return results
 
     def validate(self, channel_type: str, content: Content, *, launching: bool) -> list[FieldViolation]:
         """Every problem with `content` for `channel_type`; paths are relative to the content."""

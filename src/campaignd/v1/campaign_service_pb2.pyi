@@ -784,6 +784,66 @@ class TestSendResult(_message.Message):
 Global___TestSendResult: _TypeAlias = TestSendResult  # noqa: Y015
 
 @_typing.final
+class PreviewMessageRequest(_message.Message):
+    """Request for PreviewMessage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`campaigns/{campaign_id}`."""
+    channel_id: _builtins.str
+    """The channel whose content is rendered."""
+    address: _builtins.str
+    """The recipient's address; the contact with this address, if any, personalises the message."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channel_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "channel_id", b"channel_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewMessageRequest: _TypeAlias = PreviewMessageRequest  # noqa: Y015
+
+@_typing.final
+class PreviewMessageResponse(_message.Message):
+    """Response for PreviewMessage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    summary: _builtins.str
+    """One line: the subject of an email, the start of a text message."""
+    text: _builtins.str
+    """The message as a person reads it."""
+    data: _builtins.bytes
+    """The message as the provider would receive it (for email, the RFC 5322 message)."""
+    def __init__(
+        self,
+        *,
+        summary: _builtins.str = ...,
+        text: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "summary", b"summary", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewMessageResponse: _TypeAlias = PreviewMessageResponse  # noqa: Y015
+
+@_typing.final
 class EstimateRecipientsRequest(_message.Message):
     """Request for EstimateRecipients."""
 

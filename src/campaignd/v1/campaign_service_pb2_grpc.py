@@ -128,6 +128,11 @@ class CampaignServiceStub:
                 request_serializer=campaignd_dot_v1_dot_campaign__service__pb2.SendTestMessageRequest.SerializeToString,
                 response_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.SendTestMessageResponse.FromString,
                 _registered_method=True)
+        self.PreviewMessage = channel.unary_unary(
+                '/campaignd.v1.CampaignService/PreviewMessage',
+                request_serializer=campaignd_dot_v1_dot_campaign__service__pb2.PreviewMessageRequest.SerializeToString,
+                response_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.PreviewMessageResponse.FromString,
+                _registered_method=True)
         self.EstimateRecipients = channel.unary_unary(
                 '/campaignd.v1.CampaignService/EstimateRecipients',
                 request_serializer=campaignd_dot_v1_dot_campaign__service__pb2.EstimateRecipientsRequest.SerializeToString,
@@ -292,6 +297,13 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreviewMessage(self, request, context):
+        """Renders the message one address would get from a channel, as its plugin would send it; changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EstimateRecipients(self, request, context):
         """Counts the recipients a launch would queue, without writing anything.
         """
@@ -427,6 +439,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.SendTestMessage,
                     request_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.SendTestMessageRequest.FromString,
                     response_serializer=campaignd_dot_v1_dot_campaign__service__pb2.SendTestMessageResponse.SerializeToString,
+            ),
+            'PreviewMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewMessage,
+                    request_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.PreviewMessageRequest.FromString,
+                    response_serializer=campaignd_dot_v1_dot_campaign__service__pb2.PreviewMessageResponse.SerializeToString,
             ),
             'EstimateRecipients': grpc.unary_unary_rpc_method_handler(
                     servicer.EstimateRecipients,
@@ -948,6 +965,33 @@ class CampaignService:
             '/campaignd.v1.CampaignService/SendTestMessage',
             campaignd_dot_v1_dot_campaign__service__pb2.SendTestMessageRequest.SerializeToString,
             campaignd_dot_v1_dot_campaign__service__pb2.SendTestMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignd.v1.CampaignService/PreviewMessage',
+            campaignd_dot_v1_dot_campaign__service__pb2.PreviewMessageRequest.SerializeToString,
+            campaignd_dot_v1_dot_campaign__service__pb2.PreviewMessageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,8 @@ class CampaignServiceStub:
     """Adds a DRAFT channel, optionally a remarketing channel on an earlier channel's recipients."""
     SendTestMessage: _grpc.UnaryUnaryMultiCallable[_campaign_service_pb2.SendTestMessageRequest, _campaign_service_pb2.SendTestMessageResponse]
     """Sends a DRAFT channel's content to the given addresses; counted nowhere."""
+    PreviewMessage: _grpc.UnaryUnaryMultiCallable[_campaign_service_pb2.PreviewMessageRequest, _campaign_service_pb2.PreviewMessageResponse]
+    """Renders the message one address would get from a channel, as its plugin would send it; changes nothing."""
     EstimateRecipients: _grpc.UnaryUnaryMultiCallable[_campaign_service_pb2.EstimateRecipientsRequest, _campaign_service_pb2.EstimateRecipientsResponse]
     """Counts the recipients a launch would queue, without writing anything."""
     GetCampaignReport: _grpc.UnaryUnaryMultiCallable[_campaign_service_pb2.GetCampaignReportRequest, _resources_pb2.CampaignReport]
@@ -132,6 +134,8 @@ class CampaignServiceAsyncStub(CampaignServiceStub):
     """Adds a DRAFT channel, optionally a remarketing channel on an earlier channel's recipients."""
     SendTestMessage: _aio.UnaryUnaryMultiCallable[_campaign_service_pb2.SendTestMessageRequest, _campaign_service_pb2.SendTestMessageResponse]  # type: ignore[assignment]
     """Sends a DRAFT channel's content to the given addresses; counted nowhere."""
+    PreviewMessage: _aio.UnaryUnaryMultiCallable[_campaign_service_pb2.PreviewMessageRequest, _campaign_service_pb2.PreviewMessageResponse]  # type: ignore[assignment]
+    """Renders the message one address would get from a channel, as its plugin would send it; changes nothing."""
     EstimateRecipients: _aio.UnaryUnaryMultiCallable[_campaign_service_pb2.EstimateRecipientsRequest, _campaign_service_pb2.EstimateRecipientsResponse]  # type: ignore[assignment]
     """Counts the recipients a launch would queue, without writing anything."""
     GetCampaignReport: _aio.UnaryUnaryMultiCallable[_campaign_service_pb2.GetCampaignReportRequest, _resources_pb2.CampaignReport]  # type: ignore[assignment]
@@ -296,6 +300,14 @@ class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_campaign_service_pb2.SendTestMessageResponse, _abc.Awaitable[_campaign_service_pb2.SendTestMessageResponse]]:
         """Sends a DRAFT channel's content to the given addresses; counted nowhere."""
+
+    @_abc_1.abstractmethod
+    def PreviewMessage(
+        self,
+        request: _campaign_service_pb2.PreviewMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaign_service_pb2.PreviewMessageResponse, _abc.Awaitable[_campaign_service_pb2.PreviewMessageResponse]]:
+        """Renders the message one address would get from a channel, as its plugin would send it; changes nothing."""
 
     @_abc_1.abstractmethod
     def EstimateRecipients(
