@@ -543,11 +543,10 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             conn: Connection,
         ) -> tuple[CampaignRecord, dict[tuple[str, str], int], dict[tuple[str, str], int]]:
             record = self.manager.load(conn, campaign_id)
-            return (
-                record,
-                audience_store.message_counts(conn, campaign_id),
-                audience_store.failure_reasons(conn, campaign_id),
-            )
+            counts = audience_store.message_counts(conn, campaign_id)
+            # The reasons take a pass over the failed messages; most updates of a watch have none.
+            failed = any(n for (_, state), n in counts.items() if state == "failed")
+            return record, counts, audience_store.failure_reasons(conn, campaign_id) if failed else {}
 
         record, counts, reasons = await self.manager.db.read(read)
         return record, build_report(record, counts, reasons, self.manager.clock.now(), self.engine)
