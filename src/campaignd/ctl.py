@@ -685,9 +685,9 @@ def rpc_error_lines(err: grpc.Call, where: str) -> list[str]:
     except ValueError:
         # The rich status disagrees with the call's status; the code and message still hold.
         status = None
-    # A rich status comes from the daemon itself: then UNAVAILABLE is its answer (e.g. a
+    # The daemon's own errors carry an ErrorInfo: then UNAVAILABLE is its answer (e.g. a
     # provider that failed a test send), not a connection problem.
-    if code == grpc.StatusCode.UNAVAILABLE and status is None:
+    if code == grpc.StatusCode.UNAVAILABLE and (status is None or not status.details):
         head = f"the daemon is not reachable at {where}" + (f" ({details})" if details else "")
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         head = f"no answer from {where} in time (see --timeout)"

@@ -657,3 +657,14 @@ def test_restart_follows_the_channel_type(plugged: DaemonProcess) -> None:
     refused = ctl_at(plugged, "restart", "texts", "--channel", "mail")
     assert refused.returncode == 1
     assert refused.stderr.startswith("campaignctl: FAILED_PRECONDITION: ")
+
+
+def test_unavailable_from_the_daemon_itself_is_its_answer() -> None:
+    """An UNAVAILABLE the daemon answered with a reason is printed as its answer, not as unreachable."""
+    call = FakeCall(
+        grpc.StatusCode.UNAVAILABLE,
+        "the email plugin failed",
+        error_details_pb2.ErrorInfo(reason="PLUGIN_ERROR"),
+    )
+    lines = ctl.rpc_error_lines(cast(grpc.Call, call), "/run/campaignd.sock")
+    assert lines == ["campaignctl: UNAVAILABLE: the email plugin failed", "  reason: PLUGIN_ERROR"]
