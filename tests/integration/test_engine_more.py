@@ -213,7 +213,8 @@ def test_a_queued_campaign_waits_for_the_slot(daemon_factory: DaemonFactory, tmp
     first_sink, second_sink = tmp_path / "first", tmp_path / "second"
     with daemon.channel() as channel:
         client = Client(channel)
-        first = _campaign(client, _people(client, "slot-a", 200), sink=str(first_sink), delay_ms=10)
+        # Long enough to watch with several batches in flight: 200 × 40 ms over 4 lanes is 2 s.
+        first = _campaign(client, _people(client, "slot-a", 200), sink=str(first_sink), delay_ms=40)
         second = _campaign(client, _people(client, "slot-b", 20), sink=str(second_sink))
         client.launch(first.name)
         _wait(lambda: _channel_state(client, first.name) == pb.Channel.RUNNING, 10, "the first to run")

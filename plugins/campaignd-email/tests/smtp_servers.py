@@ -38,32 +38,50 @@ class Stats:
     messages: list[bytes] = field(default_factory=list)
     sessions: list[Any] = field(default_factory=list)
     recipients: list[str] = field(default_factory=list)
+    mail_options: list[list[str]] = field(default_factory=list)
+    reads: list[bytes] = field(default_factory=list)  # what each read from a client returned
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Handler:
-    """Accepts every message, except as scripted: a reply per recipient address, a delay or a
-    dropped connection at DATA. The hook names are aiosmtpd's."""
+    """Accepts every message, except as scripted: replies to MAIL in turn, a reply per recipient
+    address, a delay or a dropped connection at DATA. The hook names are aiosmtpd's."""
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: Stats, *, pipelining: bool = False) -> None:
         self.stats = stats
+        self.pipelining = pipelining  # announce PIPELINING in EHLO (aiosmtpd does not by itself)
+        self.mail_replies: list[str] = []  # replies to the next MAIL commands, one each
         self.rcpt_replies: dict[str, str] = {}
+        self.keep_refused = False  # keep refused recipients, so DATA gets 354 all the same
         self.data_replies: dict[str, str] = {}
         self.drop_data = 0  # how many DATA commands to answer by closing the connection
         self.data_delay = 0.0
         self.session_delay = 0.0  # a pause at MAIL, to keep sessions overlapping
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:  # noqa: N802
         with self.stats.lock:
             self.stats.mails += 1
         if self.session_delay:
             await asyncio.sleep(self.session_delay)
+        if self.mail_replies:
+            return self.mail_replies.pop(0)
         envelope.mail_from = address
+        envelope.mail_options.extend(options)
         return "250 OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:  # noqa: N802
         reply = self.rcpt_replies.get(address)
         if reply:
+            if self.keep_refused:
+                envelope.rcpt_tos.append(address)
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -81,6 +99,7 @@ class Handler:
         with self.stats.lock:
             self.stats.messages.append(envelope.content)
             self.stats.recipients.extend(envelope.rcpt_tos)
+            self.stats.mail_options.append(list(envelope.mail_options))
         return "250 OK queued"
 
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
@@ -101,6 +120,11 @@ class _CountingSMTP(SMTP):
             self._stats.active += 1
             self._stats.most_active = max(self._stats.most_active, self._stats.active)
             self._stats.sessions.append(self)
+
+    def data_received(self, data: bytes) -> None:
+        with self._stats.lock:
+            self._stats.reads.append(bytes(data))
+        super().data_received(data)
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -152,10 +176,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def smtp_server(**kwargs: Any) -> Iterator[Server]:
-    """An aiosmtpd server on 127.0.0.1; `kwargs` go to aiosmtpd (tls_context, authenticator, …)."""
+def smtp_server(*, pipelining: bool = False, **kwargs: Any) -> Iterator[Server]:
+    """An aiosmtpd server on 127.0.0.1, announcing PIPELINING or not; `kwargs` go to aiosmtpd
+    (tls_context, authenticator, …)."""
     stats = Stats()
-    handler = Handler(stats)
+    handler = Handler(stats, pipelining=pipelining)
     controller = _Controller(stats, handler, hostname="127.0.0.1", port=0, **kwargs)
     controller.start()
     try:

@@ -82,8 +82,14 @@ def _statuses(results: Sequence[SendResult]) -> list[SendStatus]:
     return [r.status for r in results]
 
 
-def test_plain_send_delivers_every_message_with_its_message_id() -> None:
-    with smtp_server() as server:
+# Run with a server that announces PIPELINING (one write for MAIL, RCPT and DATA) and one that
+# does not (aiosmtplib's sendmail).
+BOTH = pytest.mark.parametrize("pipelining", [False, True], ids=["sendmail", "pipelined"])
+
+
+@BOTH
+def test_plain_send_delivers_every_message_with_its_message_id(pipelining: bool) -> None:
+    with smtp_server(pipelining=pipelining) as server:
         results = send_once(server.transport(), recipients(5))
         assert _statuses(results) == [SendStatus.SENT] * 5
         assert sorted(server.stats.recipients) == sorted(f"user{i}@example.org" for i in range(1, 6))
@@ -107,8 +113,13 @@ def test_other_channel_types_are_not_answered() -> None:
     )
 
 
-def test_starttls_with_the_certificate_trusted_through_ca_file(certificate: Certificate) -> None:
-    with smtp_server(tls_context=certificate.server_context(), require_starttls=True) as server:
+@BOTH
+def test_starttls_with_the_certificate_trusted_through_ca_file(
+    certificate: Certificate, pipelining: bool
+) -> None:
+    with smtp_server(
+        pipelining=pipelining, tls_context=certificate.server_context(), require_starttls=True
+    ) as server:
         transport = server.transport(security="starttls", ca_file=str(certificate.cert_file))
         assert _statuses(send_once(transport, recipients(2))) == [SendStatus.SENT] * 2
 
@@ -135,8 +146,9 @@ def test_starttls_not_offered_is_fatal() -> None:
         assert "STARTTLS" in results[0].error
 
 
-def test_implicit_tls(certificate: Certificate) -> None:
-    with smtp_server(ssl_context=certificate.server_context()) as server:
+@BOTH
+def test_implicit_tls(certificate: Certificate, pipelining: bool) -> None:
+    with smtp_server(pipelining=pipelining, ssl_context=certificate.server_context()) as server:
         transport = server.transport(security="tls", ca_file=str(certificate.cert_file))
         assert _statuses(send_once(transport, recipients(3))) == [SendStatus.SENT] * 3
 
@@ -159,8 +171,9 @@ def test_authentication_refused_is_fatal() -> None:
         assert server.stats.mails == 0
 
 
-def test_4xx_defers_and_5xx_rejects_with_the_reply_and_the_session_goes_on() -> None:
-    with smtp_server() as server:
+@BOTH
+def test_4xx_defers_and_5xx_rejects_with_the_reply_and_the_session_goes_on(pipelining: bool) -> None:
+    with smtp_server(pipelining=pipelining) as server:
         server.handler.rcpt_replies["user2@example.org"] = "451 4.7.1 greylisted, try later"
         server.handler.rcpt_replies["user3@example.org"] = "550 5.1.1 no such user"
         server.handler.data_replies["user4@example.org"] = "554 5.7.1 message refused"
@@ -180,8 +193,9 @@ def test_4xx_defers_and_5xx_rejects_with_the_reply_and_the_session_goes_on() -> 
         assert server.stats.opened == 1
 
 
-def test_a_dropped_connection_retries_that_message_and_the_pool_recovers() -> None:
-    with smtp_server() as server:
+@BOTH
+def test_a_dropped_connection_retries_that_message_and_the_pool_recovers(pipelining: bool) -> None:
+    with smtp_server(pipelining=pipelining) as server:
         server.handler.drop_data = 1
         results = send_once(server.transport(concurrency=1), recipients(4))
         assert _statuses(results) == [SendStatus.RETRY] + [SendStatus.SENT] * 3
@@ -223,8 +237,9 @@ def test_connection_refused_is_down_at_once() -> None:
     assert "127.0.0.1" in results[0].error
 
 
-def test_a_server_that_does_not_answer_times_out_without_holding_the_batch() -> None:
-    with smtp_server() as server:
+@BOTH
+def test_a_server_that_does_not_answer_times_out_without_holding_the_batch(pipelining: bool) -> None:
+    with smtp_server(pipelining=pipelining) as server:
         server.handler.data_delay = 2.0
         started = time.monotonic()
         results = send_once(server.transport(concurrency=2, timeout=0.3), recipients(20))
@@ -258,8 +273,9 @@ def test_sends_in_flight_never_exceed_the_concurrency_even_across_batches() -> N
         assert server.stats.opened == 3
 
 
-def test_connections_are_reused_across_batches_and_quit_on_close() -> None:
-    with smtp_server() as server:
+@BOTH
+def test_connections_are_reused_across_batches_and_quit_on_close(pipelining: bool) -> None:
+    with smtp_server(pipelining=pipelining) as server:
         transport = server.transport(concurrency=2)
 
         async def run() -> None:
@@ -276,8 +292,9 @@ def test_connections_are_reused_across_batches_and_quit_on_close() -> None:
         assert len(server.stats.messages) == 30
 
 
-def test_messages_per_connection_reconnects() -> None:
-    with smtp_server() as server:
+@BOTH
+def test_messages_per_connection_reconnects(pipelining: bool) -> None:
+    with smtp_server(pipelining=pipelining) as server:
         transport = server.transport(concurrency=1, messages_per_connection=3)
         assert _statuses(send_once(transport, recipients(10))) == [SendStatus.SENT] * 10
         assert server.stats.opened == 4
@@ -302,8 +319,9 @@ def test_the_gate_closing_mid_batch_stops_new_transactions_at_once() -> None:
         assert server.stats.mails == 7
 
 
-def test_a_bad_address_fails_that_message_only() -> None:
-    with smtp_server() as server:
+@BOTH
+def test_a_bad_address_fails_that_message_only(pipelining: bool) -> None:
+    with smtp_server(pipelining=pipelining) as server:
         batch = [recipient(1), recipient(2, "x@y.z\r\nRCPT TO:<evil@example.net>"), recipient(3)]
         results = send_once(server.transport(), batch)
         assert _statuses(results) == [SendStatus.SENT, SendStatus.FAILED, SendStatus.SENT]
@@ -329,15 +347,19 @@ def test_a_session_the_server_closed_while_idle_is_replaced() -> None:
         assert server.stats.opened == 2
 
 
-def test_an_idle_session_is_checked_with_noop_and_kept(monkeypatch: Any) -> None:
+@BOTH
+def test_an_idle_session_is_checked_with_noop_and_kept(monkeypatch: Any, pipelining: bool) -> None:
     monkeypatch.setattr(campaignd_email.smtp, "IDLE_CHECK", 0.0)
-    with smtp_server() as server:
+    with smtp_server(pipelining=pipelining) as server:
         results = send_once(server.transport(concurrency=1), recipients(3))
         assert _statuses(results) == [SendStatus.SENT] * 3
         assert server.stats.opened == 1
 
 
-def test_mail_from_is_written_before_anything_else_runs_after_admission(monkeypatch: Any) -> None:
+@BOTH
+def test_mail_from_is_written_before_anything_else_runs_after_admission(
+    monkeypatch: Any, pipelining: bool
+) -> None:
     written: list[bytes] = []
     write = aiosmtplib.protocol.SMTPProtocol.write
 
@@ -354,11 +376,12 @@ def test_mail_from_is_written_before_anything_else_runs_after_admission(monkeypa
             asyncio.get_running_loop().call_soon(lambda: seen.append(written[-1]))
             return await super().admit(weight)
 
-    with smtp_server() as server:
+    with smtp_server(pipelining=pipelining) as server:
         results = send_once(server.transport(concurrency=1), recipients(5), Watching())
     assert _statuses(results) == [SendStatus.SENT] * 5
     assert len(seen) == 5
     assert all(line.startswith(b"MAIL FROM:<news@example.com>") for line in seen)
+    assert all(line.endswith(b"\r\nDATA\r\n") == pipelining for line in seen)
 
 
 def test_an_error_in_one_send_ends_the_whole_batch() -> None:
@@ -374,3 +397,178 @@ def test_an_error_in_one_send_ends_the_whole_batch() -> None:
             send_once(server.transport(concurrency=2), recipients(20), Failing())
         time.sleep(0.1)
         assert server.stats.mails <= 4
+
+
+def _spy_writes(monkeypatch: Any) -> list[bytes]:
+    """Every write of aiosmtplib's protocol, from now on."""
+    written: list[bytes] = []
+    write = aiosmtplib.protocol.SMTPProtocol.write
+
+    def spy(self: aiosmtplib.protocol.SMTPProtocol, data: bytes) -> None:
+        written.append(data)
+        write(self, data)
+
+    monkeypatch.setattr(aiosmtplib.protocol.SMTPProtocol, "write", spy)
+    return written
+
+
+def test_pipelining_writes_mail_rcpt_and_data_at_once_then_the_message(monkeypatch: Any) -> None:
+    written = _spy_writes(monkeypatch)
+    with smtp_server(pipelining=True) as server:
+        results = send_once(server.transport(concurrency=1), recipients(3))
+        reads = list(server.stats.reads)
+        sizes = [len(m) for m in server.stats.messages]
+        options = list(server.stats.mail_options)
+    assert _statuses(results) == [SendStatus.SENT] * 3
+    transactions = [w for w in written if not w.startswith((b"EHLO", b"QUIT"))]
+    assert len(transactions) == 6
+    for i, (envelope, message) in enumerate(zip(transactions[::2], transactions[1::2], strict=True)):
+        size = len(message) - len(b".\r\n")  # nothing to dot-stuff in these messages
+        mail = f"MAIL FROM:<news@example.com> SIZE={size}\r\n"
+        assert envelope == f"{mail}RCPT TO:<user{i + 1}@example.org>\r\nDATA\r\n".encode()
+        assert message.startswith(b"From: ")
+        assert message.endswith(b"\r\n.\r\n")
+        # The server read the three commands together.
+        assert envelope in reads
+        assert options[i] == [f"SIZE={size}"]
+        assert sizes[i] == size
+
+
+def test_without_pipelining_each_command_is_its_own_write(monkeypatch: Any) -> None:
+    written = _spy_writes(monkeypatch)
+    with smtp_server() as server:
+        results = send_once(server.transport(concurrency=1), recipients(1))
+    assert _statuses(results) == [SendStatus.SENT]
+    transaction = [w for w in written if not w.startswith((b"EHLO", b"QUIT"))]
+    assert [w.split(b" ")[0].split(b":")[0] for w in transaction[:3]] == [b"MAIL", b"RCPT", b"DATA\r\n"]
+    assert transaction[3].endswith(b"\r\n.\r\n")
+    assert len(transaction) == 4
+
+
+def _refusals(pipelining: bool) -> tuple[list[tuple[SendStatus, str, str]], int, list[str]]:
+    """Results of a batch meeting a refusal of each kind, the sessions it took and who got mail."""
+    with smtp_server(pipelining=pipelining) as server:
+        server.handler.mail_replies = ["451 4.3.0 sender deferred", "553 5.1.8 sender refused"]
+        server.handler.rcpt_replies["user3@example.org"] = "450 4.2.0 mailbox busy"
+        server.handler.rcpt_replies["user4@example.org"] = "550 5.1.1 no such user"
+        server.handler.data_replies["user5@example.org"] = "452 4.3.1 out of storage"
+        server.handler.data_replies["user6@example.org"] = "554 5.7.1 message refused"
+        results = send_once(server.transport(concurrency=1), recipients(8))
+        return [(r.status, r.reason, r.error) for r in results], server.stats.opened, server.stats.recipients
+
+
+def test_refusals_of_pipelined_commands_give_what_sendmail_gives_and_the_session_goes_on() -> None:
+    pipelined = _refusals(pipelining=True)
+    assert pipelined == _refusals(pipelining=False)
+    results, opened, delivered = pipelined
+    assert results[:6] == [
+        (SendStatus.RETRY, "deferred", "451 4.3.0 sender deferred"),
+        (SendStatus.FAILED, "rejected", "553 5.1.8 sender refused"),
+        (SendStatus.RETRY, "deferred", "450 4.2.0 mailbox busy"),
+        (SendStatus.FAILED, "rejected", "550 5.1.1 no such user"),
+        (SendStatus.RETRY, "deferred", "452 4.3.1 out of storage"),
+        (SendStatus.FAILED, "rejected", "554 5.7.1 message refused"),
+    ]
+    assert [status for status, _, _ in results[6:]] == [SendStatus.SENT] * 2
+    # RSET after each refused envelope kept the one session in step.
+    assert opened == 1
+    assert delivered == ["user7@example.org", "user8@example.org"]
+
+
+@BOTH
+@pytest.mark.parametrize("command", ["MAIL", "RCPT"])
+def test_421_defers_and_closes_the_session(pipelining: bool, command: str) -> None:
+    with smtp_server(pipelining=pipelining) as server:
+        if command == "MAIL":
+            server.handler.mail_replies = ["421 4.3.2 shutting down"]
+        else:
+            server.handler.rcpt_replies["user1@example.org"] = "421 4.3.2 shutting down"
+        results = send_once(server.transport(concurrency=1), recipients(3))
+        assert [(r.status, r.reason, r.error) for r in results[:1]] == [
+            (SendStatus.RETRY, "deferred", "421 4.3.2 shutting down")
+        ]
+        assert _statuses(results[1:]) == [SendStatus.SENT] * 2
+        assert server.stats.opened == 2
+
+
+@BOTH
+def test_a_server_that_asks_for_the_message_after_refusing_the_recipient(pipelining: bool) -> None:
+    with smtp_server(pipelining=pipelining) as server:
+        server.handler.keep_refused = True
+        server.handler.rcpt_replies["user1@example.org"] = "550 5.1.1 no such user"
+        results = send_once(server.transport(concurrency=1), recipients(2))
+        assert [(r.status, r.reason, r.error) for r in results[:1]] == [
+            (SendStatus.FAILED, "rejected", "550 5.1.1 no such user")
+        ]
+        assert _statuses(results[1:]) == [SendStatus.SENT]
+        assert server.stats.opened == 1
+        # Pipelined, the DATA already sent got 354: an empty message answered it.
+        empty = [b""] if pipelining else []
+        assert server.stats.messages[:-1] == empty
+        assert server.stats.messages[-1].startswith(b"From: ")
+
+
+@BOTH
+def test_lines_starting_with_a_dot_arrive_intact(pipelining: bool) -> None:
+    text = "Hi {{ contact.first_name }},\n.hidden\n..two dots\n.\nend\n"
+    with smtp_server(pipelining=pipelining) as server:
+
+        async def run() -> list[SendResult]:
+            transport = server.transport(concurrency=1)
+            client = await _open(transport)
+            try:
+                return await _send(client, recipients(2), info=channel(text=text, html=""))
+            finally:
+                await _close(transport, client)
+
+        assert _statuses(asyncio.run(run())) == [SendStatus.SENT] * 2
+        for message in server.stats.messages:
+            assert b"\r\n\r\nHi Ann" in message
+            assert message.endswith(b",\r\n.hidden\r\n..two dots\r\n.\r\nend\r\n")
+
+
+@BOTH
+def test_an_address_smtp_cannot_carry_fails_before_anything_is_written(
+    monkeypatch: Any, pipelining: bool
+) -> None:
+    # Past the composer's own check, as an address it let through would be.
+    monkeypatch.setattr(campaignd_email.message, "envelope_address", lambda address: address)
+    batch = [
+        recipient(1),
+        recipient(2, "x@y.z\r\nRCPT TO:<evil@example.net>"),
+        recipient(3, "nul\x00@example.org"),
+        recipient(4, "two words@example.org"),
+        recipient(5, "<angle@example.org>"),
+        recipient(6),
+    ]
+    with smtp_server(pipelining=pipelining) as server:
+        results = send_once(server.transport(concurrency=1), batch)
+        assert _statuses(results) == [SendStatus.SENT] + [SendStatus.FAILED] * 4 + [SendStatus.SENT]
+        assert {r.reason for r in results[1:5]} == {"invalid_address"}
+        assert server.stats.recipients == ["user1@example.org", "user6@example.org"]
+        assert server.stats.mails == 2
+        assert server.stats.opened == 1
+
+
+@pytest.mark.parametrize(
+    "address", ["jörg@example.org", "a\r\n@example.org", "a\x00@example.org", "a b@example.org", 'a"@b.org']
+)
+def test_addresses_aiosmtplib_would_not_send_are_refused(address: str) -> None:
+    with pytest.raises(ValueError, match="not permitted in an SMTP mailbox"):
+        campaignd_email.smtp._path(address)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"Subject: x\r\n\r\nplain\r\n",
+        b".starts with a dot\r\n.\r\n..\r\nend\r\n",
+        b"no final line break",
+        b"bare\nline\rfeeds\n.dot\r.dot\r\n",
+        b"",
+    ],
+)
+def test_messages_are_sent_as_aiosmtplib_sends_them(data: bytes) -> None:
+    normalised = aiosmtplib.protocol.normalize_message_line_endings(data)
+    expected = aiosmtplib.protocol.PERIOD_REGEX.sub(b"..", normalised) + b".\r\n"
+    assert campaignd_email.smtp._message(data) == (len(normalised), expected)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import re
 import socket
 import ssl
 import time
 from collections.abc import Iterator, Sequence
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
+from aiosmtplib.response import SMTPResponse
 
 from campaignd.plugin import Gate, Recipient, SendResult, SendStatus, Transport
 from campaignd_email.message import AddressError, Built, Composer
@@ -16,6 +21,14 @@ from campaignd_email.settings import SmtpSettings
 from campaignd_email.templates import RenderError
 
 IDLE_CHECK = 10.0  # seconds a connection may sit idle before a NOOP checks it is still open
+
+# What an address on a command line may not hold, as aiosmtplib checks it: whitespace and control
+# characters (CR and LF would end the command), angle brackets and quotes. Non-ASCII would need
+# SMTPUTF8, which is not used.
+_NOT_IN_PATH = re.compile(r"[\x00-\x20\x7f<>\"]")
+# The replies that accept MAIL, RCPT and DATA, as SMTP.sendmail reads them.
+_ENVELOPE_ACCEPTED = ((250,), (250, 251), (354,))
+_CLOSING = 421  # the server is closing the session: aiosmtplib closes it too
 
 
 class TransportError(Exception):
@@ -280,13 +293,20 @@ class _Batch:
         """The result of one message, whether its connection can be kept, and whether this
         worker should stop."""
         message_id = recipient.message_id
+        smtp = connection.smtp
         try:
-            await connection.smtp.sendmail(self.composer.sender, [built.recipient], built.data)
+            if smtp.supports_extension("pipelining"):
+                await _send_pipelined(smtp, self.composer.sender, built)
+            else:
+                # Checked here: sendmail cuts an address at a line break, and refuses some others
+                # only once MAIL FROM is out, leaving that envelope open.
+                _path(built.recipient)
+                await smtp.sendmail(self.composer.sender, [built.recipient], built.data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
             return _reply(message_id, refused.code, refused.message), True, False
         except aiosmtplib.SMTPResponseException as exc:
-            # aiosmtplib has sent RSET, so the session can take the next message.
+            # RSET has been sent where needed, so the session can take the next message.
             return _reply(message_id, exc.code, exc.message), True, False
         except aiosmtplib.SMTPTimeoutError as exc:
             # A server that does not answer in time would make every message wait as long: this
@@ -318,3 +338,113 @@ def _reply(message_id: int, code: int, text: str) -> SendResult:
 
 def _failed(recipient: Recipient, error: str, reason: str) -> SendResult:
     return SendResult(recipient.message_id, SendStatus.FAILED, error=error, reason=reason)
+
+
+async def _send_pipelined(smtp: aiosmtplib.SMTP, sender: str, built: Built) -> None:
+    """Send one message as `SMTP.sendmail` does and raise as it does, but with MAIL, RCPT and
+    DATA in one write and the message in another (RFC 2920)."""
+    protocol = smtp.protocol
+    lock = None if protocol is None else protocol._command_lock
+    if protocol is None or lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    rcpt = b"RCPT TO:" + _path(built.recipient) + b"\r\n"
+    size, message = _message(built.data)
+    mail = _mail_from(sender)
+    if smtp.supports_extension("size"):
+        mail += b" SIZE=%d" % size
+    try:
+        async with lock:
+            refused, reset = await _exchange(smtp, protocol, mail + b"\r\n" + rcpt + b"DATA\r\n", message)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPResponseException):
+        # A reply lost, late or unreadable: the replies still to come would be paired with the
+        # wrong commands.
+        smtp.close()
+        raise
+    if refused is None:
+        return
+    if reset:
+        # As SMTP.sendmail: the refusal is the message's result, however the reset went.
+        with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+            await smtp.rset()
+    raise aiosmtplib.SMTPResponseException(refused.code, refused.message)
+
+
+async def _exchange(
+    smtp: aiosmtplib.SMTP, protocol: SMTPProtocol, commands: bytes, message: bytes
+) -> tuple[SMTPResponse | None, bool]:
+    """Write the envelope's commands, read their replies, and send the message when all were
+    accepted. Returns the reply to report (None: the message was accepted) and whether RSET
+    must clear an envelope the server still holds. The caller holds the command lock."""
+    timeout = smtp.timeout
+    # As SMTPProtocol.execute_command: the reply is expected before the write.
+    protocol._response_pending = True
+    protocol.write(commands)
+    refused = None
+    for accepted in _ENVELOPE_ACCEPTED:
+        reply = await _next_reply(protocol, timeout)
+        if reply.code == _CLOSING:
+            smtp.close()
+            return refused or reply, False
+        if refused is None and reply.code not in accepted:
+            refused = reply
+    if refused is None:
+        protocol._response_pending = True
+        protocol.write(message)
+        reply = await _next_reply(protocol, timeout)
+        if reply.code == _CLOSING:
+            smtp.close()
+        # The reply to the message ends the transaction either way (RFC 5321 4.1.1.4): no RSET.
+        return (None if reply.code == 250 else reply), False
+    if reply.code == 354:
+        # Asked for the message after refusing the envelope: an empty message ends DATA, and
+        # its reply tells nothing (RFC 2920 3.1).
+        protocol._response_pending = True
+        protocol.write(b".\r\n")
+        if (await _next_reply(protocol, timeout)).code == _CLOSING:
+            smtp.close()
+            return refused, False
+    return refused, True
+
+
+async def _next_reply(protocol: SMTPProtocol, seconds: float | None) -> SMTPResponse:
+    """The next reply to a pipelined command, waiting at most `seconds` for it."""
+    # The protocol parses the first reply of each read only; replies that came with it wait in
+    # its buffer.
+    reply = protocol._read_response_from_buffer()
+    if reply is not None:
+        protocol._response_pending = False  # as read_response leaves it
+        return reply
+    try:
+        # Not read_response(timeout=...): on Python 3.11 its wait_for resumes this task one
+        # loop iteration after the reply came, and a reply arriving in that iteration finds
+        # the protocol's waiter done and is dropped. Awaited directly, none can be.
+        async with asyncio.timeout(seconds):
+            return await protocol.read_response(timeout=None)
+    except TimeoutError as exc:
+        raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _mail_from(sender: str) -> bytes:
+    """The MAIL command of a channel's sender, made once."""
+    return b"MAIL FROM:" + _path(sender)
+
+
+def _path(address: str) -> bytes:
+    """`address` as SMTP commands carry it; ValueError when a command cannot carry it."""
+    if not address.isascii() or _NOT_IN_PATH.search(address):
+        raise ValueError(f"address {address!r} contains characters not permitted in an SMTP mailbox")
+    return b"<" + address.encode("ascii") + b">"
+
+
+def _message(data: bytes) -> tuple[int, bytes]:
+    """The size of `data` for SIZE (RFC 1870), and `data` as sent after DATA: CRLF lines,
+    dot-stuffed, ended by the line holding only a dot."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf or not data.endswith(b"\r\n"):
+        # The composer writes CRLF lines; counting is cheaper than a regex pass that finds none.
+        data = normalize_message_line_endings(data)
+    size = len(data)
+    if data.startswith(b"."):
+        data = b"." + data
+    return size, data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
