@@ -10,6 +10,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import secrets
@@ -86,6 +87,10 @@ class Composer:
             else None
         )
         self._boundary = f"=_{secrets.token_hex(16)}"
+        # Message-IDs are unique by message id and a serial; the random salt, drawn once, keeps
+        # them apart across processes and restarts without a getrandom call per message.
+        self._salt = secrets.token_hex(6)
+        self._serial = itertools.count(1)
         self._from = _from_header(self._parts["from_name"], self.sender)
         self._static = self._static_headers(content)
         self._has_text = bool(content.get("text"))
@@ -134,7 +139,9 @@ class Composer:
             from_header = _address_header(name, self.sender)
         text = render_part("text", parts["text"], context) if self._has_text else None
         html = render_part("html", parts["html"], context) if self._has_html else None
-        message_id = f"{self._id_prefix}{recipient.message_id}.{secrets.token_hex(6)}{self._id_suffix}"
+        message_id = (
+            f"{self._id_prefix}{recipient.message_id}.{next(self._serial)}.{self._salt}{self._id_suffix}"
+        )
         head = [
             f"From: {from_header}",
             f"To: {to}",
