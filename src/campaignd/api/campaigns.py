@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -431,17 +431,8 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
                 "the channel cannot send until these are fixed",
                 violations=problems,
             )
-        addresses = _test_addresses(
-            request.addresses, declared.address, self.settings().audience.default_region
-        )
-        contacts = await self.manager.db.read(
-            lambda conn: engine_store.contacts_by_address(conn, declared.address, addresses)
-        )
+        recipients = await self._recipients(declared.address, request.addresses, "addresses")
         info = ChannelInfo(record.name, channel.channel_id, channel.type, channel.content)
-        recipients = [
-            Recipient(-(index + 1), address, contacts.get(address, {}), 1)
-            for index, address in enumerate(addresses)
-        ]
         try:
             results = await send_once(
                 self.plugins,
@@ -476,15 +467,10 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
                 Code.NOT_FOUND, "NOT_FOUND", f"{record.name} has no channel {request.channel_id!r}"
             )
         declared = self.plugins.types[channel.type]
-        [address] = _test_addresses(
-            [request.address], declared.address, self.settings().audience.default_region, field="address"
-        )
-        contacts = await self.manager.db.read(
-            lambda conn: engine_store.contacts_by_address(conn, declared.address, [address])
-        )
+        [recipient] = await self._recipients(declared.address, [request.address], "address")
         info = ChannelInfo(record.name, channel.channel_id, channel.type, channel.content)
         try:
-            rendered = self.plugins.render(info, Recipient(0, address, contacts.get(address, {}), 1))
+            rendered = self.plugins.render(info, recipient)
         except ValueError as exc:
             raise errors.invalid_argument(
                 [errors.FieldViolation(f"campaign.channels[{channel.channel_id}].content", str(exc))]
@@ -492,6 +478,18 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         except PluginCallError as exc:
             raise ApiError(Code.FAILED_PRECONDITION, "PLUGIN_ERROR", str(exc)) from None
         return svc.PreviewMessageResponse(summary=rendered.summary, text=rendered.text, data=rendered.data)
+
+    async def _recipients(self, kind: str, addresses: Sequence[str], field: str) -> list[Recipient]:
+        """Recipients outside any campaign (test sends, previews): each address normalised for
+        its `kind`, with the fields of the contact that has it, if any; negative message ids."""
+        normalised = _test_addresses(addresses, kind, self.settings().audience.default_region, field)
+        contacts = await self.manager.db.read(
+            lambda conn: engine_store.contacts_by_address(conn, kind, normalised)
+        )
+        return [
+            Recipient(-(index + 1), address, contacts.get(address, {}), 1)
+            for index, address in enumerate(normalised)
+        ]
 
     @unary
     async def ListChannelTypes(
