@@ -121,6 +121,40 @@ def test_a_send_window_sends_only_where_it_is_open(client: Client, tmp_path: pat
         assert all(not m.address.startswith(tuple(expected[campaign_zone])) for m in queued.messages)
 
 
+def test_a_types_default_window_applies_when_the_channel_sets_none(
+    daemon_factory: DaemonFactory, tmp_path: pathlib.Path
+) -> None:
+    """A type's default window (quiet hours, for SMS and voice) holds back recipients where it is closed."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    load = '[plugins]\nload = ["campaignd.testing.channels", "tests.integration.quiet_channel"]\n'
+    daemon = daemon_factory(load + FAST, env={"PYTHONPATH": str(root)}).start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        target = _zoned_people(client, "quiet", 10)
+        sink = tmp_path / "received"
+        campaign = client.stub.CreateCampaign(
+            svc.CreateCampaignRequest(
+                campaign=pb.Campaign(
+                    display_name="Quiet hours",
+                    time_zone=CLOSED_ZONE,
+                    audience=pb.Audience(target_lists=[target]),
+                    channels=[
+                        pb.Channel(channel_id="main", type="test-quiet", content=_content(sink=str(sink)))
+                    ],
+                )
+            )
+        )
+        client.launch(campaign.name)
+        _wait(functools.partial(_has_received, sink, 10), 30, "the open zone")
+        time.sleep(1.0)  # many ticks: nothing more may go out
+        report = _report(client, campaign.name)
+    addresses = {a for _, a in _received(sink)}
+    assert len(addresses) == 10
+    assert all(a.startswith("open") for a in addresses)
+    assert (report.totals.sent, report.totals.queued) == (10, 20)
+    assert report.channels[0].progress.HasField("window_reopens_time")
+
+
 def test_fifty_watchers_see_the_snapshot_and_the_end(engine_daemon: DaemonProcess, client: Client) -> None:
     """50 concurrent WatchCampaign streams each get a snapshot first and see COMPLETED with all sent."""
     campaign = _campaign(client, _people(client, "watchers", 300), delay_ms=5)
@@ -213,7 +247,7 @@ def test_a_queued_campaign_waits_for_the_slot(daemon_factory: DaemonFactory, tmp
     first_sink, second_sink = tmp_path / "first", tmp_path / "second"
     with daemon.channel() as channel:
         client = Client(channel)
-        # Long enough to watch with several batches in flight: 200 × 40 ms over 4 lanes is 2 s.
+        # Long enough to watch with several batches in flight: 200 messages of 40 ms over 4 lanes is 2 s.
         first = _campaign(client, _people(client, "slot-a", 200), sink=str(first_sink), delay_ms=40)
         second = _campaign(client, _people(client, "slot-b", 20), sink=str(second_sink))
         client.launch(first.name)
