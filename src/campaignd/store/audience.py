@@ -570,12 +570,26 @@ def message_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str], 
 
 def failure_reasons(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
     """FAILED messages per (channel id, reason)."""
-    rows = conn.execute(
-        sa.select(messages.c.channel_id, messages.c.reason, sa.func.count())
-        .where(messages.c.campaign_id == campaign_id, messages.c.state == "failed")
-        .group_by(messages.c.channel_id, messages.c.reason)
-    )
-    return {(r[0], r[1] or ""): int(r[2]) for r in rows}
+    found: dict[tuple[str, str], int] = {}
+    # One query per channel, so that (campaign, channel, state) leads the index to the failed
+    # messages alone instead of a pass over the whole campaign.
+    channel_ids = conn.execute(
+        sa.select(channel_counts.c.channel_id)
+        .where(channel_counts.c.campaign_id == campaign_id, channel_counts.c.state == "failed")
+        .where(channel_counts.c.n > 0)
+    ).scalars()
+    for channel_id in list(channel_ids):
+        rows = conn.execute(
+            sa.select(messages.c.reason, sa.func.count())
+            .where(
+                messages.c.campaign_id == campaign_id,
+                messages.c.channel_id == channel_id,
+                messages.c.state == "failed",
+            )
+            .group_by(messages.c.reason)
+        )
+        found.update({(channel_id, r[0] or ""): int(r[1]) for r in rows})
+    return found
 
 
 def list_messages(
