@@ -603,7 +603,8 @@ def test_tls_address_with_token(daemon_factory: DaemonFactory, tmp_path: pathlib
     )
     assert by_env.returncode == 0, by_env.stderr
     assert "t " in by_env.stdout
-    viewer_launch = run_ctl(*tls, "--token", tokens.viewer, "launch", "t", *ATTESTATION)
+    # `--token=` form: a generated token may begin with "-", which argparse would take for an option.
+    viewer_launch = run_ctl(*tls, f"--token={tokens.viewer}", "launch", "t", *ATTESTATION)
     assert viewer_launch.returncode == 1
     assert viewer_launch.stderr.startswith("campaignctl: PERMISSION_DENIED: ")
     anonymous = run_ctl(*tls, "list")
@@ -616,7 +617,7 @@ def test_mutual_tls_with_client_certificate(daemon_factory: DaemonFactory, tmp_p
     """--cert-file and --key-file present a client certificate where the daemon requires one."""
     pki = write_pki(tmp_path / "pki")
     _, tokens, port = start_tls_daemon(daemon_factory, pki, tmp_path / "tokens", client_ca=True)
-    tls = ("--address", f"127.0.0.1:{port}", "--ca-file", str(pki.ca_file), "--token", tokens.viewer)
+    tls = ("--address", f"127.0.0.1:{port}", "--ca-file", str(pki.ca_file), f"--token={tokens.viewer}")
     with_cert = run_ctl(
         *tls, "--cert-file", str(pki.client_cert_file), "--key-file", str(pki.client_key_file), "list"
     )
