@@ -38,7 +38,7 @@ from campaignd.engine.windows import SendWindow
 from campaignd.errors import ApiError
 from campaignd.lifecycle import ChannelState, Operation
 from campaignd.plugin import ChannelInfo, Recipient, SendResult, SendStatus, Transport
-from campaignd.plugin.manager import PluginCallError, Plugins
+from campaignd.plugin.manager import PluginCallError, Plugins, TransportOpenError
 from campaignd.store import engine as store
 from campaignd.store.audience import move_messages
 from campaignd.store.campaigns import CampaignRecord, ChannelRecord
@@ -90,6 +90,13 @@ class TransportGate:
         if self.limiter is not None:
             await self.limiter.acquire(weight)
         return await self.channel.admit(weight)
+
+
+def _allowance(count: int, limiters: Iterable[RateLimiter | None], config: EngineSettings) -> float:
+    """Seconds a plugin gets for `count` sends: the send timeout, plus the time the slowest of the
+    rate limits makes the batch wait, which is not the plugin's."""
+    rate = min((limiter.rate for limiter in limiters if limiter is not None), default=0.0)
+    return config.sending_timeout + (count / rate if rate else 0.0)
 
 
 def owner_id() -> str:
@@ -380,7 +387,8 @@ class Engine:
         campaign_id, channel_id = key
         while gate.open and not self._stopping:
             config = self.config
-            if not await self._transports_ready(key, info, channel.transports):
+            targets = self._targets(info, channel.transports)
+            if not await self._transports_ready(key, info, channel.transports, targets):
                 return
             zones = await self._open_zones(key, row)
             if zones is not None and not zones:
@@ -409,7 +417,7 @@ class Engine:
             ]
             renewing = asyncio.create_task(self._renew([m.id for m in batch], config.sending_timeout))
             try:
-                outcomes = await self._send(info, channel.transports, batch, recipients, gate, config)
+                outcomes = await self._send(info, targets, batch, recipients, gate, config)
             except PluginCallError as exc:
                 await self._record(
                     key,
@@ -429,26 +437,32 @@ class Engine:
             if await self._guard(key, record):
                 return
 
-    async def _transports_ready(self, key: Key, info: ChannelInfo, shares: list[dict[str, Any]]) -> bool:
+    async def _transports_ready(
+        self,
+        key: Key,
+        info: ChannelInfo,
+        shares: list[dict[str, Any]],
+        targets: list[tuple[Transport, int]] | None,
+    ) -> bool:
         """Whether a batch may be leased: a channel with transports needs one usable now."""
-        targets = self._targets(info, shares)
         if targets is None or any(self.transports.usable(t.name) for t, _ in targets):
             return True
         if not targets:
             # A reload took away every transport the channel names: it waits, PAUSED, for an
             # operator to configure one and resume it.
-            gate = self._gates.get(key)
-            if gate is not None:
-                gate.open = False
             names = ", ".join(s["transport"] for s in shares) or f"any of type {info.type}"
-            reason = f"no configured transport: {names}"
-            await self.campaigns.system_transition(*key, Operation.GUARD_PAUSE, cause="error", reason=reason)
-            log.error("channel paused", campaign=key[0], channel=key[1], reason=reason)
-        elif all(self.transports.fatal(t.name) for t, _ in targets):
-            errors = "; ".join(f"{t.name}: {self.transports.fatal(t.name)}" for t, _ in targets)
-            await self.fail(*key, "TRANSPORT_FAILED", errors)
+            await self._pause(key, "error", f"no configured transport: {names}")
+        elif fatal := self._all_fatal(targets):
+            await self.fail(*key, "TRANSPORT_FAILED", fatal)
         # Otherwise every transport rests; a later tick looks again.
         return False
+
+    def _all_fatal(self, targets: list[tuple[Transport, int]]) -> str:
+        """When every transport of a channel failed fatally, each one's error; else ""."""
+        errors = [
+            f"{t.name}: {self.transports.fatal(t.name)}" for t, _ in targets if self.transports.fatal(t.name)
+        ]
+        return "; ".join(errors) if len(errors) == len(targets) else ""
 
     def _targets(self, info: ChannelInfo, shares: list[dict[str, Any]]) -> list[tuple[Transport, int]] | None:
         declared = self.plugins.types.get(info.type)
@@ -459,18 +473,16 @@ class Engine:
     async def _send(
         self,
         info: ChannelInfo,
-        shares: list[dict[str, Any]],
+        targets: list[tuple[Transport, int]] | None,
         batch: list[store.Leased],
         recipients: list[Recipient],
         gate: ChannelGate,
         config: EngineSettings,
     ) -> _BatchOutcome:
-        """Send a batch, through the channel's transports when its type has them."""
-        targets = self._targets(info, shares)
+        """Send a batch, through the channel's transports (`targets`) when its type has them."""
         if targets is None:
-            results = await self.plugins.send(
-                info.type, info, recipients, gate, self._allowance(batch, gate, config)
-            )
+            seconds = _allowance(len(recipients), [gate.limiter], config)
+            results = await self.plugins.send(info.type, info, recipients, gate, seconds)
             outcomes = self._outcomes(batch, results, config)
             started = [r for r in results if r.status != SendStatus.NOT_STARTED]
             fatal = (
@@ -492,13 +504,9 @@ class Engine:
         # No transport usable: they wait, unattempted, for one to come back.
         results += [SendResult(r.message_id, SendStatus.NOT_STARTED) for r in unrouted]
         via = {r.message_id: t.name for t, group in groups.values() for r in group}
-        names = [t.name for t, _ in targets]
-        failover = any(self.transports.usable(n) for n in names)
+        failover = any(self.transports.usable(t.name) for t, _ in targets)
         outcomes = self._outcomes(batch, results, config, via=via, transports=True, failover=failover)
-        fatal = ""
-        if all(self.transports.fatal(n) for n in names):
-            fatal = "; ".join(f"{n}: {self.transports.fatal(n)}" for n in names)
-        return _BatchOutcome(outcomes, fatal)
+        return _BatchOutcome(outcomes, self._all_fatal(targets))
 
     async def _send_through(
         self,
@@ -511,16 +519,11 @@ class Engine:
         try:
             async with self.transports.use(transport) as opened:
                 through = TransportGate(gate, opened.limiter)
-                rate = min(
-                    (lim.rate for lim in (opened.limiter, gate.limiter) if lim is not None), default=0.0
-                )
-                seconds = config.sending_timeout + (len(recipients) / rate if rate else 0.0)
+                seconds = _allowance(len(recipients), [opened.limiter, gate.limiter], config)
                 results = await self.plugins.send(
                     info.type, info, recipients, through, seconds, transport=transport, client=opened.client
                 )
-        except PluginCallError as exc:
-            if "opening transport" not in str(exc):
-                raise
+        except TransportOpenError as exc:
             self.transports.rest(transport.name, str(exc))
             return [
                 SendResult(r.message_id, SendStatus.RETRY, error=str(exc)[:2000], transport_down=True)
@@ -532,12 +535,6 @@ class Engine:
         elif any(r.transport_down for r in started):
             self.transports.rest(transport.name, next(r.error for r in started if r.transport_down))
         return results
-
-    @staticmethod
-    def _allowance(batch: list[store.Leased], gate: ChannelGate, config: EngineSettings) -> float:
-        # Time spent waiting for the rate is not the plugin's: allow for it on top of the timeout.
-        pacing = len(batch) / gate.limiter.rate if gate.limiter is not None else 0.0
-        return config.sending_timeout + pacing
 
     async def _open_zones(self, key: Key, row: Any) -> list[str | None] | None:
         window_record = row.send_window or self.plugins.default_window(row.type)
@@ -577,9 +574,6 @@ class Engine:
         reach was never handed over: it waits again, unattempted, until a transport is usable; one
         whose transport failed fatally waits for another transport when there is one (`failover`)."""
         via = via or {}
-        results = list(results)
-        if not all(isinstance(r, SendResult) for r in results):
-            raise PluginCallError("the plugin returned something other than SendResult objects")
         by_id = {r.message_id: r for r in results}
         now = self.clock.now()
         outcomes = []
@@ -664,13 +658,17 @@ class Engine:
         failed, finished = failed_now - failed_before, finished_now - finished_before
         if finished < minimum or failed * 100 <= limit * finished:
             return False
+        reason = f"failure rate {100 * failed / finished:.1f}% is over {limit:g}% after {finished} sends"
+        await self._pause(key, "guard", reason)
+        return True
+
+    async def _pause(self, key: Key, cause: str, reason: str) -> None:
+        """Pause a channel on the daemon's own account, its gate closed first."""
         gate = self._gates.get(key)
         if gate is not None:
             gate.open = False
-        reason = f"failure rate {100 * failed / finished:.1f}% is over {limit:g}% after {finished} sends"
-        await self.campaigns.system_transition(*key, Operation.GUARD_PAUSE, cause="guard", reason=reason)
-        log.warning("guard paused a channel", campaign=key[0], channel=key[1], reason=reason)
-        return True
+        await self.campaigns.system_transition(*key, Operation.GUARD_PAUSE, cause=cause, reason=reason)
+        log.warning("channel paused", campaign=key[0], channel=key[1], cause=cause, reason=reason)
 
     async def _finished_counts(self, key: Key) -> tuple[int, int]:
         counts = await self.db.read(store.read_counts, key[0])

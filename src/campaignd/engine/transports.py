@@ -86,7 +86,7 @@ class Transports:
 
     @contextlib.asynccontextmanager
     async def use(self, transport: Transport) -> AsyncIterator[OpenTransport]:
-        """The open form of `transport` for the length of a batch; PluginCallError if it cannot open."""
+        """The open form of `transport` for the length of a batch; TransportOpenError if it cannot open."""
         entry = await self._get(transport)
         entry.users += 1
         try:

@@ -53,6 +53,10 @@ class PluginCallError(Exception):
     """A plugin failed while working for a channel; the channel fails, never the daemon."""
 
 
+class TransportOpenError(PluginCallError):
+    """A transport could not be opened: the transport rests, the channel does not fail."""
+
+
 @dataclass(frozen=True)
 class PluginConfig:
     """What the config says to the plugins: the transports, and each channel type's options."""
@@ -349,7 +353,8 @@ class Plugins:
         return rendered
 
     async def open_transport(self, transport: Transport, events: EventSink, seconds: float) -> Any:
-        """Open `transport` through its plugin; PluginCallError when that fails or takes too long."""
+        """Open `transport` through its plugin; TransportOpenError when that fails or takes too long,
+        PluginCallError when no plugin opens transports of its type."""
         try:
             awaitable = self.manager.hook.campaignd_open_transport(
                 channel_type=transport.channel_type, transport=transport, events=events
@@ -360,9 +365,9 @@ class Plugins:
         except PluginCallError:
             raise
         except TimeoutError:
-            raise PluginCallError(f"opening transport {transport.name} took over {seconds:g} s") from None
+            raise TransportOpenError(f"opening transport {transport.name} took over {seconds:g} s") from None
         except Exception as exc:
-            raise PluginCallError(
+            raise TransportOpenError(
                 f"opening transport {transport.name} failed: {type(exc).__name__}: {exc}"
             ) from exc
 
