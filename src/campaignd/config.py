@@ -324,13 +324,15 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def _problems(exc: ValidationError) -> list[Problem]:
+def validation_problems(exc: ValidationError, within: str = "") -> list[Problem]:
+    """The problems of a failed validation, with key paths under `within` (a dotted path)."""
     problems = []
     for err in exc.errors():
         message = (
             "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         )
-        problems.append(Problem(_dotted(tuple(err["loc"])), message))
+        prefix: tuple[int | str, ...] = (within,) if within else ()
+        problems.append(Problem(_dotted(prefix + tuple(err["loc"])), message))
     return problems
 
 
@@ -343,7 +345,7 @@ def parse(data: dict[str, Any], *, check_files: bool = True) -> Settings:
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
+        raise ConfigError(validation_problems(exc)) from None
     if not check_files:
         return settings
     problems: list[Problem] = []

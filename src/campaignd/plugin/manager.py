@@ -13,7 +13,7 @@ import pluggy
 from pydantic import ValidationError
 
 from campaignd import logs
-from campaignd.config import ConfigError, Problem, SecretSource, Settings
+from campaignd.config import ConfigError, Problem, SecretSource, Settings, validation_problems
 from campaignd.errors import FieldViolation
 from campaignd.lifecycle import DEFAULT_SEMANTICS, ChannelSemantics
 from campaignd.plugin import (
@@ -195,15 +195,11 @@ class Plugins:
                 problems.append(Problem(f"{path}.{key}", "unknown key"))
             elif spec.secret:
                 values[key] = _read_secret(value, f"{path}.{key}", problems)
-            elif not _is_kind(value, spec.kind):
-                problems.append(Problem(f"{path}.{key}", f"must be a {spec.kind}"))
-            elif isinstance(value, str) and len(value) > spec.max_length:
-                problems.append(Problem(f"{path}.{key}", f"longer than {spec.max_length} characters"))
+            elif wrong := _value_problem(spec, value):
+                problems.append(Problem(f"{path}.{key}", wrong))
             else:
                 values[key] = value
-        for spec in fields:
-            if spec.required and key_missing(raw, spec.name):
-                problems.append(Problem(f"{path}.{spec.name}", "required"))
+        problems.extend(Problem(f"{path}.{name}", "required") for name in _missing(fields, raw))
         if len(problems) > found:
             return values
         try:
@@ -392,34 +388,32 @@ def _check_declared(declared: ChannelType, content: Content, *, launching: bool)
         if spec is None:
             problems.append(FieldViolation(key, f"not a field of channel type {declared.name!r}"))
             continue
-        if not _is_kind(value, spec.kind):
-            problems.append(FieldViolation(key, f"must be a {spec.kind}"))
-        elif isinstance(value, str) and len(value) > spec.max_length:
-            problems.append(FieldViolation(key, f"longer than {spec.max_length} characters"))
+        if wrong := _value_problem(spec, value):
+            problems.append(FieldViolation(key, wrong))
     if launching:
-        for spec in declared.fields:
-            if spec.required and key_missing(content, spec.name):
-                problems.append(FieldViolation(spec.name, "required"))
+        problems.extend(FieldViolation(name, "required") for name in _missing(declared.fields, content))
     return problems
 
 
-def key_missing(values: Mapping[str, Any], key: str) -> bool:
-    """Whether a required key is missing or empty."""
-    return values.get(key) in (None, "", [], {})
+def _value_problem(spec: ContentField, value: Any) -> str:
+    """What is wrong with a value of a declared field (content or config option), or ""."""
+    if not _is_kind(value, spec.kind):
+        return f"must be a {spec.kind}"
+    if isinstance(value, str) and len(value) > spec.max_length:
+        return f"longer than {spec.max_length} characters"
+    return ""
+
+
+def _missing(fields: Sequence[ContentField], values: Mapping[str, Any]) -> list[str]:
+    """The required fields that are missing or empty."""
+    return [spec.name for spec in fields if spec.required and values.get(spec.name) in (None, "", [], {})]
 
 
 def _read_secret(value: Any, path: str, problems: list[Problem]) -> str:
     try:
-        source = SecretSource.model_validate(value)
-        return source.read().get_secret_value()
+        return SecretSource.model_validate(value).read().get_secret_value()
     except ValidationError as exc:
-        problems.extend(
-            Problem(
-                f"{path}.{'.'.join(str(p) for p in e['loc'])}".rstrip("."),
-                e["msg"].removeprefix("Value error, "),
-            )
-            for e in exc.errors()
-        )
+        problems.extend(validation_problems(exc, within=path))
     except ConfigError as exc:
         problems.extend(Problem(f"{path}.{p.path}", p.message) for p in exc.problems)
     return ""
