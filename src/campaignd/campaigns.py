@@ -425,18 +425,7 @@ class CampaignManager:
         problems = []
         chosen = list(chosen)
         for channel in chosen:
-            for found in self.plugins.validate(channel.type, channel.content, launching=True):
-                problems.append(
-                    FieldViolation(
-                        f"campaign.channels[{channel.channel_id}].content.{found.field}", found.description
-                    )
-                )
-            for found in self.plugins.check_transports(channel.type, channel.transports, launching=True):
-                problems.append(
-                    FieldViolation(
-                        f"campaign.channels[{channel.channel_id}].{found.field}", found.description
-                    )
-                )
+            problems.extend(self.channel_problems(channel))
             if channel.remarketing is None and not any(
                 record.audience.get(k) for k in ("target_lists", "target_segments")
             ):
@@ -454,6 +443,15 @@ class CampaignManager:
                 "the campaign is not ready: " + "; ".join(f"{p.field}: {p.description}" for p in problems),
                 problems,
             )
+
+    def channel_problems(self, channel: ChannelRecord) -> list[FieldViolation]:
+        """What keeps a channel from sending: its content and its transports, checked as at launch."""
+        path = f"campaign.channels[{channel.channel_id}]"
+        content = self.plugins.validate(channel.type, channel.content, launching=True)
+        transports = self.plugins.check_transports(channel.type, channel.transports, launching=True)
+        return [FieldViolation(f"{path}.content.{p.field}", p.description) for p in content] + [
+            FieldViolation(f"{path}.{p.field}", p.description) for p in transports
+        ]
 
     def load(self, conn: Connection, campaign_id: str) -> CampaignRecord:
         """The campaign (without locking it), or NOT_FOUND."""

@@ -14,7 +14,7 @@ import pytest
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import Client, content
+from tests.integration.campaign_client import Client, content, failure
 from tests.integration.conftest import DaemonFactory, DaemonProcess
 
 PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n'
@@ -171,3 +171,27 @@ def _wait_channels(
         if time.monotonic() > deadline:
             raise AssertionError(f"channels did not reach {expected}: {channels}")
         time.sleep(0.1)
+
+
+def test_a_test_send_of_an_incomplete_channel_or_to_a_bad_address_is_refused(
+    running: tuple[DaemonProcess, Client],
+) -> None:
+    """SendTestMessage checks the channel as a launch would, and each address for the type's kind."""
+    _, client = running
+    refused = pb.Channel(channel_id="main", type="test-email", content=content(text="invalid"))
+    campaign = client.create(refused, audience=pb.Audience(target_lists=["lists/people"]))
+    with pytest.raises(grpc.RpcError) as incomplete:
+        client.stub.SendTestMessage(
+            svc.SendTestMessageRequest(name=campaign.name, channel_id="main", addresses=["a@example.org"])
+        )
+    found = failure(incomplete.value)
+    assert (found.code, found.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CHANNEL_INCOMPLETE")
+    assert found.fields == ["campaign.channels[main].content.text"]
+    good = client.create(pb.Channel(channel_id="main", type="test-sms", content=content(text="hi")))
+    with pytest.raises(grpc.RpcError) as bad_address:
+        client.stub.SendTestMessage(
+            svc.SendTestMessageRequest(name=good.name, channel_id="main", addresses=["+14155550100", "nope"])
+        )
+    found = failure(bad_address.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert found.fields == ["addresses[1]"]

@@ -416,14 +416,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         record = await self.manager.get(campaign_id)
         [(channel, _)] = self.manager.decide(record, Operation.TEST_SEND, request.channel_id)
         declared = self.plugins.types[channel.type]
-        path = f"campaign.channels[{channel.channel_id}]"
-        problems = [
-            errors.FieldViolation(f"{path}.content.{p.field}", p.description)
-            for p in self.plugins.validate(channel.type, channel.content, launching=True)
-        ] + [
-            errors.FieldViolation(f"{path}.{p.field}", p.description)
-            for p in self.plugins.check_transports(channel.type, channel.transports, launching=True)
-        ]
+        problems = self.manager.channel_problems(channel)
         if problems:
             raise ApiError(
                 Code.FAILED_PRECONDITION,
