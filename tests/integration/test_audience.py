@@ -76,7 +76,9 @@ def _expect(call: Any, code: grpc.StatusCode) -> Any:
     return found
 
 
-def _addresses(client: Client, name: str, channel_id: str, states: list[int] | None = None) -> list[str]:
+def _addresses(
+    client: Client, name: str, channel_id: str, states: list[pb.Message.State.ValueType] | None = None
+) -> list[str]:
     found: list[str] = []
     token = ""
     while True:

@@ -542,7 +542,11 @@ def _bad_calls(client: Client, name: str) -> list[tuple[str, Callable[[], Any], 
         ("empty name", lambda: stub.GetCampaign(svc.GetCampaignRequest(name="")), "name"),
         ("bad name", lambda: stub.GetCampaign(svc.GetCampaignRequest(name="campaigns/UPPER")), "name"),
         ("other collection", lambda: stub.GetCampaign(svc.GetCampaignRequest(name="lists/x")), "name"),
-        ("unknown state", lambda: stub.ListCampaigns(svc.ListCampaignsRequest(states=[99])), "states[0]"),
+        (
+            "unknown state",
+            lambda: stub.ListCampaigns(svc.ListCampaignsRequest(states=[pb.Campaign.State.ValueType(99)])),
+            "states[0]",
+        ),
         ("negative page", lambda: stub.ListCampaigns(svc.ListCampaignsRequest(page_size=-1)), "page_size"),
         (
             "garbage token",
@@ -633,7 +637,7 @@ def test_watchers_get_a_snapshot_then_every_change(client: Client, daemon: Daemo
                 if len(seen[index]) == 1:
                     ready.wait()
                 if update.campaign.state == pb.Campaign.PAUSED:
-                    stream.cancel()
+                    stream.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
                     return
 
     threads = [threading.Thread(target=watch, args=(i,)) for i in range(5)]

@@ -58,7 +58,7 @@ class Inbox:
     def parsed(self) -> list[EmailMessage]:
         with self.lock:
             raw = [data for _, data in self.messages]
-        return [email.message_from_bytes(data, policy=email.policy.default) for data in raw]  # type: ignore[misc]
+        return [email.message_from_bytes(data, policy=email.policy.default) for data in raw]
 
     def __len__(self) -> int:
         with self.lock:

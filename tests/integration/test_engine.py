@@ -275,7 +275,7 @@ def test_kill_9_loses_nothing_and_sends_nothing_twice(
     assert len(sent) == report.totals.sent
 
 
-def _all_messages(client: Client, name: str, state: int) -> list[pb.Message]:
+def _all_messages(client: Client, name: str, state: pb.Message.State.ValueType) -> list[pb.Message]:
     found: list[pb.Message] = []
     token = ""
     while True:

@@ -88,10 +88,10 @@ def call(method: Callable[..., Any], request: Any) -> Outcome:
     try:
         return Outcome(OK, response=method(request, timeout=RPC_TIMEOUT))
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
+        code = exc.code()
         if code not in (FAILED_PRECONDITION, NOT_FOUND):
             raise AssertionError(
-                f"{type(request).__name__} {request} answered {code.name}: {exc.details()}"  # type: ignore[attr-defined]
+                f"{type(request).__name__} {request} answered {code.name}: {exc.details()}"
             ) from None
         return Outcome(code, reason=error_reason(exc))
 
@@ -123,7 +123,7 @@ def history(stub: Stub, name: str) -> list[pb.CampaignEvent]:
 
 def channel_state(value: int) -> ChannelState | None:
     """The lifecycle state for a Channel.State value; None for STATE_UNSPECIFIED."""
-    name = pb.Channel.State.Name(value)
+    name = pb.Channel.State.Name(pb.Channel.State.ValueType(value))
     return None if name == "STATE_UNSPECIFIED" else ChannelState[name]
 
 
@@ -599,7 +599,7 @@ def machine_daemon(daemon_factory: DaemonFactory) -> Iterator[DaemonProcess]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("machine_daemon")
-class TestLifecycleStateMachine(LifecycleMachine.TestCase):  # type: ignore[name-defined,misc]
+class TestLifecycleStateMachine(LifecycleMachine.TestCase):  # type: ignore[valid-type,misc]
     """Random operation sequences through the real daemon."""
 
     settings = settings(

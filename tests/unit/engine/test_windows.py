@@ -13,11 +13,11 @@ from campaignd.engine.windows import QUIET_HOURS_WINDOW, SendWindow
 
 NY = ZoneInfo("America/New_York")
 TOKYO = ZoneInfo("Asia/Tokyo")
-UTC = dt.UTC
+UTC = ZoneInfo("UTC")
 
 
-def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 WEEKDAYS_9_TO_5 = SendWindow.from_record(
