@@ -206,6 +206,7 @@ def test_every_transport_test_catches_a_defect() -> None:
     assert {name for name in dir(TransportChannelContract) if name.startswith("test_")} == TRANSPORT_KIT
 
 
+@pytest.mark.slow
 def test_example_lints_and_type_checks(tmp_path: pathlib.Path) -> None:
     """The example's files pass ruff (check and format, with this repository's settings) and
     mypy --strict."""

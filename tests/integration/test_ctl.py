@@ -295,6 +295,7 @@ def test_socket_comes_from_flag_then_environment_then_config(tmp_path: pathlib.P
         ctl.resolve_target(parser.parse_args(["--socket", "/a", "--address", "h:1", "list"]), {})
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_before_connecting() -> None:
     """Malformed input is refused with exit 2 even where no daemon listens: no call is attempted."""
     missing = "/nonexistent/campaignd.sock"
@@ -321,6 +322,7 @@ def test_bad_input_exits_2_before_connecting() -> None:
 # Against the daemon
 
 
+@pytest.mark.slow
 def test_lifecycle_through_the_cli(plugged: DaemonProcess) -> None:
     """create, get, list, launch, pause, resume, stop, history, archive: each does what it says."""
     create_demo(plugged)
@@ -359,6 +361,7 @@ def test_lifecycle_through_the_cli(plugged: DaemonProcess) -> None:
     assert archived[1].split()[-3] == "yes"
 
 
+@pytest.mark.slow
 def test_json_output_parses_and_has_the_state(plugged: DaemonProcess) -> None:
     """--json prints proto3 JSON with the .proto field names; list prints one document."""
     create_demo(plugged)
@@ -379,6 +382,7 @@ def test_json_output_parses_and_has_the_state(plugged: DaemonProcess) -> None:
     assert [e["operation"] for e in history["events"]][-1] == "launch"
 
 
+@pytest.mark.slow
 def test_bad_input_changes_nothing(plugged: DaemonProcess) -> None:
     """Launch without attestation, a malformed label and a bad name exit 2 and leave the daemon as it was."""
     create_demo(plugged)
@@ -438,6 +442,7 @@ def test_socket_from_environment_and_config(plugged: DaemonProcess) -> None:
     assert "campaigns/spring" in by_config.stdout
 
 
+@pytest.mark.slow
 def test_update_sends_only_the_flags_given(plugged: DaemonProcess) -> None:
     """update changes the named fields; --label adds to the labels and --remove-label drops one."""
     create_demo(plugged)

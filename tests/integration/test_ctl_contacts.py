@@ -289,6 +289,7 @@ def test_import_adds_to_a_list(plugged: DaemonProcess, tmp_path: pathlib.Path) -
     }
 
 
+@pytest.mark.slow
 def test_list_members_from_stdin_and_contact_commands(plugged: DaemonProcess) -> None:
     """contacts create/update/get/delete, and lists add/remove reading ids from stdin with '-'."""
     ok(plugged, "contacts", "create", "--id", "zed", "--email", "Zed@Example.com", "--attr", "age:=30")

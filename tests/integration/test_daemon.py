@@ -12,6 +12,7 @@ import threading
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
@@ -81,6 +82,7 @@ def _watch_health(daemon: DaemonProcess) -> tuple[list[int], threading.Thread]:
     return statuses, thread
 
 
+@pytest.mark.slow
 def test_sigterm_reports_not_serving_and_exits_zero_within_the_bound(daemon_factory: DaemonFactory) -> None:
     """On SIGTERM, health watchers see NOT_SERVING and the daemon exits 0 within shutdown_timeout."""
     daemon = daemon_factory().start()

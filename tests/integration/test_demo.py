@@ -7,7 +7,10 @@ import re
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_runs_a_campaign_with_pause_and_resume(tmp_path: pathlib.Path) -> None:
     """The demo imports 10,000 contacts, sends to all of them, and nothing arrives while paused."""
     run = subprocess.run(

@@ -163,6 +163,7 @@ def _recipient(message: EmailMessage) -> str:
     return str(message["To"]).strip("<>")
 
 
+@pytest.mark.slow
 def test_ten_thousand_across_two_transports_split_seventy_thirty(
     daemon_factory: DaemonFactory, smtp: Callable[..., Server]
 ) -> None:
@@ -205,6 +206,7 @@ def test_ten_thousand_across_two_transports_split_seventy_thirty(
     assert mail.by_transport["b"].sent == len(received_b)
 
 
+@pytest.mark.slow
 def test_a_transport_that_goes_down_fails_over_to_the_other(
     daemon_factory: DaemonFactory, smtp: Callable[..., Server]
 ) -> None:
@@ -260,6 +262,7 @@ def test_injection_through_attributes_and_content_adds_no_header(
     assert "Eve" in str(message["Subject"])
 
 
+@pytest.mark.slow
 def test_send_test_message_in_draft_and_per_transport_rate(
     daemon_factory: DaemonFactory, smtp: Callable[..., Server]
 ) -> None:
@@ -347,6 +350,7 @@ def test_email_semantics_stop_is_final_and_editing_scheduled_returns_to_draft(
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+@pytest.mark.slow
 def test_reload_moves_a_transport_to_another_server(
     daemon_factory: DaemonFactory, smtp: Callable[..., Server]
 ) -> None:
@@ -371,6 +375,7 @@ def test_reload_moves_a_transport_to_another_server(
     assert collections.Counter(_recipient(m) for m in second.inbox.parsed()).most_common(1)[0][1] == 1
 
 
+@pytest.mark.slow
 def test_a_reload_that_removes_the_transports_pauses_the_channel(
     daemon_factory: DaemonFactory, smtp: Callable[..., Server]
 ) -> None:
@@ -397,6 +402,7 @@ def test_a_reload_that_removes_the_transports_pauses_the_channel(
     assert {_recipient(m) for m in a.inbox.parsed()} == {f"reader{i:05d}@example.org" for i in range(200)}
 
 
+@pytest.mark.slow
 def test_messages_wait_while_the_only_transport_is_down(
     daemon_factory: DaemonFactory, smtp: Callable[..., Server]
 ) -> None:

@@ -63,6 +63,7 @@ def _sink_transport(port: int) -> str:
     return f'[transports.sink]\ntype = "email"\nconcurrency = 8\noptions = {{ {options} }}\n'
 
 
+@pytest.mark.slow
 def test_smtp_sink_receives_every_message_once(
     daemon_factory: DaemonFactory, smtp_sink: Callable[..., tuple[int, pathlib.Path]]
 ) -> None:

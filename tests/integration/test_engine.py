@@ -105,6 +105,7 @@ def test_a_campaign_runs_to_completion_sending_everyone_once(client: Client, tmp
     assert history[-1] == ("complete", pb.CampaignEvent.SYSTEM)
 
 
+@pytest.mark.slow
 def test_pause_is_a_barrier_and_resume_sends_exactly_the_rest(client: Client, tmp_path: pathlib.Path) -> None:
     """No send starts after PauseCampaign returns; resume sends the rest; nobody twice."""
     sink = tmp_path / "received"
@@ -194,6 +195,7 @@ def test_a_transport_that_fails_fatally_fails_the_channel(client: Client) -> Non
     assert totals.cancelled + totals.failed == 10
 
 
+@pytest.mark.slow
 def test_rate_limit_holds_over_any_second(client: Client, tmp_path: pathlib.Path) -> None:
     """A channel limited to 20/s never has more than 20 sends in any one-second window."""
     sink = tmp_path / "received"
@@ -239,6 +241,7 @@ def test_a_scheduled_channel_starts_by_itself(client: Client, tmp_path: pathlib.
     assert operations[-3:] == ["start", "activate", "complete"]
 
 
+@pytest.mark.slow
 def test_kill_9_loses_nothing_and_sends_nothing_twice(
     daemon_factory: DaemonFactory, tmp_path: pathlib.Path
 ) -> None:
@@ -365,6 +368,7 @@ def test_metrics_endpoint_counts_messages_and_rpcs(daemon_factory: DaemonFactory
     assert "campaignd_queue_depth" in text
 
 
+@pytest.mark.slow
 def test_sent_without_receipt_is_assumed_delivered_on_receipt_channels(daemon_factory: DaemonFactory) -> None:
     """On a type with receipts, SENT turns ASSUMED_DELIVERED after the set time; email-like stays SENT."""
     daemon = daemon_factory(PLUGINS + FAST + "assume_delivered_after = 1.0\n").start()
@@ -402,6 +406,7 @@ def test_sent_without_receipt_is_assumed_delivered_on_receipt_channels(daemon_fa
         assert client.get(campaign.name).state == pb.Campaign.COMPLETED
 
 
+@pytest.mark.slow
 def test_a_schedule_missed_while_down_starts_at_the_next_start(
     daemon_factory: DaemonFactory, tmp_path: pathlib.Path
 ) -> None:

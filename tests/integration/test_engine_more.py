@@ -121,6 +121,7 @@ def test_a_send_window_sends_only_where_it_is_open(client: Client, tmp_path: pat
         assert all(not m.address.startswith(tuple(expected[campaign_zone])) for m in queued.messages)
 
 
+@pytest.mark.slow
 def test_a_types_default_window_applies_when_the_channel_sets_none(
     daemon_factory: DaemonFactory, tmp_path: pathlib.Path
 ) -> None:
@@ -235,11 +236,13 @@ def test_postgresql_runs_a_campaign_to_completion(pg_client: Client, tmp_path: p
     engine_tests.test_a_campaign_runs_to_completion_sending_everyone_once(pg_client, tmp_path)
 
 
+@pytest.mark.slow
 def test_postgresql_pause_is_a_barrier(pg_client: Client, tmp_path: pathlib.Path) -> None:
     """On PostgreSQL, no send starts after Pause returns, and resume sends everyone else exactly once."""
     engine_tests.test_pause_is_a_barrier_and_resume_sends_exactly_the_rest(pg_client, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_queued_campaign_waits_for_the_slot(daemon_factory: DaemonFactory, tmp_path: pathlib.Path) -> None:
     """With one test-email slot, a second launch stays QUEUED until the first completes, then runs."""
     daemon = daemon_factory(PLUGINS + FAST + 'slots = { "test-email" = 1 }\nslot_policy = "queue"\n')
@@ -276,6 +279,7 @@ def test_a_queued_campaign_waits_for_the_slot(daemon_factory: DaemonFactory, tmp
     assert len({a for _, a in _received(second_sink)}) == len(_received(second_sink)) == 20
 
 
+@pytest.mark.slow
 def test_two_daemons_on_one_database_send_everyone_once(
     daemon_factory: DaemonFactory, pg_url: str, tmp_path: pathlib.Path
 ) -> None:
@@ -331,6 +335,7 @@ def _message_states(database: pathlib.Path) -> tuple[dict[str, int], dict[str, i
     return table, counters
 
 
+@pytest.mark.slow
 def test_sigterm_while_sending_records_everything_in_flight(
     daemon_factory: DaemonFactory, tmp_path: pathlib.Path
 ) -> None:

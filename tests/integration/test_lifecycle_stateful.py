@@ -663,6 +663,7 @@ def _client(
             out.append(Attempt(request_id, campaign_id, channel_id, op, outcome))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_concurrent_clients_never_make_a_forbidden_history(
     backend: str, daemon_factory: DaemonFactory, request: pytest.FixtureRequest

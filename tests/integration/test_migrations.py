@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -24,6 +25,7 @@ def _config(tmp_path: pathlib.Path, url: str) -> pathlib.Path:
     return path
 
 
+@pytest.mark.slow
 def test_migrate_command_builds_the_schema_from_empty(database_url: str, tmp_path: pathlib.Path) -> None:
     """`campaignd migrate` on an empty database reaches head, and a second run changes nothing."""
     config = _config(tmp_path, database_url)
@@ -49,6 +51,7 @@ def test_migrated_schema_matches_the_declared_tables(database_url: str) -> None:
     assert {"campaigns", "channels", "campaign_events", "api_requests", "alembic_version"} <= tables
 
 
+@pytest.mark.slow
 def test_daemon_serves_on_postgresql(daemon_factory: DaemonFactory, pg_url: str) -> None:
     """The daemon migrates a new PostgreSQL database on start and serves."""
     daemon = daemon_factory(f'[database]\nurl = "{pg_url}"\n[log]\nformat = "json"\n').start()

@@ -37,6 +37,7 @@ def running(daemon_factory: DaemonFactory) -> Iterator[tuple[DaemonProcess, Clie
         yield daemon, Client(channel)
 
 
+@pytest.mark.slow
 def test_list_channel_types_names_plugins_versions_and_capabilities(
     running: tuple[DaemonProcess, Client],
 ) -> None:
@@ -96,6 +97,7 @@ def test_a_plugin_that_hangs_fails_its_channel_after_the_timeout(
     assert "within" in channels["hung"].error.message
 
 
+@pytest.mark.slow
 def test_transport_config_problems_stop_the_start_with_their_key_paths(
     daemon_factory: DaemonFactory, tmp_path: pathlib.Path
 ) -> None:
