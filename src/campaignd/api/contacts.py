@@ -65,15 +65,18 @@ def _row(index: int, contact_id: str, message: Any) -> Row:
 class ContactService(cs_grpc.ContactServiceServicer):
     """The gRPC face of the audience."""
 
-    def __init__(self, manager: ContactManager, settings: Callable[[], Settings]) -> None:
+    def __init__(
+        self, manager: ContactManager, settings: Callable[[], Settings], tokens: convert.PageTokens
+    ) -> None:
         self.manager = manager
+        self.tokens = tokens
         self.settings = settings
 
     def _page(
         self, v: Violations, size: int, token: str, selection: Any
-    ) -> tuple[int, dict[str, Any] | None]:
+    ) -> tuple[int, dict[str, str | int] | None]:
         limit = convert.page_size(v, "page_size", size, 100, self.settings().limits.max_page_size)
-        return limit, convert.decode_token(v, "page_token", token, selection)
+        return limit, self.tokens.decode(v, "page_token", token, selection)
 
     # -- contacts -------------------------------------------------------------------------------
 
@@ -142,7 +145,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         )
         response = cs.ListContactsResponse(contacts=[contact_message(r) for r in records[:limit]])
         if len(records) > limit:
-            response.next_page_token = convert.encode_token(
+            response.next_page_token = self.tokens.encode(
                 {"a": records[limit - 1].pk}, (request.filter, list_id)
             )
         return response
@@ -177,7 +180,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
                     [FieldViolation("rows", f"at most {MAX_ROWS_PER_MESSAGE} per message")]
                 )
             for row in request.rows:
-                if row.contact_id and not convert.ID.match(row.contact_id):
+                if row.contact_id and not convert.ID.fullmatch(row.contact_id):
                     result.rejected.append(
                         Rejection(index, "contact_id", "must be 1-63 characters of [a-z0-9-]")
                     )
@@ -225,7 +228,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         rows = await self.manager.list_lists(str(position["a"]) if position else "", limit + 1)
         response = cs.ListListsResponse(lists=[_list_message(*r) for r in rows[:limit]])
         if len(rows) > limit:
-            response.next_page_token = convert.encode_token({"a": rows[limit - 1][0]}, "lists")
+            response.next_page_token = self.tokens.encode({"a": rows[limit - 1][0]}, "lists")
         return response
 
     @unary
@@ -244,7 +247,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         ids = []
         for index, name in enumerate(names[:MAX_BATCH]):
             contact_id = name.removeprefix("contacts/") if name.startswith("contacts/") else ""
-            if not convert.ID.match(contact_id):
+            if not convert.ID.fullmatch(contact_id):
                 v.add(f"contacts[{index}]", "must be contacts/{id}")
             ids.append(contact_id)
         v.raise_if_any()
@@ -302,7 +305,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         rows = await self.manager.list_segments(str(position["a"]) if position else "", limit + 1)
         response = cs.ListSegmentsResponse(segments=[_segment_message(r) for r in rows[:limit]])
         if len(rows) > limit:
-            response.next_page_token = convert.encode_token({"a": rows[limit - 1].id}, "segments")
+            response.next_page_token = self.tokens.encode({"a": rows[limit - 1].id}, "segments")
         return response
 
     @unary
@@ -379,9 +382,11 @@ class ContactService(cs_grpc.ContactServiceServicer):
         v = Violations()
         address = self._address(v, "address", request.address) if request.address else ""
         v.text("channel_type", request.channel_type, max_length=63)
+        reason = ""
         if request.reason not in cs.Suppression.Reason.values():
-            v.add("reason", "unknown reason")
-        reason = cs.Suppression.Reason.Name(request.reason).lower() if request.reason else ""
+            v.add("reason", f"unknown reason; one of {sorted(SUPPRESSION_REASONS)}")
+        elif request.reason:
+            reason = cs.Suppression.Reason.Name(request.reason).lower()
         selection = (address, request.channel_type, reason)
         limit, position = self._page(v, request.page_size, request.page_token, selection)
         v.raise_if_any()
@@ -390,7 +395,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         )
         response = cs.ListSuppressionsResponse(suppressions=[_suppression_message(r) for r in rows[:limit]])
         if len(rows) > limit:
-            response.next_page_token = convert.encode_token({"b": rows[limit - 1].id}, selection)
+            response.next_page_token = self.tokens.encode({"b": rows[limit - 1].id}, selection)
         return response
 
     @unary

@@ -13,7 +13,7 @@ from grpc import aio
 from grpc_status import rpc_status
 
 from campaignd import logs
-from campaignd.errors import DOMAIN, ApiError, Code
+from campaignd.errors import DOMAIN, ApiError, internal, new_error_id
 
 log = logs.get("campaignd.api")
 
@@ -53,8 +53,10 @@ async def abort(context: Context, error: ApiError) -> None:
 
 
 def _internal(exc: Exception, method: str) -> ApiError:
-    log.exception("unexpected error", method=method)
-    return ApiError(Code.INTERNAL, "INTERNAL", f"internal error: {type(exc).__name__}")
+    # No exception text (SQL, paths, values) reaches the client: it gets the id of the log entry.
+    error_id = new_error_id()
+    log.error("unexpected error", method=method, error_id=error_id, exc_info=exc)
+    return internal(error_id)
 
 
 def unary(

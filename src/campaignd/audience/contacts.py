@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import zoneinfo
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 import email_validator
 import phonenumbers
 
-ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+ATTRIBUTE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 MAX_ATTRIBUTES = 200
 MAX_ATTRIBUTE_BYTES = 64 * 1024
 
@@ -59,7 +60,7 @@ def check_attributes(values: dict[str, Any]) -> dict[str, Any]:
     if len(values) > MAX_ATTRIBUTES:
         raise ContactFieldError("attributes", f"at most {MAX_ATTRIBUTES} attributes")
     for key, value in values.items():
-        if not ATTRIBUTE_KEY.match(key):
+        if not ATTRIBUTE_KEY.fullmatch(key):
             raise ContactFieldError(
                 f"attributes.{key[:70]}",
                 "names are 1-63 characters of [A-Za-z0-9_] starting with a letter or _",
@@ -69,6 +70,9 @@ def check_attributes(values: dict[str, Any]) -> dict[str, Any]:
         # PostgreSQL's JSON functions cannot read a NUL character, so none is stored.
         if _has_nul(value):
             raise ContactFieldError(f"attributes.{key}", "contains a NUL character")
+        # JSON has no NaN or Infinity, and neither database stores them in a JSON column.
+        if not _finite(value):
+            raise ContactFieldError(f"attributes.{key}", "must be a finite number (not NaN or Infinity)")
     if len(repr(values)) > MAX_ATTRIBUTE_BYTES:
         raise ContactFieldError("attributes", f"larger than {MAX_ATTRIBUTE_BYTES} bytes")
     return values
@@ -100,3 +104,9 @@ def _has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
     return isinstance(value, list) and any(_has_nul(item) for item in value)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return not isinstance(value, list) or all(_finite(item) for item in value)
