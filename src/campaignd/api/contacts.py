@@ -55,7 +55,12 @@ def contact_message(record: ContactRecord) -> cs.Contact:
 
 
 def _attributes(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message.attributes) if message.HasField("attributes") else {}
+    if not message.HasField("attributes"):
+        return {}
+    problems = convert.struct_problems("attributes", message.attributes)
+    if problems:
+        raise ContactFieldError(problems[0].field, problems[0].description)
+    return json_format.MessageToDict(message.attributes)
 
 
 def _row(index: int, contact_id: str, message: Any) -> Row:
@@ -86,7 +91,11 @@ class ContactService(cs_grpc.ContactServiceServicer):
         convert.check_id(v, "contact_id", request.contact_id)
         v.request_id("request_id", request.request_id)
         v.raise_if_any()
-        return contact_message(await self.manager.create(_row(0, request.contact_id, request.contact)))
+        try:
+            row = _row(0, request.contact_id, request.contact)
+        except ContactFieldError as exc:
+            raise errors.invalid_argument([FieldViolation(f"contact.{exc.field}", exc.reason)]) from None
+        return contact_message(await self.manager.create(row))
 
     @unary
     async def GetContact(self, request: cs.GetContactRequest, context: Context) -> cs.Contact:
@@ -108,13 +117,17 @@ class ContactService(cs_grpc.ContactServiceServicer):
         v.raise_if_any()
         # Only the masked fields are read from the request; the others may hold anything.
         contact = request.contact
+        try:
+            attributes = _attributes(contact) if "attributes" in paths else {}
+        except ContactFieldError as exc:
+            raise errors.invalid_argument([FieldViolation(f"contact.{exc.field}", exc.reason)]) from None
         row = Row(
             0,
             contact_id,
             contact.email if "email" in paths else "",
             contact.phone if "phone" in paths else "",
             contact.time_zone if "time_zone" in paths else "",
-            _attributes(contact) if "attributes" in paths else {},
+            attributes,
         )
         record = await self.manager.update(contact_id, row, frozenset(paths))
         return contact_message(record)
@@ -189,7 +202,10 @@ class ContactService(cs_grpc.ContactServiceServicer):
                         Rejection(index, "email", "a contact needs an email address or a phone")
                     )
                 else:
-                    pending.append(_row(index, row.contact_id, row))
+                    try:
+                        pending.append(_row(index, row.contact_id, row))
+                    except ContactFieldError as exc:
+                        result.rejected.append(Rejection(index, exc.field, exc.reason))
                 index += 1
                 if len(pending) >= 1000:
                     await self.manager.import_rows(pending, match_on, list_id, result)

@@ -127,19 +127,35 @@ def check_timestamp(v: Violations, path: str, value: timestamp_pb2.Timestamp) ->
     return value.ToDatetime(tzinfo=dt.UTC)
 
 
-def check_json(v: Violations, path: str, value: Any, depth: int = 0) -> None:
-    """A value read from a google.protobuf.Struct: every number finite (JSON has no NaN or
-    Infinity, and neither database stores them in JSON), at most MAX_NESTING levels deep."""
+def struct_dict(v: Violations, path: str, struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as a dict, checked first: every number finite (JSON has no NaN or Infinity, and
+    neither database stores them) and at most MAX_NESTING levels deep; {} when not (in v)."""
+    problems = struct_problems(path, struct)
+    for problem in problems:
+        v.add(problem.field, problem.description)
+    return {} if problems else json_format.MessageToDict(struct)
+
+
+def struct_problems(path: str, struct: struct_pb2.Struct) -> list[FieldViolation]:
+    """The non-finite numbers and too deep nesting in a Struct, each on its path."""
+    found: list[FieldViolation] = []
+    for key, value in struct.fields.items():
+        _value_problems(found, f"{path}.{key[:70]}", value, 1)
+    return found
+
+
+def _value_problems(found: list[FieldViolation], path: str, value: struct_pb2.Value, depth: int) -> None:
+    kind = value.WhichOneof("kind")
     if depth > MAX_NESTING:
-        v.add(path, f"nested deeper than {MAX_NESTING} levels")
-    elif isinstance(value, float) and not math.isfinite(value):
-        v.add(path, "must be a finite number (not NaN or Infinity)")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_json(v, f"{path}.{key[:70]}", item, depth + 1)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_json(v, f"{path}[{index}]", item, depth + 1)
+        found.append(FieldViolation(path, f"nested deeper than {MAX_NESTING} levels"))
+    elif kind == "number_value" and not math.isfinite(value.number_value):
+        found.append(FieldViolation(path, "must be a finite number (not NaN or Infinity)"))
+    elif kind == "struct_value":
+        for key, item in value.struct_value.fields.items():
+            _value_problems(found, f"{path}.{key[:70]}", item, depth + 1)
+    elif kind == "list_value":
+        for index, item in enumerate(value.list_value.values):
+            _value_problems(found, f"{path}[{index}]", item, depth + 1)
 
 
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -306,9 +322,8 @@ def channel_record(
             v.add(f"{path}.type", "required")
         elif message.type not in plugins.types:
             v.add(f"{path}.type", f"unknown channel type {message.type!r}; loaded: {sorted(plugins.types)}")
-    content = json_format.MessageToDict(message.content) if message.HasField("content") else {}
     before = len(v.found)
-    check_json(v, f"{path}.content", content)
+    content = struct_dict(v, f"{path}.content", message.content)
     if len(v.found) == before and len(json.dumps(content)) > MAX_CONTENT_BYTES:
         v.add(f"{path}.content", f"larger than {MAX_CONTENT_BYTES} bytes")
     elif len(v.found) == before and message.type in plugins.types:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import zoneinfo
 from dataclasses import dataclass
@@ -70,9 +69,6 @@ def check_attributes(values: dict[str, Any]) -> dict[str, Any]:
         # PostgreSQL's JSON functions cannot read a NUL character, so none is stored.
         if _has_nul(value):
             raise ContactFieldError(f"attributes.{key}", "contains a NUL character")
-        # JSON has no NaN or Infinity, and neither database stores them in a JSON column.
-        if not _finite(value):
-            raise ContactFieldError(f"attributes.{key}", "must be a finite number (not NaN or Infinity)")
     if len(repr(values)) > MAX_ATTRIBUTE_BYTES:
         raise ContactFieldError("attributes", f"larger than {MAX_ATTRIBUTE_BYTES} bytes")
     return values
@@ -104,9 +100,3 @@ def _has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
     return isinstance(value, list) and any(_has_nul(item) for item in value)
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return not isinstance(value, list) or all(_finite(item) for item in value)
