@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import ATTESTATION, Client, Failure, channel, content, failure
-from tests.integration.conftest import DaemonProcess
+from tests.integration.conftest import DaemonFactory, DaemonProcess
 
 PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 
@@ -447,3 +448,46 @@ def test_an_import_row_with_a_non_finite_attribute_is_rejected_alone(client: Cli
     reply = client.contacts.ImportContacts(iter([cs.ImportContactsRequest(rows=rows)]))
     assert (reply.created, reply.rejected) == (2, 1)
     assert [(r.index, r.field) for r in reply.rejected_rows] == [(1, "attributes.score")]
+
+
+# The relay is never connected to: the channel fails validation before it sends.
+RELAY = '[transports.relay]\ntype = "email"\noptions = { host = "127.0.0.1", port = 9, security = "none" }\n'
+UNSUBSCRIBE = '[channel_types.email]\nunsubscribe_url = "https://example.org/unsubscribe"\n'
+
+
+def test_a_scheduled_channel_that_no_longer_validates_fails_at_its_start(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """A channel whose content stopped validating while it waited (the config's unsubscribe_url it
+    relied on was removed) goes FAILED VALIDATION_FAILED at its time, naming the problem."""
+    engine = "[engine]\ntick_interval = 0.05\n"
+    daemon = daemon_factory(engine + RELAY + UNSUBSCRIBE).start()
+    mail = pb.Channel(
+        channel_id="mail",
+        type="email",
+        content=content(subject="Hi", from_address="news@example.org", text="Hello"),
+        transports=[pb.TransportShare(transport="relay", percent=100)],
+    )
+    with daemon.channel() as channel_:
+        client = Client(channel_)
+        campaign = client.create(mail)
+        when = timestamp_pb2.Timestamp()
+        when.GetCurrentTime()
+        when.seconds += 2
+        client.stub.ScheduleCampaign(
+            svc.ScheduleCampaignRequest(name=campaign.name, schedule_time=when, attestation=ATTESTATION)
+        )
+    assert daemon.stop() == 0
+    daemon.write_config(engine + RELAY)
+    time.sleep(2.5)
+    daemon.start()
+    with daemon.channel() as channel_:
+        client = Client(channel_)
+        deadline = time.monotonic() + 30
+        while (found := client.get(campaign.name).channels[0]).state != pb.Channel.FAILED:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.05)
+        events = client.history(campaign.name)
+    assert found.error.code == "VALIDATION_FAILED"
+    assert "campaign.channels[mail].content.unsubscribe_url: required" in found.error.message
+    assert (events[-1].operation, events[-1].cause) == ("fail", pb.CampaignEvent.ERROR)
