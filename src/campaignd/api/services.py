@@ -30,9 +30,10 @@ from campaignd.v1 import (
 class Services:
     """The servicers of one daemon and the state they share."""
 
-    def __init__(self, api: ApiServer, database: Database, settings: Callable[[], Settings]) -> None:
-        self.plugins = Plugins(settings().plugins.load)
-        self.plugins.configure(settings())
+    def __init__(
+        self, api: ApiServer, database: Database, settings: Callable[[], Settings], plugins: Plugins
+    ) -> None:
+        self.plugins = plugins
         self.hub = ChangeHub()
         self.campaigns = CampaignManager(database, self.plugins, self.hub)
         self.transports = Transports(
