@@ -101,7 +101,7 @@ def key_value(text: str) -> tuple[str, str]:
 def transport_share(text: str) -> tuple[str, int]:
     """`smtp-a=60` -> ("smtp-a", 60)."""
     name, percent = key_value(text)
-    if not percent.isdigit() or not 1 <= int(percent) <= 100:
+    if not re.fullmatch(r"[0-9]+", percent) or not 1 <= int(percent) <= 100:
         raise argparse.ArgumentTypeError(f"invalid {text!r}: expected TRANSPORT=PERCENT with 1-100")
     return name, int(percent)
 
@@ -119,7 +119,7 @@ def positive_float(text: str) -> float:
 
 def page_size(text: str) -> int:
     """A positive number; the daemon lowers one above its maximum to the maximum."""
-    if not text.isdigit() or int(text) < 1:
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"invalid page size {text!r}: expected a number from 1")
     return int(text)
 
@@ -1612,7 +1612,7 @@ MAX_BATCH_SIZE = 10_000  # rows per ImportContacts message the daemon accepts
 
 def batch_size(text: str) -> int:
     """--batch-size: 1 to MAX_BATCH_SIZE rows."""
-    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH_SIZE:
+    if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= MAX_BATCH_SIZE:
         raise argparse.ArgumentTypeError(f"invalid batch size {text!r}: expected 1-{MAX_BATCH_SIZE}")
     return int(text)
 

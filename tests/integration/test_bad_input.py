@@ -491,3 +491,12 @@ def test_a_scheduled_channel_that_no_longer_validates_fails_at_its_start(
     assert found.error.code == "VALIDATION_FAILED"
     assert "campaign.channels[mail].content.unsubscribe_url: required" in found.error.message
     assert (events[-1].operation, events[-1].cause) == ("fail", pb.CampaignEvent.ERROR)
+
+
+@pytest.mark.parametrize(
+    "name", ["suppressions/²", "suppressions/٣", "suppressions/1\n", "suppressions/" + "9" * 19]
+)
+def test_suppression_names_take_ascii_digits_only(daemon: DaemonProcess, client: Client, name: str) -> None:
+    """A suppression name with a non-ASCII digit, a newline or 19 digits is refused on `name`."""
+    found = refused(daemon, lambda: client.contacts.RemoveSuppression(cs.RemoveSuppressionRequest(name=name)))
+    assert found.fields == ["name"]

@@ -103,6 +103,7 @@ BOUNDARY_STRINGS = [
     "\U0001f600",
     "contacts/fz1/../x",
     "suppressions/-1",
+    "suppressions/²",
     "suppressions/99999999999999999999",
     'create_time > "0001-01-01T00:00:00+05:00"',
     'create_time < "9999-12-31T23:59:59-01:00"',

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -382,11 +383,8 @@ class ContactService(cs_grpc.ContactServiceServicer):
         self, request: cs.RemoveSuppressionRequest, context: Context
     ) -> cs.RemoveSuppressionResponse:
         suppression_id = request.name.removeprefix("suppressions/")
-        if (
-            not request.name.startswith("suppressions/")
-            or not suppression_id.isdigit()
-            or len(suppression_id) > 18
-        ):
+        # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+        if not request.name.startswith("suppressions/") or not re.fullmatch(r"[0-9]{1,18}", suppression_id):
             raise errors.invalid_argument([FieldViolation("name", "must be suppressions/{id}")])
         await self.manager.remove_suppression(int(suppression_id))
         return cs.RemoveSuppressionResponse(name=request.name)
