@@ -3,28 +3,49 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
+import pathlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 
+from campaignd.store.schema import metadata
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
+from tests.conftest import new_pg_database
 from tests.integration.campaign_client import ATTESTATION, Client, Failure, channel, content, failure
 from tests.integration.conftest import DaemonFactory, DaemonProcess
 
 PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database for the module's daemon: a SQLite file, then a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'campaignd.db'}"
+        return
+    with new_pg_database(request.getfixturevalue("pg_admin"), "campaignd_bad") as url:
+        yield url
+
+
+class DatabaseDaemon(DaemonProcess):
+    """A daemon on the database at `database_url`, which the tests read to see it unchanged."""
+
+    def __init__(self, workdir: pathlib.Path, database_url: str) -> None:
+        super().__init__(workdir, f'{PLUGINS}[database]\nurl = "{database_url}"\n')
+        self.database_url = database_url
+
+
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    """One API-only daemon on SQLite for the module."""
-    process = DaemonProcess(tmp_path_factory.mktemp("bad"), PLUGINS)
+def daemon(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[DatabaseDaemon]:
+    """One API-only daemon for the module, on each database in turn."""
+    process = DatabaseDaemon(tmp_path_factory.mktemp("bad"), database_url)
     process.start()
     yield process
     process.cleanup()
@@ -37,30 +58,33 @@ def client(daemon: DaemonProcess) -> Iterator[Client]:
         yield Client(channel_)
 
 
-def database_digest(daemon: DaemonProcess) -> str:
-    """A digest of every row of every table of the daemon's SQLite database."""
-    path = daemon.workdir / "state" / "campaignd.db"
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        digest = hashlib.sha256()
-        tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        for (table,) in tables.fetchall():
-            for row in connection.execute(f'SELECT * FROM "{table}" ORDER BY 1'):  # noqa: S608
-                digest.update(repr((table, row)).encode())
-        return digest.hexdigest()
-    finally:
-        connection.close()
+_engines: dict[str, sa.Engine] = {}
 
 
-def refused(daemon: DaemonProcess, call: Callable[[], Any]) -> Failure:
+def database_digest(url: str) -> str:
+    """A digest of every row of every table of the database at `url` (rows sorted, so the order
+    the database returns them in does not matter)."""
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    digest = hashlib.sha256()
+    with engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            for row in sorted(repr(tuple(r)) for r in conn.execute(sa.select(table))):
+                digest.update(f"{table.name}:{row}\n".encode())
+    return digest.hexdigest()
+
+
+def refused(daemon: DatabaseDaemon, call: Callable[[], Any]) -> Failure:
     """Make a call that must be refused with INVALID_ARGUMENT and must change nothing."""
-    before = database_digest(daemon)
+    url = daemon.database_url
+    before = database_digest(url)
     with pytest.raises(grpc.RpcError) as caught:
         call()
     found = failure(caught.value)
     assert found.code == grpc.StatusCode.INVALID_ARGUMENT, found
     assert found.reason == "INVALID_ARGUMENT", found
-    assert database_digest(daemon) == before
+    assert database_digest(url) == before
     return found
 
 
@@ -125,7 +149,7 @@ def _timestamp(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:
     ],
 )
 def test_a_trailing_newline_passes_no_id_or_name_check(
-    daemon: DaemonProcess, client: Client, request_: svc.CreateCampaignRequest, field: str
+    daemon: DatabaseDaemon, client: Client, request_: svc.CreateCampaignRequest, field: str
 ) -> None:
     """An id, name, label key, transport or HH:MM with a trailing newline is refused on its field."""
     request = svc.CreateCampaignRequest()
@@ -138,7 +162,7 @@ def test_a_trailing_newline_passes_no_id_or_name_check(
     assert field in found.fields
 
 
-def test_a_trailing_newline_in_a_resource_name_is_refused(daemon: DaemonProcess, client: Client) -> None:
+def test_a_trailing_newline_in_a_resource_name_is_refused(daemon: DatabaseDaemon, client: Client) -> None:
     """`campaigns/{id}\\n`, `lists/{id}\\n`, `contacts/{id}\\n` are not names, even of existing resources."""
     campaign = client.create()
     found = refused(
@@ -167,7 +191,7 @@ def test_a_trailing_newline_in_a_resource_name_is_refused(daemon: DaemonProcess,
     ],
 )
 def test_schedule_times_outside_the_timestamp_range_are_refused(
-    daemon: DaemonProcess, client: Client, stamp: timestamp_pb2.Timestamp, field: str
+    daemon: DatabaseDaemon, client: Client, stamp: timestamp_pb2.Timestamp, field: str
 ) -> None:
     """Schedule times past year 9999, before year 1, or with nanos outside 0-999,999,999 are refused."""
     campaign = client.create()
@@ -200,7 +224,7 @@ def _struct_with(value: float) -> struct_pb2.Struct:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_numbers_in_channel_content_are_refused(
-    daemon: DaemonProcess, client: Client, value: float
+    daemon: DatabaseDaemon, client: Client, value: float
 ) -> None:
     """NaN and Infinity in a channel's content Struct are refused on their path, on create and update."""
     bad = pb.Channel(channel_id="main", type="test-email", content=_struct_with(value))
@@ -226,7 +250,7 @@ def test_non_finite_numbers_in_channel_content_are_refused(
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_numbers_in_contact_attributes_are_refused(
-    daemon: DaemonProcess, client: Client, value: float
+    daemon: DatabaseDaemon, client: Client, value: float
 ) -> None:
     """NaN and Infinity in contact attributes are refused on create and update, also inside a list."""
     attributes = struct_pb2.Struct()
@@ -260,7 +284,7 @@ def test_non_finite_numbers_in_contact_attributes_are_refused(
     ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+23:59"],
 )
 def test_filter_timestamps_outside_years_1_to_9999_in_utc_are_refused(
-    daemon: DaemonProcess, client: Client, timestamp: str
+    daemon: DatabaseDaemon, client: Client, timestamp: str
 ) -> None:
     """A segment or contact filter whose time falls outside years 1-9999 in UTC is refused, not run."""
     text = f'create_time > "{timestamp}"'
@@ -287,7 +311,7 @@ def test_filter_timestamps_at_the_ends_of_the_range_run(client: Client, timestam
     assert [c.email for c in found.contacts] == [email]
 
 
-def test_page_tokens_cannot_be_forged_or_altered(daemon: DaemonProcess, client: Client) -> None:
+def test_page_tokens_cannot_be_forged_or_altered(daemon: DatabaseDaemon, client: Client) -> None:
     """A page token the server made pages on; an altered, truncated, foreign or garbage one is refused."""
     for _ in range(3):
         client.create()
@@ -323,7 +347,7 @@ def test_page_tokens_cannot_be_forged_or_altered(daemon: DaemonProcess, client: 
     assert found.fields == ["page_token"]
 
 
-def test_page_tokens_hold_across_a_restart(daemon: DaemonProcess, client: Client) -> None:
+def test_page_tokens_hold_across_a_restart(daemon: DatabaseDaemon, client: Client) -> None:
     """The signing key is kept in the database: a token made before a restart pages on after it."""
     for _ in range(2):
         client.create()
@@ -354,7 +378,7 @@ def test_page_tokens_hold_across_a_restart(daemon: DaemonProcess, client: Client
     ],
 )
 def test_unknown_enum_values_are_refused(
-    daemon: DaemonProcess, client: Client, call: Callable[[Client], Any], field: str
+    daemon: DatabaseDaemon, client: Client, call: Callable[[Client], Any], field: str
 ) -> None:
     """An enum number the API does not define is INVALID_ARGUMENT on its field, never INTERNAL."""
     found = refused(daemon, lambda: call(client))
@@ -377,7 +401,7 @@ def _raw(channel_: grpc.Channel, method: str, body: bytes) -> Any:
     ],
 )
 def test_malformed_wire_messages_are_invalid_argument(
-    daemon: DaemonProcess, method: str, body: bytes
+    daemon: DatabaseDaemon, method: str, body: bytes
 ) -> None:
     """Request bytes that do not parse are INVALID_ARGUMENT on `request`, not UNKNOWN."""
     with daemon.channel() as channel_:
@@ -385,7 +409,7 @@ def test_malformed_wire_messages_are_invalid_argument(
     assert found.fields == ["request"]
 
 
-def test_a_malformed_message_in_the_import_stream_is_invalid_argument(daemon: DaemonProcess) -> None:
+def test_a_malformed_message_in_the_import_stream_is_invalid_argument(daemon: DatabaseDaemon) -> None:
     """A message of the ImportContacts stream that does not parse ends it with INVALID_ARGUMENT."""
     with daemon.channel() as channel_:
         call = channel_.stream_unary(
@@ -396,7 +420,7 @@ def test_a_malformed_message_in_the_import_stream_is_invalid_argument(daemon: Da
 
 
 def test_an_update_without_the_channel_type_still_checks_the_content(
-    daemon: DaemonProcess, client: Client
+    daemon: DatabaseDaemon, client: Client
 ) -> None:
     """UpdateCampaign with a channel that leaves `type` out checks its content against the stored type."""
     campaign = client.create()
@@ -429,7 +453,7 @@ def test_an_update_without_the_channel_type_still_checks_the_content(
     assert updated.channels[0].type == "test-email"
 
 
-def test_the_daemon_serves_on_after_every_refusal(daemon: DaemonProcess, client: Client) -> None:
+def test_the_daemon_serves_on_after_every_refusal(daemon: DatabaseDaemon, client: Client) -> None:
     """After the bad input of this module the daemon still answers and its log has no unexpected error."""
     daemon.wait_serving(timeout=5)
     assert client.count() >= 1
@@ -496,7 +520,7 @@ def test_a_scheduled_channel_that_no_longer_validates_fails_at_its_start(
 @pytest.mark.parametrize(
     "name", ["suppressions/²", "suppressions/٣", "suppressions/1\n", "suppressions/" + "9" * 19]
 )
-def test_suppression_names_take_ascii_digits_only(daemon: DaemonProcess, client: Client, name: str) -> None:
+def test_suppression_names_take_ascii_digits_only(daemon: DatabaseDaemon, client: Client, name: str) -> None:
     """A suppression name with a non-ASCII digit, a newline or 19 digits is refused on `name`."""
     found = refused(daemon, lambda: client.contacts.RemoveSuppression(cs.RemoveSuppressionRequest(name=name)))
     assert found.fields == ["name"]

@@ -339,7 +339,8 @@ def _call(channel_: grpc.Channel, path: str, method: descriptor.MethodDescriptor
 def _check(daemon: DaemonProcess, tally: Tally, method: descriptor.MethodDescriptor, request: Any) -> None:
     """Make one call and check the answer: OK, or a documented refusal that changed nothing."""
     path = f"/{method.containing_service.full_name}/{method.name}"
-    before = database_digest(daemon)
+    url = f"sqlite:///{daemon.workdir / 'state' / 'campaignd.db'}"
+    before = database_digest(url)
     tally.inputs += 1
     with daemon.channel() as channel_:
         try:
@@ -350,7 +351,7 @@ def _check(daemon: DaemonProcess, tally: Tally, method: descriptor.MethodDescrip
             found = failure(error)
             assert found.code not in NEVER, (path, found)
             assert found.reason, (path, found)  # every refusal of the services carries its reason
-            assert database_digest(daemon) == before, (path, "a refused call changed the database")
+            assert database_digest(url) == before, (path, "a refused call changed the database")
             tally.refused += 1
     if tally.inputs % HEALTH_EVERY == 0:
         _healthy(daemon, tally)
