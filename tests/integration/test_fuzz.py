@@ -112,6 +112,44 @@ BOUNDARY_STRINGS = [
     "AAAA.AAAA",
 ]
 STRINGS = st.one_of(st.sampled_from(VALID_STRINGS), st.sampled_from(BOUNDARY_STRINGS), st.text(max_size=40))
+NAMES = [
+    "campaigns/fz-draft",
+    "campaigns/fz-sched",
+    "campaigns/fz-launched",
+    "lists/fz",
+    "segments/fz",
+    "contacts/fz1",
+    "suppressions/1",
+]
+# Values that fit a field of this name, so that requests get past the first check and reach the
+# deeper ones (the lifecycle, the plugins, the store).
+FIELD_STRINGS = {
+    "name": NAMES,
+    "parent": NAMES,
+    "list": NAMES,
+    "campaign": NAMES,
+    "contacts": ["contacts/fz0", "contacts/fz1", "contacts/nope"],
+    "channel_id": ["main", "second", "new"],
+    "type": ["test-email", "test-sms", "test-voice", "email"],
+    "channel_type": ["test-email", "email", ""],
+    "campaign_id": ["fz-new", "fz-draft", ""],
+    "contact_id": ["fz-new", "fz1", ""],
+    "list_id": ["fz-new", "fz", ""],
+    "segment_id": ["fz-new", "fz", ""],
+    "start_time": ["09:00", "17:30", "00:00"],
+    "end_time": ["09:00", "17:30", "23:59"],
+    "address": ["fz1@example.org", "a@example.com", "+14155550100"],
+    "addresses": ["fz1@example.org", "a@example.com"],
+    "email": ["fz1@example.org", "new@example.org"],
+    "phone": ["+14155550100", "+4722334455"],
+    "time_zone": ["Europe/Oslo", "UTC"],
+    "filter": ['email:"*@example.org"', 'create_time > "2024-01-01T00:00:00Z"', "attributes.score > 3"],
+    "etag": ['"1"', '"2"', ""],
+    "request_id": ["r1", "r2", ""],
+    "transport": ["relay"],
+    "outcomes": ["failed", "sent", "no_answer"],
+    "paths": ["display_name", "channels", "labels", "guard", "audience", "attributes", "email"],
+}
 
 INT32 = st.one_of(
     st.sampled_from([0, 1, -1, 2, 7, 8, 100, 1000, 2**31 - 1, -(2**31)]), st.integers(-(2**31), 2**31 - 1)
@@ -166,7 +204,11 @@ STRUCTS = st.one_of(
 def _scalar(field: descriptor.FieldDescriptor) -> st.SearchStrategy[Any]:
     kind = field.type
     if kind == descriptor.FieldDescriptor.TYPE_STRING:
-        return STRINGS
+        fitting = FIELD_STRINGS.get(field.name)
+        if fitting is None:
+            return STRINGS
+        # Weighted three to one towards values that fit.
+        return st.one_of(*[st.sampled_from(fitting)] * 3, STRINGS)
     if kind == descriptor.FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     if kind in (descriptor.FieldDescriptor.TYPE_INT32, descriptor.FieldDescriptor.TYPE_SINT32):
@@ -192,7 +234,8 @@ def messages(message_descriptor: descriptor.Descriptor, depth: int = 0) -> st.Se
     if name == "google.protobuf.Struct":
         return STRUCTS.map(_struct)
     if name == "google.protobuf.FieldMask":
-        return st.lists(STRINGS, max_size=3).map(lambda paths: cls(paths=paths))
+        paths = st.one_of(st.sampled_from(FIELD_STRINGS["paths"]), STRINGS)
+        return st.lists(paths, max_size=3).map(lambda found: cls(paths=found))
     if depth > 3:
         return st.just(cls())
     fields = {f.name: st.one_of(st.none(), _field(f, depth)) for f in message_descriptor.fields}
