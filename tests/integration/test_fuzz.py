@@ -7,7 +7,7 @@ sends mutated wire bytes. Every answer must be OK or a documented refusal with a
 never INTERNAL, UNKNOWN or a timeout — a refusal must leave the database as it was, and the health
 check must pass after each batch.
 
-`CAMPAIGND_FUZZ_EXAMPLES` sets the examples per RPC (default 25, a couple of minutes for the whole
+`CAMPAIGND_FUZZ_EXAMPLES` sets the examples per RPC and test (default 40, a couple of minutes for the whole
 run); run longer with e.g. `CAMPAIGND_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest -q -s
 tests/integration/test_fuzz.py`. The number of inputs tried is printed at the end.
 """
@@ -35,7 +35,7 @@ from tests.integration.campaign_client import ATTESTATION, Client, failure, futu
 from tests.integration.conftest import DaemonProcess
 from tests.integration.test_bad_input import database_digest
 
-EXAMPLES = int(os.environ.get("CAMPAIGND_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("CAMPAIGND_FUZZ_EXAMPLES", "40"))
 HEALTH_EVERY = 25
 PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
