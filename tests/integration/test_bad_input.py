@@ -524,3 +524,23 @@ def test_suppression_names_take_ascii_digits_only(daemon: DatabaseDaemon, client
     """A suppression name with a non-ASCII digit, a newline or 19 digits is refused on `name`."""
     found = refused(daemon, lambda: client.contacts.RemoveSuppression(cs.RemoveSuppressionRequest(name=name)))
     assert found.fields == ["name"]
+
+
+def test_a_request_with_very_many_long_problems_still_gets_its_answer(
+    daemon: DatabaseDaemon, client: Client
+) -> None:
+    """Hundreds of problems with long values are INVALID_ARGUMENT with the first ones listed and a
+    count of the rest, within what a gRPC client accepts in trailers (not RESOURCE_EXHAUSTED)."""
+    campaign = pb.Campaign(
+        display_name="x",
+        labels={f"Bad{i}{'k' * 60}": "v" * 100 for i in range(64)},
+        audience=pb.Audience(target_lists=[f"lists/{'Z' * 60}{i}" for i in range(100)]),
+        channels=[
+            pb.Channel(channel_id=f"c{i}", type="t" * 5000, content=content(text="x")) for i in range(16)
+        ],
+    )
+    found = refused(daemon, lambda: client.stub.CreateCampaign(svc.CreateCampaignRequest(campaign=campaign)))
+    assert found.fields[0].startswith("campaign.labels[Bad")
+    assert found.fields[-1] == ""  # "N more problems are not listed"
+    assert 10 < len(found.fields) < 64 * 2 + 100 + 16
+    assert len(found.message) <= 1000

@@ -9,7 +9,8 @@ check must pass after each batch.
 
 `CAMPAIGND_FUZZ_EXAMPLES` sets the examples per RPC and test (default 40, a couple of minutes for the whole
 run); run longer with e.g. `CAMPAIGND_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest -q -s
-tests/integration/test_fuzz.py`. The number of inputs tried is printed at the end.
+tests/integration/test_fuzz.py`; `CAMPAIGND_FUZZ_DATABASE=postgresql` runs it on PostgreSQL instead
+of SQLite. The number of inputs tried is printed at the end.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from campaignd.v1 import campaign_service_pb2, contact_service_pb2
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
+from tests.conftest import new_pg_database
 from tests.integration.campaign_client import ATTESTATION, Client, failure, future
-from tests.integration.conftest import DaemonProcess
-from tests.integration.test_bad_input import database_digest
+from tests.integration.test_bad_input import DatabaseDaemon, database_digest
 
+DATABASE = os.environ.get("CAMPAIGND_FUZZ_DATABASE", "sqlite")
 EXAMPLES = int(os.environ.get("CAMPAIGND_FUZZ_EXAMPLES", "40"))
 HEALTH_EVERY = 25
 PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
@@ -316,10 +318,20 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    """An API-only daemon on SQLite (no engine, so only calls change the database), with resources
-    that valid-shaped requests name."""
-    process = DaemonProcess(tmp_path_factory.mktemp("fuzz"), PLUGINS)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SQLite, or a new PostgreSQL database with CAMPAIGND_FUZZ_DATABASE=postgresql."""
+    if DATABASE == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('fuzzdb') / 'campaignd.db'}"
+        return
+    with new_pg_database(request.getfixturevalue("pg_admin"), "campaignd_fuzz") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[DatabaseDaemon]:
+    """An API-only daemon (no engine, so only calls change the database), with resources that
+    valid-shaped requests name."""
+    process = DatabaseDaemon(tmp_path_factory.mktemp("fuzz"), database_url)
     process.start()
     with process.channel() as channel_:
         client = Client(channel_)
@@ -355,7 +367,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     process.cleanup()
 
 
-def _healthy(daemon: DaemonProcess, tally: Tally) -> None:
+def _healthy(daemon: DatabaseDaemon, tally: Tally) -> None:
     with daemon.channel() as channel_:
         reply = health_pb2_grpc.HealthStub(channel_).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -379,10 +391,10 @@ def _call(channel_: grpc.Channel, path: str, method: descriptor.MethodDescriptor
         channel_.unary_unary(path, request_serializer=None, response_deserializer=None)(request, timeout=15)
 
 
-def _check(daemon: DaemonProcess, tally: Tally, method: descriptor.MethodDescriptor, request: Any) -> None:
+def _check(daemon: DatabaseDaemon, tally: Tally, method: descriptor.MethodDescriptor, request: Any) -> None:
     """Make one call and check the answer: OK, or a documented refusal that changed nothing."""
     path = f"/{method.containing_service.full_name}/{method.name}"
-    url = f"sqlite:///{daemon.workdir / 'state' / 'campaignd.db'}"
+    url = daemon.database_url
     before = database_digest(url)
     tally.inputs += 1
     with daemon.channel() as channel_:
@@ -416,7 +428,7 @@ FUZZ = settings(
 @FUZZ
 @given(data=st.data())
 def test_every_rpc_answers_generated_requests_without_internal_errors(
-    daemon: DaemonProcess,
+    daemon: DatabaseDaemon,
     tally: Tally,
     service: descriptor.ServiceDescriptor,
     method: descriptor.MethodDescriptor,
@@ -438,7 +450,7 @@ def test_every_rpc_answers_generated_requests_without_internal_errors(
 @FUZZ
 @given(data=st.data())
 def test_every_rpc_answers_mutated_wire_bytes_without_internal_errors(
-    daemon: DaemonProcess,
+    daemon: DatabaseDaemon,
     tally: Tally,
     service: descriptor.ServiceDescriptor,
     method: descriptor.MethodDescriptor,
@@ -461,7 +473,7 @@ def test_every_rpc_answers_mutated_wire_bytes_without_internal_errors(
     assert daemon.proc.poll() is None
 
 
-def test_the_daemon_is_healthy_after_the_fuzz(daemon: DaemonProcess, tally: Tally) -> None:
+def test_the_daemon_is_healthy_after_the_fuzz(daemon: DatabaseDaemon, tally: Tally) -> None:
     """After every generated input the daemon serves, and its log has no unexpected error."""
     _healthy(daemon, tally)
     unexpected = [e for e in daemon.log_events() if e.get("event") == "unexpected error"]
