@@ -58,7 +58,9 @@ class Daemon:
             raise StartupError(f"cannot listen: {exc}", EXIT_TRANSIENT) from None
         except OSError as exc:
             database.close()
-            raise StartupError(_os_problem("the runtime directory", exc), EXIT_CONFIG) from None
+            raise StartupError(
+                _os_problem(f"the runtime directory {self.settings.socket_path.parent}", exc), EXIT_CONFIG
+            ) from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)

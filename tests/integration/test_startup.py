@@ -16,9 +16,11 @@ from tests.conftest import DEFAULT_PG_URL, PG_URL_ENV
 CAMPAIGND = str(pathlib.Path(sys.executable).parent / "campaignd")
 
 
-def _run(tmp_path: pathlib.Path, config: str, *command: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: pathlib.Path, config: str, *command: str, runtime: str = ""
+) -> subprocess.CompletedProcess[str]:
     """Run `campaignd <command> --config` with `config` (runtime directory in a fresh /tmp dir)."""
-    runtime = tempfile.mkdtemp(prefix="cd-", dir="/tmp")
+    runtime = runtime or tempfile.mkdtemp(prefix="cd-", dir="/tmp")
     path = tmp_path / "config.toml"
     path.write_text(f'[daemon]\nruntime_directory = "{runtime}"\nshutdown_timeout = 2.0\n' + config)
     return subprocess.run(
@@ -160,3 +162,14 @@ def test_a_postgresql_database_that_does_not_exist_exits_2(tmp_path: pathlib.Pat
     result = _run(tmp_path, f'state_directory = "{tmp_path / "state"}"\n[database]\nurl = "{url}"\n')
     assert result.returncode == 2
     assert "campaignd_no_such_database" in _one_clean_line(result)
+
+
+def test_a_runtime_directory_that_cannot_be_made_exits_2_naming_it(tmp_path: pathlib.Path) -> None:
+    """A runtime directory (for the socket) under a regular file exits 2 with one line, no traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = _run(tmp_path, f'state_directory = "{tmp_path / "state"}"\n', runtime=str(blocker / "run"))
+    assert result.returncode == 2
+    line = _one_clean_line(result)
+    assert str(blocker / "run") in line
+    assert "Not a directory" in line
