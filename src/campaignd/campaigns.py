@@ -266,7 +266,7 @@ class CampaignManager:
         if "channels" not in fields:
             return []
         edited = []
-        for new in changes.channels:
+        for index, new in enumerate(changes.channels):
             old = record.channel(new.channel_id)
             if old is None:
                 raise errors.invalid_argument(
@@ -281,6 +281,18 @@ class CampaignManager:
                 raise errors.invalid_argument(
                     [FieldViolation(f"campaign.channels[{new.channel_id}].type", "is immutable")]
                 )
+            if not new.type:
+                # The request left the type out, so its content could not be checked before now.
+                path = f"campaign.channels[{index}]"
+                problems = [
+                    FieldViolation(f"{path}.content.{p.field}", p.description)
+                    for p in self.plugins.validate(old.type, new.content, launching=False)
+                ] + [
+                    FieldViolation(f"{path}.{p.field}", p.description)
+                    for p in self.plugins.check_transports(old.type, new.transports, launching=False)
+                ]
+                if problems:
+                    raise errors.invalid_argument(problems)
             if (new.content, new.transports, new.rate_limit, new.send_window) != (
                 old.content,
                 old.transports,

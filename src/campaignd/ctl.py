@@ -44,10 +44,10 @@ SOCKET_ENV = "CAMPAIGND_SOCKET"
 ADDRESS_ENV = "CAMPAIGND_ADDRESS"
 TOKEN_ENV = "CAMPAIGND_TOKEN"  # noqa: S105 - the name of a variable, not a token
 
-ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")
 TERMINAL_STATES = frozenset({res.Campaign.COMPLETED, res.Campaign.STOPPED, res.Campaign.FAILED})
 UPDATABLE_FIELDS = ("display_name", "labels", "audience", "time_zone", "guard", "channels")
-RELATIVE_TIME = re.compile(r"^\+(\d+)([smhd])$")
+RELATIVE_TIME = re.compile(r"\+(\d+)([smhd])")
 RELATIVE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 Message = TypeVar("Message", bound=pb_message.Message)
@@ -72,7 +72,7 @@ class _Parser(argparse.ArgumentParser):
 def campaign_name(text: str) -> str:
     """`my-campaign` or `campaigns/my-campaign` -> `campaigns/my-campaign`."""
     campaign_id = text.removeprefix("campaigns/")
-    if not ID_PATTERN.match(campaign_id):
+    if not ID_PATTERN.fullmatch(campaign_id):
         raise argparse.ArgumentTypeError(
             f"invalid campaign name {text!r}: expected ID or campaigns/ID, where ID is 1-63 characters "
             "of a-z, 0-9 and '-' starting with a letter"
@@ -83,7 +83,7 @@ def campaign_name(text: str) -> str:
 def resource_id(text: str) -> str:
     """A campaign or channel id: 1-63 characters of [a-z0-9-], starting with a letter."""
     # argparse also passes string defaults through here: "" is the default of "none given".
-    if text and not ID_PATTERN.match(text):
+    if text and not ID_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"invalid id {text!r}: expected 1-63 characters of a-z, 0-9 and '-' starting with a letter"
         )
@@ -101,7 +101,7 @@ def key_value(text: str) -> tuple[str, str]:
 def transport_share(text: str) -> tuple[str, int]:
     """`smtp-a=60` -> ("smtp-a", 60)."""
     name, percent = key_value(text)
-    if not percent.isdigit() or not 1 <= int(percent) <= 100:
+    if not re.fullmatch(r"[0-9]+", percent) or not 1 <= int(percent) <= 100:
         raise argparse.ArgumentTypeError(f"invalid {text!r}: expected TRANSPORT=PERCENT with 1-100")
     return name, int(percent)
 
@@ -119,7 +119,7 @@ def positive_float(text: str) -> float:
 
 def page_size(text: str) -> int:
     """A positive number; the daemon lowers one above its maximum to the maximum."""
-    if not text.isdigit() or int(text) < 1:
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"invalid page size {text!r}: expected a number from 1")
     return int(text)
 
@@ -147,7 +147,7 @@ def message_state(text: str) -> res.Message.State.ValueType:
 def schedule_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """ISO 8601 with a UTC offset (`2025-05-01T09:00:00+02:00`, `...Z`) or relative (`+10m`, `+2h`)."""
     now = now or dt.datetime.now(dt.UTC)
-    if relative := RELATIVE_TIME.match(text):
+    if relative := RELATIVE_TIME.fullmatch(text):
         return now + dt.timedelta(**{RELATIVE_UNITS[relative.group(2)]: int(relative.group(1))})
     try:
         when = dt.datetime.fromisoformat(text)
@@ -197,7 +197,7 @@ def parse_channel(text: str) -> res.Channel:
         return parse_json(text, res.Channel(), "--channel")
     channel_type, _, channel_id = text.partition(":")
     channel_id = channel_id or channel_type
-    if not channel_type or not ID_PATTERN.match(channel_id):
+    if not channel_type or not ID_PATTERN.fullmatch(channel_id):
         raise UsageError(
             f"invalid --channel {text!r}: expected TYPE:ID (ID is 1-63 characters of a-z, 0-9 and '-' "
             "starting with a letter) or a JSON object"
@@ -1308,7 +1308,7 @@ def channel_from_flags(args: argparse.Namespace) -> res.Channel:
     if not args.type:
         raise UsageError("add-channel needs --type (or a channel in --file)")
     channel_id = args.id or args.type
-    if not ID_PATTERN.match(channel_id):
+    if not ID_PATTERN.fullmatch(channel_id):
         raise UsageError(
             f"the channel id defaults to the type, and {channel_id!r} is not a valid id: pass --id"
         )
@@ -1569,7 +1569,7 @@ def resource_name(collection: str, what: str) -> Callable[[str], str]:
 
     def parse(text: str) -> str:
         resource = text.removeprefix(f"{collection}/")
-        if not ID_PATTERN.match(resource):
+        if not ID_PATTERN.fullmatch(resource):
             raise argparse.ArgumentTypeError(
                 f"invalid {what} {text!r}: expected ID or {collection}/ID, where ID is 1-63 characters "
                 "of a-z, 0-9 and '-' starting with a letter"
@@ -1612,7 +1612,7 @@ MAX_BATCH_SIZE = 10_000  # rows per ImportContacts message the daemon accepts
 
 def batch_size(text: str) -> int:
     """--batch-size: 1 to MAX_BATCH_SIZE rows."""
-    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH_SIZE:
+    if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= MAX_BATCH_SIZE:
         raise argparse.ArgumentTypeError(f"invalid batch size {text!r}: expected 1-{MAX_BATCH_SIZE}")
     return int(text)
 
@@ -1839,7 +1839,7 @@ def run_contacts_list(client: Client, args: argparse.Namespace) -> int:
 CSV_LINE_LIMIT = 1 << 20  # bytes in one line of a CSV file, and characters in one field
 CSV_MESSAGE_BYTES = 2 << 20  # rows per stream message are also capped by size (gRPC allows 4 MiB)
 CONTACT_FIELDS = ("contact_id", "email", "phone", "time_zone")
-ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 MATCH_ON = {"email": capi.ImportOptions.EMAIL, "contact_id": capi.ImportOptions.CONTACT_ID}
 REJECTED_COLUMNS = ("error_field", "error_reason")
 LINE_TOO_LONG = "line too long"
@@ -1854,7 +1854,7 @@ def column_mapping(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"invalid --map {text!r}: expected CSVCOLUMN=FIELD")
     attribute = target.removeprefix("attributes.")
     if target not in CONTACT_FIELDS and not (
-        target.startswith("attributes.") and ATTRIBUTE_NAME.match(attribute)
+        target.startswith("attributes.") and ATTRIBUTE_NAME.fullmatch(attribute)
     ):
         raise argparse.ArgumentTypeError(
             f"invalid --map {text!r}: the field is one of {', '.join(CONTACT_FIELDS)} or attributes.NAME "
@@ -2039,7 +2039,7 @@ def plan_import(args: argparse.Namespace) -> ImportPlan:
             target = field_name  # a column named like a field fills that field
         elif args.only_mapped:
             continue
-        elif not ATTRIBUTE_NAME.match(name):
+        elif not ATTRIBUTE_NAME.fullmatch(name):
             raise UsageError(
                 f"{path}: column {index + 1} ({name!r}) is not a valid attribute name (1-63 characters of "
                 f"A-Z, a-z, 0-9 and _ not starting with a digit): pass --map '{name}=attributes.NAME', "

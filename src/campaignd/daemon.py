@@ -10,6 +10,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+
 from campaignd import __version__, logs, metrics
 from campaignd.api.auth import Authenticator
 from campaignd.api.server import ApiServer, SocketInUseError
@@ -39,23 +41,26 @@ class Daemon:
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit status."""
+        # Every config problem, the plugins' options included, stops the start before the
+        # state directory or the database is touched.
+        plugins = load_plugins(self.settings)
         database = open_database(self.settings, migrate_schema=self.settings.daemon.migrate_on_start)
         api = ApiServer(self.settings, self.authenticator)
-        try:
-            services = Services(api, database, lambda: self.settings)
-        except PluginError as exc:
-            database.close()
-            log.error("cannot load plugins", error=str(exc))
-            return 1
-        except ConfigError:
-            database.close()
-            raise
+        services = Services(api, database, lambda: self.settings, plugins)
         try:
             await api.start()
-        except (SocketInUseError, RuntimeError) as exc:
+        except SocketInUseError as exc:
             database.close()
-            log.error("cannot listen", error=str(exc))
-            return 1
+            raise StartupError(str(exc), EXIT_TRANSIENT) from None
+        except RuntimeError as exc:
+            # grpc cannot bind the TCP address (in use, or not an address of this host).
+            database.close()
+            raise StartupError(f"cannot listen: {exc}", EXIT_TRANSIENT) from None
+        except OSError as exc:
+            database.close()
+            raise StartupError(
+                _os_problem(f"the runtime directory {self.settings.socket_path.parent}", exc), EXIT_CONFIG
+            ) from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
@@ -141,19 +146,105 @@ def _restart_only_changes(old: Settings, new: Settings) -> list[str]:
     return changed
 
 
+# Exit statuses: a problem a restart cannot fix (config, permissions, a database that cannot be
+# opened) is 2, so that systemd's RestartPreventExitStatus=2 stops the restart loop; what may
+# pass by itself (a database server not up yet, a socket still in use) is 1.
+EXIT_TRANSIENT = 1
+EXIT_CONFIG = 2
+
+
+class StartupError(Exception):
+    """The daemon cannot start: one line for the operator, and the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def load_plugins(settings: Settings) -> Plugins:
+    """The plugins, loaded and given their options; ConfigError for any problem."""
+    try:
+        plugins = Plugins(settings.plugins.load)
+    except PluginError as exc:
+        raise ConfigError([Problem("plugins", str(exc))]) from None
+    plugins.configure(settings)
+    return plugins
+
+
 def open_database(settings: Settings, *, migrate_schema: bool) -> Database:
-    """Open the configured database, migrating it first when asked; refuse an outdated schema."""
+    """Open the configured database, migrating it first when asked; refuse an outdated schema.
+    StartupError naming the path (or server) and the cause when it cannot be opened or written."""
+    url = settings.database_url
+    engine = _engine(settings, pool_size=settings.database.pool_size)
+    try:
+        if migrate_schema:
+            migrate.upgrade(engine)
+        else:
+            current, head = migrate.current_revision(engine), migrate.head_revision()
+            if current != head:
+                raise ConfigError([_schema_problem(current, head)])
+        database = Database(engine)
+        # A database that can be read but not written (a read-only directory or file) would
+        # otherwise fail at the first write, long after the start was reported good.
+        database.write_sync(lambda conn: None)
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        raise _database_problem(url, exc) from None
+    return database
+
+
+def _engine(settings: Settings, *, pool_size: int = 10) -> sa.Engine:
+    """The database engine, with the state directory made first for SQLite."""
     url = settings.database_url
     if url.startswith("sqlite:///"):
-        settings.state_directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-    engine = create_engine(url, pool_size=settings.database.pool_size)
-    if migrate_schema:
-        migrate.upgrade(engine)
-    else:
-        current, head = migrate.current_revision(engine), migrate.head_revision()
-        if current != head:
-            raise ConfigError([_schema_problem(current, head)])
-    return Database(engine)
+        try:
+            settings.state_directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            raise StartupError(
+                _os_problem(f"the state directory {settings.state_directory}", exc), EXIT_CONFIG
+            ) from None
+    return create_engine(url, pool_size=pool_size)
+
+
+def _os_problem(what: str, exc: OSError) -> str:
+    return f"cannot use {what}: {exc.strerror or exc}"
+
+
+def _database_problem(url: str, exc: sa.exc.DBAPIError) -> StartupError:
+    """One line naming the database (a SQLite file's path; a server URL without its password)."""
+    cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+    if url.startswith("sqlite:///"):
+        return StartupError(
+            f"cannot open the database {url.removeprefix('sqlite:///')}: {cause}", EXIT_CONFIG
+        )
+    # A server that refuses or drops the connection, or is starting up, may be fine soon; one
+    # that answered that the login or the database is wrong will not change by waiting. libpq
+    # gives no SQLSTATE for errors while connecting, so those are told by their text.
+    permanent = getattr(exc.orig, "sqlstate", None) is not None or any(
+        text in cause for text in _PERMANENT_CONNECT_ERRORS
+    )
+    return StartupError(
+        f"cannot open the database {_without_password(url).replace('+psycopg://', '://', 1)}: {cause}",
+        EXIT_CONFIG if permanent else EXIT_TRANSIENT,
+    )
+
+
+_PERMANENT_CONNECT_ERRORS = (
+    "does not exist",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "password authentication",
+    "certificate",
+)
+
+
+def _without_password(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
 
 
 def _schema_problem(current: str | None, head: str) -> Problem:
@@ -186,30 +277,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            settings = load(args.file)
-            try:
-                Plugins(settings.plugins.load).check_config(settings)
-            except PluginError as exc:
-                raise ConfigError([Problem("plugins", str(exc))]) from None
+            load_plugins(load(args.file))
             print(f"{args.file}: ok")
             return 0
         settings = load(args.config)
         logs.configure(settings.log.level, settings.log.format)
         if args.command == "migrate":
-            engine = create_engine(settings.database_url)
-            if settings.database_url.startswith("sqlite:///"):
-                settings.state_directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-            before = migrate.current_revision(engine)
-            migrate.upgrade(engine, args.revision)
-            after = migrate.current_revision(engine)
-            engine.dispose()
+            engine = _engine(settings)
+            try:
+                before = migrate.current_revision(engine)
+                migrate.upgrade(engine, args.revision)
+                after = migrate.current_revision(engine)
+            except sa.exc.DBAPIError as exc:
+                raise _database_problem(settings.database_url, exc) from None
+            finally:
+                engine.dispose()
             print(f"schema: {before or 'empty'} -> {after}")
             return 0
         return asyncio.run(Daemon(settings, args.config).run())
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"campaignd: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"campaignd: {exc.message}", file=sys.stderr)
+        return exc.status
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Raised anywhere below the API, mapped in one place (`campaignd.api.errors`).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -82,3 +83,18 @@ def etag_mismatch(resource: str) -> ApiError:
 def failed_precondition(reason: str, message: str, **metadata: str) -> ApiError:
     """FAILED_PRECONDITION with a machine-readable reason (e.g. ILLEGAL_TRANSITION)."""
     return ApiError(Code.FAILED_PRECONDITION, reason, message, metadata=metadata)
+
+
+def new_error_id() -> str:
+    """An id that ties an error a client sees to the log line holding its details."""
+    return secrets.token_hex(8)
+
+
+def internal_message(error_id: str) -> str:
+    """The one sentence clients get for an unexpected failure; the details are only in the log."""
+    return f"an unexpected error occurred; the daemon's log has the details under error_id {error_id}"
+
+
+def internal(error_id: str) -> ApiError:
+    """INTERNAL for an unexpected failure, naming the log entry that has the details."""
+    return ApiError(Code.INTERNAL, "INTERNAL", internal_message(error_id), metadata={"error_id": error_id})

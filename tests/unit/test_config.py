@@ -346,3 +346,17 @@ def test_clients_can_load_without_reading_secret_files(tmp_path: pathlib.Path) -
     with pytest.raises(ConfigError):
         load(config)
     assert str(load(config, check_files=False).socket_path) == "/run/x.sock"
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"grpc": {"socket_mode": "0660\n"}}, "grpc.socket_mode"),
+        ({"audience": {"default_region": "NO\n"}}, "audience.default_region"),
+        ({"plugins": {"load": ["campaignd.testing.channels\n"]}}, "plugins.load[0]"),
+        ({"transports": {"relay\n": {"type": "email"}}}, "transports.relay\n.[key]"),
+    ],
+)
+def test_config_patterns_match_the_whole_value(data: dict[str, Any], key: str) -> None:
+    """A trailing newline does not pass a config pattern (they match the whole value)."""
+    assert key in problems(data)

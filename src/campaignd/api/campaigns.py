@@ -8,7 +8,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
-from google.protobuf import timestamp_pb2
 from grpc import aio
 from sqlalchemy.engine import Connection
 
@@ -69,10 +68,6 @@ def _new_id() -> str:
     return "c" + secrets.token_hex(8)
 
 
-def _time(message: timestamp_pb2.Timestamp) -> dt.datetime:
-    return message.ToDatetime(tzinfo=dt.UTC)
-
-
 class CampaignService(svc_grpc.CampaignServiceServicer):
     """The gRPC face of campaign management."""
 
@@ -82,8 +77,10 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         settings: Callable[[], Settings],
         engine: Engine | None,
         transports: Transports,
+        tokens: convert.PageTokens,
     ) -> None:
         self.manager = manager
+        self.tokens = tokens
         self.settings = settings
         self.engine = engine
         self.transports = transports
@@ -134,16 +131,16 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             dict(sorted(request.labels.items())),
             request.show_archived,
         )
-        position = convert.decode_token(v, "page_token", request.page_token, selection)
+        position = self.tokens.decode(v, "page_token", request.page_token, selection)
         v.raise_if_any()
         after = None
         if position is not None:
-            after = (dt.datetime.fromisoformat(position["t"]), str(position["i"]))
+            after = (dt.datetime.fromisoformat(str(position["t"])), str(position["i"]))
         records = await self.manager.list_campaigns(selection, after, size + 1)
         response = svc.ListCampaignsResponse(campaigns=[convert.campaign_message(r) for r in records[:size]])
         if len(records) > size:
             last = records[size - 1]
-            response.next_page_token = convert.encode_token(
+            response.next_page_token = self.tokens.encode(
                 {"t": last.create_time.isoformat(), "i": last.id}, selection
             )
         return response
@@ -242,10 +239,13 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     async def ScheduleCampaign(self, request: svc.ScheduleCampaignRequest, context: Context) -> pb.Campaign:
         v = Violations()
         now = self.manager.clock.now()
+        schedule_time = None
         if not request.HasField("schedule_time"):
             v.add("schedule_time", "required")
-        elif _time(request.schedule_time) <= now:
-            v.add("schedule_time", "must be in the future")
+        else:
+            schedule_time = convert.check_timestamp(v, "schedule_time", request.schedule_time)
+            if schedule_time is not None and schedule_time <= now:
+                v.add("schedule_time", "must be in the future")
         attestation = convert.attestation(
             v, request.attestation, request.HasField("attestation"), "attestation", now
         )
@@ -254,7 +254,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             self.manager.check_launchable(conn, record, chosen)
             record.attestation = attestation
             for channel in chosen:
-                channel.schedule_time = _time(request.schedule_time)
+                channel.schedule_time = schedule_time
 
         return await self._transition(
             "ScheduleCampaign", Operation.SCHEDULE, request, v=v, before_commit=prepare
@@ -560,7 +560,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         )
         selection = (campaign_id, request.channel_id, tuple(states), request.reason)
         size = convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
-        position = convert.decode_token(v, "page_token", request.page_token, selection)
+        position = self.tokens.decode(v, "page_token", request.page_token, selection)
         v.raise_if_any()
 
         def read(conn: Connection) -> list[Any]:
@@ -580,7 +580,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         rows = await self.manager.db.read(read)
         response = svc.ListMessagesResponse(messages=[_message(campaign_id, r) for r in rows[:size]])
         if len(rows) > size:
-            response.next_page_token = convert.encode_token({"a": rows[size - 1].id}, selection)
+            response.next_page_token = self.tokens.encode({"a": rows[size - 1].id}, selection)
         return response
 
     @unary
@@ -590,13 +590,13 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         v = Violations()
         campaign_id = campaign_id_from_name(request.parent, "parent")
         size = convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
-        position = convert.decode_token(v, "page_token", request.page_token, campaign_id)
+        position = self.tokens.decode(v, "page_token", request.page_token, campaign_id)
         v.raise_if_any()
         after = int(position["a"]) if position is not None else 0
         events = await self.manager.history(campaign_id, after, size + 1)
         response = svc.ListCampaignHistoryResponse(events=[convert.event_message(e) for e in events[:size]])
         if len(events) > size:
-            response.next_page_token = convert.encode_token({"a": events[size - 1].sequence}, campaign_id)
+            response.next_page_token = self.tokens.encode({"a": events[size - 1].sequence}, campaign_id)
         return response
 
     @streaming

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -55,7 +56,12 @@ def contact_message(record: ContactRecord) -> cs.Contact:
 
 
 def _attributes(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message.attributes) if message.HasField("attributes") else {}
+    if not message.HasField("attributes"):
+        return {}
+    problems = convert.struct_problems("attributes", message.attributes)
+    if problems:
+        raise ContactFieldError(problems[0].field, problems[0].description)
+    return json_format.MessageToDict(message.attributes)
 
 
 def _row(index: int, contact_id: str, message: Any) -> Row:
@@ -65,15 +71,18 @@ def _row(index: int, contact_id: str, message: Any) -> Row:
 class ContactService(cs_grpc.ContactServiceServicer):
     """The gRPC face of the audience."""
 
-    def __init__(self, manager: ContactManager, settings: Callable[[], Settings]) -> None:
+    def __init__(
+        self, manager: ContactManager, settings: Callable[[], Settings], tokens: convert.PageTokens
+    ) -> None:
         self.manager = manager
+        self.tokens = tokens
         self.settings = settings
 
     def _page(
         self, v: Violations, size: int, token: str, selection: Any
-    ) -> tuple[int, dict[str, Any] | None]:
+    ) -> tuple[int, dict[str, str | int] | None]:
         limit = convert.page_size(v, "page_size", size, 100, self.settings().limits.max_page_size)
-        return limit, convert.decode_token(v, "page_token", token, selection)
+        return limit, self.tokens.decode(v, "page_token", token, selection)
 
     # -- contacts -------------------------------------------------------------------------------
 
@@ -83,7 +92,11 @@ class ContactService(cs_grpc.ContactServiceServicer):
         convert.check_id(v, "contact_id", request.contact_id)
         v.request_id("request_id", request.request_id)
         v.raise_if_any()
-        return contact_message(await self.manager.create(_row(0, request.contact_id, request.contact)))
+        try:
+            row = _row(0, request.contact_id, request.contact)
+        except ContactFieldError as exc:
+            raise errors.invalid_argument([FieldViolation(f"contact.{exc.field}", exc.reason)]) from None
+        return contact_message(await self.manager.create(row))
 
     @unary
     async def GetContact(self, request: cs.GetContactRequest, context: Context) -> cs.Contact:
@@ -105,13 +118,17 @@ class ContactService(cs_grpc.ContactServiceServicer):
         v.raise_if_any()
         # Only the masked fields are read from the request; the others may hold anything.
         contact = request.contact
+        try:
+            attributes = _attributes(contact) if "attributes" in paths else {}
+        except ContactFieldError as exc:
+            raise errors.invalid_argument([FieldViolation(f"contact.{exc.field}", exc.reason)]) from None
         row = Row(
             0,
             contact_id,
             contact.email if "email" in paths else "",
             contact.phone if "phone" in paths else "",
             contact.time_zone if "time_zone" in paths else "",
-            _attributes(contact) if "attributes" in paths else {},
+            attributes,
         )
         record = await self.manager.update(contact_id, row, frozenset(paths))
         return contact_message(record)
@@ -142,7 +159,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         )
         response = cs.ListContactsResponse(contacts=[contact_message(r) for r in records[:limit]])
         if len(records) > limit:
-            response.next_page_token = convert.encode_token(
+            response.next_page_token = self.tokens.encode(
                 {"a": records[limit - 1].pk}, (request.filter, list_id)
             )
         return response
@@ -177,7 +194,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
                     [FieldViolation("rows", f"at most {MAX_ROWS_PER_MESSAGE} per message")]
                 )
             for row in request.rows:
-                if row.contact_id and not convert.ID.match(row.contact_id):
+                if row.contact_id and not convert.ID.fullmatch(row.contact_id):
                     result.rejected.append(
                         Rejection(index, "contact_id", "must be 1-63 characters of [a-z0-9-]")
                     )
@@ -186,7 +203,10 @@ class ContactService(cs_grpc.ContactServiceServicer):
                         Rejection(index, "email", "a contact needs an email address or a phone")
                     )
                 else:
-                    pending.append(_row(index, row.contact_id, row))
+                    try:
+                        pending.append(_row(index, row.contact_id, row))
+                    except ContactFieldError as exc:
+                        result.rejected.append(Rejection(index, exc.field, exc.reason))
                 index += 1
                 if len(pending) >= 1000:
                     await self.manager.import_rows(pending, match_on, list_id, result)
@@ -225,7 +245,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         rows = await self.manager.list_lists(str(position["a"]) if position else "", limit + 1)
         response = cs.ListListsResponse(lists=[_list_message(*r) for r in rows[:limit]])
         if len(rows) > limit:
-            response.next_page_token = convert.encode_token({"a": rows[limit - 1][0]}, "lists")
+            response.next_page_token = self.tokens.encode({"a": rows[limit - 1][0]}, "lists")
         return response
 
     @unary
@@ -244,7 +264,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         ids = []
         for index, name in enumerate(names[:MAX_BATCH]):
             contact_id = name.removeprefix("contacts/") if name.startswith("contacts/") else ""
-            if not convert.ID.match(contact_id):
+            if not convert.ID.fullmatch(contact_id):
                 v.add(f"contacts[{index}]", "must be contacts/{id}")
             ids.append(contact_id)
         v.raise_if_any()
@@ -302,7 +322,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         rows = await self.manager.list_segments(str(position["a"]) if position else "", limit + 1)
         response = cs.ListSegmentsResponse(segments=[_segment_message(r) for r in rows[:limit]])
         if len(rows) > limit:
-            response.next_page_token = convert.encode_token({"a": rows[limit - 1].id}, "segments")
+            response.next_page_token = self.tokens.encode({"a": rows[limit - 1].id}, "segments")
         return response
 
     @unary
@@ -363,11 +383,8 @@ class ContactService(cs_grpc.ContactServiceServicer):
         self, request: cs.RemoveSuppressionRequest, context: Context
     ) -> cs.RemoveSuppressionResponse:
         suppression_id = request.name.removeprefix("suppressions/")
-        if (
-            not request.name.startswith("suppressions/")
-            or not suppression_id.isdigit()
-            or len(suppression_id) > 18
-        ):
+        # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+        if not request.name.startswith("suppressions/") or not re.fullmatch(r"[0-9]{1,18}", suppression_id):
             raise errors.invalid_argument([FieldViolation("name", "must be suppressions/{id}")])
         await self.manager.remove_suppression(int(suppression_id))
         return cs.RemoveSuppressionResponse(name=request.name)
@@ -379,9 +396,11 @@ class ContactService(cs_grpc.ContactServiceServicer):
         v = Violations()
         address = self._address(v, "address", request.address) if request.address else ""
         v.text("channel_type", request.channel_type, max_length=63)
+        reason = ""
         if request.reason not in cs.Suppression.Reason.values():
-            v.add("reason", "unknown reason")
-        reason = cs.Suppression.Reason.Name(request.reason).lower() if request.reason else ""
+            v.add("reason", f"unknown reason; one of {sorted(SUPPRESSION_REASONS)}")
+        elif request.reason:
+            reason = cs.Suppression.Reason.Name(request.reason).lower()
         selection = (address, request.channel_type, reason)
         limit, position = self._page(v, request.page_size, request.page_token, selection)
         v.raise_if_any()
@@ -390,7 +409,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
         )
         response = cs.ListSuppressionsResponse(suppressions=[_suppression_message(r) for r in rows[:limit]])
         if len(rows) > limit:
-            response.next_page_token = convert.encode_token({"b": rows[limit - 1].id}, selection)
+            response.next_page_token = self.tokens.encode({"b": rows[limit - 1].id}, selection)
         return response
 
     @unary

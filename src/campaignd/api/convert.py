@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import hmac
 import json
+import math
 import re
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,13 +23,13 @@ from campaignd.store.campaigns import CampaignRecord, ChannelRecord, Event
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
 
-ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
-LIST_NAME = re.compile(r"^lists/[a-z][a-z0-9-]{0,62}$")
-SEGMENT_NAME = re.compile(r"^segments/[a-z][a-z0-9-]{0,62}$")
-HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
-TRANSPORT = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
+LABEL_KEY = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+LIST_NAME = re.compile(r"lists/[a-z][a-z0-9-]{0,62}")
+SEGMENT_NAME = re.compile(r"segments/[a-z][a-z0-9-]{0,62}")
+HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+TRANSPORT = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 MAX_AUDIENCE_ENTRIES = 100
 MAX_LABELS = 64
@@ -68,7 +70,7 @@ class Violations:
 
     def request_id(self, path: str, value: str) -> None:
         """An idempotency key: optional, 1-100 characters of [A-Za-z0-9_.:-]."""
-        if value and not REQUEST_ID.match(value):
+        if value and not REQUEST_ID.fullmatch(value):
             self.add(path, "must be 1-100 characters of letters, digits and _.:-")
 
     def etag(self, path: str, value: str) -> None:
@@ -81,7 +83,7 @@ def id_from_name(name: str, collection: str, path: str = "name") -> str:
     """The id in `{collection}/{id}`, or INVALID_ARGUMENT naming `path`."""
     prefix = f"{collection}/"
     found = name.removeprefix(prefix) if name.startswith(prefix) else None
-    if found is None or not ID.match(found):
+    if found is None or not ID.fullmatch(found):
         raise invalid_argument(
             [
                 FieldViolation(
@@ -103,8 +105,57 @@ def check_id(v: Violations, path: str, value: str, *, required: bool = False) ->
     if not value:
         if required:
             v.add(path, "required")
-    elif not ID.match(value):
+    elif not ID.fullmatch(value):
         v.add(path, "must be 1-63 characters of [a-z0-9-] starting with a letter")
+
+
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_MIN_SECONDS = -62_135_596_800
+TIMESTAMP_MAX_SECONDS = 253_402_300_799
+MAX_NESTING = 32
+
+
+def check_timestamp(v: Violations, path: str, value: timestamp_pb2.Timestamp) -> dt.datetime | None:
+    """The time a Timestamp stands for, or None (recorded in v) when it is outside the type's
+    range or its nanos are not 0-999,999,999."""
+    if not TIMESTAMP_MIN_SECONDS <= value.seconds <= TIMESTAMP_MAX_SECONDS:
+        v.add(path, "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z")
+        return None
+    if not 0 <= value.nanos <= 999_999_999:
+        v.add(f"{path}.nanos", "must be between 0 and 999999999")
+        return None
+    return value.ToDatetime(tzinfo=dt.UTC)
+
+
+def struct_dict(v: Violations, path: str, struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as a dict, checked first: every number finite (JSON has no NaN or Infinity, and
+    neither database stores them) and at most MAX_NESTING levels deep; {} when not (in v)."""
+    problems = struct_problems(path, struct)
+    for problem in problems:
+        v.add(problem.field, problem.description)
+    return {} if problems else json_format.MessageToDict(struct)
+
+
+def struct_problems(path: str, struct: struct_pb2.Struct) -> list[FieldViolation]:
+    """The non-finite numbers and too deep nesting in a Struct, each on its path."""
+    found: list[FieldViolation] = []
+    for key, value in struct.fields.items():
+        _value_problems(found, f"{path}.{key[:70]}", value, 1)
+    return found
+
+
+def _value_problems(found: list[FieldViolation], path: str, value: struct_pb2.Value, depth: int) -> None:
+    kind = value.WhichOneof("kind")
+    if depth > MAX_NESTING:
+        found.append(FieldViolation(path, f"nested deeper than {MAX_NESTING} levels"))
+    elif kind == "number_value" and not math.isfinite(value.number_value):
+        found.append(FieldViolation(path, "must be a finite number (not NaN or Infinity)"))
+    elif kind == "struct_value":
+        for key, item in value.struct_value.fields.items():
+            _value_problems(found, f"{path}.{key[:70]}", item, depth + 1)
+    elif kind == "list_value":
+        for index, item in enumerate(value.list_value.values):
+            _value_problems(found, f"{path}[{index}]", item, depth + 1)
 
 
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -271,10 +322,11 @@ def channel_record(
             v.add(f"{path}.type", "required")
         elif message.type not in plugins.types:
             v.add(f"{path}.type", f"unknown channel type {message.type!r}; loaded: {sorted(plugins.types)}")
-    content = json_format.MessageToDict(message.content) if message.HasField("content") else {}
-    if len(json.dumps(content)) > MAX_CONTENT_BYTES:
+    before = len(v.found)
+    content = struct_dict(v, f"{path}.content", message.content)
+    if len(v.found) == before and len(json.dumps(content)) > MAX_CONTENT_BYTES:
         v.add(f"{path}.content", f"larger than {MAX_CONTENT_BYTES} bytes")
-    elif message.type in plugins.types:
+    elif len(v.found) == before and message.type in plugins.types:
         for problem in plugins.validate(message.type, content, launching=False):
             v.add(f"{path}.content.{problem.field}", problem.description)
     before = len(v.found)
@@ -308,7 +360,7 @@ def _check_labels(v: Violations, path: str, labels: Mapping[str, str]) -> None:
     if len(labels) > MAX_LABELS:
         v.add(path, f"at most {MAX_LABELS} labels")
     for key, value in labels.items():
-        if not LABEL_KEY.match(key):
+        if not LABEL_KEY.fullmatch(key):
             v.add(f"{path}[{key[:70]}]", "keys are 1-63 characters of [a-z0-9_.-] starting with a letter")
         if len(value) > 63 or any(ord(ch) < 32 for ch in value):
             v.add(f"{path}[{key[:70]}]", "values are at most 63 printable characters")
@@ -321,7 +373,7 @@ def _check_audience(v: Violations, path: str, audience: pb.Audience) -> None:
         if len(entries) > MAX_AUDIENCE_ENTRIES:
             v.add(f"{path}.{key}", f"at most {MAX_AUDIENCE_ENTRIES} entries")
         for index, entry in enumerate(entries[:MAX_AUDIENCE_ENTRIES]):
-            if not pattern.match(entry):
+            if not pattern.fullmatch(entry):
                 kind = "lists" if key.endswith("lists") else "segments"
                 v.add(f"{path}.{key}[{index}]", f"must be {kind}/{{id}}")
         if len(set(entries)) != len(entries):
@@ -338,7 +390,7 @@ def _check_time_zone(v: Violations, path: str, name: str) -> None:
 def _check_transports(v: Violations, path: str, shares: Sequence[pb.TransportShare]) -> None:
     names = [s.transport for s in shares]
     for index, share in enumerate(shares):
-        if not TRANSPORT.match(share.transport):
+        if not TRANSPORT.fullmatch(share.transport):
             v.add(f"{path}[{index}].transport", "must be a transport name from the daemon's configuration")
         if not 1 <= share.percent <= 100:
             v.add(f"{path}[{index}].percent", "must be between 1 and 100")
@@ -353,7 +405,7 @@ def _check_send_window(v: Violations, path: str, window: pb.SendWindow) -> dict[
         if not 1 <= day <= 7:
             v.add(f"{path}.days[{index}]", "must be 1 (Monday) to 7 (Sunday)")
     for name in ("start_time", "end_time"):
-        if not HHMM.match(getattr(window, name)):
+        if not HHMM.fullmatch(getattr(window, name)):
             v.add(f"{path}.{name}", "must be HH:MM")
     if window.start_time and window.start_time == window.end_time:
         v.add(path, "start_time and end_time must differ")
@@ -361,7 +413,7 @@ def _check_send_window(v: Violations, path: str, window: pb.SendWindow) -> dict[
 
 
 def _check_remarketing(v: Violations, path: str, source: pb.RemarketingSource) -> dict[str, Any]:
-    if not source.campaign.startswith("campaigns/") or not ID.match(
+    if not source.campaign.startswith("campaigns/") or not ID.fullmatch(
         source.campaign.removeprefix("campaigns/")
     ):
         v.add(f"{path}.campaign", "must be campaigns/{id}")
@@ -401,26 +453,68 @@ def page_size(v: Violations, path: str, value: int, default: int, maximum: int) 
     return min(value or default, maximum)
 
 
-def encode_token(position: Mapping[str, Any], selection: Any) -> str:
-    """An opaque token for the next page, bound to the filters it was made with."""
-    body = {"p": position, "f": _fingerprint(selection)}
-    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+MAX_PAGE_TOKEN = 1000
 
 
-def decode_token(v: Violations, path: str, token: str, selection: Any) -> dict[str, Any] | None:
-    """The position in a page token, or None for the first page."""
-    if not token:
-        return None
-    try:
-        body = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if body["f"] != _fingerprint(selection):
+class PageTokens:
+    """Opaque page tokens: a position and the filters it was made with, signed with an HMAC so
+    that a client can neither forge nor alter one; every daemon of a database shares the key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:16]
+
+    def encode(self, position: Mapping[str, str | int], selection: Any) -> str:
+        """A token for the next page, bound to the filters it was made with."""
+        body = json.dumps({"p": position, "f": _fingerprint(selection)}, separators=(",", ":")).encode()
+        return f"{_b64(body)}.{_b64(self._mac(body))}"
+
+    def decode(self, v: Violations, path: str, token: str, selection: Any) -> dict[str, str | int] | None:
+        """The position in a page token, or None for the first page (or a bad token, recorded in v)."""
+        if not token:
+            return None
+        body = self._verified(token)
+        if body is None:
+            v.add(path, "is not a page token this server made")
+            return None
+        try:
+            found = json.loads(body)
+            fingerprint, position = found["f"], found["p"]
+        except (ValueError, KeyError, TypeError):
+            # Signed by us yet unreadable: a token of an older format.
+            v.add(path, "is not a page token this server made")
+            return None
+        if fingerprint != _fingerprint(selection):
             v.add(path, "was made for other filters")
             return None
-        position: dict[str, Any] = body["p"]
+        if not isinstance(position, dict) or not all(
+            isinstance(value, str | int) and not isinstance(value, bool) for value in position.values()
+        ):
+            v.add(path, "is not a page token this server made")
+            return None
         return position
-    except (ValueError, KeyError, TypeError):
-        v.add(path, "is not a page token this server made")
-        return None
+
+    def _verified(self, token: str) -> bytes | None:
+        if len(token) > MAX_PAGE_TOKEN or not token.isascii() or token.count(".") != 1:
+            return None
+        body_text, mac_text = token.split(".")
+        try:
+            body, mac = _unb64(body_text), _unb64(mac_text)
+        except ValueError:
+            return None
+        return body if hmac.compare_digest(mac, self._mac(body)) else None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _fingerprint(selection: Any) -> str:

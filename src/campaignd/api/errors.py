@@ -13,7 +13,7 @@ from grpc import aio
 from grpc_status import rpc_status
 
 from campaignd import logs
-from campaignd.errors import DOMAIN, ApiError, Code
+from campaignd.errors import DOMAIN, ApiError, internal, new_error_id
 
 log = logs.get("campaignd.api")
 
@@ -22,27 +22,43 @@ Resp = TypeVar("Resp")
 Context = aio.ServicerContext[Any, Any]
 
 
+# The status travels in the trailers, and gRPC clients drop a response whose metadata passes
+# 8 KiB by default (the details base64-encoded): the message and the violations are bounded
+# so that a request with very many or very long problems still gets its answer.
+MAX_MESSAGE = 1000
+MAX_FIELD = 200
+MAX_DESCRIPTION = 300
+MAX_VIOLATION_BYTES = 3000
+
+
 def to_status(error: ApiError) -> status_pb2.Status:
     """A google.rpc.Status carrying the error's reason, metadata and field violations."""
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=dict(error.metadata))
-    details = [info]
+    details: list[Any] = [info]
     if error.violations:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in error.violations
-                ]
-            )
-        )
+        details.append(_bad_request(error))
     packed = []
     for detail in details:
         any_detail = any_pb2.Any()
         any_detail.Pack(detail)
         packed.append(any_detail)
     return status_pb2.Status(
-        code=code_pb2.Code.Value(error.code.value), message=error.message[:2000], details=packed
+        code=code_pb2.Code.Value(error.code.value), message=error.message[:MAX_MESSAGE], details=packed
     )
+
+
+def _bad_request(error: ApiError) -> error_details_pb2.BadRequest:
+    bad = error_details_pb2.BadRequest()
+    for index, v in enumerate(error.violations):
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=v.field[:MAX_FIELD], description=v.description[:MAX_DESCRIPTION]
+        )
+        if bad.ByteSize() + item.ByteSize() > MAX_VIOLATION_BYTES:
+            left = len(error.violations) - index
+            bad.field_violations.add(field="", description=f"{left} more problems are not listed")
+            break
+        bad.field_violations.append(item)
+    return bad
 
 
 async def abort(context: Context, error: ApiError) -> None:
@@ -53,8 +69,10 @@ async def abort(context: Context, error: ApiError) -> None:
 
 
 def _internal(exc: Exception, method: str) -> ApiError:
-    log.exception("unexpected error", method=method)
-    return ApiError(Code.INTERNAL, "INTERNAL", f"internal error: {type(exc).__name__}")
+    # No exception text (SQL, paths, values) reaches the client: it gets the id of the log entry.
+    error_id = new_error_id()
+    log.error("unexpected error", method=method, error_id=error_id, exc_info=exc)
+    return internal(error_id)
 
 
 def unary(

@@ -12,7 +12,9 @@ from grpc import aio
 
 from campaignd import logs, metrics
 from campaignd.api.auth import RANK, Authenticator, current_principal, required_role
+from campaignd.api.errors import abort
 from campaignd.config import Role
+from campaignd.errors import ApiError, FieldViolation, invalid_argument
 
 log = logs.get("campaignd.api")
 Context = aio.ServicerContext[Any, Any]
@@ -69,53 +71,98 @@ class _Call:
         log.debug("rpc", method=self.method, code=name, ms=round(seconds * 1000, 2))
 
     def wrap(self, handler: Any) -> Any:
-        """The handler with auth and logging around it, of the same kind as the original."""
+        """The handler with auth and logging around it, of the same kind as the original, reading
+        requests with a deserializer that turns bytes that do not parse into INVALID_ARGUMENT."""
+        parse = _lenient(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._coroutine(handler.unary_unary),
-                handler.request_deserializer,
+                self._coroutine(handler.unary_unary, streaming_request=False),
+                parse,
                 handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream),
-                handler.request_deserializer,
+                self._streaming(handler.unary_stream, streaming_request=False),
+                parse,
                 handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._coroutine(handler.stream_unary),
-                handler.request_deserializer,
+                self._coroutine(handler.stream_unary, streaming_request=True),
+                parse,
                 handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            self._streaming(handler.stream_stream, streaming_request=True), parse, handler.response_serializer
         )
 
-    def _coroutine(self, inner: Any) -> Any:
+    async def _admit(self, request: Any, context: Context, *, streaming_request: bool) -> Any:
+        await self.interceptor.admit(self.role, context)
+        if streaming_request:
+            return _checked(request)
+        if request is _MALFORMED:
+            await abort(context, _malformed())
+        return request
+
+    def _coroutine(self, inner: Any, *, streaming_request: bool) -> Any:
         async def coroutine(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             try:
-                await self.interceptor.admit(self.role, context)
+                request = await self._admit(request, context, streaming_request=streaming_request)
                 return await inner(request, context)
             finally:
                 self._done(started, context)
 
         return coroutine
 
-    def _streaming(self, inner: Any) -> Any:
+    def _streaming(self, inner: Any, *, streaming_request: bool) -> Any:
         # A streaming handler either yields its responses or awaits context.write(); the
         # wrapper must be of the same kind for grpc to drive it.
         if not inspect.isasyncgenfunction(inner):
-            return self._coroutine(inner)
+            return self._coroutine(inner, streaming_request=streaming_request)
 
         async def generator(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
-                await self.interceptor.admit(self.role, context)
+                request = await self._admit(request, context, streaming_request=streaming_request)
                 async for item in inner(request, context):
                     yield item
             finally:
                 self._done(started, context)
 
         return generator
+
+
+class _Malformed:
+    """Stands for a request message whose bytes did not parse."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc answers a deserializer's exception with UNKNOWN before any handler runs; the marker
+    # lets the handler answer INVALID_ARGUMENT instead.
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return _MALFORMED
+
+    return parse
+
+
+def _malformed() -> ApiError:
+    return invalid_argument([FieldViolation("request", "cannot be parsed as the method's request message")])
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A request stream that raises INVALID_ARGUMENT (which the servicer reports) at a message
+    whose bytes did not parse."""
+    async for request in requests:
+        if request is _MALFORMED:
+            raise _malformed()
+        yield request

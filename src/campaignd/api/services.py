@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from campaignd.api.campaigns import CampaignService
 from campaignd.api.contacts import ContactService
+from campaignd.api.convert import PageTokens
 from campaignd.api.server import ApiServer
 from campaignd.audience.service import ContactManager
 from campaignd.campaigns import CampaignManager
@@ -16,6 +17,7 @@ from campaignd.engine.core import Engine
 from campaignd.engine.events import EventRecorder
 from campaignd.engine.transports import Transports
 from campaignd.plugin.manager import Plugins
+from campaignd.store import keys
 from campaignd.store.db import Database
 from campaignd.v1 import (
     campaign_service_pb2,
@@ -28,9 +30,10 @@ from campaignd.v1 import (
 class Services:
     """The servicers of one daemon and the state they share."""
 
-    def __init__(self, api: ApiServer, database: Database, settings: Callable[[], Settings]) -> None:
-        self.plugins = Plugins(settings().plugins.load)
-        self.plugins.configure(settings())
+    def __init__(
+        self, api: ApiServer, database: Database, settings: Callable[[], Settings], plugins: Plugins
+    ) -> None:
+        self.plugins = plugins
         self.hub = ChangeHub()
         self.campaigns = CampaignManager(database, self.plugins, self.hub)
         self.transports = Transports(
@@ -41,13 +44,14 @@ class Services:
             if settings().engine.enabled
             else None
         )
+        tokens = PageTokens(database.read_sync(keys.get, keys.PAGE_TOKENS))
         campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
-            CampaignService(self.campaigns, settings, self.engine, self.transports), api.server
+            CampaignService(self.campaigns, settings, self.engine, self.transports, tokens), api.server
         )
         api.add_service(campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name)
         self.contacts = ContactManager(database, lambda: settings().audience.default_region)
         contact_service_pb2_grpc.add_ContactServiceServicer_to_server(
-            ContactService(self.contacts, settings), api.server
+            ContactService(self.contacts, settings, tokens), api.server
         )
         api.add_service(contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name)
 

@@ -10,7 +10,7 @@ from typing import Any
 import email_validator
 import phonenumbers
 
-ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+ATTRIBUTE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 MAX_ATTRIBUTES = 200
 MAX_ATTRIBUTE_BYTES = 64 * 1024
 
@@ -59,7 +59,7 @@ def check_attributes(values: dict[str, Any]) -> dict[str, Any]:
     if len(values) > MAX_ATTRIBUTES:
         raise ContactFieldError("attributes", f"at most {MAX_ATTRIBUTES} attributes")
     for key, value in values.items():
-        if not ATTRIBUTE_KEY.match(key):
+        if not ATTRIBUTE_KEY.fullmatch(key):
             raise ContactFieldError(
                 f"attributes.{key[:70]}",
                 "names are 1-63 characters of [A-Za-z0-9_] starting with a letter or _",

@@ -38,7 +38,7 @@ _COLUMNS = {
 }
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)")
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)", re.ASCII)
 _OPERATORS = {
     "=": operator.eq,
     "!=": operator.ne,
@@ -416,9 +416,17 @@ def _check(field: Field, op: str, value: Value, token: _Token) -> Value:
             f"at {token.pos}",
         )
     try:
-        return dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        parsed = dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     except ValueError:
         raise FilterError(token.pos, f"invalid timestamp {value!r} at {token.pos}") from None
+    try:
+        # Stored times are UTC: one whose UTC form falls outside years 1-9999 cannot be compared.
+        parsed.astimezone(dt.UTC)
+    except OverflowError:
+        raise FilterError(
+            token.pos, f"timestamp {value!r} is outside years 0001-9999 in UTC at {token.pos}"
+        ) from None
+    return parsed
 
 
 # --- Formatting ----------------------------------------------------------------------------------

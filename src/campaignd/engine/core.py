@@ -35,7 +35,7 @@ from campaignd.config import EngineSettings, Settings
 from campaignd.engine.rates import RateLimiter
 from campaignd.engine.transports import Transports, route
 from campaignd.engine.windows import SendWindow
-from campaignd.errors import ApiError
+from campaignd.errors import ApiError, internal_message, new_error_id
 from campaignd.lifecycle import ChannelState, Operation
 from campaignd.plugin import ChannelInfo, Recipient, SendResult, SendStatus, Transport
 from campaignd.plugin.manager import PluginCallError, Plugins, TransportOpenError
@@ -244,12 +244,16 @@ class Engine:
             except Exception as exc:
                 # One channel's trouble (a plugin hook raising, a bad saved filter) fails that channel,
                 # not the tick that every other channel depends on.
-                log.exception(
-                    "channel failed in the engine", campaign=row.campaign_id, channel=row.channel_id
+                # The details (SQL, exception text) go to the log only, under an id the error names.
+                error_id = new_error_id()
+                log.error(
+                    "channel failed in the engine",
+                    campaign=row.campaign_id,
+                    channel=row.channel_id,
+                    error_id=error_id,
+                    exc_info=exc,
                 )
-                await self.fail(
-                    row.campaign_id, row.channel_id, "ENGINE_ERROR", f"{type(exc).__name__}: {exc}"
-                )
+                await self.fail(row.campaign_id, row.channel_id, "ENGINE_ERROR", internal_message(error_id))
         for key, gate in self._gates.items():
             if key not in active:
                 gate.open = False
@@ -309,7 +313,9 @@ class Engine:
 
     async def _start(self, row: Any) -> None:
         def resolve(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
-            self.campaigns.check_audience(conn, record, chosen)
+            # Checked again as at launch: the plugins' options or the transports may have changed
+            # since it was scheduled. A channel that no longer validates fails VALIDATION_FAILED.
+            self.campaigns.check_launchable(conn, record, chosen)
             for channel in chosen:
                 counts = self.campaigns.resolve(conn, record, channel, freeze=True)
                 channel.audience_counts = dataclasses.asdict(counts)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from campaignd import logs
 from campaignd.config import ConfigError, Problem, SecretSource, Settings, validation_problems
-from campaignd.errors import FieldViolation
+from campaignd.errors import FieldViolation, new_error_id
 from campaignd.lifecycle import DEFAULT_SEMANTICS, ChannelSemantics
 from campaignd.plugin import (
     ENTRY_POINT_GROUP,
@@ -51,6 +51,15 @@ class PluginError(Exception):
 
 class PluginCallError(Exception):
     """A plugin failed while working for a channel; the channel fails, never the daemon."""
+
+
+def _plugin_failed(channel_type: str, exc: Exception) -> PluginCallError:
+    # The exception's text stays in the log: clients and Channel.error get the id of its entry.
+    error_id = new_error_id()
+    log.error("plugin failed", channel_type=channel_type, error_id=error_id, exc_info=exc)
+    return PluginCallError(
+        f"the {channel_type} plugin failed; the daemon's log has the details under error_id {error_id}"
+    )
 
 
 class TransportOpenError(PluginCallError):
@@ -306,7 +315,7 @@ class Plugins:
         except TimeoutError:
             raise PluginCallError(f"the {channel_type} plugin gave no result within {seconds:g} s") from None
         except Exception as exc:
-            raise PluginCallError(f"the {channel_type} plugin failed: {type(exc).__name__}: {exc}") from exc
+            raise _plugin_failed(channel_type, exc) from exc
         if not all(isinstance(r, SendResult) for r in results):
             raise PluginCallError(
                 f"the {channel_type} plugin returned something other than SendResult objects"
@@ -343,7 +352,7 @@ class Plugins:
         except ValueError:
             raise
         except Exception as exc:
-            raise PluginCallError(f"the {channel.type} plugin failed: {type(exc).__name__}: {exc}") from exc
+            raise _plugin_failed(channel.type, exc) from exc
         if not isinstance(rendered, Rendered):
             raise PluginCallError(f"channel type {channel.type!r} cannot render messages")
         return rendered

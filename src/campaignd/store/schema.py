@@ -211,3 +211,12 @@ sa.Index(
     sqlite_where=sa.text("provider_id IS NOT NULL"),
     postgresql_where=sa.text("provider_id IS NOT NULL"),
 )
+
+# Keys the daemons of one database share, e.g. the one that signs page tokens (a token made by
+# one daemon is good on every other). Made by the migration that creates the table.
+server_keys = sa.Table(
+    "server_keys",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)

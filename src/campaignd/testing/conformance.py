@@ -404,7 +404,7 @@ def _check_window(name: str, window: Mapping[str, Any]) -> None:
     for key in ("start_time", "end_time"):
         value = window.get(key)
         assert isinstance(value, str), f"{name}: default_window.{key} must be HH:MM"
-        assert HHMM.match(value), f"{name}: default_window.{key} must be HH:MM"
+        assert HHMM.fullmatch(value), f"{name}: default_window.{key} must be HH:MM"
     assert window["start_time"] != window["end_time"], f"{name}: default_window start and end must differ"
     days = window.get("days") or []
     assert all(isinstance(d, int) and 1 <= d <= 7 for d in days), f"{name}: default_window.days are 1 to 7"
