@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pathlib
 import time
@@ -332,7 +333,7 @@ def test_page_tokens_cannot_be_forged_or_altered(daemon: DatabaseDaemon, client:
         "..",
     ]:
         found = refused(
-            daemon, lambda bad=bad: client.stub.ListCampaigns(svc.ListCampaignsRequest(page_token=bad))
+            daemon, functools.partial(client.stub.ListCampaigns, svc.ListCampaignsRequest(page_token=bad))
         )
         assert found.fields == ["page_token"]
     # A good token of another list call, or of other filters, is not taken either.
@@ -362,17 +363,38 @@ def test_page_tokens_hold_across_a_restart(daemon: DatabaseDaemon, client: Clien
 @pytest.mark.parametrize(
     ("call", "field"),
     [
-        (lambda c: c.contacts.ListSuppressions(cs.ListSuppressionsRequest(reason=99)), "reason"),
-        (lambda c: c.contacts.ListSuppressions(cs.ListSuppressionsRequest(reason=-1)), "reason"),
+        (
+            lambda c: c.contacts.ListSuppressions(
+                cs.ListSuppressionsRequest(reason=cs.Suppression.Reason.ValueType(99))
+            ),
+            "reason",
+        ),
+        (
+            lambda c: c.contacts.ListSuppressions(
+                cs.ListSuppressionsRequest(reason=cs.Suppression.Reason.ValueType(-1))
+            ),
+            "reason",
+        ),
         (
             lambda c: c.contacts.AddSuppressions(
-                cs.AddSuppressionsRequest(suppressions=[cs.Suppression(address="a@example.com", reason=42)])
+                cs.AddSuppressionsRequest(
+                    suppressions=[
+                        cs.Suppression(address="a@example.com", reason=cs.Suppression.Reason.ValueType(42))
+                    ]
+                )
             ),
             "suppressions[0].reason",
         ),
-        (lambda c: c.stub.ListCampaigns(svc.ListCampaignsRequest(states=[77])), "states[0]"),
         (
-            lambda c: c.stub.ListMessages(svc.ListMessagesRequest(parent="campaigns/x", states=[2**30])),
+            lambda c: c.stub.ListCampaigns(
+                svc.ListCampaignsRequest(states=[pb.Campaign.State.ValueType(77)])
+            ),
+            "states[0]",
+        ),
+        (
+            lambda c: c.stub.ListMessages(
+                svc.ListMessagesRequest(parent="campaigns/x", states=[pb.Message.State.ValueType(2**30)])
+            ),
             "states[0]",
         ),
     ],
@@ -431,13 +453,14 @@ def test_an_update_without_the_channel_type_still_checks_the_content(
     ]:
         found = refused(
             daemon,
-            lambda bad=bad: client.stub.UpdateCampaign(
+            functools.partial(
+                client.stub.UpdateCampaign,
                 svc.UpdateCampaignRequest(
                     campaign=pb.Campaign(
                         name=campaign.name, channels=[pb.Channel(channel_id="main", content=bad)]
                     ),
                     update_mask=field_mask_pb2.FieldMask(paths=["channels"]),
-                )
+                ),
             ),
         )
         assert found.fields == [field]

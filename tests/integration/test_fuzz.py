@@ -222,6 +222,7 @@ def _scalar(field: descriptor.FieldDescriptor) -> st.SearchStrategy[Any]:
     if kind == descriptor.FieldDescriptor.TYPE_BYTES:
         return st.binary(max_size=20)
     if kind == descriptor.FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         known = [v.number for v in field.enum_type.values]
         return st.one_of(st.sampled_from(known), st.sampled_from([-1, max(known) + 1]), INT32)
     raise AssertionError(f"no strategy for {field.full_name}")
@@ -229,7 +230,8 @@ def _scalar(field: descriptor.FieldDescriptor) -> st.SearchStrategy[Any]:
 
 def messages(message_descriptor: descriptor.Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
     """Messages of a type: each field unset or set to a valid-shaped, boundary or garbage value."""
-    cls = message_factory.GetMessageClass(message_descriptor)
+    # Generated per descriptor at run time, so typed as Any: its fields are only known then.
+    cls: Any = message_factory.GetMessageClass(message_descriptor)
     name = message_descriptor.full_name
     if name == "google.protobuf.Timestamp":
         return st.builds(lambda s, n: cls(seconds=s, nanos=n), SECONDS, NANOS)
@@ -244,7 +246,8 @@ def messages(message_descriptor: descriptor.Descriptor, depth: int = 0) -> st.Se
     return st.fixed_dictionaries(fields).map(lambda values: _build(cls, values))
 
 
-def _field(field: descriptor.FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
+# Descriptors come from the pure-Python or the upb runtime, typed apart in the stubs: Any here.
+def _field(field: Any, depth: int) -> st.SearchStrategy[Any]:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
         return st.dictionaries(_single(key, depth), _single(value, depth), max_size=3)
@@ -266,7 +269,7 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
 
 
 def _build(cls: Any, values: dict[str, Any]) -> Message:
-    message = cls()
+    message: Message = cls()
     for name, value in values.items():
         if value is not None:
             _assign(message, name, value)
@@ -387,7 +390,7 @@ SEEDS: dict[str, list[Message]] = {
 }
 
 
-def _paths(message_descriptor: descriptor.Descriptor, seed: Message, depth: int = 0) -> list[tuple[str, ...]]:
+def _paths(message_descriptor: Any, seed: Message, depth: int = 0) -> list[tuple[str, ...]]:
     """Every field of a seed's type, and of the messages set in it, as a path of field names."""
     found: list[tuple[str, ...]] = []
     for field in message_descriptor.fields:
@@ -513,10 +516,11 @@ def _call(channel_: grpc.Channel, path: str, method: descriptor.MethodDescriptor
         stream = channel_.unary_stream(path, request_serializer=None, response_deserializer=None)(
             request, timeout=15
         )
+        first: Any = stream  # grpc-stubs types neither next() nor cancel() on this iterator
         try:
-            next(stream)  # the first update (a snapshot) or the refusal
+            next(first)  # the first update (a snapshot) or the refusal
         finally:
-            stream.cancel()
+            first.cancel()
     else:
         channel_.unary_unary(path, request_serializer=None, response_deserializer=None)(request, timeout=15)
 
