@@ -140,6 +140,11 @@ def insert_contacts(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list
     return [r.id for r in result]
 
 
+def clear_emails(conn: Connection, pks: Sequence[int]) -> None:
+    """Unset the emails of some contacts (before they take others)."""
+    conn.execute(contacts.update().where(contacts.c.id.in_(list(pks))).values(email=None))
+
+
 def update_contacts(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Change many contacts; each row has `pk` and the new values of every field."""
     if rows:
