@@ -312,6 +312,7 @@ class RssSampler(threading.Thread):
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
+        self.pid = pid
         self.path = pathlib.Path(f"/proc/{pid}/status")
         self.interval = interval
         self.phase = "start"
@@ -357,6 +358,34 @@ class RssSampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) used so far by a process and by its live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        try:
+            fields = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    def children(p: int) -> list[int]:
+        found: list[int] = []
+        with contextlib.suppress(OSError):
+            for task in pathlib.Path(f"/proc/{p}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    found += [int(c) for c in (task / "children").read_text().split()]
+        return found
+
+    descendants = 0.0
+    pending = children(pid)
+    while pending:
+        child = pending.pop()
+        descendants += own(child)
+        pending += children(child)
+    return own(pid), descendants
 
 
 class Profiler:
@@ -523,6 +552,9 @@ class Result:
     contacts: int
     import_s: float = 0.0
     import_rate: float = 0.0
+    import_cpu_daemon_s: float = 0.0
+    import_cpu_workers_s: float = 0.0
+    import_cpu_client_s: float = 0.0
     created: int = 0
     rejected: int = 0
     suppress_s: float = 0.0
@@ -611,14 +643,26 @@ def _exercise(
 
     contacts.CreateList(cs.CreateListRequest(list_id="bench", list=cs.ContactList(display_name="bench")))
     with sampler.during("import"), profiler.during("import"):
+        daemon_before, workers_before = cpu_seconds(sampler.pid)
+        client_before = time.process_time()
         started = time.perf_counter()
         reply = contacts.ImportContacts(import_requests(n, "lists/bench"), timeout=RPC_TIMEOUT)
         result.import_s = time.perf_counter() - started
+        client_after = time.process_time()
+        daemon_after, workers_after = cpu_seconds(sampler.pid)
     result.import_rate = n / result.import_s
+    # CPU time does not depend on what else the machine runs as much as wall time does.
+    result.import_cpu_daemon_s = daemon_after - daemon_before
+    result.import_cpu_workers_s = workers_after - workers_before
+    result.import_cpu_client_s = client_after - client_before
     result.created, result.rejected = reply.created, reply.rejected
+    per_row = 1e6 / n
     print(
         f"   import: {result.import_s:.1f} s, {result.import_rate:,.0f} contacts/s "
-        f"(created {reply.created:,}, updated {reply.updated:,}, rejected {reply.rejected:,})",
+        f"(created {reply.created:,}, updated {reply.updated:,}, rejected {reply.rejected:,}); "
+        f"CPU per contact: daemon {result.import_cpu_daemon_s * per_row:.0f} µs, "
+        f"its worker processes {result.import_cpu_workers_s * per_row:.0f} µs, "
+        f"this client {result.import_cpu_client_s * per_row:.0f} µs",
         flush=True,
     )
     if reply.created != n or reply.rejected:

@@ -53,16 +53,10 @@ class Rejection:
     reason: str
 
 
-@dataclasses.dataclass(frozen=True)
-class NormalRow:
-    """A row whose fields passed normalisation; None where not given."""
-
-    index: int
-    contact_id: str
-    email: str | None
-    phone: str | None
-    time_zone: str | None
-    attributes: dict[str, Any]
+# A row whose fields passed normalisation: (index, contact_id, email, phone, time_zone,
+# attributes), None where not given. A plain tuple, because it crosses back from the worker
+# process and unpickling a tuple costs a tenth of unpickling a dataclass.
+NormalRow = tuple[int, str, str | None, str | None, str | None, dict[str, Any]]
 
 
 @dataclasses.dataclass
@@ -114,7 +108,7 @@ def prepare(decode: Decode, messages: list[tuple[bytes, int]], default_region: s
                 rejected.append(Rejection(item.index, "", f"cannot be read ({type(exc).__name__})"))
                 continue
             email, phone, zone = normal.email, normal.phone, normal.time_zone
-            rows.append(NormalRow(item.index, item.contact_id, email, phone, zone, normal.attributes))
+            rows.append((item.index, item.contact_id, email, phone, zone, normal.attributes))
     return Prepared(rows, rejected, count)
 
 

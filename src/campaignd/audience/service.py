@@ -208,9 +208,8 @@ class ContactManager:
         before it committed, the outcome does not depend on where the chunks begin and end.
         """
         now = self.clock.now()
-        loaded = store.existing_contacts(conn, "email", {r.email for r in rows if r.email})
-        ids = {r.contact_id for r in rows if r.contact_id}
-        loaded.update(store.existing_contacts(conn, "contact_id", ids))
+        loaded = store.existing_contacts(conn, "email", {r[2] for r in rows if r[2]})
+        loaded.update(store.existing_contacts(conn, "contact_id", {r[1] for r in rows if r[1]}))
         working: dict[str, _Working] = {}
         for record in loaded.values():
             working[record.contact_id] = _Working.of(record)
@@ -220,29 +219,27 @@ class ContactManager:
         created_ids: list[str] = []
         rejected: list[Rejection] = []
         created = updated = 0
-        for row in rows:
+        for index, row_id, email, phone, time_zone, attributes in rows:
             target: _Working | None
-            if match_on == "email" and row.email:
-                holder = owner.get(row.email)
+            if match_on == "email" and email:
+                holder = owner.get(email)
                 target = working[holder] if holder is not None else None
-                if target is not None and row.contact_id and row.contact_id != target.contact_id:
+                if target is not None and row_id and row_id != target.contact_id:
                     reason = f"the email belongs to contacts/{target.contact_id}"
-                    rejected.append(Rejection(row.index, "contact_id", reason))
+                    rejected.append(Rejection(index, "contact_id", reason))
                     continue
-                if target is None and row.contact_id in working:
-                    has = "another email" if working[row.contact_id].email else "no email"
-                    reason = f"contacts/{row.contact_id} exists with {has}"
-                    rejected.append(Rejection(row.index, "contact_id", reason))
+                if target is None and row_id in working:
+                    has = "another email" if working[row_id].email else "no email"
+                    rejected.append(Rejection(index, "contact_id", f"contacts/{row_id} exists with {has}"))
                     continue
             else:
-                target = working.get(row.contact_id) if row.contact_id else None
-                holder = owner.get(row.email) if row.email else None
+                target = working.get(row_id) if row_id else None
+                holder = owner.get(email) if email else None
                 if holder is not None and (target is None or holder != target.contact_id):
-                    reason = f"{row.email} belongs to contacts/{holder}"
-                    rejected.append(Rejection(row.index, "email", reason))
+                    rejected.append(Rejection(index, "email", f"{email} belongs to contacts/{holder}"))
                     continue
             if target is None:
-                contact_id = row.contact_id or next(fresh)
+                contact_id = row_id or next(fresh)
                 target = working[contact_id] = _Working(
                     None, contact_id, None, None, None, {}, create_time=now, update_time=now
                 )
@@ -250,11 +247,11 @@ class ContactManager:
                 created += 1
             else:
                 updated += 1
-            if row.email and row.email != target.email:
+            if email and email != target.email:
                 if target.email is not None and owner.get(target.email) == target.contact_id:
                     del owner[target.email]
-                owner[row.email] = target.contact_id
-            target.merge(row, now)
+                owner[email] = target.contact_id
+            target.merge(email, phone, time_zone, attributes, now)
         changed = [w for w in working.values() if w.pk is not None and w.changed]
         # A contact can give up its email to a later row's contact in the same chunk: clear the
         # emails that change first, so that no intermediate state breaks their uniqueness.
@@ -266,9 +263,9 @@ class ContactManager:
         if moved:
             store.clear_emails(conn, moved)
         store.update_contacts(conn, [w.changes() for w in changed])
-        new_pks = store.insert_contacts(conn, [working[c].new_row() for c in created_ids])
+        store.insert_contacts(conn, [working[c].new_row() for c in created_ids], now)
         if list_id:
-            store.add_new_members(conn, list_id, new_pks)
+            store.add_created_to_list(conn, list_id, created_ids)
             store.add_members(conn, list_id, sorted(w.pk for w in changed if w.pk is not None))
         return created, updated, rejected
 
@@ -442,29 +439,34 @@ class _Working:
             record.update_time,
         )
 
-    def merge(self, row: NormalRow, now: dt.datetime) -> None:
+    def merge(
+        self,
+        email: str | None,
+        phone: str | None,
+        time_zone: str | None,
+        attributes: dict[str, Any],
+        now: dt.datetime,
+    ) -> None:
         # An import row sets the fields it has; its attributes are merged into the stored ones.
-        if row.email is not None:
-            self.email = row.email
-        if row.phone is not None:
-            self.phone = row.phone
-        if row.time_zone is not None:
-            self.time_zone = row.time_zone
-        if row.attributes:
-            self.attributes = {**self.attributes, **row.attributes}
+        if email is not None:
+            self.email = email
+        if phone is not None:
+            self.phone = phone
+        if time_zone is not None:
+            self.time_zone = time_zone
+        if attributes:
+            self.attributes = {**self.attributes, **attributes}
         self.update_time = now
         self.changed = True
 
     def new_row(self) -> dict[str, Any]:
-        """The values of a contact to insert."""
+        """The values of a contact to insert (its timestamps are the chunk's)."""
         return {
             "contact_id": self.contact_id,
             "email": self.email,
             "phone": self.phone,
             "time_zone": self.time_zone,
             "attributes": self.attributes,
-            "create_time": self.create_time,
-            "update_time": self.update_time,
         }
 
     def changes(self) -> dict[str, Any]:
