@@ -206,7 +206,13 @@ class ContactService(cs_grpc.ContactServiceServicer):
         except errors.ApiError as exc:
             if session is None:
                 raise
-            await session.stop()
+            # A bad message ends the stream where it stands: the messages before it are applied,
+            # and the error says so.
+            try:
+                await session.finish()
+            except Exception:
+                log.exception("import failed", applied_rows=session.applied_rows)
+                await session.stop()
             await _abort_import(context, exc, session)
         except asyncio.CancelledError:
             if session is not None:
