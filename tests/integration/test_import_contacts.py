@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from grpc_status import rpc_status
 
 from campaignd.v1 import contact_service_pb2 as cs
@@ -239,7 +239,7 @@ def test_a_cancelled_import_leaves_a_prefix_of_the_stream(
     call = stub.ImportContacts.future(requests())
     assert sent_enough.wait(30)
     time.sleep(1.0)
-    call.cancel()
+    call.cancel()  # type: ignore[no-untyped-call]
     never.set()
     deadline = time.monotonic() + 30
     applied = None
@@ -298,7 +298,7 @@ def test_create_and_update_contact_refuse_nan_attributes(stub: cs_grpc.ContactSe
         stub.UpdateContact(
             cs.UpdateContactRequest(
                 contact=cs.Contact(name=f"contacts/{tag}", attributes=_attrs(v=math.inf)),
-                update_mask={"paths": ["attributes"]},
+                update_mask=field_mask_pb2.FieldMask(paths=["attributes"]),
             )
         )
     assert failure(caught.value).fields == ["contact.attributes.v"]
@@ -320,7 +320,8 @@ def test_create_contact_repeated_with_its_request_id_returns_the_first_answer(
     assert first.name.startswith("contacts/c")
     stub.UpdateContact(
         cs.UpdateContactRequest(
-            contact=cs.Contact(name=first.name, phone="+12025550113"), update_mask={"paths": ["phone"]}
+            contact=cs.Contact(name=first.name, phone="+12025550113"),
+            update_mask=field_mask_pb2.FieldMask(paths=["phone"]),
         )
     )
     again = stub.CreateContact(
