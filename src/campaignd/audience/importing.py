@@ -112,53 +112,80 @@ def prepare(decode: Decode, messages: list[tuple[bytes, int]], default_region: s
     return Prepared(rows, rejected, count)
 
 
-class WorkerPool:
-    """A lazily started pool of worker processes for normalisation, shared by imports.
+def _started() -> None:
+    """Run once in a new worker process: it has started and imported what it needs."""
 
-    When a worker process cannot be started or dies, the work runs in a thread of the daemon
-    instead: slower, but the import goes on.
+
+class WorkerPool:
+    """Worker processes for normalisation, shared by imports, started when first needed and
+    stopped after IDLE_SECONDS without work.
+
+    Until a worker has started (a second or so: a new interpreter imports the daemon's modules),
+    and whenever one cannot be started or has died, the work runs in a thread of the daemon
+    instead: slower, but a small import never waits for a process, and a large one goes on.
     """
+
+    IDLE_SECONDS = 60.0
 
     def __init__(self, workers: int | None = None) -> None:
         # One core stays with the event loop and the database writes.
         self.workers = workers if workers is not None else max(1, min(4, (os.cpu_count() or 2) - 1))
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._ready = False
         self._closed = False
-
-    def _executor(self) -> concurrent.futures.ProcessPoolExecutor | None:
-        if self._closed:
-            return None
-        if self._pool is None:
-            # spawn, not fork: the daemon has threads (database, gRPC) that a fork would copy mid-work.
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._pool
+        self._idle: asyncio.TimerHandle | None = None
 
     def run(self, fn: Callable[..., Prepared], *args: Any) -> Awaitable[Prepared]:
-        """fn(*args) in a worker process (or, failing that, a thread)."""
+        """fn(*args) in a worker process, or in a thread while none is ready."""
         loop = asyncio.get_running_loop()
-        try:
-            executor = self._executor()
-            if executor is not None:
-                return asyncio.wrap_future(executor.submit(fn, *args), loop=loop)
-        except (OSError, RuntimeError, BrokenProcessPool) as exc:
-            log.warning("normalising in a thread: no worker process", error=str(exc))
-            self._discard()
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = loop.call_later(self.IDLE_SECONDS, self._discard)
+        if self._ready and self._pool is not None:
+            try:
+                return asyncio.wrap_future(self._pool.submit(fn, *args), loop=loop)
+            except (RuntimeError, BrokenProcessPool) as exc:
+                log.warning("import worker process unavailable", error=str(exc))
+                self._discard()
+        self._start()
         return loop.run_in_executor(None, fn, *args)
 
+    def _start(self) -> None:
+        if self._closed or self._pool is not None:
+            return
+        try:
+            # spawn, not fork: the daemon has threads (database, gRPC) that a fork would copy mid-work.
+            pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+            probe = pool.submit(_started)
+        except (OSError, RuntimeError) as exc:
+            log.warning("cannot start an import worker process", error=str(exc))
+            return
+        self._pool = pool
+
+        def started(future: concurrent.futures.Future[None]) -> None:
+            # Runs in the pool's own thread; a plain assignment is safe there.
+            if self._pool is pool and not future.cancelled() and future.exception() is None:
+                self._ready = True
+
+        probe.add_done_callback(started)
+
     def broken(self) -> None:
-        """Forget a pool whose worker died; the next call starts a new one."""
+        """Forget a pool whose worker died; a new one is started when next needed."""
         self._discard()
 
     def _discard(self) -> None:
+        self._ready = False
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False)  # work already handed over still finishes
             self._pool = None
 
     def close(self) -> None:
         """Stop the workers; later work runs in threads."""
         self._closed = True
+        if self._idle is not None:
+            self._idle.cancel()
         self._discard()
 
 
