@@ -15,6 +15,7 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -116,6 +117,11 @@ def _started() -> None:
     """Run once in a new worker process: it has started and imported what it needs."""
 
 
+def _worker_init() -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the daemon stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class WorkerPool:
     """Worker processes for normalisation, shared by imports, started when first needed and
     stopped after IDLE_SECONDS without work.
@@ -156,7 +162,7 @@ class WorkerPool:
         try:
             # spawn, not fork: the daemon has threads (database, gRPC) that a fork would copy mid-work.
             pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
             )
             probe = pool.submit(_started)
         except (OSError, RuntimeError) as exc:
