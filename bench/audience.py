@@ -318,6 +318,7 @@ class RssSampler(threading.Thread):
         self.phase = "start"
         self.peaks: dict[str, int] = {}
         self.last: dict[str, int] = {}
+        self.workers_peak_kb = 0
         self._stop_event = threading.Event()
 
     def _rss_kb(self, key: str = "VmRSS") -> int | None:
@@ -335,6 +336,13 @@ class RssSampler(threading.Thread):
             phase = self.phase
             self.peaks[phase] = max(self.peaks.get(phase, 0), kb)
             self.last[phase] = kb
+        # The daemon's worker processes (import normalisation) are counted apart.
+        workers = 0
+        for child in descendants(self.pid):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                status = pathlib.Path(f"/proc/{child}/status").read_text()
+                workers += int(status.split("VmRSS:")[1].split()[0])
+        self.workers_peak_kb = max(self.workers_peak_kb, workers)
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -360,6 +368,21 @@ class RssSampler(threading.Thread):
         self.join()
 
 
+def descendants(pid: int) -> list[int]:
+    """The live child processes of a process, and theirs."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        with contextlib.suppress(OSError):
+            for task in pathlib.Path(f"/proc/{parent}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    children = [int(c) for c in (task / "children").read_text().split()]
+                    found += children
+                    pending += children
+    return found
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU time (user + system) used so far by a process and by its live descendants."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -371,21 +394,7 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
 
-    def children(p: int) -> list[int]:
-        found: list[int] = []
-        with contextlib.suppress(OSError):
-            for task in pathlib.Path(f"/proc/{p}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    found += [int(c) for c in (task / "children").read_text().split()]
-        return found
-
-    descendants = 0.0
-    pending = children(pid)
-    while pending:
-        child = pending.pop()
-        descendants += own(child)
-        pending += children(child)
-    return own(pid), descendants
+    return own(pid), sum(own(child) for child in descendants(pid))
 
 
 class Profiler:
@@ -569,6 +578,7 @@ class Result:
     rss_peak_mb: dict[str, float] = dataclasses.field(default_factory=dict)
     rss_end_mb: dict[str, float] = dataclasses.field(default_factory=dict)
     rss_hwm_mb: float = 0.0
+    workers_rss_peak_mb: float = 0.0
     analyzed: bool = False
     database_mb: float = 0.0
 
@@ -621,10 +631,12 @@ def run_one(
                     analyzer.stop()
             result.rss_peak_mb = {k: v / 1024 for k, v in sampler.peaks.items()}
             result.rss_end_mb = {k: v / 1024 for k, v in sampler.last.items()}
+            result.workers_rss_peak_mb = sampler.workers_peak_kb / 1024
             print(
                 "   RSS peaks (MB): "
                 + ", ".join(f"{k} {v:.0f}" for k, v in result.rss_peak_mb.items())
-                + f"; VmHWM {result.rss_hwm_mb:.0f}; database {result.database_mb:.0f} MB",
+                + f"; VmHWM {result.rss_hwm_mb:.0f}; worker processes {result.workers_rss_peak_mb:.0f}"
+                + f"; database {result.database_mb:.0f} MB",
                 flush=True,
             )
     finally:
