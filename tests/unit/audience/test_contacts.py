@@ -88,3 +88,29 @@ def test_values_json_cannot_hold_are_refused(value: dict[str, object], field: st
     with pytest.raises(contacts.ContactFieldError) as caught:
         contacts.check_attributes(value)
     assert caught.value.field == field
+
+
+@settings(max_examples=1500)
+@given(
+    email=st.text(max_size=80),
+    phone=st.text(alphabet="+0123456789 ()-.xext#*abc\u0661\uff11", max_size=40) | st.text(max_size=40),
+    time_zone=st.text(max_size=40),
+    value=st.recursive(
+        st.none() | st.booleans() | st.floats() | st.text(max_size=10),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=8,
+    ),
+)
+def test_any_input_is_normalised_or_refused_by_field(
+    email: str, phone: str, time_zone: str, value: object
+) -> None:
+    """Whatever the fields hold, normalisation returns or raises ContactFieldError naming a field,
+    never another exception (an import would reject the row as unreadable)."""
+    field = ""
+    try:
+        contacts.normalise(
+            email=email, phone=phone, time_zone=time_zone, attributes={"a": value}, default_region="US"
+        )
+    except contacts.ContactFieldError as exc:
+        field = exc.field
+    assert field.split(".")[0] in {"", "email", "phone", "time_zone", "attributes"}
