@@ -4,6 +4,7 @@ values JSON cannot hold, and stored answers for repeated requests."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import field_mask_pb2, struct_pb2
 from grpc_status import rpc_status
 
@@ -29,22 +31,22 @@ FILLER = 1500
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def daemon(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DaemonProcess]:
-    """One daemon per database for the module."""
-    workdir = tmp_path_factory.mktemp("import")
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The daemon's database URL: a SQLite file, or a new PostgreSQL database."""
     if request.param == "sqlite":
-        process = DaemonProcess(workdir, CONFIG)
-        process.start()
-        yield process
-        process.cleanup()
+        yield f"sqlite:///{tmp_path_factory.mktemp('import-db') / 'campaignd.db'}"
         return
     with new_pg_database(request.getfixturevalue("pg_admin"), "campaignd_import") as url:
-        process = DaemonProcess(workdir, f'{CONFIG}[database]\nurl = "{url}"\n')
-        process.start()
-        yield process
-        process.cleanup()
+        yield url
+
+
+@pytest.fixture(scope="module")
+def daemon(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One daemon per database for the module."""
+    process = DaemonProcess(tmp_path_factory.mktemp("import"), f'{CONFIG}[database]\nurl = "{database}"\n')
+    process.start()
+    yield process
+    process.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +219,58 @@ def test_a_bad_message_applies_the_messages_before_it_and_reports_them(
     written = _emails_like(stub, tag)
     assert len(written) == 2499
     assert f"{tag}-late@example.org" not in written
+
+
+@contextlib.contextmanager
+def _failing_insert(database: str, email: str) -> Iterator[None]:
+    """A trigger that makes the database refuse to insert a contact with `email` (a fault
+    injected into the real database, as a full disk or a lost connection would fail a write)."""
+    engine = sa.create_engine(database.replace("postgresql://", "postgresql+psycopg://", 1))
+    if engine.dialect.name == "sqlite":
+        create = [
+            f"CREATE TRIGGER import_fault BEFORE INSERT ON contacts WHEN NEW.email = '{email}' "
+            "BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+        ]
+        drop = ["DROP TRIGGER import_fault"]
+    else:
+        create = [
+            "CREATE FUNCTION import_fault() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.email = '{email}' THEN RAISE EXCEPTION 'injected fault'; END IF; "
+            "RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER import_fault BEFORE INSERT ON contacts "
+            "FOR EACH ROW EXECUTE FUNCTION import_fault()",
+        ]
+        drop = ["DROP TRIGGER import_fault ON contacts", "DROP FUNCTION import_fault()"]
+    with engine.begin() as conn:
+        for statement in create:
+            conn.exec_driver_sql(statement)
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            for statement in drop:
+                conn.exec_driver_sql(statement)
+        engine.dispose()
+
+
+def test_a_database_failure_mid_import_reports_the_rows_written(
+    stub: cs_grpc.ContactServiceStub, database: str
+) -> None:
+    """When the database refuses a write halfway, the call fails with INTERNAL carrying
+    applied_rows and the counts of the rows written, and those are exactly the rows before the
+    failed transaction."""
+    tag = f"d{uuid.uuid4().hex[:8]}"
+    rows = _fillers(tag, 2500)
+    with _failing_insert(database, rows[1700].email), pytest.raises(grpc.RpcError) as caught:
+        stub.ImportContacts(_stream(rows, per_message=500))
+    found = failure(caught.value)
+    assert found.code == grpc.StatusCode.INTERNAL
+    # Messages of 500 rows make transactions of 1,000: the one with row 1,700 began at 1,000.
+    assert found.metadata["applied_rows"] == "1000"
+    report = _report(caught.value)
+    assert (report.created, report.updated, report.rejected) == (1000, 0, 0)
+    assert _emails_like(stub, tag) == {f"{tag}-fill{i}@example.org" for i in range(1000)}
+    assert "injected fault" not in (caught.value.details() or "")
 
 
 def test_a_cancelled_import_leaves_a_prefix_of_the_stream(
