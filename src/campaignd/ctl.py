@@ -706,6 +706,14 @@ def rpc_error_lines(err: grpc.Call, where: str) -> list[str]:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             lines += [f"  field {v.field}: {v.description}" for v in bad.field_violations]
+        elif detail.Is(capi.ImportContactsResponse.DESCRIPTOR):
+            # A failed import says what it had written: those rows stay.
+            written = capi.ImportContactsResponse()
+            detail.Unpack(written)
+            lines.append(
+                f"  written before the error: created {written.created}, updated {written.updated}, "
+                f"rejected {written.rejected}"
+            )
         elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
             failure = error_details_pb2.PreconditionFailure()
             detail.Unpack(failure)
@@ -2116,8 +2124,9 @@ class ImportStream:
         try:
             yield from self._messages()
         except Exception as exc:
-            self.failure = exc  # gRPC cancels the call; the main thread reports this
-            raise
+            # The stream ends here rather than being cancelled, so that the daemon applies the
+            # rows sent and answers with what it wrote; the main thread reports the failure.
+            self.failure = exc
 
     def _messages(self) -> Iterator[capi.ImportContactsRequest]:
         first = True
@@ -2127,18 +2136,22 @@ class ImportStream:
             lines = CsvLines(raw, self.plan.encoding)
             records = csv_records(raw, self.plan.encoding, lines)
             next(records)  # the header
-            for record in records:
-                row = self.plan.row(record.fields) if record.fields is not None else record.error
-                if isinstance(row, str):
-                    self.local_rejected += 1
-                    continue
-                if batch and (len(batch) >= self.batch_size or size + row.ByteSize() > CSV_MESSAGE_BYTES):
-                    yield self._message(batch, first)
-                    first, batch, size = False, [], 0
-                batch.append(row)
-                size += row.ByteSize() + 8
-                self.sent += 1
-                self.progress.update(self.sent, lines.bytes_read)
+            try:
+                for record in records:
+                    row = self.plan.row(record.fields) if record.fields is not None else record.error
+                    if isinstance(row, str):
+                        self.local_rejected += 1
+                        continue
+                    if batch and (len(batch) >= self.batch_size or size + row.ByteSize() > CSV_MESSAGE_BYTES):
+                        yield self._message(batch, first)
+                        first, batch, size = False, [], 0
+                    batch.append(row)
+                    size += row.ByteSize() + 8
+                    self.sent += 1
+                    self.progress.update(self.sent, lines.bytes_read)
+            except (OSError, ValueError) as exc:
+                # The rows read so far are sent all the same, and the stream ends after them.
+                self.failure = exc
             if batch or first:
                 yield self._message(batch, first)
             self.progress.update(self.sent, lines.bytes_read, force=True, note="waiting for the daemon")
@@ -2257,17 +2270,8 @@ def import_contacts(client: Client, args: argparse.Namespace, plan: ImportPlan) 
     try:
         # No deadline: a large file takes as long as it takes (Ctrl-C cancels it).
         reply = client.contacts.ImportContacts(iter(stream))
-    except grpc.RpcError:
+    finally:
         progress.finish()
-        if stream.failure is not None and not isinstance(stream.failure, grpc.RpcError):
-            print(
-                f"{PROG}: reading {plan.path} failed after {stream.sent} rows were sent, "
-                f"and the import was cancelled: {stream.failure}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
-        raise
-    progress.finish()
     server = {r.index: r for r in reply.rejected_rows}
     rejected = reply.rejected + stream.local_rejected
     destination: pathlib.Path | None = None
@@ -2318,6 +2322,13 @@ def import_contacts(client: Client, args: argparse.Namespace, plan: ImportPlan) 
             )
     if write_error:
         print(write_error, file=sys.stderr)
+        return EXIT_FAILURE
+    if stream.failure is not None:
+        print(
+            f"{PROG}: reading {plan.path} failed after {stream.sent} rows were sent: {stream.failure}; "
+            "the rows sent were imported (counted above), the rest of the file was not",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_FAILURE if total and rejected >= total else EXIT_OK
 

@@ -372,3 +372,60 @@ def test_suppressions_round_trip_with_exit_status_3(plugged: DaemonProcess, tmp_
     after = ctl_at(plugged, "suppressions", "check", "ann@example.com", "--channel-type", "email", "--json")
     assert after.returncode == 0
     assert json.loads(after.stdout) == {"suppressed": False, "suppressions": []}
+
+
+def test_a_read_failure_imports_the_rows_read_and_says_so(
+    plugged: DaemonProcess,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A disk read error at line 1,202 (a double: real disks do not fail on cue) ends the stream
+    after the 1,200 rows read: they are imported and counted, and the command exits 1 naming it."""
+    path = tmp_path / "big.csv"
+    path.write_text("email\n" + "".join(f"row{i}@example.com\n" for i in range(2000)), encoding="utf-8")
+    read_line = ctl.CsvLines.__next__
+
+    def failing(self: ctl.CsvLines) -> str:
+        if self.line == 1201:  # the header and 1,200 rows read
+            raise OSError(5, "Input/output error")
+        return read_line(self)
+
+    monkeypatch.setattr(ctl.CsvLines, "__next__", failing)
+    status = ctl.main(
+        ["--socket", str(plugged.socket_path), "contacts", "import", str(path), "--batch-size", "500"],
+        environ={},
+    )
+    out, err = capsys.readouterr()
+    assert status == ctl.EXIT_FAILURE
+    assert summary(out)["Created"] == "1200"
+    assert "failed after 1200 rows were sent: [Errno 5] Input/output error" in err
+    monkeypatch.undo()
+    assert sorted(contacts_by_email(plugged)) == sorted(f"row{i}@example.com" for i in range(1200))
+
+
+def test_duplicates_far_apart_in_a_file_update_one_contact(
+    plugged: DaemonProcess, tmp_path: pathlib.Path
+) -> None:
+    """A row repeating the email of a row 2,000 lines earlier updates that contact (Updated 1),
+    as it would next to it."""
+    path = tmp_path / "dupes.csv"
+    rows = [f"row{i}@example.com,free" for i in range(2500)]
+    rows[2100] = "ROW5@example.com,pro"
+    path.write_text("email,plan\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    result = ctl_at(plugged, "contacts", "import", str(path))
+    assert result.returncode == 0, result.stderr
+    assert summary(result.stdout) == {"Created": "2499", "Updated": "1", "Rejected": "0"}
+    assert contacts_by_email(plugged)["row5@example.com"]["attributes"] == {"plan": "pro"}
+
+
+def test_contacts_create_with_a_request_id_creates_once(plugged: DaemonProcess) -> None:
+    """`contacts create --request-id` twice prints the same contact and creates one."""
+    first = json.loads(
+        ok(plugged, "contacts", "create", "--email", "once@example.com", "--request-id", "r-1", "--json")
+    )
+    again = json.loads(
+        ok(plugged, "contacts", "create", "--email", "once@example.com", "--request-id", "r-1", "--json")
+    )
+    assert again == first
+    assert list(contacts_by_email(plugged)) == ["once@example.com"]

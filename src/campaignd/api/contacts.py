@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import any_pb2, struct_pb2
 from grpc import aio
+from grpc_status import rpc_status
 
-from campaignd import errors
+from campaignd import errors, logs
 from campaignd.api import convert
 from campaignd.api.convert import Violations
-from campaignd.api.errors import unary
+from campaignd.api.errors import to_status, unary
 from campaignd.audience import filters
 from campaignd.audience.contacts import ContactFieldError
-from campaignd.audience.service import (
-    SUPPRESSION_REASONS,
-    ContactManager,
-    ImportResult,
-    Rejection,
-    Row,
-    new_id,
-)
+from campaignd.audience.importing import ImportResult, ImportSession, Rejection, Row
+from campaignd.audience.service import SUPPRESSION_REASONS, ContactManager, new_id
 from campaignd.config import Settings
 from campaignd.errors import FieldViolation
 from campaignd.store.audience import ContactRecord
@@ -30,6 +27,7 @@ from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 
 Context = aio.ServicerContext[Any, Any]
+log = logs.get("campaignd.api")
 CONTACT_FIELDS = frozenset({"email", "phone", "time_zone", "attributes"})
 MAX_BATCH = 10_000
 MAX_REJECTED_ROWS = 10_000
@@ -55,17 +53,46 @@ def contact_message(record: ContactRecord) -> cs.Contact:
     )
 
 
+def _value(value: struct_pb2.Value) -> Any:
+    # What json_format.MessageToDict gives, at a fraction of its cost; a NaN or an infinity is
+    # kept, for the attribute checks to name (MessageToDict raises on them).
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    if kind == "struct_value":
+        return {key: _value(item) for key, item in value.struct_value.fields.items()}
+    return None
+
+
 def _attributes(message: Any) -> dict[str, Any]:
     if not message.HasField("attributes"):
         return {}
-    problems = convert.struct_problems("attributes", message.attributes)
-    if problems:
-        raise ContactFieldError(problems[0].field, problems[0].description)
-    return json_format.MessageToDict(message.attributes)
+    return {key: _value(item) for key, item in message.attributes.fields.items()}
 
 
 def _row(index: int, contact_id: str, message: Any) -> Row:
     return Row(index, contact_id, message.email, message.phone, message.time_zone, _attributes(message))
+
+
+def decode_import_rows(data: bytes, first: int) -> list[Row | Rejection]:
+    """The rows of one serialised ImportContactsRequest, numbered from `first`; those that
+    cannot be imported whatever their fields' values are rejected here (runs in a worker process)."""
+    request = cs.ImportContactsRequest.FromString(data)
+    found: list[Row | Rejection] = []
+    for index, row in enumerate(request.rows, first):
+        if row.contact_id and not convert.ID.fullmatch(row.contact_id):
+            found.append(Rejection(index, "contact_id", "must be 1-63 characters of [a-z0-9-]"))
+        elif not (row.email or row.phone):
+            found.append(Rejection(index, "email", "a contact needs an email address or a phone"))
+        else:
+            found.append(_row(index, row.contact_id, row))
+    return found
 
 
 class ContactService(cs_grpc.ContactServiceServicer):
@@ -92,11 +119,12 @@ class ContactService(cs_grpc.ContactServiceServicer):
         convert.check_id(v, "contact_id", request.contact_id)
         v.request_id("request_id", request.request_id)
         v.raise_if_any()
-        try:
-            row = _row(0, request.contact_id, request.contact)
-        except ContactFieldError as exc:
-            raise errors.invalid_argument([FieldViolation(f"contact.{exc.field}", exc.reason)]) from None
-        return contact_message(await self.manager.create(row))
+        data = await self.manager.create(
+            _row(0, request.contact_id, request.contact),
+            request.request_id,
+            lambda record: contact_message(record).SerializeToString(),
+        )
+        return cs.Contact.FromString(data)
 
     @unary
     async def GetContact(self, request: cs.GetContactRequest, context: Context) -> cs.Contact:
@@ -168,61 +196,61 @@ class ContactService(cs_grpc.ContactServiceServicer):
     async def ImportContacts(
         self, requests: AsyncIterator[cs.ImportContactsRequest], context: Context
     ) -> cs.ImportContactsResponse:
-        return await self._import(requests)
+        session: ImportSession | None = None
+        try:
+            async for request in requests:
+                if session is None:
+                    session = await self._start_import(request.options)
+                elif request.HasField("options"):
+                    raise errors.invalid_argument(
+                        [FieldViolation("options", "only in the first message of the stream")]
+                    )
+                if len(request.rows) > MAX_ROWS_PER_MESSAGE:
+                    raise errors.invalid_argument(
+                        [FieldViolation("rows", f"at most {MAX_ROWS_PER_MESSAGE} per message")]
+                    )
+                await session.add(request.SerializeToString(), len(request.rows))
+            return _import_response(await session.finish()) if session is not None else _import_response()
+        except errors.ApiError as exc:
+            if session is None:
+                raise
+            # A bad message ends the stream where it stands: the messages before it are applied,
+            # and the error says so.
+            try:
+                await session.finish()
+            except Exception:
+                log.exception("import failed", applied_rows=session.applied_rows)
+                await session.stop()
+            await _abort_import(context, exc, session)
+        except asyncio.CancelledError:
+            if session is not None:
+                await session.stop()
+                log.warning(
+                    "import cancelled",
+                    applied_rows=session.applied_rows,
+                    created=session.result.created,
+                    updated=session.result.updated,
+                )
+            raise
+        except Exception:
+            if session is None:
+                raise
+            log.exception("import failed", applied_rows=session.applied_rows)
+            await session.stop()
+            await _abort_import(
+                context, errors.ApiError(errors.Code.INTERNAL, "INTERNAL", "internal error"), session
+            )
+        raise AssertionError("unreachable: abort raises")
 
-    async def _import(self, requests: AsyncIterator[cs.ImportContactsRequest]) -> cs.ImportContactsResponse:
-        result = ImportResult()
-        options: cs.ImportOptions | None = None
-        match_on, list_id = "email", ""
-        pending: list[Row] = []
-        index = 0
-        async for request in requests:
-            if options is None:
-                options = request.options
-                match_on = "contact_id" if options.match_on == cs.ImportOptions.CONTACT_ID else "email"
-                if options.match_on not in cs.ImportOptions.MatchOn.values():
-                    raise errors.invalid_argument([FieldViolation("options.match_on", "unknown value")])
-                if options.list:
-                    list_id = convert.id_from_name(options.list, "lists", "options.list")
-                    await self.manager.check_list(list_id)
-            elif request.HasField("options"):
-                raise errors.invalid_argument(
-                    [FieldViolation("options", "only in the first message of the stream")]
-                )
-            if len(request.rows) > MAX_ROWS_PER_MESSAGE:
-                raise errors.invalid_argument(
-                    [FieldViolation("rows", f"at most {MAX_ROWS_PER_MESSAGE} per message")]
-                )
-            for row in request.rows:
-                if row.contact_id and not convert.ID.fullmatch(row.contact_id):
-                    result.rejected.append(
-                        Rejection(index, "contact_id", "must be 1-63 characters of [a-z0-9-]")
-                    )
-                elif not (row.email or row.phone):
-                    result.rejected.append(
-                        Rejection(index, "email", "a contact needs an email address or a phone")
-                    )
-                else:
-                    try:
-                        pending.append(_row(index, row.contact_id, row))
-                    except ContactFieldError as exc:
-                        result.rejected.append(Rejection(index, exc.field, exc.reason))
-                index += 1
-                if len(pending) >= 1000:
-                    await self.manager.import_rows(pending, match_on, list_id, result)
-                    pending = []
-        if pending:
-            await self.manager.import_rows(pending, match_on, list_id, result)
-        rejected = sorted(result.rejected, key=lambda r: r.index)
-        return cs.ImportContactsResponse(
-            created=result.created,
-            updated=result.updated,
-            rejected=len(rejected),
-            rejected_rows=[
-                cs.RejectedRow(index=r.index, field=r.field, reason=r.reason)
-                for r in rejected[:MAX_REJECTED_ROWS]
-            ],
-        )
+    async def _start_import(self, options: cs.ImportOptions) -> ImportSession:
+        if options.match_on not in cs.ImportOptions.MatchOn.values():
+            raise errors.invalid_argument([FieldViolation("options.match_on", "unknown value")])
+        match_on = "contact_id" if options.match_on == cs.ImportOptions.CONTACT_ID else "email"
+        list_id = ""
+        if options.list:
+            list_id = convert.id_from_name(options.list, "lists", "options.list")
+            await self.manager.check_list(list_id)
+        return self.manager.start_import(decode_import_rows, match_on, list_id)
 
     # -- lists ----------------------------------------------------------------------------------
 
@@ -424,6 +452,33 @@ class ContactService(cs_grpc.ContactServiceServicer):
         return cs.CheckSuppressionResponse(
             suppressed=bool(rows), suppressions=[_suppression_message(r) for r in rows]
         )
+
+
+def _import_response(result: ImportResult | None = None) -> cs.ImportContactsResponse:
+    result = result or ImportResult()
+    rejected = sorted(result.rejected, key=lambda r: r.index)
+    return cs.ImportContactsResponse(
+        created=result.created,
+        updated=result.updated,
+        rejected=len(rejected),
+        rejected_rows=[
+            cs.RejectedRow(index=r.index, field=r.field, reason=r.reason)
+            for r in rejected[:MAX_REJECTED_ROWS]
+        ],
+    )
+
+
+async def _abort_import(context: Context, error: errors.ApiError, session: ImportSession) -> None:
+    """End a failed import with `error`, saying how far it got: ErrorInfo's `applied_rows`, and
+    the ImportContactsResponse of the rows applied, as a second detail."""
+    metadata = {**error.metadata, "applied_rows": str(session.applied_rows)}
+    status = to_status(dataclasses.replace(error, metadata=metadata))
+    report = any_pb2.Any()
+    report.Pack(_import_response(session.result))
+    status.details.append(report)
+    # grpc's typing lacks abort_with_status on the aio context, which has it.
+    aio_context: Any = context
+    await aio_context.abort_with_status(rpc_status.to_status(status))
 
 
 def _list_message(list_id: str, display_name: str, created: Any, members: int) -> cs.ContactList:

@@ -56,8 +56,9 @@ class Services:
         api.add_service(contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name)
 
     def close(self) -> None:
-        """End the watch streams, so that shutdown does not wait on them."""
+        """End the watch streams, so that shutdown does not wait on them; stop the import workers."""
         self.hub.close()
+        self.contacts.close()
 
     async def reconfigure(self, settings: Settings) -> None:
         """Take the transports and channel-type options of reloaded settings; ConfigError keeps

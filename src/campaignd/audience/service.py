@@ -17,50 +17,33 @@ from campaignd import errors
 from campaignd.audience import contacts as fields_
 from campaignd.audience import filters
 from campaignd.audience.contacts import ContactFieldError
+from campaignd.audience.importing import (
+    Decode,
+    ImportSession,
+    NormalRow,
+    Rejection,
+    Row,
+    WorkerPool,
+)
 from campaignd.clock import Clock
 from campaignd.errors import FieldViolation
 from campaignd.store import audience as store
+from campaignd.store import campaigns as requests_store
 from campaignd.store import schema
 from campaignd.store.audience import ContactRecord
 from campaignd.store.db import Database
 
-IMPORT_CHUNK = 1000
 SUPPRESSION_REASONS = frozenset({"unsubscribed", "bounced", "complained", "opted_out", "manual"})
+# The method under which CreateContact's answers are stored by request_id.
+CREATE_CONTACT = "ContactService.CreateContact"
+# Tries of an import chunk that collides with a concurrent write (PostgreSQL's READ COMMITTED
+# lets another call take an email between the chunk's read and its insert).
+CHUNK_TRIES = 3
 
 
 def new_id(prefix: str) -> str:
     """A generated resource id."""
     return prefix + secrets.token_hex(8)
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One contact row as given: to create or update."""
-
-    index: int
-    contact_id: str
-    email: str
-    phone: str
-    time_zone: str
-    attributes: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Rejection:
-    """A row that was not applied."""
-
-    index: int
-    field: str
-    reason: str
-
-
-@dataclasses.dataclass
-class ImportResult:
-    """What an import did."""
-
-    created: int = 0
-    updated: int = 0
-    rejected: list[Rejection] = dataclasses.field(default_factory=list)
 
 
 class ContactManager:
@@ -72,6 +55,11 @@ class ContactManager:
         self.db = database
         self.default_region = default_region
         self.clock = clock or Clock()
+        self.import_pool = WorkerPool()
+
+    def close(self) -> None:
+        """Stop the import workers."""
+        self.import_pool.close()
 
     def normalise(self, row: Row) -> fields_.ContactFields:
         """The row's fields normalised; raises ContactFieldError."""
@@ -85,13 +73,18 @@ class ContactManager:
 
     # -- single contacts ------------------------------------------------------------------------
 
-    async def create(self, row: Row) -> ContactRecord:
-        """A new contact; ALREADY_EXISTS when its id or email is taken."""
+    async def create(self, row: Row, request_id: str, encode: Callable[[ContactRecord], bytes]) -> bytes:
+        """A new contact, encoded; ALREADY_EXISTS when its id or email is taken. With a
+        `request_id`, the encoded answer is stored with the contact, and a repeat returns it."""
         normal = self._normal_or_invalid(row, "contact")
         _reachable(normal.email, normal.phone)
         contact_id = row.contact_id or new_id("c")
 
-        def work(conn: Connection) -> ContactRecord:
+        def work(conn: Connection) -> bytes:
+            if request_id:
+                stored = requests_store.stored_response(conn, CREATE_CONTACT, request_id)
+                if stored is not None:
+                    return stored
             if store.get_contact(conn, contact_id) is not None:
                 raise errors.already_exists(f"contacts/{contact_id}")
             self._email_free(conn, normal.email, None)
@@ -102,11 +95,19 @@ class ContactManager:
                 "create_time": now,
                 "update_time": now,
             }
-            return store.insert_contact(conn, values)
+            data = encode(store.insert_contact(conn, values))
+            if request_id:
+                requests_store.store_response(conn, CREATE_CONTACT, request_id, data, now)
+            return data
 
         try:
             return await self.db.write(work)
         except IntegrityError:
+            # Two calls with one request_id raced; the loser returns the winner's answer.
+            if request_id:
+                stored = await self.db.read(requests_store.stored_response, CREATE_CONTACT, request_id)
+                if stored is not None:
+                    return stored
             raise errors.already_exists(f"contacts/{contact_id}") from None
 
     def _normal_or_invalid(self, row: Row, path: str) -> fields_.ContactFields:
@@ -183,103 +184,89 @@ class ContactManager:
         if not await self.db.read(store.list_exists, list_id):
             raise errors.not_found(f"lists/{list_id}")
 
-    async def import_rows(
-        self, rows: Sequence[Row], match_on: str, list_id: str, result: ImportResult
-    ) -> None:
-        """Apply a chunk of rows in one transaction: bad rows are rejected whole, good ones applied whole."""
-        good: list[tuple[Row, fields_.ContactFields]] = []
-        for row in rows:
-            try:
-                good.append((row, self.normalise(row)))
-            except ContactFieldError as exc:
-                result.rejected.append(Rejection(row.index, exc.field, exc.reason))
-        if good:
-            created, updated, rejected = await self.db.write(self._apply_chunk, good, match_on, list_id)
-            result.created += created
-            result.updated += updated
-            result.rejected.extend(rejected)
+    def start_import(self, decode: Decode, match_on: str, list_id: str) -> ImportSession:
+        """A session that applies an ImportContacts stream chunk by chunk."""
+
+        async def apply(rows: list[NormalRow]) -> tuple[int, int, list[Rejection]]:
+            for attempt in range(CHUNK_TRIES):
+                try:
+                    return await self.db.write(self._apply_chunk, rows, match_on, list_id)
+                except IntegrityError:
+                    if attempt == CHUNK_TRIES - 1:
+                        raise
+            raise AssertionError("unreachable")
+
+        return ImportSession(self.import_pool, decode, self.default_region(), apply)
 
     def _apply_chunk(
-        self, conn: Connection, good: list[tuple[Row, fields_.ContactFields]], match_on: str, list_id: str
+        self, conn: Connection, rows: list[NormalRow], match_on: str, list_id: str
     ) -> tuple[int, int, list[Rejection]]:
+        """Apply rows in order, each against the contacts as the rows before it left them.
+
+        The contacts the chunk needs are read once; the chunk then works on copies, and writes
+        the final state of each contact it changed. Because every chunk reads what the chunks
+        before it committed, the outcome does not depend on where the chunks begin and end.
+        """
         now = self.clock.now()
-        by_email = store.existing_contacts(conn, "email", (n.email for _, n in good if n.email))
-        by_id = store.existing_contacts(conn, "contact_id", (r.contact_id for r, _ in good if r.contact_id))
-        creates: dict[str, dict[str, Any]] = {}  # by contact id, in row order
-        updates: dict[int, dict[str, Any]] = {}  # by row id
-        emails_taken: dict[str, str] = {email: c.contact_id for email, c in by_email.items()}
+        loaded = store.existing_contacts(conn, "email", {r[2] for r in rows if r[2]})
+        loaded.update(store.existing_contacts(conn, "contact_id", {r[1] for r in rows if r[1]}))
+        working: dict[str, _Working] = {}
+        for record in loaded.values():
+            working[record.contact_id] = _Working.of(record)
+        owner = {w.email: w.contact_id for w in working.values() if w.email}
+        originals = {w.contact_id: w.email for w in working.values()}
+        fresh = iter(_new_contact_ids(len(rows)))
+        created_ids: list[str] = []
         rejected: list[Rejection] = []
         created = updated = 0
-        for row, normal in good:
-            existing = (
-                by_email.get(normal.email)
-                if match_on == "email" and normal.email
-                else by_id.get(row.contact_id)
-            )
-            if existing is None and match_on == "email" and normal.email and normal.email in emails_taken:
-                # A contact this chunk creates has the same email: the later row updates it.
-                target = creates[emails_taken[normal.email]]
-                _merge(target, normal, now)
-                updated += 1
-                continue
-            if existing is not None:
-                if row.contact_id and row.contact_id != existing.contact_id:
-                    rejected.append(
-                        Rejection(
-                            row.index, "contact_id", f"the email belongs to contacts/{existing.contact_id}"
-                        )
-                    )
+        for index, row_id, email, phone, time_zone, attributes in rows:
+            target: _Working | None
+            if match_on == "email" and email:
+                holder = owner.get(email)
+                target = working[holder] if holder is not None else None
+                if target is not None and row_id and row_id != target.contact_id:
+                    reason = f"the email belongs to contacts/{target.contact_id}"
+                    rejected.append(Rejection(index, "contact_id", reason))
                     continue
-                if (
-                    normal.email
-                    and emails_taken.get(normal.email, existing.contact_id) != existing.contact_id
-                ):
-                    rejected.append(
-                        Rejection(
-                            row.index,
-                            "email",
-                            f"{normal.email} belongs to contacts/{emails_taken[normal.email]}",
-                        )
-                    )
+                if target is None and row_id in working:
+                    has = "another email" if working[row_id].email else "no email"
+                    rejected.append(Rejection(index, "contact_id", f"contacts/{row_id} exists with {has}"))
                     continue
-                values = updates.setdefault(existing.pk, _values(existing))
-                _merge(values, normal, now)
-                if normal.email:
-                    emails_taken[normal.email] = existing.contact_id
+            else:
+                target = working.get(row_id) if row_id else None
+                holder = owner.get(email) if email else None
+                if holder is not None and (target is None or holder != target.contact_id):
+                    rejected.append(Rejection(index, "email", f"{email} belongs to contacts/{holder}"))
+                    continue
+            if target is None:
+                contact_id = row_id or next(fresh)
+                target = working[contact_id] = _Working(
+                    None, contact_id, None, None, None, {}, create_time=now, update_time=now
+                )
+                created_ids.append(contact_id)
+                created += 1
+            else:
                 updated += 1
-                continue
-            contact_id = row.contact_id or new_id("c")
-            if contact_id in by_id:
-                rejected.append(
-                    Rejection(row.index, "contact_id", f"contacts/{contact_id} exists with another email")
-                )
-                continue
-            if contact_id in creates:
-                rejected.append(
-                    Rejection(row.index, "contact_id", f"contacts/{contact_id} appears twice in the import")
-                )
-                continue
-            if normal.email and normal.email in emails_taken:
-                rejected.append(
-                    Rejection(
-                        row.index, "email", f"{normal.email} belongs to contacts/{emails_taken[normal.email]}"
-                    )
-                )
-                continue
-            creates[contact_id] = {
-                **dataclasses.asdict(normal),
-                "contact_id": contact_id,
-                "create_time": now,
-                "update_time": now,
-            }
-            if normal.email:
-                emails_taken[normal.email] = contact_id
-            created += 1
-        new_pks = store.insert_contacts(conn, list(creates.values()))
-        store.update_contacts(conn, [{"pk": pk, **values} for pk, values in updates.items()])
+            if email and email != target.email:
+                if target.email is not None and owner.get(target.email) == target.contact_id:
+                    del owner[target.email]
+                owner[email] = target.contact_id
+            target.merge(email, phone, time_zone, attributes, now)
+        changed = [w for w in working.values() if w.pk is not None and w.changed]
+        # A contact can give up its email to a later row's contact in the same chunk: clear the
+        # emails that change first, so that no intermediate state breaks their uniqueness.
+        moved = [
+            w.pk
+            for w in changed
+            if w.pk is not None and originals[w.contact_id] and w.email != originals[w.contact_id]
+        ]
+        if moved:
+            store.clear_emails(conn, moved)
+        store.update_contacts(conn, [w.changes() for w in changed])
+        store.insert_contacts(conn, [working[c].new_row() for c in created_ids], now)
         if list_id:
-            store.add_new_members(conn, list_id, new_pks)
-            store.add_members(conn, list_id, list(updates))
+            store.add_created_to_list(conn, list_id, created_ids)
+            store.add_members(conn, list_id, sorted(w.pk for w in changed if w.pk is not None))
         return created, updated, rejected
 
     # -- lists ----------------------------------------------------------------------------------
@@ -425,23 +412,79 @@ class ContactManager:
         return await self.db.read(store.suppressions_for, address, channel_type)
 
 
-def _values(record: ContactRecord) -> dict[str, Any]:
-    return {
-        "email": record.email,
-        "phone": record.phone,
-        "time_zone": record.time_zone,
-        "attributes": dict(record.attributes),
-        "update_time": record.update_time,
-    }
+@dataclasses.dataclass
+class _Working:
+    """A contact as an import chunk leaves it; `pk` None for one the chunk creates."""
+
+    pk: int | None
+    contact_id: str
+    email: str | None
+    phone: str | None
+    time_zone: str | None
+    attributes: dict[str, Any]
+    create_time: dt.datetime
+    update_time: dt.datetime
+    changed: bool = False
+
+    @classmethod
+    def of(cls, record: ContactRecord) -> _Working:
+        return cls(
+            record.pk,
+            record.contact_id,
+            record.email,
+            record.phone,
+            record.time_zone,
+            record.attributes,
+            record.create_time,
+            record.update_time,
+        )
+
+    def merge(
+        self,
+        email: str | None,
+        phone: str | None,
+        time_zone: str | None,
+        attributes: dict[str, Any],
+        now: dt.datetime,
+    ) -> None:
+        # An import row sets the fields it has; its attributes are merged into the stored ones.
+        if email is not None:
+            self.email = email
+        if phone is not None:
+            self.phone = phone
+        if time_zone is not None:
+            self.time_zone = time_zone
+        if attributes:
+            self.attributes = {**self.attributes, **attributes}
+        self.update_time = now
+        self.changed = True
+
+    def new_row(self) -> dict[str, Any]:
+        """The values of a contact to insert (its timestamps are the chunk's)."""
+        return {
+            "contact_id": self.contact_id,
+            "email": self.email,
+            "phone": self.phone,
+            "time_zone": self.time_zone,
+            "attributes": self.attributes,
+        }
+
+    def changes(self) -> dict[str, Any]:
+        """The values of a stored contact to update."""
+        return {
+            "pk": self.pk,
+            "email": self.email,
+            "phone": self.phone,
+            "time_zone": self.time_zone,
+            "attributes": self.attributes,
+            "update_time": self.update_time,
+        }
 
 
-def _merge(values: dict[str, Any], normal: fields_.ContactFields, now: dt.datetime) -> None:
-    # An import row updates the fields it has; its attributes are merged into the existing ones.
-    for name in ("email", "phone", "time_zone"):
-        if getattr(normal, name) is not None:
-            values[name] = getattr(normal, name)
-    values["attributes"] = {**values.get("attributes", {}), **normal.attributes}
-    values["update_time"] = now
+def _new_contact_ids(n: int) -> list[str]:
+    """n generated contact ids, from one read of the system's random source."""
+    data = secrets.token_bytes(8 * n).hex()
+    return ["c" + data[i : i + 16] for i in range(0, len(data), 16)]
 
 
 def _reachable(email: str | None, phone: str | None) -> None:
