@@ -412,6 +412,8 @@ class Link:
             session = self.session
             if session is not None and not session.closed.is_set():
                 return session
+            if self.fatal:
+                raise BindRefused(self.fatal)
             if self._closing:
                 raise LinkDown("the transport is closing")
             if time.monotonic() < self.retry_at:
