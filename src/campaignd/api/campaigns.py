@@ -325,13 +325,16 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
 
     @unary
     async def RestartCampaign(self, request: svc.RestartCampaignRequest, context: Context) -> pb.Campaign:
-        # "Rebuilds the schedule for every recipient not yet sent": the cancelled ones queue again.
+        # "Rebuilds the schedule for every recipient not yet sent": the cancelled ones that were
+        # never attempted queue again, and send windows apply to them from now on, as at launch;
+        # numbers suppressed since the launch are left out (OPTED_OUT).
+        def requeue(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            now = self.manager.clock.now()
+            for channel in chosen:
+                audience_store.requeue_for_restart(conn, record.id, channel.channel_id, channel.type, now)
+
         return await self._transition(
-            "RestartCampaign",
-            Operation.RESTART,
-            request,
-            reason=request.reason,
-            before_commit=self._moving([MessageState.CANCELLED], MessageState.QUEUED),
+            "RestartCampaign", Operation.RESTART, request, reason=request.reason, before_commit=requeue
         )
 
     @unary

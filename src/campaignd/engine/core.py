@@ -610,7 +610,16 @@ class Engine:
                     result.status, "failed"
                 )
                 reason = result.reason or ("rejected" if state == "failed" else "")
-                outcomes.append(store.Outcome(message.id, state, result.provider_id, result.error, reason))
+                outcomes.append(
+                    store.Outcome(
+                        message.id,
+                        state,
+                        result.provider_id,
+                        result.error,
+                        reason,
+                        parts=max(1, result.parts),
+                    )
+                )
         # A message handed back unsent keeps the transport of its last real attempt.
         return [
             dataclasses.replace(o, transport=via[o.id]) if o.id in via and o.state != "queued" else o

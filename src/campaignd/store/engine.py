@@ -46,6 +46,7 @@ class Outcome:
     reason: str = ""
     next_attempt_time: dt.datetime | None = None
     transport: str | None = None  # the transport it went through, when its type uses transports
+    parts: int = 1  # provider messages it took (SMS parts)
 
 
 # -- counters -------------------------------------------------------------------------------------
@@ -198,6 +199,7 @@ def record(
             reason=sa.bindparam("why"),
             next_attempt_time=sa.bindparam("next_at"),
             transport=sa.func.coalesce(sa.bindparam("via", type_=sa.String), messages.c.transport),
+            parts=sa.func.coalesce(sa.bindparam("n_parts", type_=sa.SmallInteger), messages.c.parts),
             attempts=messages.c.attempts + sa.bindparam("tried"),
             lease_owner=None,
             lease_expiry=None,
@@ -212,6 +214,8 @@ def record(
                 "why": o.reason or None,
                 "next_at": o.next_attempt_time,
                 "via": o.transport,
+                # Only a send says how many parts it took; one part is the default and not stored.
+                "n_parts": o.parts if o.state != "queued" and o.parts != 1 else None,
                 # A message handed back unstarted was not attempted.
                 "tried": 0 if o.state == "queued" else 1,
             }
@@ -391,16 +395,18 @@ EVENT_MOVES: Mapping[str, tuple[tuple[str, ...], str]] = {
 
 
 def apply_event(
-    conn: Connection, provider_id: str, kind: str, detail: str, now: dt.datetime
-) -> list[tuple[str, str]]:
+    conn: Connection, provider_id: str, kind: str, detail: str, now: dt.datetime, reason: str = ""
+) -> list[tuple[str, str]] | None:
     """Move the messages a provider knows as `provider_id` as event `kind` says; returns the
-    (campaign id, channel id) pairs whose messages moved."""
+    (campaign id, channel id) pairs whose messages moved, or None when no message has that id."""
     frm, to = EVENT_MOVES.get(kind, ((), ""))
     rows = conn.execute(
         sa.select(messages.c.id, messages.c.campaign_id, messages.c.channel_id, messages.c.state).where(
             messages.c.provider_id == provider_id
         )
     ).all()
+    if not rows:
+        return None
     changed = []
     for row in rows:
         if row.state in frm:
@@ -409,7 +415,7 @@ def apply_event(
                 .where(messages.c.id == row.id)
                 .values(
                     state=to,
-                    reason=kind if to == "failed" else None,
+                    reason=(reason or kind)[:63] if to == "failed" else None,
                     last_error=detail or None,
                     update_time=now,
                 )
@@ -424,3 +430,37 @@ def apply_event(
             continue
         changed.append((row.campaign_id, row.channel_id))
     return changed
+
+
+# A reply that opts out answers the last message the number was sent on the channel type.
+OPTED_OUT_FROM = ("sent", "delivered", "assumed_delivered")
+
+
+def opt_out_latest(
+    conn: Connection, address: str, channel_type: str, detail: str, now: dt.datetime
+) -> tuple[str, str] | None:
+    """Mark the latest SENT, DELIVERED or ASSUMED_DELIVERED message to `address` on a channel of
+    `channel_type` in a campaign that is not archived OPTED_OUT; returns its (campaign id,
+    channel id), or None when there is none."""
+    of_type = sa.select(channels.c.campaign_id, channels.c.channel_id).where(channels.c.type == channel_type)
+    live = sa.select(campaigns.c.id).where(campaigns.c.archived.is_(False))
+    row = conn.execute(
+        sa.select(messages.c.id, messages.c.campaign_id, messages.c.channel_id, messages.c.state)
+        .where(
+            messages.c.address == address,
+            messages.c.state.in_(OPTED_OUT_FROM),
+            sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(of_type),
+            messages.c.campaign_id.in_(live),
+        )
+        .order_by(messages.c.update_time.desc(), messages.c.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    conn.execute(
+        messages.update()
+        .where(messages.c.id == row.id)
+        .values(state="opted_out", outcome="opted_out", last_error=detail or None, update_time=now)
+    )
+    add_counts(conn, row.campaign_id, row.channel_id, {row.state: -1, "opted_out": 1})
+    return row.campaign_id, row.channel_id
