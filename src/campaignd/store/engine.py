@@ -356,6 +356,19 @@ def transport_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str,
     return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
 
+def part_counts(conn: Connection, campaign_id: str) -> dict[str, dict[str, int]]:
+    """Provider messages (SMS parts) of the messages a provider accepted, per channel id and state."""
+    rows = conn.execute(
+        sa.select(messages.c.channel_id, messages.c.state, sa.func.sum(sa.func.coalesce(messages.c.parts, 1)))
+        .where(messages.c.campaign_id == campaign_id, messages.c.provider_id.is_not(None))
+        .group_by(messages.c.channel_id, messages.c.state)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for channel_id, state, n in rows:
+        counts.setdefault(channel_id, {})[state] = int(n)
+    return counts
+
+
 def queue_depths(conn: Connection) -> dict[str, int]:
     """Messages waiting (queued or retrying) in running channels, per channel type."""
     rows = conn.execute(
