@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import smpp34
@@ -58,7 +59,7 @@ def test_parts_and_wire_agree(text: str) -> None:
         assert len(payloads[0]) <= single
     else:
         assert all(len(p) <= part for p in payloads)
-        for current, following in zip(payloads, payloads[1:], strict=False):
+        for current, following in itertools.pairwise(payloads):
             first = 2 if following[:1] == b"\x1b" or (not gsm and 0xD8 <= following[0] <= 0xDB) else 1
             assert len(current) + first * unit > part
     joined = b"".join(payloads)

@@ -640,7 +640,9 @@ class Engine:
             # A message handed back unstarted, or to be retried, waits again, unless its channel was
             # stopped or failed meanwhile: then it will never be sent.
             final = [
-                dataclasses.replace(o, state="cancelled", next_attempt_time=None)
+                dataclasses.replace(
+                    o, state="cancelled", next_attempt_time=None, attempted=o.state != "queued"
+                )
                 if stopped and o.state in ("queued", "retrying")
                 else o
                 for o in outcomes

@@ -47,6 +47,7 @@ class Outcome:
     next_attempt_time: dt.datetime | None = None
     transport: str | None = None  # the transport it went through, when its type uses transports
     parts: int = 1  # provider messages it took (SMS parts)
+    attempted: bool = True  # False for one handed back unstarted (then queued, or cancelled by a stop)
 
 
 # -- counters -------------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def record(
     valid = [o for o in outcomes if o.id in ours]
     if not valid:
         return 0
-    started = [o for o in valid if o.state != "queued"]
+    started = [o for o in valid if o.state != "queued" and o.attempted]
     conn.execute(
         messages.update()
         .where(messages.c.id == sa.bindparam("mid"))
@@ -217,7 +218,7 @@ def record(
                 # Only a send says how many parts it took; one part is the default and not stored.
                 "n_parts": o.parts if o.state != "queued" and o.parts != 1 else None,
                 # A message handed back unstarted was not attempted.
-                "tried": 0 if o.state == "queued" else 1,
+                "tried": 0 if o.state == "queued" or not o.attempted else 1,
             }
             for o in valid
         ],

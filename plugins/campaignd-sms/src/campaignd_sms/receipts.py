@@ -199,10 +199,10 @@ class EventQueue:
                     await asyncio.sleep(1.0)
             self.idle.set()
 
-    async def drain(self, timeout: float = 5.0) -> None:
-        """Wait until every queued event was handed over (or `timeout` passed)."""
+    async def drain(self, within: float = 5.0) -> None:
+        """Wait until every queued event was handed over (or `within` seconds passed)."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self.idle.wait()
 
     async def close(self) -> None:

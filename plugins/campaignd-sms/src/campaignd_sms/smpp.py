@@ -61,21 +61,21 @@ TEMPORARY = THROTTLING | {
 def status_name(status: int) -> str:
     """The SMPP name of a command_status, e.g. ESME_RINVDSTADR, or its number in hex."""
     try:
-        return SmppCommandStatus(status).name
+        return str(SmppCommandStatus(status).name)
     except ValueError:
         return f"0x{status:08X}"
 
 
-class BindRefused(Exception):
+class BindRefusedError(Exception):
     """The SMSC refused the bind (wrong system_id or password): nothing will go until the
     operator fixes the transport."""
 
 
-class LinkDown(Exception):
+class LinkDownError(Exception):
     """No bound session: the SMSC cannot be reached now."""
 
 
-class LinkLost(Exception):
+class LinkLostError(Exception):
     """The session ended while a request was outstanding: it may or may not have arrived."""
 
 
@@ -146,7 +146,7 @@ class Session:
         return next(self.sequence) % 0x7FFFFFFF or next(self.sequence)
 
     async def open(self) -> None:
-        """Connect and bind; BindRefused or OSError when it cannot."""
+        """Connect and bind; BindRefusedError or OSError when it cannot."""
         s = self.settings
         context: ssl.SSLContext | None = None
         if s.tls:
@@ -174,7 +174,7 @@ class Session:
             raise
         if command != SmppCommand.BIND_TRANSCEIVER_RESP or status != 0:
             writer.close()
-            raise BindRefused(f"bind_transceiver refused: {status_name(status)}")
+            raise BindRefusedError(f"bind_transceiver refused: {status_name(status)}")
         self._tasks = [
             asyncio.create_task(self._receive(reader)),
             asyncio.create_task(self._keep_alive()),
@@ -190,9 +190,9 @@ class Session:
         return command, status, sequence, head + body
 
     def write(self, pdu: bytes) -> None:
-        """Queue a PDU on the connection; LinkDown when it is closed."""
+        """Queue a PDU on the connection; LinkDownError when it is closed."""
         if self._writer is None or self.closed.is_set() or self._writer.is_closing():
-            raise LinkDown(self.error or "not connected")
+            raise LinkDownError(self.error or "not connected")
         self._writer.write(pdu)
 
     def request(self, pdu_for: Callable[[int], bytes]) -> asyncio.Future[tuple[int, bytes]]:
@@ -227,7 +227,7 @@ class Session:
                             sequence_num=sequence, command_status=SmppCommandStatus.ESME_RINVCMDID
                         ).pdu()
                     )
-        except (OSError, asyncio.IncompleteReadError, ValueError, LinkDown) as exc:
+        except (OSError, asyncio.IncompleteReadError, ValueError, LinkDownError) as exc:
             self.error = f"connection lost: {exc or type(exc).__name__}"
         finally:
             self._finish()
@@ -242,7 +242,7 @@ class Session:
                 answer = self.request(lambda seq: EnquireLink(sequence_num=seq).pdu())
                 async with asyncio.timeout(self.settings.timeout):
                     await answer
-            except (LinkDown, LinkLost, TimeoutError):
+            except (LinkDownError, LinkLostError, TimeoutError):
                 self.error = self.error or "no answer to enquire_link"
                 self._finish()
                 return
@@ -253,7 +253,7 @@ class Session:
         self.closed.set()
         for future in self.pending.values():
             if not future.done():
-                future.set_exception(LinkLost(self.error or "connection lost"))
+                future.set_exception(LinkLostError(self.error or "connection lost"))
         self.pending.clear()
         if self._writer is not None:
             self._writer.close()
@@ -265,7 +265,7 @@ class Session:
     async def close(self) -> None:
         """Unbind politely, then close."""
         if not self.closed.is_set():
-            with contextlib.suppress(LinkDown, LinkLost, TimeoutError, OSError):
+            with contextlib.suppress(LinkDownError, LinkLostError, TimeoutError, OSError):
                 answer = self.request(lambda seq: Unbind(sequence_num=seq).pdu())
                 async with asyncio.timeout(min(self.settings.timeout, 2.0)):
                     await answer
@@ -373,7 +373,7 @@ def _pdu_builder(
             auto_message_payload=False,
         )
         message.set_encoded_message(data)
-        return message.pdu()
+        return bytes(message.pdu())
 
     return pdu
 
@@ -402,9 +402,9 @@ class Link:
         self._closing = False
 
     async def bound(self) -> Session:
-        """The bound session, connecting when there is none; BindRefused or LinkDown."""
+        """The bound session, connecting when there is none; BindRefusedError or LinkDownError."""
         if self.fatal:
-            raise BindRefused(self.fatal)
+            raise BindRefusedError(self.fatal)
         session = self.session
         if session is not None and not session.closed.is_set():
             return session
@@ -413,22 +413,22 @@ class Link:
             if session is not None and not session.closed.is_set():
                 return session
             if self.fatal:
-                raise BindRefused(self.fatal)
+                raise BindRefusedError(self.fatal)
             if self._closing:
-                raise LinkDown("the transport is closing")
+                raise LinkDownError("the transport is closing")
             if time.monotonic() < self.retry_at:
-                raise LinkDown(self.last_error)
+                raise LinkDownError(self.last_error)
             session = Session(self.settings, self.on_deliver)
             try:
                 await session.open()
-            except BindRefused as exc:
+            except BindRefusedError as exc:
                 self.fatal = str(exc)
                 raise
             except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                 self.last_error = f"cannot connect to {self.settings.host}:{self.settings.port}: {exc}"
                 self.retry_at = time.monotonic() + self.backoff
                 self.backoff = min(self.backoff * 2, self.settings.reconnect_max)
-                raise LinkDown(self.last_error) from None
+                raise LinkDownError(self.last_error) from None
             self.backoff = self.settings.reconnect_min
             self.session = session
             if self._keeper is None or self._keeper.done():
@@ -444,7 +444,7 @@ class Link:
             if self._closing or self.fatal:
                 return
             await asyncio.sleep(max(0.0, self.retry_at - time.monotonic()) or self.settings.reconnect_min)
-            with contextlib.suppress(BindRefused, LinkDown):
+            with contextlib.suppress(BindRefusedError, LinkDownError):
                 await self.bound()
 
     async def close(self) -> None:
@@ -473,11 +473,11 @@ class Link:
                 await asyncio.sleep(wait)
             try:
                 session = await self.bound()
-            except BindRefused as exc:
+            except BindRefusedError as exc:
                 return SendResult(
                     message_id, SendStatus.RETRY, error=str(exc), reason="bind_refused", fatal=True
                 ), []
-            except LinkDown as exc:
+            except LinkDownError as exc:
                 return SendResult(
                     message_id, SendStatus.RETRY, error=str(exc), reason="unreachable", transport_down=True
                 ), []
@@ -490,10 +490,10 @@ class Link:
                 try:
                     for pdu in submission.pdus:
                         answers.append(session.request(pdu))
-                except LinkDown as exc:
+                except LinkDownError as exc:
                     if answers:
                         # Some parts went out before the connection closed.
-                        raise LinkLost(str(exc)) from None
+                        raise LinkLostError(str(exc)) from None
                     return SendResult(
                         message_id,
                         SendStatus.RETRY,
@@ -510,7 +510,7 @@ class Link:
                         if released < taken:
                             self.window.release()
                             released += 1
-            except LinkLost as exc:
+            except LinkLostError as exc:
                 return SendResult(message_id, SendStatus.RETRY, error=str(exc), reason="connection_lost"), []
             except TimeoutError:
                 return SendResult(
