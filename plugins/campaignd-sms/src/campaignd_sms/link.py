@@ -15,6 +15,7 @@ from campaignd.plugin import (
 )
 from campaignd_sms import settings
 from campaignd_sms.encoding import Concatenation, Encoded
+from campaignd_sms.kannel import Kannel
 from campaignd_sms.receipts import EventQueue, Receipt, Receipts, e164, parse_receipt, reply_kind
 from campaignd_sms.settings import Sender, SmppSettings
 from campaignd_sms.smpp import Deliver, Link, build
@@ -30,13 +31,11 @@ class SmsTransport:
         self.events.ticks.append(self.receipts)
         self.kind = str(transport.options.get("kind", "smpp"))
         self.smpp: Link | None = None
-        self.kannel = None
+        self.kannel: Kannel | None = None
         if self.kind == "smpp":
             self.smpp_settings = SmppSettings.from_options(transport.options)
             self.smpp = Link(self.smpp_settings, transport.concurrency, self.delivered)
         else:
-            from campaignd_sms.kannel import Kannel
-
             self.kannel = Kannel(transport, self)
 
     async def start(self) -> None:
@@ -93,6 +92,3 @@ async def open_transport(transport: Transport, events: EventSink) -> SmsTranspor
     opened = SmsTransport(transport, events)
     await opened.start()
     return opened
-
-
-__all__ = ["EventKind", "SmsTransport", "open_transport"]
