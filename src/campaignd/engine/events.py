@@ -60,19 +60,17 @@ class EventRecorder:
         now = self.clock.now()
 
         def write(conn: Connection) -> tuple[set[str], list[tuple[str, InboundEvent]]]:
-            touched: set[str] = set()
-            unmatched = []
+            about_messages = [
+                store.Event(e.provider_id, e.kind.value, e.detail, e.reason)
+                for _, e in events
+                if e.provider_id
+            ]
+            touched, unknown = (
+                store.apply_events(conn, about_messages, now) if about_messages else (set(), set())
+            )
+            unmatched = [(t, e) for t, e in events if e.provider_id in unknown and e.kind in _RECEIPTS]
             suppress = []
             for channel_type, event in events:
-                if event.provider_id:
-                    moved = store.apply_event(
-                        conn, event.provider_id, event.kind.value, event.detail, now, event.reason
-                    )
-                    if moved is None:
-                        if event.kind in _RECEIPTS:
-                            unmatched.append((channel_type, event))
-                    else:
-                        touched.update(campaign for campaign, _ in moved)
                 if not event.address:
                     continue
                 if event.kind in SUPPRESSING:

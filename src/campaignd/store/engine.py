@@ -408,42 +408,81 @@ EVENT_MOVES: Mapping[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def apply_event(
-    conn: Connection, provider_id: str, kind: str, detail: str, now: dt.datetime, reason: str = ""
-) -> list[tuple[str, str]] | None:
-    """Move the messages a provider knows as `provider_id` as event `kind` says; returns the
-    (campaign id, channel id) pairs whose messages moved, or None when no message has that id."""
-    frm, to = EVENT_MOVES.get(kind, ((), ""))
-    rows = conn.execute(
-        sa.select(messages.c.id, messages.c.campaign_id, messages.c.channel_id, messages.c.state).where(
-            messages.c.provider_id == provider_id
+@dataclass(frozen=True)
+class Event:
+    """An inbound event about the messages a provider knows by `provider_id`."""
+
+    provider_id: str
+    kind: str
+    detail: str = ""
+    reason: str = ""
+
+
+def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) -> tuple[set[str], set[str]]:
+    """Move the messages the events name as each event's kind says, in bulk; returns the campaign
+    ids whose messages changed, and the provider ids no message has."""
+    rows: dict[str, list[Any]] = {}
+    ids = sorted({e.provider_id for e in events})
+    for start in range(0, len(ids), 2000):
+        found = conn.execute(
+            sa.select(
+                messages.c.id,
+                messages.c.campaign_id,
+                messages.c.channel_id,
+                messages.c.state,
+                messages.c.provider_id,
+            ).where(messages.c.provider_id.in_(ids[start : start + 2000]))
         )
-    ).all()
-    if not rows:
-        return None
-    changed = []
-    for row in rows:
-        if row.state in frm:
-            conn.execute(
-                messages.update()
-                .where(messages.c.id == row.id)
-                .values(
-                    state=to,
-                    reason=(reason or kind)[:63] if to == "failed" else None,
-                    last_error=detail or None,
-                    update_time=now,
-                )
-            )
-            add_counts(conn, row.campaign_id, row.channel_id, {row.state: -1, to: 1})
-        elif kind not in EVENT_MOVES:
-            # Engagement (opened, clicked, complained, ...) is kept as the message's outcome.
-            conn.execute(
-                messages.update().where(messages.c.id == row.id).values(outcome=kind, update_time=now)
-            )
-        else:
-            continue
-        changed.append((row.campaign_id, row.channel_id))
-    return changed
+        for row in found:
+            rows.setdefault(row.provider_id, []).append(row)
+    moves: dict[int, dict[str, Any]] = {}
+    outcomes: dict[int, str] = {}
+    states: dict[int, str] = {}
+    deltas: dict[tuple[str, str], Counter[str]] = {}
+    touched: set[str] = set()
+    for event in events:
+        frm, to = EVENT_MOVES.get(event.kind, ((), ""))
+        for row in rows.get(event.provider_id, ()):
+            state = states.get(row.id, row.state)
+            if state in frm:
+                moves[row.id] = {
+                    "mid": row.id,
+                    "new_state": to,
+                    "why": (event.reason or event.kind)[:63] if to == "failed" else None,
+                    "error": event.detail or None,
+                }
+                states[row.id] = to
+                counter = deltas.setdefault((row.campaign_id, row.channel_id), Counter())
+                counter[state] -= 1
+                counter[to] += 1
+            elif event.kind not in EVENT_MOVES:
+                # Engagement (opened, clicked, complained, ...) is kept as the message's outcome.
+                outcomes[row.id] = event.kind
+            else:
+                continue
+            touched.add(row.campaign_id)
+    if moves:
+        conn.execute(
+            messages.update()
+            .where(messages.c.id == sa.bindparam("mid"))
+            .values(
+                state=sa.bindparam("new_state"),
+                reason=sa.bindparam("why"),
+                last_error=sa.bindparam("error"),
+                update_time=now,
+            ),
+            list(moves.values()),
+        )
+    if outcomes:
+        conn.execute(
+            messages.update()
+            .where(messages.c.id == sa.bindparam("mid"))
+            .values(outcome=sa.bindparam("kind"), update_time=now),
+            [{"mid": mid, "kind": kind} for mid, kind in outcomes.items()],
+        )
+    for (campaign_id, channel_id), counter in deltas.items():
+        add_counts(conn, campaign_id, channel_id, counter)
+    return touched, {e.provider_id for e in events if e.provider_id not in rows}
 
 
 # A reply that opts out answers the last message the number was sent on the channel type.

@@ -69,51 +69,46 @@ class Encoded:
         return size if self.encoding is Encoding.GSM7 else size // 2
 
 
+_GSM_CHARS = frozenset(_BASIC_CODES) | frozenset(GSM_EXTENSION)
+# str.translate to one character per septet, then Latin-1: the septets as bytes in one pass.
+_TO_SEPTETS = {ord(c): chr(code) for c, code in _BASIC_CODES.items()} | {
+    ord(c): chr(ESCAPE) + chr(code) for c, code in GSM_EXTENSION.items()
+}
+
+
 def is_gsm7(text: str) -> bool:
     """Whether every character of `text` is in the GSM 03.38 alphabet or its extension table."""
-    return all(c in _BASIC_CODES or c in GSM_EXTENSION for c in text)
+    return _GSM_CHARS.issuperset(text)
 
 
-def _gsm_units(text: str) -> list[bytes]:
-    """Each character as its septets: one, or escape and code for the extension table."""
-    out = []
-    for char in text:
-        code = _BASIC_CODES.get(char)
-        out.append(bytes((code,)) if code is not None else bytes((ESCAPE, GSM_EXTENSION[char])))
-    return out
-
-
-def _ucs2_units(text: str) -> list[bytes]:
-    """Each character as its UTF-16 big-endian bytes: two, or four for a surrogate pair."""
-    return [char.encode("utf-16-be") for char in text]
-
-
-def _split(units: list[bytes], single: int, part: int) -> tuple[bytes, ...]:
-    """Pack whole characters into parts of at most `part` units of `unit` bytes each, or one part
-    when the text fits in `single`."""
-    total = sum(len(u) for u in units)
-    if total <= single:
-        return (b"".join(units),)
-    parts: list[bytes] = []
-    current: list[bytes] = []
-    size = 0
-    for unit in units:
-        if size + len(unit) > part:
-            parts.append(b"".join(current))
-            current, size = [], 0
-        current.append(unit)
-        size += len(unit)
-    if current:
-        parts.append(b"".join(current))
+def _split(data: bytes, single: int, part: int, *, ucs2: bool) -> tuple[bytes, ...]:
+    """Cut `data` into parts of at most `part` bytes, or one part when it fits in `single`,
+    never inside a character: an escape and its code (GSM-7; the code is never 0x1B), or the two
+    halves of a surrogate pair (UCS-2)."""
+    if len(data) <= single:
+        return (data,)
+    parts = []
+    start = 0
+    while start < len(data):
+        end = min(start + part, len(data))
+        if end < len(data):
+            if not ucs2 and data[end - 1] == ESCAPE:
+                end -= 1
+            elif ucs2 and 0xD8 <= data[end - 2] <= 0xDB:
+                end -= 2
+        parts.append(data[start:end])
+        start = end
     return tuple(parts)
 
 
 def encode(text: str) -> Encoded:
     """Encode `text` in GSM-7 when it can be, else UCS-2, split into parts."""
     if is_gsm7(text):
-        return Encoded(text, Encoding.GSM7, _split(_gsm_units(text), GSM7_SINGLE, GSM7_PART))
+        data = text.translate(_TO_SEPTETS).encode("latin-1")
+        return Encoded(text, Encoding.GSM7, _split(data, GSM7_SINGLE, GSM7_PART, ucs2=False))
     # Sizes in bytes: two per UCS-2 unit.
-    return Encoded(text, Encoding.UCS2, _split(_ucs2_units(text), UCS2_SINGLE * 2, UCS2_PART * 2))
+    data = text.encode("utf-16-be")
+    return Encoded(text, Encoding.UCS2, _split(data, UCS2_SINGLE * 2, UCS2_PART * 2, ucs2=True))
 
 
 def decode(encoding: Encoding | int, data: bytes) -> str:

@@ -4,7 +4,6 @@ reports back, turned into events."""
 from __future__ import annotations
 
 from campaignd.plugin import (
-    EventKind,
     EventSink,
     Gate,
     InboundEvent,

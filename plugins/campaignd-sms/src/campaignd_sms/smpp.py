@@ -97,34 +97,30 @@ class Deliver:
 
 
 class Window:
-    """At most `size` requests outstanding on a session."""
+    """At most `size` requests outstanding on a session. A message takes the places of all its
+    parts before its first part goes, one message at a time, so two long messages cannot each
+    hold part of the window and wait for each other."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.used = 0
-        self.changed = asyncio.Condition()
+        self.places = asyncio.Semaphore(size)
+        self.taking = asyncio.Lock()
 
     async def acquire(self, units: int) -> int:
         """Wait for `units` free places (at most the whole window); returns how many were taken."""
         units = min(units, self.size)
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.used + units <= self.size)
-            self.used += units
+        if units == 1:
+            await self.places.acquire()
+            return 1
+        async with self.taking:
+            for _ in range(units):
+                await self.places.acquire()
         return units
 
     def release(self, units: int = 1) -> None:
-        """Give back places and wake the waiters."""
-        self.used = max(0, self.used - units)
-        task = asyncio.get_running_loop().create_task(self._notify())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    async def _notify(self) -> None:
-        async with self.changed:
-            self.changed.notify_all()
-
-
-_background: set[asyncio.Task[None]] = set()
+        """Give back places."""
+        for _ in range(units):
+            self.places.release()
 
 
 class Session:
@@ -140,6 +136,9 @@ class Session:
         self.last_read = time.monotonic()
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # PDUs written in one turn of the event loop go out in one write: one system call for a
+        # message's parts, or for the responses to a burst of receipts.
+        self._out: list[bytes] = []
 
     def next_sequence(self) -> int:
         """The next sequence number (1 to 0x7FFFFFFF)."""
@@ -502,14 +501,14 @@ class Link:
                         transport_down=True,
                     ), []
                 results: list[tuple[int, bytes]] = []
-                for answer in answers:
-                    try:
-                        async with asyncio.timeout(self.settings.timeout):
+                async with asyncio.timeout(self.settings.timeout):
+                    for answer in answers:
+                        try:
                             results.append(await answer)
-                    finally:
-                        if released < taken:
-                            self.window.release()
-                            released += 1
+                        finally:
+                            if released < taken:
+                                self.window.release()
+                                released += 1
             except LinkLostError as exc:
                 return SendResult(message_id, SendStatus.RETRY, error=str(exc), reason="connection_lost"), []
             except TimeoutError:
