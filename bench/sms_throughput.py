@@ -148,7 +148,7 @@ def parts_of(kind: str) -> int:
 async def bare_loop(port: int, parts: int, window: int) -> float:
     """Parts per second of a bare aiosmpplib-codec loop with `window` submit_sm outstanding."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(BindTransceiver(sequence_num=1, system_id="bench", password="bench").pdu())
+    writer.write(BindTransceiver(sequence_num=1, system_id="bench", password="").pdu())
     head = await reader.readexactly(16)
     await reader.readexactly(HEADER.unpack(head)[0] - 16)
     slots = asyncio.Semaphore(window)
@@ -207,7 +207,7 @@ def configure(daemon: Daemon, url: str, port: int, window: int, concurrency: int
         + "[transports.smsc]\n"
         + 'type = "sms"\n'
         + f"concurrency = {concurrency}\n"
-        + f'options = {{ kind = "smpp", host = "127.0.0.1", port = {port}, system_id = "bench", window = {window}{os.environ.get("BENCH_SMPP_EXTRA", "")} }}\n',
+        + f'options = {{ kind = "smpp", host = "127.0.0.1", port = {port}, system_id = "bench", window = {window} }}\n',
         encoding="utf-8",
     )
 
