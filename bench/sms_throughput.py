@@ -207,7 +207,8 @@ def configure(daemon: Daemon, url: str, port: int, window: int, concurrency: int
         + "[transports.smsc]\n"
         + 'type = "sms"\n'
         + f"concurrency = {concurrency}\n"
-        + f'options = {{ kind = "smpp", host = "127.0.0.1", port = {port}, system_id = "bench", window = {window} }}\n',
+        + f'options = {{ kind = "smpp", host = "127.0.0.1", port = {port}, system_id = "bench", '
+        + f"window = {window} }}\n",
         encoding="utf-8",
     )
 
