@@ -135,7 +135,8 @@ def campaignd_render(
         raise ValueError(_too_long(encoded, limit))
     sender = channel.content.get("sender", "")
     parts = len(encoded.parts)
-    summary = f"{encoded.encoding}, {parts} part{'s' if parts != 1 else ''}, from {sender}"
+    first_line = text.splitlines()[0] if text else ""
+    summary = f"From {sender}: {first_line[:60]}{'…' if len(first_line) > 60 else ''}"
     return Rendered(
         summary=summary,
         text=text,
