@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import ssl
 import struct
 import time
@@ -40,6 +41,8 @@ from aiosmpplib import (
 from campaignd.plugin import Gate, Recipient, SendResult, SendStatus
 from campaignd_sms.encoding import UDHI, Concatenation, Encoded, Encoding, udh
 from campaignd_sms.settings import Sender, SmppSettings
+
+log = logging.getLogger("campaignd_sms.smpp")
 
 HEADER = struct.Struct("!IIII")
 MAX_PDU = 64 * 1024
@@ -136,9 +139,6 @@ class Session:
         self.last_read = time.monotonic()
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # PDUs written in one turn of the event loop go out in one write: one system call for a
-        # message's parts, or for the responses to a burst of receipts.
-        self._out: list[bytes] = []
 
     def next_sequence(self) -> int:
         """The next sequence number (1 to 0x7FFFFFFF)."""
@@ -189,18 +189,26 @@ class Session:
         return command, status, sequence, head + body
 
     def write(self, pdu: bytes) -> None:
-        """Queue a PDU on the connection; LinkDownError when it is closed."""
+        """Write PDUs on the connection; LinkDownError when it is closed."""
         if self._writer is None or self.closed.is_set() or self._writer.is_closing():
             raise LinkDownError(self.error or "not connected")
         self._writer.write(pdu)
 
     def request(self, pdu_for: Callable[[int], bytes]) -> asyncio.Future[tuple[int, bytes]]:
         """Send a request; the future gives (command_status, the whole response PDU)."""
-        sequence = self.next_sequence()
-        self.write(pdu_for(sequence))
-        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        self.pending[sequence] = future
-        return future
+        return self.requests([pdu_for])[0]
+
+    def requests(self, pdus_for: Sequence[Callable[[int], bytes]]) -> list[asyncio.Future[tuple[int, bytes]]]:
+        """Send requests in one write (the parts of a message); a future per request."""
+        loop = asyncio.get_running_loop()
+        numbered = [(self.next_sequence(), pdu_for) for pdu_for in pdus_for]
+        self.write(b"".join(pdu_for(sequence) for sequence, pdu_for in numbered))
+        futures = []
+        for sequence, _ in numbered:
+            future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
+            self.pending[sequence] = future
+            futures.append(future)
+        return futures
 
     async def _receive(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -213,7 +221,12 @@ class Session:
                     continue
                 if command == SmppCommand.DELIVER_SM:
                     self.write(DeliverSmResp(sequence_num=sequence).pdu())
-                    self.on_deliver(_read_deliver(pdu, sequence))
+                    try:
+                        deliver = _read_deliver(pdu, sequence)
+                    except Exception as exc:  # a PDU the codec cannot read must not end the session
+                        log.warning("unreadable deliver_sm ignored: %r", exc)
+                        continue
+                    self.on_deliver(deliver)
                 elif command == SmppCommand.ENQUIRE_LINK:
                     self.write(EnquireLinkResp(sequence_num=sequence).pdu())
                 elif command == SmppCommand.UNBIND:
@@ -485,14 +498,9 @@ class Link:
             try:
                 if not await gate.admit(weight=parts):
                     return SendResult(message_id, SendStatus.NOT_STARTED), []
-                answers = []
                 try:
-                    for pdu in submission.pdus:
-                        answers.append(session.request(pdu))
+                    answers = session.requests(submission.pdus)
                 except LinkDownError as exc:
-                    if answers:
-                        # Some parts went out before the connection closed.
-                        raise LinkLostError(str(exc)) from None
                     return SendResult(
                         message_id,
                         SendStatus.RETRY,
