@@ -35,7 +35,8 @@ try:
 except importlib.metadata.PackageNotFoundError:
     __version__ = "0"
 
-CAMPAIGND_HOOK_API = 2
+# SendResult.parts, Rendered.parts/encoding, InboundEvent.reason and EventKind.OPTED_IN.
+CAMPAIGND_HOOK_API = 3
 TYPE = settings.TYPE
 # TCPA quiet hours: nothing is sent before 08:00 or after 21:00 in the recipient's time zone.
 QUIET_HOURS = {"start_time": "08:00", "end_time": "21:00"}
