@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 import campaignd_sms
+import pytest
 from kannel import PASSWORD, USER, free_port, running_kannel
 from test_sms_daemon import import_contacts, messages, number, report, sms_channel, suppressed, wait, zone_at
 
@@ -63,9 +64,11 @@ def test_a_thousand_through_kannel_delivered_and_a_stop_reply_suppresses(
             assert number(5) not in {m.address for m in messages(client, again.name)}
 
 
-def test_callbacks_without_the_secret_are_refused(tmp_path: pathlib.Path) -> None:
-    """A DLR or MO callback without the secret gets 403 and changes nothing; a wrong sendsms
-    password is a fatal error of the transport."""
+def test_callbacks_without_the_secret_are_refused(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DLR or MO callback without the secret gets 403, is logged and changes nothing; a wrong
+    sendsms password is a fatal error of the transport."""
     callback = free_port()
     with running_kannel(tmp_path, f"http://127.0.0.1:{callback}/{SECRET}/mo?from=%p&text=%a") as kannel:
         options = {
@@ -122,6 +125,8 @@ def test_callbacks_without_the_secret_are_refused(tmp_path: pathlib.Path) -> Non
 
         assert asyncio.run(scenario()) == [403, 403, 403]
         assert recorded == []
+    refusals = [r for r in caplog.records if "kannel callback refused" in r.getMessage()]
+    assert len(refusals) == 3
 
 
 def _status(url: str) -> int:
