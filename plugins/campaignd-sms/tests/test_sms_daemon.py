@@ -9,13 +9,14 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from smsc import Answer, Smsc, Submitted, running_smsc
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import Client, content, ensure_list
+from tests.integration.campaign_client import ATTESTATION, Client, content, ensure_list, failure, future
 from tests.integration.conftest import DaemonFactory, DaemonProcess
 from tests.integration.conftest import daemon_factory as daemon_factory  # the fixture
 
@@ -219,6 +220,38 @@ def test_a_refused_bind_fails_the_channel(daemon_factory: DaemonFactory, smsc: S
         wait(lambda: client.get(campaign.name).state == pb.Campaign.FAILED, what="the channel to fail")
         [failed] = client.get(campaign.name).channels
     assert "ESME_RINVPASWD" in failed.error.message
+    assert smsc.submits == []
+
+
+def test_a_scheduled_sms_channel_may_change_only_its_schedule(
+    daemon_factory: DaemonFactory, smsc: Smsc
+) -> None:
+    """Editing the text of a SCHEDULED sms channel is refused with EDIT_NOT_ALLOWED and changes
+    nothing; scheduling it again at another time keeps it SCHEDULED at the new time."""
+    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
+    import_contacts(daemon, 1, lambda i: zone_at(14))
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        client.schedule(campaign.name)
+        edited = sms_channel("A new text")
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub.UpdateCampaign(
+                svc.UpdateCampaignRequest(
+                    campaign=pb.Campaign(name=campaign.name, channels=[edited]),
+                    update_mask=field_mask_pb2.FieldMask(paths=["channels"]),
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert failure(refused.value).reason == "EDIT_NOT_ALLOWED"
+        later = future(120)
+        client.stub.ScheduleCampaign(
+            svc.ScheduleCampaignRequest(name=campaign.name, schedule_time=later, attestation=ATTESTATION)
+        )
+        [sms] = client.get(campaign.name).channels
+    assert sms.state == pb.Channel.SCHEDULED
+    assert sms.schedule_time == later
+    assert sms.content.fields["text"].string_value.startswith("Hi ")
     assert smsc.submits == []
 
 
