@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from smsc import Answer, Smsc, Submitted, running_smsc
+from smsc import Answer, Smsc, running_smsc
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
@@ -278,6 +278,3 @@ def test_preview_shows_encoding_and_parts(daemon_factory: DaemonFactory, smsc: S
             client.launch(too_long.name)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "3 parts" in str(refused.value.details())
-
-
-__all__ = ["Submitted", "daemon_factory"]
