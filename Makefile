@@ -35,6 +35,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	for tests in plugins/*/tests; do $(BIN)/mypy $$tests || exit 1; done
 
 proto: install
 	$(BIN)/python proto/generate.py

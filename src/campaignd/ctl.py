@@ -563,6 +563,14 @@ def render_report(report: res.CampaignReport) -> str:
     ]
     if failures:
         parts.append(table(["CHANNEL", "FAILURE REASON", "COUNT"], failures))
+    # Provider messages: an SMS in 3 parts counts 3, which is what providers bill.
+    counted = [
+        [ch.channel_id, str(ch.parts.sent), str(ch.parts.delivered), str(ch.parts.failed)]
+        for ch in report.channels
+        if ch.parts.sent
+    ]
+    if counted:
+        parts.append(table(["CHANNEL", "PARTS SENT", "PARTS DELIVERED", "PARTS FAILED"], counted))
     engagement = [
         [ch.channel_id, str(ch.progress.opened), str(ch.progress.clicked), str(ch.progress.bounced)]
         for ch in report.channels
@@ -605,6 +613,7 @@ def render_messages(messages: Sequence[res.Message]) -> str:
                 m.address,
                 res.Message.State.Name(m.state) if m.state else "-",
                 str(m.attempts),
+                str(m.parts) if m.parts else "-",
                 m.transport or "-",
                 m.reason or "-",
                 m.outcome or "-",
@@ -618,6 +627,7 @@ def render_messages(messages: Sequence[res.Message]) -> str:
             "ADDRESS",
             "STATE",
             "ATTEMPTS",
+            "PARTS",
             "TRANSPORT",
             "REASON",
             "OUTCOME",
@@ -1404,6 +1414,8 @@ def run_preview(client: Client, args: argparse.Namespace) -> int:
         sys.stdout.write(reply.data.decode("utf-8", errors="replace"))
     else:
         print(reply.summary)
+        if reply.encoding:
+            print(f"Encoding: {reply.encoding}, {reply.parts} part{'' if reply.parts == 1 else 's'}")
         print()
         print(reply.text)
     return EXIT_OK

@@ -317,16 +317,18 @@ MESSAGE_TRANSITIONS: Final[Mapping[MessageState, frozenset[MessageState]]] = Map
         # from starting goes back to QUEUED, or to CANCELLED when its channel was stopped meanwhile.
         _M.SENDING: frozenset({_M.SENT, _M.DELIVERED, _M.FAILED, _M.RETRYING, _M.QUEUED, _M.CANCELLED}),
         _M.RETRYING: frozenset({_M.SENDING, _M.FAILED, _M.CANCELLED}),
-        # A bounce or undeliverable receipt can still arrive after the provider accepted the message.
-        _M.SENT: frozenset({_M.DELIVERED, _M.FAILED, _M.ASSUMED_DELIVERED}),
+        # A bounce or undeliverable receipt can still arrive after the provider accepted the message;
+        # an opt-out reply (an SMS "STOP") answers the message that was sent or delivered.
+        _M.SENT: frozenset({_M.DELIVERED, _M.FAILED, _M.ASSUMED_DELIVERED, _M.OPTED_OUT}),
         # An assumption is only a default: a late receipt still counts.
-        _M.ASSUMED_DELIVERED: frozenset({_M.DELIVERED, _M.FAILED}),
+        _M.ASSUMED_DELIVERED: frozenset({_M.DELIVERED, _M.FAILED, _M.OPTED_OUT}),
         # Only retry-failed takes a message back; nothing else leaves FAILED.
         _M.FAILED: frozenset({_M.QUEUED}),
-        _M.DELIVERED: frozenset(),
+        _M.DELIVERED: frozenset({_M.OPTED_OUT}),
         _M.OPTED_OUT: frozenset(),
-        # Only a restart of a restartable channel type takes a cancelled message back.
-        _M.CANCELLED: frozenset({_M.QUEUED}),
+        # Only a restart of a restartable channel type takes a cancelled message back, or leaves it
+        # out as OPTED_OUT when its address was suppressed since the launch.
+        _M.CANCELLED: frozenset({_M.QUEUED, _M.OPTED_OUT}),
     }
 )
 """The legal moves of a message: state -> the states it may move to (§3.3)."""

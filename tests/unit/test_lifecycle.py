@@ -413,8 +413,14 @@ EXPECTED_MESSAGE_MOVES = {
     (M.SENT, M.ASSUMED_DELIVERED),
     (M.ASSUMED_DELIVERED, M.DELIVERED),
     (M.ASSUMED_DELIVERED, M.FAILED),
+    # An opt-out reply answers a message that was sent or delivered.
+    (M.SENT, M.OPTED_OUT),
+    (M.ASSUMED_DELIVERED, M.OPTED_OUT),
+    (M.DELIVERED, M.OPTED_OUT),
     (M.FAILED, M.QUEUED),
     (M.CANCELLED, M.QUEUED),
+    # A restart leaves out numbers suppressed since the launch.
+    (M.CANCELLED, M.OPTED_OUT),
 }
 MESSAGE_PAIRS = list(itertools.product(MessageState, MessageState))
 
@@ -431,14 +437,15 @@ def test_message_transitions_cover_every_state() -> None:
 
 
 def test_final_messages_have_no_exits_but_retry() -> None:
-    """Final states leave only by retry-failed, restart (CANCELLED -> QUEUED) or a late receipt."""
+    """Final states leave only by retry-failed, restart (CANCELLED -> QUEUED, or OPTED_OUT when
+    suppressed since), a late receipt, or an opt-out reply."""
     exits = {state: MESSAGE_TRANSITIONS[state] for state in MESSAGE_FINAL_STATES}
     assert exits == {
-        M.DELIVERED: frozenset(),
+        M.DELIVERED: {M.OPTED_OUT},
         M.OPTED_OUT: frozenset(),
-        M.CANCELLED: {M.QUEUED},
+        M.CANCELLED: {M.QUEUED, M.OPTED_OUT},
         M.FAILED: {M.QUEUED},
-        M.ASSUMED_DELIVERED: {M.DELIVERED, M.FAILED},
+        M.ASSUMED_DELIVERED: {M.DELIVERED, M.FAILED, M.OPTED_OUT},
     }
 
 

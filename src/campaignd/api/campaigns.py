@@ -325,13 +325,16 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
 
     @unary
     async def RestartCampaign(self, request: svc.RestartCampaignRequest, context: Context) -> pb.Campaign:
-        # "Rebuilds the schedule for every recipient not yet sent": the cancelled ones queue again.
+        # "Rebuilds the schedule for every recipient not yet sent": the cancelled ones that were
+        # never attempted queue again, and send windows apply to them from now on, as at launch;
+        # numbers suppressed since the launch are left out (OPTED_OUT).
+        def requeue(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
+            now = self.manager.clock.now()
+            for channel in chosen:
+                audience_store.requeue_for_restart(conn, record.id, channel.channel_id, channel.type, now)
+
         return await self._transition(
-            "RestartCampaign",
-            Operation.RESTART,
-            request,
-            reason=request.reason,
-            before_commit=self._moving([MessageState.CANCELLED], MessageState.QUEUED),
+            "RestartCampaign", Operation.RESTART, request, reason=request.reason, before_commit=requeue
         )
 
     @unary
@@ -470,7 +473,13 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             ) from None
         except PluginCallError as exc:
             raise ApiError(Code.FAILED_PRECONDITION, "PLUGIN_ERROR", str(exc)) from None
-        return svc.PreviewMessageResponse(summary=rendered.summary, text=rendered.text, data=rendered.data)
+        return svc.PreviewMessageResponse(
+            summary=rendered.summary,
+            text=rendered.text,
+            data=rendered.data,
+            parts=rendered.parts,
+            encoding=rendered.encoding,
+        )
 
     async def _recipients(self, kind: str, addresses: Sequence[str], field: str) -> list[Recipient]:
         """Recipients outside any campaign (test sends, previews): each address normalised for
@@ -517,8 +526,11 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         _, report = await self._snapshot(campaign_id)
         # Per transport needs a pass over the messages, so only this call makes it, not each
         # update of a watch.
-        by_transport = await self.manager.db.read(
-            lambda conn: engine_store.transport_counts(conn, campaign_id)
+        by_transport, parts = await self.manager.db.read(
+            lambda conn: (
+                engine_store.transport_counts(conn, campaign_id),
+                engine_store.part_counts(conn, campaign_id),
+            )
         )
         for channel in report.channels:
             mine: dict[str, dict[str, int]] = {}
@@ -527,6 +539,12 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
                     mine.setdefault(transport, {})[state] = n
             for transport, counts in mine.items():
                 channel.by_transport[transport].CopyFrom(_progress(counts, {}))
+            sent = parts.get(channel.channel_id, {})
+            channel.parts.CopyFrom(
+                pb.PartCounts(
+                    sent=sum(sent.values()), delivered=sent.get("delivered", 0), failed=sent.get("failed", 0)
+                )
+            )
         return report
 
     async def _snapshot(self, campaign_id: str) -> tuple[CampaignRecord, pb.CampaignReport]:
@@ -737,6 +755,8 @@ def _message(campaign_id: str, row: Any) -> pb.Message:
         last_error=row.last_error or "",
         reason=row.reason or "",
         outcome=row.outcome or "",
+        # A message handed to the provider took one part unless its plugin said more.
+        parts=row.parts or (1 if row.attempts or row.provider_id else 0),
     )
     message.state_times["queued"].FromDatetime(row.create_time)
     if row.state != "queued":

@@ -616,7 +616,16 @@ class Engine:
                     result.status, "failed"
                 )
                 reason = result.reason or ("rejected" if state == "failed" else "")
-                outcomes.append(store.Outcome(message.id, state, result.provider_id, result.error, reason))
+                outcomes.append(
+                    store.Outcome(
+                        message.id,
+                        state,
+                        result.provider_id,
+                        result.error,
+                        reason,
+                        parts=max(1, result.parts),
+                    )
+                )
         # A message handed back unsent keeps the transport of its last real attempt.
         return [
             dataclasses.replace(o, transport=via[o.id]) if o.id in via and o.state != "queued" else o
@@ -637,7 +646,9 @@ class Engine:
             # A message handed back unstarted, or to be retried, waits again, unless its channel was
             # stopped or failed meanwhile: then it will never be sent.
             final = [
-                dataclasses.replace(o, state="cancelled", next_attempt_time=None)
+                dataclasses.replace(
+                    o, state="cancelled", next_attempt_time=None, attempted=o.state != "queued"
+                )
                 if stopped and o.state in ("queued", "retrying")
                 else o
                 for o in outcomes

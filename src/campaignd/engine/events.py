@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import time
 from collections.abc import Sequence
 
 from sqlalchemy.engine import Connection
@@ -12,7 +15,7 @@ from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
 from campaignd.plugin import EventKind, InboundEvent
 from campaignd.store import engine as store
-from campaignd.store.audience import add_suppressions
+from campaignd.store.audience import add_suppressions, remove_opt_out
 from campaignd.store.db import Database
 
 log = logs.get("campaignd.events")
@@ -21,6 +24,13 @@ log = logs.get("campaignd.events")
 SUPPRESSING = frozenset(
     {EventKind.BOUNCED, EventKind.COMPLAINED, EventKind.UNSUBSCRIBED, EventKind.OPTED_OUT}
 )
+# Receipts can outrun the result of their own send: a provider may report delivery before the
+# batch that sent the message is recorded (its provider id is written with the batch). Such a
+# receipt is kept and applied again until its message is found, for at most this long.
+PENDING_FOR = 300.0
+PENDING_RETRY = 0.5
+PENDING_LIMIT = 200_000
+_RECEIPTS = frozenset({EventKind.DELIVERED, EventKind.FAILED, EventKind.BOUNCED})
 
 
 class EventRecorder:
@@ -30,27 +40,75 @@ class EventRecorder:
         self.db = database
         self.hub = hub
         self.clock = clock or Clock()
+        # provider id -> (channel type, event, when first seen), in arrival order
+        self.pending: dict[str, tuple[str, InboundEvent, float]] = {}
+        self._retrying: asyncio.Task[None] | None = None
 
     async def record(self, channel_type: str, events: Sequence[InboundEvent]) -> None:
         """Apply `events` of `channel_type`; returns once they are stored."""
+        unmatched = await self._apply([(channel_type, e) for e in events])
+        seen = time.monotonic()
+        for channel_type_, event in unmatched:
+            if len(self.pending) < PENDING_LIMIT:
+                self.pending.setdefault(event.provider_id, (channel_type_, event, seen))
+        if self.pending and (self._retrying is None or self._retrying.done()):
+            self._retrying = asyncio.create_task(self._retry_pending())
+        log.info("inbound events recorded", channel_type=channel_type, events=len(events))
+
+    async def _apply(self, events: Sequence[tuple[str, InboundEvent]]) -> list[tuple[str, InboundEvent]]:
+        """Apply events in one transaction; returns the receipts whose message was not found."""
         now = self.clock.now()
 
-        def write(conn: Connection) -> set[str]:
-            touched: set[str] = set()
+        def write(conn: Connection) -> tuple[set[str], list[tuple[str, InboundEvent]]]:
+            about_messages = [
+                store.Event(e.provider_id, e.kind.value, e.detail, e.reason)
+                for _, e in events
+                if e.provider_id
+            ]
+            touched, unknown = (
+                store.apply_events(conn, about_messages, now) if about_messages else (set(), set())
+            )
+            unmatched = [(t, e) for t, e in events if e.provider_id in unknown and e.kind in _RECEIPTS]
             suppress = []
-            for event in events:
-                if event.provider_id:
-                    moved = store.apply_event(conn, event.provider_id, event.kind.value, event.detail, now)
-                    touched.update(campaign for campaign, _ in moved)
-                if event.address and event.kind in SUPPRESSING:
+            for channel_type, event in events:
+                if not event.address:
+                    continue
+                if event.kind in SUPPRESSING:
                     suppress.append(_suppression(event, channel_type, now))
+                if event.kind is EventKind.OPTED_OUT and not event.provider_id:
+                    # A reply answers the last message the number got on this channel type.
+                    opted = store.opt_out_latest(conn, event.address, channel_type, event.detail, now)
+                    if opted is not None:
+                        touched.add(opted[0])
+                elif event.kind is EventKind.OPTED_IN:
+                    remove_opt_out(conn, event.address, channel_type)
             if suppress:
                 add_suppressions(conn, suppress)
-            return touched
+            return touched, unmatched
 
-        for campaign_id in await self.db.write(write):
+        touched, unmatched = await self.db.write(write)
+        for campaign_id in touched:
             self.hub.publish(campaign_id)
-        log.info("inbound events recorded", channel_type=channel_type, events=len(events))
+        return unmatched
+
+    async def _retry_pending(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while self.pending:
+                await asyncio.sleep(PENDING_RETRY)
+                cutoff = time.monotonic() - PENDING_FOR
+                waiting = list(self.pending.items())
+                for provider_id, (_, _, seen) in waiting:
+                    if seen < cutoff:
+                        del self.pending[provider_id]
+                try:
+                    unmatched = await self._apply([(t, e) for _, (t, e, _) in waiting])
+                except Exception as exc:  # the store is unavailable now: try again later
+                    log.warning("pending receipts not applied", error=str(exc))
+                    continue
+                still = {event.provider_id for _, event in unmatched}
+                for provider_id, _ in waiting:
+                    if provider_id not in still:
+                        self.pending.pop(provider_id, None)
 
 
 def _suppression(event: InboundEvent, channel_type: str, now: dt.datetime) -> dict[str, object]:

@@ -21,7 +21,7 @@ PROJECT = "campaignd"
 ENTRY_POINT_GROUP = "campaignd.channels"
 # The version of the hook contract. A plugin that needs a newer one sets a module attribute
 # `CAMPAIGND_HOOK_API = N`, and an older daemon refuses to load it rather than call it wrongly.
-HOOK_API_VERSION = 2
+HOOK_API_VERSION = 3
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -110,11 +110,14 @@ class Recipient:
 @dataclass(frozen=True)
 class Rendered:
     """One message as it would be sent: a one-line `summary` (e.g. the subject), a readable `text`,
-    and the bytes a provider would receive."""
+    the bytes a provider would receive, how many `parts` it is sent as (an SMS of 3 parts: 3),
+    and its `encoding` where the type has a choice (e.g. "GSM-7", "UCS-2")."""
 
     summary: str
     text: str
     data: bytes = b""
+    parts: int = 1
+    encoding: str = ""
 
 
 class SendStatus(enum.StrEnum):
@@ -134,7 +137,8 @@ class SendResult:
     `transport_down`: the transport could not be reached (connection refused or dropped before
     the message was accepted), so the message was not handed over; the daemon rests the transport
     and sends through another one. `fatal`: the transport is unusable until an operator acts
-    (e.g. refused authentication); a channel whose every transport is fatal fails.
+    (e.g. refused authentication); a channel whose every transport is fatal fails. `parts`: how
+    many provider messages it took (an SMS of 3 parts: 3); stored on the message.
     """
 
     message_id: int
@@ -144,6 +148,7 @@ class SendResult:
     reason: str = ""
     fatal: bool = False
     transport_down: bool = False
+    parts: int = 1
 
 
 class EventKind(enum.StrEnum):
@@ -157,17 +162,20 @@ class EventKind(enum.StrEnum):
     COMPLAINED = "complained"  # the address is suppressed
     UNSUBSCRIBED = "unsubscribed"  # the address is suppressed
     OPTED_OUT = "opted_out"  # e.g. an SMS "STOP"; the address is suppressed
+    OPTED_IN = "opted_in"  # e.g. an SMS "START": the address's opt-out suppression is lifted
 
 
 @dataclass(frozen=True)
 class InboundEvent:
     """An event a provider reported: about a sent message (found by `provider_id`) or about an
-    `address` (an opt-out that answers no particular message)."""
+    `address` (an opt-out that answers no particular message). `reason`: for FAILED, the
+    message's reason (e.g. a receipt's `UNDELIV`); default `failed`."""
 
     kind: EventKind
     provider_id: str = ""
     address: str = ""
     detail: str = ""
+    reason: str = ""
 
 
 class EventSink(Protocol):

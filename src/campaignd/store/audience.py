@@ -299,6 +299,18 @@ def add_suppressions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int
     return len(pairs) - already
 
 
+def remove_opt_out(conn: Connection, address: str, channel_type: str) -> int:
+    """Remove the opt-out suppression of `address` on `channel_type` (an opt-in reply); other
+    suppressions (a bounce, a manual one) stay. Returns how many were removed."""
+    return conn.execute(
+        suppressions.delete().where(
+            suppressions.c.address == address,
+            suppressions.c.channel_type == channel_type,
+            suppressions.c.reason == "opted_out",
+        )
+    ).rowcount
+
+
 def remove_suppression(conn: Connection, suppression_id: int) -> bool:
     """Remove one suppression; False when there was none."""
     return conn.execute(suppressions.delete().where(suppressions.c.id == suppression_id)).rowcount == 1
@@ -659,6 +671,39 @@ def move_messages(
         add_counts(conn, campaign_id, channel_id, {state: -n, to: n})
         moved += n
     return moved
+
+
+def requeue_for_restart(
+    conn: Connection, campaign_id: str, channel_id: str, channel_type: str, now: dt.datetime
+) -> tuple[int, int]:
+    """Restart a stopped channel: its CANCELLED messages that were never attempted queue again,
+    except those whose address was suppressed since (for the type, or for every type), which
+    become OPTED_OUT. Returns (queued, opted out)."""
+    mine = [
+        messages.c.campaign_id == campaign_id,
+        messages.c.channel_id == channel_id,
+        messages.c.state == "cancelled",
+        messages.c.attempts == 0,
+    ]
+    suppressed = sa.exists().where(
+        suppressions.c.address == messages.c.address,
+        suppressions.c.channel_type.in_([channel_type, ""]),
+    )
+    opted_out = conn.execute(
+        messages.update()
+        .where(*mine, suppressed)
+        .values(state="opted_out", reason="suppressed", update_time=now)
+    ).rowcount
+    queued = conn.execute(
+        messages.update().where(*mine).values(state="queued", update_time=now, next_attempt_time=None)
+    ).rowcount
+    add_counts(
+        conn,
+        campaign_id,
+        channel_id,
+        {"cancelled": -(queued + opted_out), "queued": queued, "opted_out": opted_out},
+    )
+    return queued, opted_out
 
 
 def delete_messages(conn: Connection, campaign_id: str) -> None:

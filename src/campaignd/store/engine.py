@@ -46,6 +46,8 @@ class Outcome:
     reason: str = ""
     next_attempt_time: dt.datetime | None = None
     transport: str | None = None  # the transport it went through, when its type uses transports
+    parts: int = 1  # provider messages it took (SMS parts)
+    attempted: bool = True  # False for one handed back unstarted (then queued, or cancelled by a stop)
 
 
 # -- counters -------------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def record(
     valid = [o for o in outcomes if o.id in ours]
     if not valid:
         return 0
-    started = [o for o in valid if o.state != "queued"]
+    started = [o for o in valid if o.state != "queued" and o.attempted]
     conn.execute(
         messages.update()
         .where(messages.c.id == sa.bindparam("mid"))
@@ -198,6 +200,7 @@ def record(
             reason=sa.bindparam("why"),
             next_attempt_time=sa.bindparam("next_at"),
             transport=sa.func.coalesce(sa.bindparam("via", type_=sa.String), messages.c.transport),
+            parts=sa.func.coalesce(sa.bindparam("n_parts", type_=sa.SmallInteger), messages.c.parts),
             attempts=messages.c.attempts + sa.bindparam("tried"),
             lease_owner=None,
             lease_expiry=None,
@@ -212,8 +215,10 @@ def record(
                 "why": o.reason or None,
                 "next_at": o.next_attempt_time,
                 "via": o.transport,
+                # Only a send says how many parts it took; one part is the default and not stored.
+                "n_parts": o.parts if o.state != "queued" and o.parts != 1 else None,
                 # A message handed back unstarted was not attempted.
-                "tried": 0 if o.state == "queued" else 1,
+                "tried": 0 if o.state == "queued" or not o.attempted else 1,
             }
             for o in valid
         ],
@@ -352,6 +357,19 @@ def transport_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str,
     return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
 
+def part_counts(conn: Connection, campaign_id: str) -> dict[str, dict[str, int]]:
+    """Provider messages (SMS parts) of the messages a provider accepted, per channel id and state."""
+    rows = conn.execute(
+        sa.select(messages.c.channel_id, messages.c.state, sa.func.sum(sa.func.coalesce(messages.c.parts, 1)))
+        .where(messages.c.campaign_id == campaign_id, messages.c.provider_id.is_not(None))
+        .group_by(messages.c.channel_id, messages.c.state)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for channel_id, state, n in rows:
+        counts.setdefault(channel_id, {})[state] = int(n)
+    return counts
+
+
 def queue_depths(conn: Connection) -> dict[str, int]:
     """Messages waiting (queued or retrying) in running channels, per channel type."""
     rows = conn.execute(
@@ -390,37 +408,112 @@ EVENT_MOVES: Mapping[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def apply_event(
-    conn: Connection, provider_id: str, kind: str, detail: str, now: dt.datetime
-) -> list[tuple[str, str]]:
-    """Move the messages a provider knows as `provider_id` as event `kind` says; returns the
-    (campaign id, channel id) pairs whose messages moved."""
-    frm, to = EVENT_MOVES.get(kind, ((), ""))
-    rows = conn.execute(
-        sa.select(messages.c.id, messages.c.campaign_id, messages.c.channel_id, messages.c.state).where(
-            messages.c.provider_id == provider_id
+@dataclass(frozen=True)
+class Event:
+    """An inbound event about the messages a provider knows by `provider_id`."""
+
+    provider_id: str
+    kind: str
+    detail: str = ""
+    reason: str = ""
+
+
+def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) -> tuple[set[str], set[str]]:
+    """Move the messages the events name as each event's kind says, in bulk; returns the campaign
+    ids whose messages changed, and the provider ids no message has."""
+    rows: dict[str, list[Any]] = {}
+    ids = sorted({e.provider_id for e in events})
+    for start in range(0, len(ids), 2000):
+        found = conn.execute(
+            sa.select(
+                messages.c.id,
+                messages.c.campaign_id,
+                messages.c.channel_id,
+                messages.c.state,
+                messages.c.provider_id,
+            ).where(messages.c.provider_id.in_(ids[start : start + 2000]))
         )
-    ).all()
-    changed = []
-    for row in rows:
-        if row.state in frm:
-            conn.execute(
-                messages.update()
-                .where(messages.c.id == row.id)
-                .values(
-                    state=to,
-                    reason=kind if to == "failed" else None,
-                    last_error=detail or None,
-                    update_time=now,
-                )
-            )
-            add_counts(conn, row.campaign_id, row.channel_id, {row.state: -1, to: 1})
-        elif kind not in EVENT_MOVES:
-            # Engagement (opened, clicked, complained, ...) is kept as the message's outcome.
-            conn.execute(
-                messages.update().where(messages.c.id == row.id).values(outcome=kind, update_time=now)
-            )
-        else:
-            continue
-        changed.append((row.campaign_id, row.channel_id))
-    return changed
+        for row in found:
+            rows.setdefault(row.provider_id, []).append(row)
+    moves: dict[int, dict[str, Any]] = {}
+    outcomes: dict[int, str] = {}
+    states: dict[int, str] = {}
+    deltas: dict[tuple[str, str], Counter[str]] = {}
+    touched: set[str] = set()
+    for event in events:
+        frm, to = EVENT_MOVES.get(event.kind, ((), ""))
+        for row in rows.get(event.provider_id, ()):
+            state = states.get(row.id, row.state)
+            if state in frm:
+                moves[row.id] = {
+                    "mid": row.id,
+                    "new_state": to,
+                    "why": (event.reason or event.kind)[:63] if to == "failed" else None,
+                    "error": event.detail or None,
+                }
+                states[row.id] = to
+                counter = deltas.setdefault((row.campaign_id, row.channel_id), Counter())
+                counter[state] -= 1
+                counter[to] += 1
+            elif event.kind not in EVENT_MOVES:
+                # Engagement (opened, clicked, complained, ...) is kept as the message's outcome.
+                outcomes[row.id] = event.kind
+            else:
+                continue
+            touched.add(row.campaign_id)
+    if moves:
+        conn.execute(
+            messages.update()
+            .where(messages.c.id == sa.bindparam("mid"))
+            .values(
+                state=sa.bindparam("new_state"),
+                reason=sa.bindparam("why"),
+                last_error=sa.bindparam("error"),
+                update_time=now,
+            ),
+            list(moves.values()),
+        )
+    if outcomes:
+        conn.execute(
+            messages.update()
+            .where(messages.c.id == sa.bindparam("mid"))
+            .values(outcome=sa.bindparam("kind"), update_time=now),
+            [{"mid": mid, "kind": kind} for mid, kind in outcomes.items()],
+        )
+    for (campaign_id, channel_id), counter in deltas.items():
+        add_counts(conn, campaign_id, channel_id, counter)
+    return touched, {e.provider_id for e in events if e.provider_id not in rows}
+
+
+# A reply that opts out answers the last message the number was sent on the channel type.
+OPTED_OUT_FROM = ("sent", "delivered", "assumed_delivered")
+
+
+def opt_out_latest(
+    conn: Connection, address: str, channel_type: str, detail: str, now: dt.datetime
+) -> tuple[str, str] | None:
+    """Mark the latest SENT, DELIVERED or ASSUMED_DELIVERED message to `address` on a channel of
+    `channel_type` in a campaign that is not archived OPTED_OUT; returns its (campaign id,
+    channel id), or None when there is none."""
+    of_type = sa.select(channels.c.campaign_id, channels.c.channel_id).where(channels.c.type == channel_type)
+    live = sa.select(campaigns.c.id).where(campaigns.c.archived.is_(False))
+    row = conn.execute(
+        sa.select(messages.c.id, messages.c.campaign_id, messages.c.channel_id, messages.c.state)
+        .where(
+            messages.c.address == address,
+            messages.c.state.in_(OPTED_OUT_FROM),
+            sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(of_type),
+            messages.c.campaign_id.in_(live),
+        )
+        .order_by(messages.c.update_time.desc(), messages.c.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    conn.execute(
+        messages.update()
+        .where(messages.c.id == row.id)
+        .values(state="opted_out", outcome="opted_out", last_error=detail or None, update_time=now)
+    )
+    add_counts(conn, row.campaign_id, row.channel_id, {row.state: -1, "opted_out": 1})
+    return row.campaign_id, row.channel_id

@@ -822,22 +822,30 @@ class PreviewMessageResponse(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    ENCODING_FIELD_NUMBER: _builtins.int
     summary: _builtins.str
     """One line: the subject of an email, the start of a text message."""
     text: _builtins.str
     """The message as a person reads it."""
     data: _builtins.bytes
     """The message as the provider would receive it (for email, the RFC 5322 message)."""
+    parts: _builtins.int
+    """How many provider messages it takes: the parts of a long SMS; 1 for other types."""
+    encoding: _builtins.str
+    """Its encoding where the channel type has a choice (SMS: "GSM-7" or "UCS-2"); else empty."""
     def __init__(
         self,
         *,
         summary: _builtins.str = ...,
         text: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        parts: _builtins.int = ...,
+        encoding: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "summary", b"summary", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "encoding", b"encoding", "parts", b"parts", "summary", b"summary", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -610,6 +610,7 @@ class Message(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     STATE_TIMES_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name."""
     contact: _builtins.str
@@ -630,6 +631,10 @@ class Message(_message.Message):
     """Machine-readable reason for FAILED or OPTED_OUT (e.g. "timed_out", "bounced")."""
     outcome: _builtins.str
     """Channel-specific outcome (e.g. voice "answered", "busy", "no_answer")."""
+    parts: _builtins.int
+    """How many provider messages it took: the parts of a long SMS (1 for a message sent whole).
+    0 until it was handed to the provider.
+    """
     @_builtins.property
     def state_times(self) -> _containers.MessageMap[_builtins.str, _timestamp_pb2.Timestamp]:
         """When the message entered each state it passed through, keyed by state name."""
@@ -648,10 +653,11 @@ class Message(_message.Message):
         reason: _builtins.str = ...,
         outcome: _builtins.str = ...,
         state_times: _abc.Mapping[_builtins.str, _timestamp_pb2.Timestamp] | None = ...,
+        parts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attempts", b"attempts", "contact", b"contact", "last_error", b"last_error", "name", b"name", "outcome", b"outcome", "provider_id", b"provider_id", "reason", b"reason", "state", b"state", "state_times", b"state_times", "transport", b"transport"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attempts", b"attempts", "contact", b"contact", "last_error", b"last_error", "name", b"name", "outcome", b"outcome", "parts", b"parts", "provider_id", b"provider_id", "reason", b"reason", "state", b"state", "state_times", b"state_times", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -939,6 +945,7 @@ class ChannelReport(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
     BY_TRANSPORT_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     """The channel id."""
     type: _builtins.str
@@ -957,6 +964,10 @@ class ChannelReport(_message.Message):
     def by_transport(self) -> _containers.MessageMap[_builtins.str, Global___Progress]:
         """Counters per transport name."""
 
+    @_builtins.property
+    def parts(self) -> Global___PartCounts:
+        """Provider messages (SMS parts) of the messages handed to the provider, by outcome."""
+
     def __init__(
         self,
         *,
@@ -966,14 +977,47 @@ class ChannelReport(_message.Message):
         progress: Global___Progress | None = ...,
         audience: Global___AudienceCounts | None = ...,
         by_transport: _abc.Mapping[_builtins.str, Global___Progress] | None = ...,
+        parts: Global___PartCounts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "parts", b"parts", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "by_transport", b"by_transport", "channel_id", b"channel_id", "progress", b"progress", "state", b"state", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "by_transport", b"by_transport", "channel_id", b"channel_id", "parts", b"parts", "progress", b"progress", "state", b"state", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChannelReport: _TypeAlias = ChannelReport  # noqa: Y015
+
+@_typing.final
+class PartCounts(_message.Message):
+    """Provider messages counted in parts: an SMS of 3 parts counts 3."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    sent: _builtins.int
+    """Parts of every message the provider accepted (SENT, DELIVERED, ASSUMED_DELIVERED, and those
+    that failed or opted out after it accepted them).
+    """
+    delivered: _builtins.int
+    """Parts of DELIVERED messages."""
+    failed: _builtins.int
+    """Parts of FAILED messages the provider accepted first (a failed receipt)."""
+    def __init__(
+        self,
+        *,
+        sent: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "failed", b"failed", "sent", b"sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartCounts: _TypeAlias = PartCounts  # noqa: Y015
 
 @_typing.final
 class CampaignReport(_message.Message):

@@ -1,0 +1,93 @@
+"""An open sms transport: the provider link of its kind (smpp or kannel), and what the provider
+reports back, turned into events."""
+
+from __future__ import annotations
+
+from campaignd.plugin import (
+    EventSink,
+    Gate,
+    InboundEvent,
+    Recipient,
+    SendResult,
+    SendStatus,
+    Transport,
+)
+from campaignd_sms import settings
+from campaignd_sms.encoding import Concatenation, Encoded
+from campaignd_sms.kannel import Kannel
+from campaignd_sms.receipts import EventQueue, Receipt, Receipts, e164, parse_receipt, reply_kind
+from campaignd_sms.settings import Sender, SmppSettings
+from campaignd_sms.smpp import Deliver, Link, build
+
+
+class SmsTransport:
+    """An open transport of the sms type."""
+
+    def __init__(self, transport: Transport, events: EventSink) -> None:
+        self.transport = transport
+        self.events = EventQueue(events, settings.TYPE)
+        self.receipts = Receipts(self.events)
+        self.events.ticks.append(self.receipts)
+        self.kind = str(transport.options.get("kind", "smpp"))
+        self.smpp: Link | None = None
+        self.kannel: Kannel | None = None
+        if self.kind == "smpp":
+            self.smpp_settings = SmppSettings.from_options(transport.options)
+            self.smpp = Link(self.smpp_settings, transport.concurrency, self.delivered)
+        else:
+            self.kannel = Kannel(transport, self)
+
+    async def start(self) -> None:
+        """Start what must run before the first send (kannel's callback listener)."""
+        if self.kannel is not None:
+            await self.kannel.start()
+
+    async def close(self) -> None:
+        """Close the provider link, after handing over what came back."""
+        if self.smpp is not None:
+            await self.smpp.close()
+        if self.kannel is not None:
+            await self.kannel.close()
+        await self.events.close()
+
+    async def send(
+        self, recipient: Recipient, encoded: Encoded, sender: Sender, concatenation: Concatenation, gate: Gate
+    ) -> SendResult:
+        """Send one message; SENT with the provider's id of its first part."""
+        if self.kannel is not None:
+            return await self.kannel.send(recipient, encoded, sender, gate)
+        assert self.smpp is not None
+        registered = 1 if self.smpp_settings.registered_delivery else 0
+        submission = build(recipient, encoded, sender, concatenation, next(self.smpp.references), registered)
+        result, part_ids = await self.smpp.send(submission, gate)
+        if result.status is SendStatus.SENT:
+            self.receipts.sent(part_ids)
+        return result
+
+    def delivered(self, deliver: Deliver) -> None:
+        """A deliver_sm: a receipt for a part, or a reply from a recipient."""
+        if deliver.is_receipt:
+            receipt = parse_receipt(deliver.text, deliver.receipted_id)
+            if receipt is not None:
+                self.receipts.receipt(receipt)
+            return
+        self.reply(deliver.source, deliver.text)
+
+    def receipt(self, receipt: Receipt) -> None:
+        """A receipt that came another way (a Kannel DLR)."""
+        self.receipts.receipt(receipt)
+
+    def reply(self, source: str, text: str) -> None:
+        """An inbound message: an opt-out or opt-in keyword becomes an event for its number."""
+        kind = reply_kind(text)
+        if kind is None:
+            return
+        detail = f"reply {text.strip()[:40]!r}"
+        self.events.put(InboundEvent(kind, address=e164(source), detail=detail))
+
+
+async def open_transport(transport: Transport, events: EventSink) -> SmsTransport:
+    """Open an sms transport; the provider is reached at the first send."""
+    opened = SmsTransport(transport, events)
+    await opened.start()
+    return opened

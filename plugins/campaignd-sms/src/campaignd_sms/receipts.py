@@ -1,0 +1,214 @@
+"""What comes back from an SMSC: delivery receipts for the parts of sent messages, and inbound
+messages whose text is an opt-out (or opt-in) keyword. Both become InboundEvents, reported in
+batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from campaignd.plugin import EventKind, EventSink, InboundEvent
+
+OPT_OUT = frozenset(
+    {"STOP", "END", "CANCEL", "UNSUBSCRIBE", "QUIT", "REVOKE", "OPT OUT", "OPTOUT", "STOPALL"}
+)
+OPT_IN = frozenset({"START", "UNSTOP"})
+_PUNCTUATION = re.compile(r"[^\w]+")
+
+DELIVERED_STATES = frozenset({"DELIVRD", "DELIVERED"})
+FINAL_FAILURES = frozenset({"UNDELIV", "EXPIRED", "REJECTD", "DELETED", "UNKNOWN", "FAILED"})
+_RECEIPT_FIELD = re.compile(r"(id|sub|dlvrd|submit date|done date|stat|err|text):", re.IGNORECASE)
+
+
+def keyword(text: str) -> str:
+    """The text as a keyword: upper case, punctuation and surrounding space dropped, inner
+    spaces single ("  opt-out! " → "OPT OUT")."""
+    return " ".join(_PUNCTUATION.sub(" ", text).split()).upper()
+
+
+def reply_kind(text: str) -> EventKind | None:
+    """OPTED_OUT for an opt-out keyword, OPTED_IN for START/UNSTOP, else None."""
+    word = keyword(text)
+    if word in OPT_OUT:
+        return EventKind.OPTED_OUT
+    if word in OPT_IN:
+        return EventKind.OPTED_IN
+    return None
+
+
+def e164(number: str) -> str:
+    """An inbound source address as E.164: digits with a leading +."""
+    digits = "".join(c for c in number if c.isdigit())
+    return f"+{digits}" if digits else number
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A delivery receipt for one part: the SMSC's id of the part, its final state and error."""
+
+    part_id: str
+    stat: str
+    err: str = ""
+
+
+def parse_receipt(text: str, receipted_id: str = "") -> Receipt | None:
+    """The receipt in a deliver_sm's text ("id:… sub:… stat:DELIVRD err:000 …"); the
+    receipted_message_id parameter wins over the text's id. None when it has no id or stat."""
+    fields: dict[str, str] = {}
+    matches = list(_RECEIPT_FIELD.finditer(text))
+    for match, following in zip(matches, [*matches[1:], None], strict=True):
+        end = following.start() if following else len(text)
+        fields[match.group(1).lower()] = text[match.end() : end].strip()
+    part_id = receipted_id or fields.get("id", "")
+    stat = fields.get("stat", "").upper()
+    if not part_id or not stat:
+        return None
+    return Receipt(part_id, stat, fields.get("err", ""))
+
+
+class _Message:
+    __slots__ = ("key", "waiting")
+
+    def __init__(self, key: str, waiting: set[str]) -> None:
+        self.key = key
+        self.waiting = waiting
+
+
+class Receipts:
+    """Turns part receipts into message events: a message is DELIVERED once every part is, and
+    FAILED at its first failed part. A receipt may come before its part is known (before the
+    submit_sm_resp was read): it waits up to `hold` seconds for it."""
+
+    def __init__(self, out: EventQueue, *, hold: float = 30.0, limit: int = 1_000_000) -> None:
+        self.out = out
+        self.hold = hold
+        self.limit = limit
+        self.parts: OrderedDict[str, _Message] = OrderedDict()
+        self.early: OrderedDict[str, tuple[float, Receipt]] = OrderedDict()
+
+    def sent(self, part_ids: list[str]) -> None:
+        """A message was accepted as these parts; the first part's id is its provider id."""
+        if not part_ids:
+            return
+        message = _Message(part_ids[0], set(part_ids))
+        for part_id in part_ids:
+            self.parts[part_id] = message
+        while len(self.parts) > self.limit:
+            self.parts.popitem(last=False)
+        for part_id in part_ids:
+            early = self.early.pop(part_id, None)
+            if early is not None:
+                self._apply(early[1])
+
+    def receipt(self, receipt: Receipt) -> None:
+        """Apply one part's receipt."""
+        self._expire()
+        if receipt.part_id in self.parts:
+            self._apply(receipt)
+        else:
+            self.early[receipt.part_id] = (time.monotonic(), receipt)
+
+    def _expire(self) -> None:
+        # A receipt whose part never became known answers a message sent before this process
+        # started: its part id is the provider id of a one-part message (or the first part).
+        cutoff = time.monotonic() - self.hold
+        while self.early:
+            part_id, (seen, receipt) = next(iter(self.early.items()))
+            if seen > cutoff:
+                break
+            del self.early[part_id]
+            self._report(part_id, receipt)
+
+    def _apply(self, receipt: Receipt) -> None:
+        message = self.parts.get(receipt.part_id)
+        if message is None:
+            return
+        if receipt.stat in DELIVERED_STATES:
+            message.waiting.discard(receipt.part_id)
+            del self.parts[receipt.part_id]
+            if not message.waiting:
+                self._report(message.key, receipt)
+        elif receipt.stat in FINAL_FAILURES:
+            for part_id in message.waiting:
+                self.parts.pop(part_id, None)
+            message.waiting.clear()
+            self._report(message.key, receipt)
+
+    def _report(self, provider_id: str, receipt: Receipt) -> None:
+        if receipt.stat in DELIVERED_STATES:
+            self.out.put(InboundEvent(EventKind.DELIVERED, provider_id=provider_id))
+        elif receipt.stat in FINAL_FAILURES:
+            detail = f"receipt stat:{receipt.stat}" + (f" err:{receipt.err}" if receipt.err else "")
+            self.out.put(
+                InboundEvent(EventKind.FAILED, provider_id=provider_id, detail=detail, reason=receipt.stat)
+            )
+
+    def flush_expired(self) -> None:
+        """Report receipts that waited out their hold."""
+        self._expire()
+
+
+class EventQueue:
+    """Events on their way to the daemon, handed over in batches by one task; kept and tried
+    again when the daemon cannot store them yet."""
+
+    def __init__(
+        self, sink: EventSink, channel_type: str, *, interval: float = 0.05, batch: int = 2000
+    ) -> None:
+        self.sink = sink
+        self.channel_type = channel_type
+        self.interval = interval
+        self.batch = batch
+        self.queue: list[InboundEvent] = []
+        self.ready = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.ticks: list[Receipts] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, event: InboundEvent) -> None:
+        """Queue one event."""
+        self.queue.append(event)
+        self.idle.clear()
+        self.ready.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(1.0):
+                    await self.ready.wait()
+            except TimeoutError:
+                for receipts in self.ticks:
+                    receipts.flush_expired()
+                if not self.queue:
+                    continue
+            self.ready.clear()
+            await asyncio.sleep(self.interval)
+            while self.queue:
+                batch, self.queue = self.queue[: self.batch], self.queue[self.batch :]
+                try:
+                    await self.sink.record(self.channel_type, batch)
+                except Exception:  # the store is unavailable now: keep them and try again
+                    self.queue[:0] = batch
+                    await asyncio.sleep(1.0)
+            self.idle.set()
+
+    async def drain(self, within: float = 5.0) -> None:
+        """Wait until every queued event was handed over (or `within` seconds passed)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.idle.wait()
+
+    async def close(self) -> None:
+        """Hand over what is queued, then stop."""
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

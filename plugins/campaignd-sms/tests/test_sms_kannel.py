@@ -1,0 +1,137 @@
+"""The kannel transport against real Kannel (bearerbox, smsbox, fakesmsc) and the real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import urllib.error
+import urllib.request
+
+import campaignd_sms
+import pytest
+from kannel import PASSWORD, USER, free_port, running_kannel
+from test_sms_daemon import import_contacts, messages, number, report, sms_channel, suppressed, wait, zone_at
+
+from campaignd.plugin import ChannelInfo, Recipient, SendStatus, Transport
+from campaignd.v1 import resources_pb2 as pb
+from tests.integration.campaign_client import Client
+from tests.integration.conftest import DaemonFactory
+from tests.integration.conftest import daemon_factory as daemon_factory  # the fixture
+
+SECRET = "a-callback-secret-of-some-length"
+FAST = "[engine]\ntick_interval = 0.05\nretry_delay = 0.2\nsending_timeout = 10.0\ntransport_rest = 1.0\n"
+
+
+def kannel_transport(sendsms_url: str, callback_port: int, password: str = PASSWORD) -> str:
+    """A kannel transport; the callback listener on `callback_port`."""
+    options = (
+        f'kind = "kannel", sendsms_url = "{sendsms_url}", username = "{USER}", '
+        f'kannel_password = {{ env = "KANNEL_PASSWORD" }}, callback_host = "127.0.0.1", '
+        f'callback_port = {callback_port}, callback_url = "http://127.0.0.1:{callback_port}", '
+        f'callback_secret = {{ env = "CALLBACK_SECRET" }}'
+    )
+    return f'[transports.kannel]\ntype = "sms"\nconcurrency = 20\noptions = {{ {options} }}\n'
+
+
+def test_a_thousand_through_kannel_delivered_and_a_stop_reply_suppresses(
+    daemon_factory: DaemonFactory, tmp_path: pathlib.Path
+) -> None:
+    """1,000 recipients through smsbox: each reaches fakesmsc once, SENT then DELIVERED by the DLR
+    callback; a "Stop" typed into fakesmsc suppresses that number and a later campaign skips it."""
+    callback = free_port()
+    mo_url = f"http://127.0.0.1:{callback}/{SECRET}/mo?from=%p&text=%a"
+    with running_kannel(tmp_path, mo_url) as kannel:
+        env = {"KANNEL_PASSWORD": PASSWORD, "CALLBACK_SECRET": SECRET}
+        daemon = daemon_factory(FAST + kannel_transport(kannel.sendsms_url, callback), env=env).start()
+        midday = zone_at(14)
+        import_contacts(daemon, 1000, lambda i: midday)
+        with daemon.channel() as channel:
+            client = Client(channel)
+            campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+            client.launch(campaign.name)
+            wait(
+                lambda: report(client, campaign.name).totals.delivered == 1000, seconds=120, what="1000 DLRs"
+            )
+            assert {m.state for m in messages(client, campaign.name)} == {pb.Message.DELIVERED}
+            wait(lambda: len(kannel.received()) == 1000, what="fakesmsc to show 1000")
+            assert len({to for _, to in kannel.received()}) == 1000
+
+            kannel.reply(number(5), "Stop")
+            wait(lambda: bool(suppressed(daemon, number(5))), what="the suppression")
+            again = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+            client.launch(again.name)
+            wait(lambda: report(client, again.name).totals.delivered == 999, seconds=120, what="999 DLRs")
+            assert number(5) not in {m.address for m in messages(client, again.name)}
+
+
+def test_callbacks_without_the_secret_are_refused(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DLR or MO callback without the secret gets 403, is logged and changes nothing; a wrong
+    sendsms password is a fatal error of the transport."""
+    callback = free_port()
+    with running_kannel(tmp_path, f"http://127.0.0.1:{callback}/{SECRET}/mo?from=%p&text=%a") as kannel:
+        options = {
+            "kind": "kannel",
+            "sendsms_url": kannel.sendsms_url,
+            "username": USER,
+            "kannel_password": "wrong",
+            "callback_port": callback,
+            "callback_url": f"http://127.0.0.1:{callback}",
+            "callback_secret": SECRET,
+        }
+        recorded: list[object] = []
+
+        class Events:
+            """Keeps what it is given."""
+
+            async def record(self, channel_type: str, events: object) -> None:
+                recorded.append(events)
+
+        async def scenario() -> list[int]:
+            transport = Transport("kannel", "sms", 0, 4, options)
+            opening = campaignd_sms.campaignd_open_transport(
+                channel_type="sms", transport=transport, events=Events()
+            )
+            assert opening is not None
+            client = await opening
+            codes = []
+            for path in ("/wrong/mo?from=1415&text=STOP", "/dlr?id=x&type=1", f"/{SECRET}x/dlr?id=x&type=1"):
+                codes.append(await asyncio.to_thread(_status, f"http://127.0.0.1:{callback}{path}"))
+
+            class Gate:
+                """Admits everything."""
+
+                async def admit(self, weight: float = 1.0) -> bool:
+                    return True
+
+            sending = campaignd_sms.campaignd_send(
+                channel_type="sms",
+                channel=ChannelInfo("campaigns/c", "sms", "sms", {"text": "hi", "sender": "Shop"}),
+                recipients=[Recipient(1, "+14155550100", {}, 1)],
+                gate=Gate(),
+                transport=transport,
+                client=client,
+                options={},
+            )
+            assert sending is not None
+            [result] = await sending
+            assert result.status is SendStatus.RETRY
+            assert result.fatal
+            assert result.error.startswith("403")
+            await asyncio.sleep(0.2)
+            await client.close()
+            return codes
+
+        assert asyncio.run(scenario()) == [403, 403, 403]
+        assert recorded == []
+    refusals = [r for r in caplog.records if "kannel callback refused" in r.getMessage()]
+    assert len(refusals) == 3
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - a local test URL
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code

@@ -1,0 +1,310 @@
+"""Sending through a scripted SMSC: receipts, parts, throttling, errors, lost connections,
+refused binds, replies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import campaignd_sms
+from smsc import ESME_RINVDSTADR, ESME_RTHROTTLED, Answer, Smsc, Submitted
+
+from campaignd.plugin import (
+    ChannelInfo,
+    EventKind,
+    InboundEvent,
+    Recipient,
+    SendResult,
+    SendStatus,
+    Transport,
+)
+
+
+class Events:
+    """An EventSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[InboundEvent] = []
+
+    async def record(self, channel_type: str, events: Sequence[InboundEvent]) -> None:
+        """Keep the events."""
+        assert channel_type == "sms"
+        self.events.extend(events)
+
+    def of(self, kind: EventKind) -> list[InboundEvent]:
+        """The events of one kind."""
+        return [e for e in self.events if e.kind is kind]
+
+
+class Gate:
+    """A gate that admits everything and remembers the weights it was asked for."""
+
+    def __init__(self) -> None:
+        self.weights: list[float] = []
+
+    async def admit(self, weight: float = 1.0) -> bool:
+        """Admit."""
+        self.weights.append(weight)
+        return True
+
+
+def transport(smsc: Smsc, **options: Any) -> Transport:
+    """An smpp transport to the SMSC."""
+    base = {
+        "kind": "smpp",
+        "host": "127.0.0.1",
+        "port": smsc.port,
+        "system_id": "campaignd",
+        "password": smsc.password,
+        "timeout": 3,
+    }
+    return Transport("smsc", "sms", rate=0, concurrency=10, options={**base, **options})
+
+
+def channel(text: str = "Hello {{ contact.first_name }}", sender: str = "Shop") -> ChannelInfo:
+    """An sms channel."""
+    return ChannelInfo("campaigns/c1", "sms", "sms", {"text": text, "sender": sender})
+
+
+def recipients(n: int, first: int = 1) -> list[Recipient]:
+    """`n` recipients with numbers +1415555xxxx."""
+    return [
+        Recipient(i, f"+1415555{i:04d}", {"attributes": {"first_name": f"Ada{i}"}}, 1)
+        for i in range(first, first + n)
+    ]
+
+
+async def run(
+    smsc: Smsc,
+    batches: Sequence[Sequence[Recipient]],
+    *,
+    info: ChannelInfo | None = None,
+    options: dict[str, Any] | None = None,
+    type_options: dict[str, Any] | None = None,
+    settle: Callable[[Events], bool] | None = None,
+    between: Callable[[], None] | None = None,
+) -> tuple[list[SendResult], Events]:
+    """Open a transport, send the batches one after the other, wait for `settle`, close."""
+    events = Events()
+    opened = transport(smsc, **(options or {}))
+    opening = campaignd_sms.campaignd_open_transport(channel_type="sms", transport=opened, events=events)
+    assert opening is not None
+    client = await opening
+    results: list[SendResult] = []
+    try:
+        for batch in batches:
+            sending = campaignd_sms.campaignd_send(
+                channel_type="sms",
+                channel=info or channel(),
+                recipients=batch,
+                gate=Gate(),
+                transport=None,
+                client=client,
+                options=type_options or {},
+            )
+            assert sending is not None
+            results += await sending
+            if between:
+                between()
+        if settle is not None:
+            async with asyncio.timeout(10):
+                # The sink is filled by the transport's own task: poll what it has.
+                while not settle(events):  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+    finally:
+        closing = campaignd_sms.campaignd_close_transport(channel_type="sms", transport=opened, client=client)
+        assert closing is not None
+        await closing
+    return results, events
+
+
+def by_id(results: Sequence[SendResult]) -> dict[int, SendResult]:
+    """Results by message id."""
+    return {r.message_id: r for r in results}
+
+
+def test_delivered_receipts_move_every_message(smsc: Smsc) -> None:
+    """Every message is SENT with the SMSC's id, then a DELIVERED event arrives for that id."""
+    results, events = asyncio.run(
+        run(smsc, [recipients(20)], settle=lambda e: len(e.of(EventKind.DELIVERED)) == 20)
+    )
+    assert {r.status for r in results} == {SendStatus.SENT}
+    assert sorted(e.provider_id for e in events.of(EventKind.DELIVERED)) == sorted(
+        r.provider_id for r in results
+    )
+    assert [s.message_id for s in smsc.submits] == sorted(r.provider_id for r in results)
+    first = smsc.submits[0]
+    assert (first.source, first.source_ton, first.data_coding) == ("Shop", 5, 0)
+    assert first.destination.startswith("1415555")
+    assert first.short_message == b"Hello Ada1"
+
+
+def test_failed_receipts_fail_with_their_stat(smsc: Smsc) -> None:
+    """UNDELIV and EXPIRED receipts become FAILED events with the stat as reason and the error."""
+
+    def script(submit: Submitted, count: int) -> Answer:
+        return (
+            Answer(stat="UNDELIV", err="001") if submit.destination.endswith("1") else Answer(stat="EXPIRED")
+        )
+
+    results, events = asyncio.run(run(smsc, [recipients(4)], settle=lambda e: len(e.events) == 4))
+    assert {r.status for r in results} == {SendStatus.SENT}
+    smsc.script = script
+    results, events = asyncio.run(run(smsc, [recipients(4, first=11)], settle=lambda e: len(e.events) == 4))
+    failed = {e.provider_id: e for e in events.of(EventKind.FAILED)}
+    ids = by_id(results)
+    assert failed[ids[11].provider_id].reason == "UNDELIV"
+    assert failed[ids[11].provider_id].detail == "receipt stat:UNDELIV err:001"
+    assert {failed[ids[i].provider_id].reason for i in (12, 13, 14)} == {"EXPIRED"}
+
+
+def test_a_receipt_before_the_response_is_not_lost(smsc: Smsc) -> None:
+    """Receipts the SMSC sends before its submit_sm_resp still deliver their messages."""
+    smsc.script = lambda submit, count: Answer(receipt_first=True)
+    results, events = asyncio.run(
+        run(smsc, [recipients(10)], settle=lambda e: len(e.of(EventKind.DELIVERED)) == 10)
+    )
+    assert sorted(e.provider_id for e in events.of(EventKind.DELIVERED)) == sorted(
+        r.provider_id for r in results
+    )
+
+
+def test_a_long_message_goes_in_parts_and_is_delivered_when_every_part_is(smsc: Smsc) -> None:
+    """A 3-part GSM-7 text: 3 submits with a concatenation header; DELIVERED only after the
+    third part's receipt; the gate is asked for a weight of 3."""
+    text = "x" * 400
+    smsc.script = lambda submit, count: Answer(stat=None if count == 2 else "DELIVRD")
+    results, events = asyncio.run(run(smsc, [recipients(1)], info=channel(text), settle=lambda e: True))
+    assert results[0].status is SendStatus.SENT
+    assert results[0].parts == 3
+    headers = [s.short_message[:6] for s in smsc.submits]
+    assert [h[4:] for h in headers] == [b"\x03\x01", b"\x03\x02", b"\x03\x03"]
+    assert {s.esm_class & 0x40 for s in smsc.submits} == {0x40}
+    assert b"".join(s.short_message[6:] for s in smsc.submits) == b"x" * 400
+    assert events.of(EventKind.DELIVERED) == []
+
+
+def test_sar_concatenation_uses_optional_parameters(smsc: Smsc) -> None:
+    """With concatenation "sar", the parts carry sar_* parameters and no header."""
+    results, events = asyncio.run(
+        run(
+            smsc,
+            [recipients(1)],
+            info=channel("€" * 100),
+            type_options={"concatenation": "sar"},
+            settle=lambda e: len(e.of(EventKind.DELIVERED)) == 1,
+        )
+    )
+    assert results[0].parts == 2
+    assert [s.tlvs[0x020F] for s in smsc.submits] == [b"\x01", b"\x02"]
+    assert {s.tlvs[0x020E] for s in smsc.submits} == {b"\x02"}
+    assert {s.esm_class for s in smsc.submits} == {0}
+    assert events.of(EventKind.DELIVERED)[0].provider_id == smsc.submits[0].message_id
+
+
+def test_ucs2_text(smsc: Smsc) -> None:
+    """A text with a character outside GSM-7 goes as UCS-2 (data_coding 8)."""
+    results, _ = asyncio.run(run(smsc, [recipients(1)], info=channel("Привет 😀")))
+    assert results[0].status is SendStatus.SENT
+    assert smsc.submits[0].data_coding == 8
+    assert smsc.submits[0].short_message.decode("utf-16-be") == "Привет 😀"
+
+
+def test_throttling_retries_and_slows_down(smsc: Smsc) -> None:
+    """ESME_RTHROTTLED: those messages RETRY with reason throttled, the others go, and none is
+    submitted twice."""
+    smsc.script = lambda submit, count: Answer(status=ESME_RTHROTTLED) if count < 3 else Answer()
+    results, _ = asyncio.run(run(smsc, [recipients(8)]))
+    retried = [r for r in results if r.status is SendStatus.RETRY]
+    assert len(retried) == 3
+    assert {r.reason for r in retried} == {"throttled"}
+    assert all("ESME_RTHROTTLED" in r.error for r in retried)
+    assert len([r for r in results if r.status is SendStatus.SENT]) == 5
+    assert len(smsc.submits) == 8
+    assert len({s.destination for s in smsc.submits}) == 8
+
+
+def test_permanent_errors_fail_with_the_status_name(smsc: Smsc) -> None:
+    """ESME_RINVDSTADR fails that message for good, with the status name as its reason."""
+    smsc.script = lambda submit, count: (
+        Answer(status=ESME_RINVDSTADR) if submit.destination.endswith("2") else Answer()
+    )
+    results, _ = asyncio.run(run(smsc, [recipients(3)]))
+    ids = by_id(results)
+    assert ids[2].status is SendStatus.FAILED
+    assert ids[2].reason == "ESME_RINVDSTADR"
+    assert {ids[1].status, ids[3].status} == {SendStatus.SENT}
+
+
+def test_a_dropped_connection_mid_window(smsc: Smsc) -> None:
+    """The SMSC drops the connection with submits outstanding: what it accepted is SENT, the
+    rest RETRY, and the next batch goes through a new session."""
+    smsc.answer_delay = 0.05
+    smsc.script = lambda submit, count: Answer(drop=True) if count == 5 else Answer(stat=None)
+    results, _ = asyncio.run(run(smsc, [recipients(10)]))
+    sent = {r.provider_id for r in results if r.status is SendStatus.SENT}
+    assert all(r.status in (SendStatus.SENT, SendStatus.RETRY) for r in results)
+    assert len([r for r in results if r.status is SendStatus.RETRY]) >= 1
+    assert sent <= {s.message_id for s in smsc.accepted()}
+    smsc.script = lambda submit, count: Answer(stat=None)
+    before = len(smsc.submits)
+    results, _ = asyncio.run(run(smsc, [recipients(3, first=50)]))
+    assert {r.status for r in results} == {SendStatus.SENT}
+    assert len(smsc.submits) == before + 3
+
+
+def test_bind_refused_is_fatal(smsc: Smsc) -> None:
+    """A wrong password: every message RETRY with fatal and the status name; one bind tried."""
+    results, _ = asyncio.run(run(smsc, [recipients(4)], options={"password": "wrong"}))
+    assert {r.status for r in results} == {SendStatus.RETRY}
+    assert all(r.fatal for r in results)
+    assert "ESME_RINVPASWD" in results[0].error
+    assert smsc.refused_binds == 1
+    assert smsc.submits == []
+
+
+def test_opt_out_and_opt_in_replies(smsc: Smsc) -> None:
+    """Replies "Stop", " opt-out! " and "START" become OPTED_OUT, OPTED_OUT and OPTED_IN for
+    their numbers; other replies change nothing."""
+
+    def replies() -> None:
+        smsc.reply("14155550001", "Stop")
+        smsc.reply("14155550002", " opt-out! ")
+        smsc.reply("14155550003", "hello there")
+        smsc.reply("14155550004", "START", ucs2=True)
+
+    _, events = asyncio.run(run(smsc, [recipients(1)], between=replies, settle=lambda e: len(e.events) >= 4))
+    replies_seen = [(e.kind, e.address) for e in events.events if e.address]
+    assert replies_seen == [
+        (EventKind.OPTED_OUT, "+14155550001"),
+        (EventKind.OPTED_OUT, "+14155550002"),
+        (EventKind.OPTED_IN, "+14155550004"),
+    ]
+
+
+def test_enquire_link_when_idle(smsc: Smsc) -> None:
+    """A session with nothing to send keeps itself alive with enquire_link."""
+
+    async def scenario() -> None:
+        opening = campaignd_sms.campaignd_open_transport(
+            channel_type="sms", transport=transport(smsc, enquire_link=0.2), events=Events()
+        )
+        assert opening is not None
+        client = await opening
+        sending = campaignd_sms.campaignd_send(
+            channel_type="sms",
+            channel=channel(),
+            recipients=recipients(1),
+            gate=Gate(),
+            transport=None,
+            client=client,
+            options={},
+        )
+        assert sending is not None
+        assert [r.status for r in await sending] == [SendStatus.SENT]
+        await asyncio.sleep(0.7)
+        await client.close()
+
+    asyncio.run(scenario())
+    assert smsc.enquire_links >= 2
