@@ -517,8 +517,11 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         _, report = await self._snapshot(campaign_id)
         # Per transport needs a pass over the messages, so only this call makes it, not each
         # update of a watch.
-        by_transport = await self.manager.db.read(
-            lambda conn: engine_store.transport_counts(conn, campaign_id)
+        by_transport, outcomes = await self.manager.db.read(
+            lambda conn: (
+                engine_store.transport_counts(conn, campaign_id),
+                engine_store.outcome_counts(conn, campaign_id),
+            )
         )
         for channel in report.channels:
             mine: dict[str, dict[str, int]] = {}
@@ -527,6 +530,10 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
                     mine.setdefault(transport, {})[state] = n
             for transport, counts in mine.items():
                 channel.by_transport[transport].CopyFrom(_progress(counts, {}))
+            for (channel_id, said), n in outcomes.items():
+                if channel_id == channel.channel_id:
+                    channel.progress.by_outcome[said] = n
+                    report.totals.by_outcome[said] += n
         return report
 
     async def _snapshot(self, campaign_id: str) -> tuple[CampaignRecord, pb.CampaignReport]:
@@ -738,6 +745,8 @@ def _message(campaign_id: str, row: Any) -> pb.Message:
         reason=row.reason or "",
         outcome=row.outcome or "",
     )
+    if row.talk_time is not None:
+        message.talk_time.FromNanoseconds(round(row.talk_time * 1e9))
     message.state_times["queued"].FromDatetime(row.create_time)
     if row.state != "queued":
         message.state_times[row.state].FromDatetime(row.update_time)

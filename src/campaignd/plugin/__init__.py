@@ -135,6 +135,12 @@ class SendResult:
     the message was accepted), so the message was not handed over; the daemon rests the transport
     and sends through another one. `fatal`: the transport is unusable until an operator acts
     (e.g. refused authentication); a channel whose every transport is fatal fails.
+
+    `outcome`: what became of it in the channel's own terms (e.g. a call's "answered", "busy",
+    "no_answer"), kept as the message's outcome and counted in reports. `talk_time`: seconds an
+    answered call lasted. `retry_delay`: for RETRY, seconds until the next attempt when the plugin
+    counts the attempts itself (it answers FAILED once they are used up); the daemon's
+    `max_attempts` and back-off then do not apply. None: the daemon decides as for any RETRY.
     """
 
     message_id: int
@@ -144,6 +150,9 @@ class SendResult:
     reason: str = ""
     fatal: bool = False
     transport_down: bool = False
+    outcome: str = ""
+    talk_time: float | None = None
+    retry_delay: float | None = None
 
 
 class EventKind(enum.StrEnum):

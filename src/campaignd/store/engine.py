@@ -46,6 +46,8 @@ class Outcome:
     reason: str = ""
     next_attempt_time: dt.datetime | None = None
     transport: str | None = None  # the transport it went through, when its type uses transports
+    outcome: str = ""  # the channel's own word for it, e.g. a call's "answered" or "busy"
+    talk_time: float | None = None  # seconds an answered call lasted
 
 
 # -- counters -------------------------------------------------------------------------------------
@@ -198,6 +200,8 @@ def record(
             reason=sa.bindparam("why"),
             next_attempt_time=sa.bindparam("next_at"),
             transport=sa.func.coalesce(sa.bindparam("via", type_=sa.String), messages.c.transport),
+            outcome=sa.func.coalesce(sa.bindparam("said", type_=sa.String), messages.c.outcome),
+            talk_time=sa.bindparam("talk", type_=sa.Float),
             attempts=messages.c.attempts + sa.bindparam("tried"),
             lease_owner=None,
             lease_expiry=None,
@@ -212,6 +216,8 @@ def record(
                 "why": o.reason or None,
                 "next_at": o.next_attempt_time,
                 "via": o.transport,
+                "said": o.outcome or None,
+                "talk": o.talk_time,
                 # A message handed back unstarted was not attempted.
                 "tried": 0 if o.state == "queued" else 1,
             }
@@ -350,6 +356,16 @@ def transport_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str,
         .group_by(messages.c.channel_id, messages.c.transport, messages.c.state)
     )
     return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+
+def outcome_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
+    """Messages per (channel id, outcome) of a campaign, for those with an outcome."""
+    rows = conn.execute(
+        sa.select(messages.c.channel_id, messages.c.outcome, sa.func.count())
+        .where(messages.c.campaign_id == campaign_id, messages.c.outcome.is_not(None))
+        .group_by(messages.c.channel_id, messages.c.outcome)
+    )
+    return {(r[0], r[1]): int(r[2]) for r in rows}
 
 
 def queue_depths(conn: Connection) -> dict[str, int]:

@@ -169,6 +169,8 @@ messages = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("reason", sa.String(63)),
     sa.Column("outcome", sa.String(63)),
+    # Seconds an answered call lasted (voice).
+    sa.Column("talk_time", sa.Float),
     # Who is sending it (a daemon's owner id) and until when, unless the owner renews the lease.
     sa.Column("lease_owner", sa.String(100)),
     sa.Column("lease_expiry", UTCDateTime),
