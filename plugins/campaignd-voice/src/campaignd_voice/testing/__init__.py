@@ -1,5 +1,6 @@
-"""The called parties of the voice tests: SIPp running a scenario on loopback, and an RTP sink that
-hears the prompts (SIPp's answering scenario points the call's media at it)."""
+"""Called parties for testing voice campaigns: SIPp running a scenario on loopback, and an RTP sink
+that hears the prompts (the answering scenario points the call's media at it). The scenarios ship
+in `sipp/`: answer.xml, busy.xml, noanswer.xml, unavailable.xml (503) and refuse_register.xml."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 SCENARIOS = pathlib.Path(__file__).parent / "sipp"
+
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 PCMU = 0
 
@@ -182,7 +184,9 @@ class Sipp:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        logs = sorted(self.directory.glob(f"{pathlib.Path(self.scenario).stem}_{self.process.pid}_screen.log"))
+        logs = sorted(
+            self.directory.glob(f"{pathlib.Path(self.scenario).stem}_{self.process.pid}_screen.log")
+        )
         return logs[0].read_text(errors="replace") if logs else ""
 
 
@@ -223,4 +227,3 @@ def write_prompt(path: pathlib.Path, seconds: float = 1.0, rate: int = 8000) -> 
         wav.setframerate(rate)
         wav.writeframes(bytes(frames))
     return path
-
