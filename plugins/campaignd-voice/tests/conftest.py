@@ -6,7 +6,6 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
-
 from campaignd_voice.testing import RtpSink, write_prompt
 
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import campaignd_voice
 import pytest
+from campaignd_voice.testing import RtpSink, Sipp, sipp
 
 from campaignd.testing.conformance import Target, TransportChannelContract, closed_port
-from campaignd_voice.testing import RtpSink, Sipp, sipp
 
 
 @pytest.fixture

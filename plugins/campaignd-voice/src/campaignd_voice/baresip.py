@@ -231,6 +231,7 @@ class Baresip:
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.fatal = ""  # why the transport is unusable for good, once it is
         self.restarts = 0
+        self.silent_calls = 0  # calls in a row the trunk gave no answer to
         self.closed = False
         self._serial = itertools.count(1)
         self._control: Control | None = None

@@ -17,6 +17,7 @@ from campaignd_voice.settings import VoiceContent
 
 HANGUP_WAIT = 10.0  # seconds baresip has to report a call closed after we hang it up
 BUSY_CODES = frozenset({486, 600})
+SILENT_LIMIT = 2  # calls in a row without any answer from the trunk before it counts as unreachable
 _STATUS = re.compile(r"(?P<code>[3-6][0-9]{2})\b ?(?P<text>.*)")
 
 ANSWERED = "answered"
@@ -65,6 +66,14 @@ async def send_batch(
                 )
                 continue
             await client.slots.acquire()
+            if client.silent_calls >= SILENT_LIMIT:
+                # The trunk answered none of the last calls: dial no more into the void.
+                client.slots.release()
+                error = (
+                    f"the trunk {client.settings.trunk} did not answer the last {client.silent_calls} calls"
+                )
+                results[recipient.message_id] = _unusable(recipient, BaresipError(error, fatal=True))
+                continue
             if not await gate.admit():
                 client.slots.release()
                 closed = True
@@ -97,9 +106,14 @@ async def _place_and_release(
     client: Baresip, content: VoiceContent, recipient: Recipient, prompt: str
 ) -> SendResult:
     try:
-        return await place(client, content, recipient, prompt)
+        result = await place(client, content, recipient, prompt)
     finally:
         client.slots.release()
+    if result.outcome == UNREACHABLE:
+        client.silent_calls += 1
+    elif result.outcome in (ANSWERED, BUSY, NO_ANSWER, REJECTED):
+        client.silent_calls = 0
+    return result
 
 
 async def place(client: Baresip, content: VoiceContent, recipient: Recipient, prompt: str) -> SendResult:

@@ -144,7 +144,7 @@ class Sipp:
             "rtp_sink",
             str(rtp_sink or free_port()),
             "-trace_screen",
-            "-trace_err",
+            "-trace_msg",
             "-nostdin",
             *extra,
         ]
@@ -180,7 +180,7 @@ class Sipp:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGUSR1)
             try:
-                self.process.wait(10)
+                self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -188,6 +188,47 @@ class Sipp:
             self.directory.glob(f"{pathlib.Path(self.scenario).stem}_{self.process.pid}_screen.log")
         )
         return logs[0].read_text(errors="replace") if logs else ""
+
+    def _entries(self) -> list[tuple[bool, str, str, str]]:
+        """(received, first line, Call-ID, whole text) of each message in SIPp's message log."""
+        if self.process is None:
+            return []
+        log = self.directory / f"{pathlib.Path(self.scenario).stem}_{self.process.pid}_messages.log"
+        if not log.exists():
+            return []
+        found = []
+        for entry in re.split(r"\n-{20,}[^\n]*\n", log.read_text(errors="replace")):
+            head, _, body = entry.partition("\n\n")
+            first = body.lstrip().split("\n", 1)[0].strip()
+            call = re.search(r"^Call-ID:\s*(\S+)", body, re.MULTILINE | re.IGNORECASE)
+            if call is not None:
+                found.append(("received" in head, first, call[1], body))
+        return found
+
+    def called(self) -> list[str]:
+        """The numbers SIPp received calls for, one per call (an INVITE's retransmissions once)."""
+        seen: dict[str, str] = {}
+        for received, first, call, _ in self._entries():
+            if received and first.startswith("INVITE "):
+                seen.setdefault(call, first.split()[1].removeprefix("sip:").split("@")[0])
+        return list(seen.values())
+
+    def wire_peak(self) -> int:
+        """The most calls open at once on the wire, from SIPp's message log: a call opens with
+        the INVITE SIPp receives and closes with the BYE or CANCEL it receives, or with a final
+        refusal it sends. (SIPp's own "Peak" also counts calls it has not yet cleaned up.)"""
+        open_calls: set[str] = set()
+        most = 0
+        for received, first, call, body in self._entries():
+            ended = (received and first.startswith(("BYE ", "CANCEL "))) or (
+                not received and re.match(r"SIP/2\.0 [3-6]\d\d", first) is not None and "INVITE" in body
+            )
+            if received and first.startswith("INVITE "):
+                open_calls.add(call)
+            elif ended:
+                open_calls.discard(call)
+            most = max(most, len(open_calls))
+        return most
 
 
 def peak_calls(screen: str) -> int:
