@@ -444,3 +444,37 @@ def test_a_scheduled_voice_channel_takes_edits_and_stays_scheduled(
     [channel] = rescheduled.channels
     assert channel.state == pb.Channel.SCHEDULED
     assert channel.schedule_time == later
+
+
+def test_a_baresip_that_cannot_be_restarted_fails_the_channel(
+    daemon_factory: DaemonFactory, peers: Callable[..., Sipp], sink: RtpSink, tmp_path: pathlib.Path
+) -> None:
+    """baresip killed and refusing to start again: the channel FAILS with the error kept, the call
+    it held ends timed_out, and the waiting calls are CANCELLED."""
+    peer = peers("answer.xml", rtp_sink=sink.port)
+    prompt = write_prompt(tmp_path / "prompt.wav", 3.0)
+    broken = tmp_path / "broken"
+    wrapper = tmp_path / "baresip-once"
+    # The first start runs baresip; once `broken` exists, starting fails as a broken install would.
+    wrapper.write_text(f'#!/bin/sh\n[ -e "{broken}" ] && exit 3\nexec baresip "$@"\n', encoding="utf-8")
+    wrapper.chmod(0o755)
+    daemon = daemon_factory(
+        FAST + transport("trunk", peer.trunk, concurrency=1, extra=f', baresip = "{wrapper}"')
+    ).start()
+    with daemon.channel() as grpc_channel:
+        client = Client(grpc_channel)
+        name = launch(daemon, client, voice_channel(prompt), phones(4), "broken")
+        wait(lambda: sink.heard() >= 1, 30, "the first call to be answered")
+        broken.touch()
+        [first] = baresip_children(daemon)
+        os.kill(first, signal.SIGKILL)
+        campaign = finished(client, name)
+        found = messages(client, name)
+    assert campaign.state == pb.Campaign.FAILED
+    error = campaign.channels[0].error
+    assert error.code == "TRANSPORT_FAILED"
+    assert "baresip exited at start with status 3" in error.message
+    assert [(m.state, m.reason) for m in found[:1]] == [(pb.Message.FAILED, "timed_out")]
+    assert [m.state for m in found[1:]] == [pb.Message.CANCELLED] * 3
+    peer.stop()
+    assert len(peer.called()) == 1

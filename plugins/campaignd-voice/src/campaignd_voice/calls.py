@@ -14,6 +14,7 @@ from campaignd.plugin import Gate, Recipient, SendResult, SendStatus
 from campaignd_voice.baresip import Baresip, BaresipError, CommandError, Control, Event
 from campaignd_voice.prompts import PromptError, Prompts
 from campaignd_voice.settings import VoiceContent
+from campaignd_voice.templates import RenderError
 
 HANGUP_WAIT = 10.0  # seconds baresip has to report a call closed after we hang it up
 BUSY_CODES = frozenset({486, 600})
@@ -60,7 +61,7 @@ async def send_batch(
                 continue
             try:
                 prompt = await prompts.file_for(recipient.address, recipient.contact)
-            except PromptError as exc:
+            except (PromptError, RenderError, OSError) as exc:
                 results[recipient.message_id] = SendResult(
                     recipient.message_id, SendStatus.FAILED, error=str(exc), reason="prompt_failed"
                 )
