@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import tempfile
@@ -29,6 +30,7 @@ from campaignd_voice.settings import SipSettings
 CONNECT_TIMEOUT = 10.0  # seconds a started baresip has to open its ctrl_tcp port
 COMMAND_TIMEOUT = 10.0  # seconds baresip has to answer one command
 MAX_FRAME = 1_000_000  # the longest netstring accepted from baresip
+SETPRIV = shutil.which("setpriv")  # util-linux: sets the parent-death signal, then runs the program
 
 
 class BaresipError(Exception):
@@ -302,11 +304,13 @@ class Baresip:
         write_config(home, self.settings, ctrl_port, sip_port)
         if self._log is None:
             self._log = (home / "baresip.log").open("ab")
+        program = [self.settings.baresip, "-f", str(home)]
+        if SETPRIV is not None:
+            # baresip goes when the daemon goes, even when the daemon is killed.
+            program = [SETPRIV, "--pdeathsig", "TERM", "--", *program]
         try:
             self._process = await asyncio.create_subprocess_exec(
-                self.settings.baresip,
-                "-f",
-                str(home),
+                *program,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=self._log,

@@ -5,6 +5,7 @@ in `sipp/`: answer.xml, busy.xml, noanswer.xml, unavailable.xml (503) and refuse
 from __future__ import annotations
 
 import contextlib
+import datetime
 import pathlib
 import re
 import shutil
@@ -189,26 +190,38 @@ class Sipp:
         )
         return logs[0].read_text(errors="replace") if logs else ""
 
-    def _entries(self) -> list[tuple[bool, str, str, str]]:
-        """(received, first line, Call-ID, whole text) of each message in SIPp's message log."""
+    def _entries(self) -> list[tuple[float, bool, str, str, str]]:
+        """(time, received, first line, Call-ID, whole text) of each message in SIPp's message log."""
         if self.process is None:
             return []
         log = self.directory / f"{pathlib.Path(self.scenario).stem}_{self.process.pid}_messages.log"
         if not log.exists():
             return []
         found = []
-        for entry in re.split(r"\n-{20,}[^\n]*\n", log.read_text(errors="replace")):
+        parts = re.split(
+            r"\n?-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n", log.read_text(errors="replace")
+        )
+        for stamp, entry in zip(parts[1::2], parts[2::2], strict=True):
             head, _, body = entry.partition("\n\n")
             first = body.lstrip().split("\n", 1)[0].strip()
             call = re.search(r"^Call-ID:\s*(\S+)", body, re.MULTILINE | re.IGNORECASE)
             if call is not None:
-                found.append(("received" in head, first, call[1], body))
+                when = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+                found.append((when, "received" in head, first, call[1], body))
         return found
+
+    def invite_times(self) -> list[float]:
+        """When each call's first INVITE reached SIPp (seconds since the epoch), in order."""
+        seen: dict[str, float] = {}
+        for when, received, first, call, _ in self._entries():
+            if received and first.startswith("INVITE "):
+                seen.setdefault(call, when)
+        return sorted(seen.values())
 
     def called(self) -> list[str]:
         """The numbers SIPp received calls for, one per call (an INVITE's retransmissions once)."""
         seen: dict[str, str] = {}
-        for received, first, call, _ in self._entries():
+        for _, received, first, call, _ in self._entries():
             if received and first.startswith("INVITE "):
                 seen.setdefault(call, first.split()[1].removeprefix("sip:").split("@")[0])
         return list(seen.values())
@@ -219,7 +232,7 @@ class Sipp:
         refusal it sends. (SIPp's own "Peak" also counts calls it has not yet cleaned up.)"""
         open_calls: set[str] = set()
         most = 0
-        for received, first, call, body in self._entries():
+        for _, received, first, call, body in self._entries():
             ended = (received and first.startswith(("BYE ", "CANCEL "))) or (
                 not received and re.match(r"SIP/2\.0 [3-6]\d\d", first) is not None and "INVITE" in body
             )
