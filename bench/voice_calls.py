@@ -114,7 +114,8 @@ def main() -> None:
             contacts.CreateList(
                 cs.CreateListRequest(list_id="callees", list=cs.ContactList(display_name="callees"))
             )
-            rows = [cs.ContactRow(phone=f"+1415{i:07d}") for i in range(args.recipients)]
+            # Valid numbers (libphonenumber refuses exchange 000): +1 415 2xx-xxxx.
+            rows = [cs.ContactRow(phone=f"+1415{2000000 + i:07d}") for i in range(args.recipients)]
             requests = [cs.ImportContactsRequest(options=cs.ImportOptions(list="lists/callees"))]
             requests += [cs.ImportContactsRequest(rows=rows[i : i + 1000]) for i in range(0, len(rows), 1000)]
             contacts.ImportContacts(iter(requests), timeout=300)
@@ -156,6 +157,10 @@ def main() -> None:
                 left = report.totals.queued + report.totals.sending + report.totals.retrying
                 if report.totals.total and not left:
                     break
+                if report.state in (pb.Campaign.COMPLETED, pb.Campaign.FAILED, pb.Campaign.STOPPED):
+                    raise SystemExit(
+                        f"the campaign ended {pb.Campaign.State.Name(report.state)} with {report.totals}"
+                    )
                 if time.monotonic() - launched > 3600:
                     raise SystemExit("the campaign did not finish within an hour")
                 time.sleep(0.2)
