@@ -8,6 +8,7 @@ import os
 import pathlib
 import signal
 import time
+import wave
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -482,3 +483,29 @@ def test_a_baresip_that_cannot_be_restarted_fails_the_channel(
     assert [m.state for m in found[1:]] == [pb.Message.CANCELLED] * 3
     peer.stop()
     assert len(peer.called()) == 1
+
+
+def test_bad_voice_content_is_refused_with_its_field_and_changes_nothing(
+    daemon_factory: DaemonFactory, tmp_path: pathlib.Path
+) -> None:
+    """A caller id that is not E.164 and a WAV baresip cannot play: INVALID_ARGUMENT naming each
+    field, and no campaign is created."""
+    stereo = tmp_path / "stereo.wav"
+    with wave.open(str(stereo), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(44100)
+        wav.writeframes(b"\0\0\0\0" * 100)
+    daemon = daemon_factory(FAST + transport("trunk", "127.0.0.1:5060")).start()
+    with daemon.channel() as grpc_channel:
+        client = Client(grpc_channel)
+        before = client.count()
+        with pytest.raises(grpc.RpcError) as bad:
+            client.create(voice_channel(stereo, caller_id="4155550100"))
+        after = client.count()
+    found = failure(bad.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert any(f.endswith("content.caller_id") for f in found.fields), found.fields
+    assert any(f.endswith("content.audio") for f in found.fields), found.fields
+    assert "8000 Hz mono" in found.message or "8000 Hz mono" in str(found)
+    assert after == before

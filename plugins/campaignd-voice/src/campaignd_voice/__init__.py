@@ -94,8 +94,9 @@ def campaignd_validate_channel(
     if audio and text:
         problems.append(FieldViolation("text", "give the prompt as audio or as text, not both"))
     if isinstance(audio, str) and audio:
-        problems += settings.check_prompt_path("audio", audio)
-        if not problems:
+        path_problems = settings.check_prompt_path("audio", audio)
+        problems += path_problems
+        if not path_problems:
             problem = check_wav(audio)
             if problem:
                 problems.append(FieldViolation("audio", problem))
