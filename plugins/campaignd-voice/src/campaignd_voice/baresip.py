@@ -387,6 +387,11 @@ class Baresip:
             if not control.closed.is_set():
                 with contextlib.suppress(BaresipError, CommandError):
                     await control.command("hangup")
+                    if self.settings.registers and self.settings.attach:
+                        # An attached baresip outlives the transport: take our account off it.
+                        await control.command(
+                            "uadel", f"sip:{self.settings.username}@{self.settings.account_host}"
+                        )
             await control.close()
         await self._reap()
         if self._log is not None:

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import pathlib
+import secrets
 import sys
 import tempfile
 import wave
@@ -88,7 +89,7 @@ def _write_8k(source: pathlib.Path, target: pathlib.Path) -> None:
     out = resample(samples, rate)
     if sys.byteorder == "big":
         out.byteswap()
-    partial = target.with_suffix(".part")
+    partial = source.with_suffix(".part")
     with wave.open(str(partial), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
@@ -157,7 +158,8 @@ class Prompts:
     async def _speak(self, text: str, target: pathlib.Path) -> None:
         assert self.espeak is not None
         self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        raw = target.with_suffix(".espeak.wav")
+        # Names of this synthesis alone: batches running at once may speak the same words.
+        raw = target.with_name(f"{target.stem}.{secrets.token_hex(6)}.espeak.wav")
         process = await asyncio.create_subprocess_exec(
             self.espeak,
             "-v",
