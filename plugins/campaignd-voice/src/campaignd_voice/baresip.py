@@ -312,6 +312,8 @@ class Baresip:
             self._process = await asyncio.create_subprocess_exec(
                 *program,
                 stdin=asyncio.subprocess.DEVNULL,
+                # Its own directory, not the daemon's: whatever baresip writes stays there.
+                cwd=str(home),
                 stdout=self._log,
                 stderr=self._log,
                 start_new_session=True,
