@@ -509,3 +509,27 @@ def test_bad_voice_content_is_refused_with_its_field_and_changes_nothing(
     assert any(f.endswith("content.audio") for f in found.fields), found.fields
     assert "8000 Hz mono" in found.message or "8000 Hz mono" in str(found)
     assert after == before
+
+
+def test_busy_recipients_are_called_again_by_a_remarketing_channel(
+    daemon_factory: DaemonFactory, peers: Callable[..., Sipp], sink: RtpSink, tmp_path: pathlib.Path
+) -> None:
+    """A second campaign whose audience is the first one's busy recipients calls exactly them."""
+    busy, answering = peers("busy.xml"), peers("answer.xml", rtp_sink=sink.port)
+    prompt = write_prompt(tmp_path / "prompt.wav", 1.0)
+    config = FAST + transport("busy", busy.trunk) + transport("answering", answering.trunk)
+    daemon = daemon_factory(config).start()
+    with daemon.channel() as grpc_channel:
+        client = Client(grpc_channel)
+        first = launch(daemon, client, voice_channel(prompt, "busy", max_attempts=1), phones(2), "first")
+        assert finished(client, first).state == pb.Campaign.COMPLETED
+        again = voice_channel(prompt, "answering")
+        again.remarketing.CopyFrom(pb.RemarketingSource(campaign=first, channel_id="call", outcomes=["busy"]))
+        second = client.create(again, time_zone=daytime_zone())
+        client.launch(second.name)
+        assert finished(client, second.name).state == pb.Campaign.COMPLETED
+        found = messages(client, second.name)
+    assert sorted(m.address for m in found) == ["+14155550000", "+14155550001"]
+    assert [m.outcome for m in found] == ["answered", "answered"]
+    answering.stop()
+    assert sorted(answering.called()) == ["+14155550000", "+14155550001"]
