@@ -242,11 +242,6 @@ class Baresip:
         self._home: tempfile.TemporaryDirectory[str] | None = None
         self._log: Any = None
 
-    @property
-    def pid(self) -> int | None:
-        """The id of the baresip process this transport started and runs now, if any."""
-        return self._process.pid if self._process is not None and self._process.returncode is None else None
-
     def next_aor(self) -> str:
         """A fresh account address for one call."""
         return f"sip:cd{os.getpid()}x{next(self._serial)}@{self.settings.account_host}"
@@ -266,6 +261,9 @@ class Baresip:
                 return self._control
             if self.closed:
                 raise BaresipError("the transport is closed")
+            if self._control is not None:
+                await self._control.close()  # the connection to a baresip that went away
+                self._control = None
             try:
                 self._control = await self._open()
             except BaresipError as exc:
