@@ -156,7 +156,8 @@ def campaignd_open_transport(
 
 
 async def _open(transport: Transport) -> Baresip:
-    client = Baresip(transport.name, SipSettings.from_options(transport.options, transport.concurrency))
+    settings = SipSettings.from_options(transport.options, transport.concurrency)
+    client = Baresip(transport.name, settings, rate=transport.rate)
     if client.settings.attach:
         # An attached baresip that cannot be reached is known at once: the daemon rests the transport.
         await client.control()

@@ -227,10 +227,13 @@ class Baresip:
     `settings.restarts` times; after that, or when it does not come up, it is fatal.
     """
 
-    def __init__(self, name: str, settings: SipSettings) -> None:
+    def __init__(self, name: str, settings: SipSettings, rate: float = 0.0) -> None:
         self.name = name
         self.settings = settings
+        self.rate = rate
         self.slots = asyncio.Semaphore(settings.concurrency)
+        self._next_call = 0.0  # monotonic time the next call may be admitted, when paced
+        self._pacing = asyncio.Lock()
         self.fatal = ""  # why the transport is unusable for good, once it is
         self.restarts = 0
         self.silent_calls = 0  # calls in a row the trunk gave no answer to
@@ -241,6 +244,18 @@ class Baresip:
         self._starting = asyncio.Lock()
         self._home: tempfile.TemporaryDirectory[str] | None = None
         self._log: Any = None
+
+    async def pace(self) -> None:
+        """Wait until the next call is 1/rate after the last one. The gate's limit allows `rate`
+        calls in any second, and so a burst of them at the start of each second; a trunk that
+        counts calls per second may refuse such a burst, so calls are spread evenly instead."""
+        if self.rate <= 0:
+            return
+        async with self._pacing:
+            now = time.monotonic()
+            if self._next_call > now:
+                await asyncio.sleep(self._next_call - now)
+            self._next_call = max(now, self._next_call) + 1 / self.rate
 
     def next_aor(self) -> str:
         """A fresh account address for one call."""

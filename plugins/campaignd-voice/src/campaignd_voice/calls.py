@@ -67,6 +67,7 @@ async def send_batch(
                 )
                 continue
             await client.slots.acquire()
+            await client.pace()
             if client.silent_calls >= SILENT_LIMIT:
                 # The trunk answered none of the last calls: dial no more into the void.
                 client.slots.release()
