@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import array
 import asyncio
+import os
 import pathlib
+import subprocess
+import tempfile
 
+import pytest
+from campaignd_voice.baresip import sweep_homes
 from campaignd_voice.calls import _Call, outcome
 from campaignd_voice.prompts import Prompts, check_wav, resample
 from campaignd_voice.settings import VoiceContent
@@ -89,3 +94,19 @@ def test_spoken_prompts_are_cached_per_distinct_text(tmp_path: pathlib.Path) -> 
     assert first == second != third
     assert check_wav(first) == ""
     assert len(list(tmp_path.glob("*.wav"))) == 2
+
+
+def test_homes_of_killed_daemons_are_swept_and_live_ones_kept(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A baresip directory whose daemon is gone is removed; one whose daemon runs is kept."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"campaignd-baresip-{gone.pid}-trunk-abc"
+    live = tmp_path / f"campaignd-baresip-{os.getpid()}-trunk-def"
+    dead.mkdir()
+    live.mkdir()
+    sweep_homes()
+    assert not dead.exists()
+    assert live.exists()

@@ -192,6 +192,21 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     return port
 
 
+def sweep_homes() -> None:
+    """Remove the configuration directories of baresips whose daemon is gone: a daemon that was
+    killed could not remove its own."""
+    for home in pathlib.Path(tempfile.gettempdir()).glob("campaignd-baresip-*-*"):
+        pid = home.name.split("-")[2]
+        try:
+            if not pid.isdigit() or home.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(home, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def write_config(directory: pathlib.Path, settings: SipSettings, ctrl_port: int, sip_port: int) -> None:
     """baresip's config and (empty) accounts in `directory`: accounts are added over ctrl_tcp."""
     rtp_low = settings.rtp_ports[0]
@@ -310,7 +325,8 @@ class Baresip:
             self.restarts += 1
             await self._reap()
         if self._home is None:
-            self._home = tempfile.TemporaryDirectory(prefix=f"campaignd-baresip-{self.name}-")
+            sweep_homes()
+            self._home = tempfile.TemporaryDirectory(prefix=f"campaignd-baresip-{os.getpid()}-{self.name}-")
         home = pathlib.Path(self._home.name)
         ctrl_port = free_port()
         sip_port = self.settings.sip_port or free_port(self.settings.local_address, socket.SOCK_DGRAM)
