@@ -164,6 +164,8 @@ def test_answered_calls_play_the_prompt_and_are_delivered(
         talk = message.talk_time.ToTimedelta().total_seconds()
         assert 1.2 <= talk <= 3.0, f"a 1.5 s prompt, yet talk time {talk}"
     assert sink.with_sound() == 3, "the prompt's sound did not reach every called party"
+    peer.stop()
+    assert peer.received("BYE") == 3, "a call was not hung up when its prompt ended"
     assert report.totals.delivered == 3
     assert dict(report.totals.by_outcome) == {"answered": 3}
     assert dict(report.channels[0].progress.by_outcome) == {"answered": 3}
@@ -208,6 +210,7 @@ def test_busy_and_no_answer_are_retried_then_fail_and_503_fails_at_once(
     assert dict(report.totals.failed_by_reason) == {"busy": 2}
     assert invites(busy.stop()) == 4
     assert invites(silent.stop()) == 4
+    assert silent.received("CANCEL") == 4, "an unanswered call was not cancelled at the ring timeout"
     assert invites(unavailable.stop()) == 2
 
 

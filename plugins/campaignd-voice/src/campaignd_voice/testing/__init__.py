@@ -218,6 +218,12 @@ class Sipp:
                 seen.setdefault(call, when)
         return sorted(seen.values())
 
+    def received(self, method: str) -> int:
+        """Calls for which SIPp received a `method` request (e.g. CANCEL, BYE), each counted once."""
+        return len(
+            {call for _, got, first, call, _ in self._entries() if got and first.startswith(f"{method} ")}
+        )
+
     def called(self) -> list[str]:
         """The numbers SIPp received calls for, one per call (an INVITE's retransmissions once)."""
         seen: dict[str, str] = {}
