@@ -542,3 +542,22 @@ def test_busy_recipients_are_called_again_by_a_remarketing_channel(
     assert [m.outcome for m in found] == ["answered", "answered"]
     answering.stop()
     assert sorted(answering.called()) == ["+14155550000", "+14155550001"]
+
+
+def test_a_call_is_hung_up_at_its_longest_duration(
+    daemon_factory: DaemonFactory, peers: Callable[..., Sipp], sink: RtpSink, tmp_path: pathlib.Path
+) -> None:
+    """A prompt longer than max_call_duration: the call is hung up at that duration, DELIVERED."""
+    peer = peers("answer.xml", rtp_sink=sink.port)
+    prompt = write_prompt(tmp_path / "prompt.wav", 6.0)
+    daemon = daemon_factory(FAST + transport("trunk", peer.trunk)).start()
+    with daemon.channel() as grpc_channel:
+        client = Client(grpc_channel)
+        name = launch(daemon, client, voice_channel(prompt, max_call_duration=1.5), phones(1), "long")
+        assert finished(client, name).state == pb.Campaign.COMPLETED
+        [message] = messages(client, name)
+    assert (message.state, message.outcome) == (pb.Message.DELIVERED, "answered")
+    talk = message.talk_time.ToTimedelta().total_seconds()
+    assert 1.4 <= talk <= 3.0, f"hung up after {talk} s; the longest is 1.5 s"
+    peer.stop()
+    assert peer.received("BYE") == 1
