@@ -144,14 +144,30 @@ def launch(
     return campaign.name
 
 
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def database(backend: str, request: pytest.FixtureRequest) -> str:
+    """The [database] table of a backend: SQLite by default, or the test PostgreSQL."""
+    if backend == "postgresql":
+        return f'[database]\nurl = "{request.getfixturevalue("pg_url")}"\n'
+    return ""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_answered_calls_play_the_prompt_and_are_delivered(
-    daemon_factory: DaemonFactory, peers: Callable[..., Sipp], sink: RtpSink, tmp_path: pathlib.Path
+    daemon_factory: DaemonFactory,
+    peers: Callable[..., Sipp],
+    sink: RtpSink,
+    tmp_path: pathlib.Path,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Answered calls play the prompt (its sound reaches the called party) and end DELIVERED with
     outcome answered and the talk time; the report counts them by outcome."""
     peer = peers("answer.xml", rtp_sink=sink.port)
     prompt = write_prompt(tmp_path / "prompt.wav", 1.5)
-    daemon = daemon_factory(FAST + transport("trunk", peer.trunk)).start()
+    daemon = daemon_factory(database(backend, request) + FAST + transport("trunk", peer.trunk)).start()
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt), phones(3), "answered")
@@ -171,15 +187,21 @@ def test_answered_calls_play_the_prompt_and_are_delivered(
     assert dict(report.channels[0].progress.by_outcome) == {"answered": 3}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_busy_and_no_answer_are_retried_then_fail_and_503_fails_at_once(
-    daemon_factory: DaemonFactory, peers: Callable[..., Sipp], tmp_path: pathlib.Path
+    daemon_factory: DaemonFactory,
+    peers: Callable[..., Sipp],
+    tmp_path: pathlib.Path,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Busy and unanswered calls are dialled again after retry_delay, max_attempts times in all,
     then FAILED with their outcome; a 503 FAILS at once with the SIP status."""
     busy, silent, unavailable = peers("busy.xml"), peers("noanswer.xml"), peers("unavailable.xml")
     prompt = write_prompt(tmp_path / "prompt.wav", 1.0)
     config = (
-        FAST
+        database(backend, request)
+        + FAST
         + transport("busy", busy.trunk)
         + transport("silent", silent.trunk)
         + transport("unavailable", unavailable.trunk)
