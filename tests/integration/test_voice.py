@@ -583,3 +583,29 @@ def test_a_call_is_hung_up_at_its_longest_duration(
     assert 1.4 <= talk <= 3.0, f"hung up after {talk} s; the longest is 1.5 s"
     peer.stop()
     assert peer.received("BYE") == 1
+
+
+def test_a_test_call_and_a_preview_reach_the_operator_before_launch(
+    daemon_factory: DaemonFactory, peers: Callable[..., Sipp], sink: RtpSink, tmp_path: pathlib.Path
+) -> None:
+    """SendTestMessage on a DRAFT voice channel calls the given number and plays the prompt;
+    PreviewMessage shows the words a contact would hear, calling nobody."""
+    peer = peers("answer.xml", rtp_sink=sink.port)
+    daemon = daemon_factory(FAST + transport("trunk", peer.trunk)).start()
+    _import(daemon, phones(1), "draft")
+    with daemon.channel() as grpc_channel:
+        client = Client(grpc_channel)
+        channel = voice_channel(text="Hello {{ contact.first_name }}, this is a test.")
+        campaign = client.create(channel, audience=pb.Audience(target_lists=["lists/draft"]))
+        preview = client.stub.PreviewMessage(
+            svc.PreviewMessageRequest(name=campaign.name, channel_id="call", address="+14155550000")
+        )
+        assert sink.heard() == 0
+        sent = client.stub.SendTestMessage(
+            svc.SendTestMessageRequest(name=campaign.name, channel_id="call", addresses=["+14155559999"])
+        )
+    assert preview.text == "Hello Caller0, this is a test."
+    assert [(r.address, r.accepted) for r in sent.results] == [("+14155559999", True)]
+    assert sink.with_sound() == 1
+    peer.stop()
+    assert peer.called() == ["+14155559999"]
