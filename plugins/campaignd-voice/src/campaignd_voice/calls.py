@@ -49,6 +49,8 @@ async def send_batch(
     results: dict[int, SendResult] = {}
     calls: dict[int, asyncio.Task[SendResult]] = {}
     closed = False
+    # A later batch (after a reload, or once a rest is over) tries the trunk again with one call.
+    client.silent_calls = min(client.silent_calls, SILENT_LIMIT - 1)
     try:
         for recipient in recipients:
             if closed:
