@@ -571,6 +571,13 @@ def render_report(report: res.CampaignReport) -> str:
     ]
     if counted:
         parts.append(table(["CHANNEL", "PARTS SENT", "PARTS DELIVERED", "PARTS FAILED"], counted))
+    outcomes = [
+        [ch.channel_id, outcome, str(count)]
+        for ch in report.channels
+        for outcome, count in sorted(ch.progress.by_outcome.items())
+    ]
+    if outcomes:
+        parts.append(table(["CHANNEL", "OUTCOME", "COUNT"], outcomes))
     engagement = [
         [ch.channel_id, str(ch.progress.opened), str(ch.progress.clicked), str(ch.progress.bounced)]
         for ch in report.channels
@@ -617,6 +624,7 @@ def render_messages(messages: Sequence[res.Message]) -> str:
                 m.transport or "-",
                 m.reason or "-",
                 m.outcome or "-",
+                f"{m.talk_time.ToTimedelta().total_seconds():.1f}s" if m.HasField("talk_time") else "-",
                 m.last_error or "-",
             ]
         )
@@ -631,6 +639,7 @@ def render_messages(messages: Sequence[res.Message]) -> str:
             "TRANSPORT",
             "REASON",
             "OUTCOME",
+            "TALK",
             "LAST ERROR",
         ],
         rows,

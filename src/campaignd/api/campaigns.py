@@ -526,10 +526,11 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         _, report = await self._snapshot(campaign_id)
         # Per transport needs a pass over the messages, so only this call makes it, not each
         # update of a watch.
-        by_transport, parts = await self.manager.db.read(
+        by_transport, parts, outcomes = await self.manager.db.read(
             lambda conn: (
                 engine_store.transport_counts(conn, campaign_id),
                 engine_store.part_counts(conn, campaign_id),
+                engine_store.outcome_counts(conn, campaign_id),
             )
         )
         for channel in report.channels:
@@ -545,6 +546,10 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
                     sent=sum(sent.values()), delivered=sent.get("delivered", 0), failed=sent.get("failed", 0)
                 )
             )
+            for (channel_id, said), n in outcomes.items():
+                if channel_id == channel.channel_id:
+                    channel.progress.by_outcome[said] = n
+                    report.totals.by_outcome[said] += n
         return report
 
     async def _snapshot(self, campaign_id: str) -> tuple[CampaignRecord, pb.CampaignReport]:
@@ -758,6 +763,8 @@ def _message(campaign_id: str, row: Any) -> pb.Message:
         # A message handed to the provider took one part unless its plugin said more.
         parts=row.parts or (1 if row.attempts or row.provider_id else 0),
     )
+    if row.talk_time is not None:
+        message.talk_time.FromNanoseconds(round(row.talk_time * 1e9))
     message.state_times["queued"].FromDatetime(row.create_time)
     if row.state != "queued":
         message.state_times[row.state].FromDatetime(row.update_time)

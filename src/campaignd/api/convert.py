@@ -40,6 +40,8 @@ OUTCOMES = frozenset(s.value for s in MessageState) | {
     "busy",
     "no_answer",
     "unreachable",
+    "rejected",
+    "timed_out",
     "not_opened",
 }
 

@@ -596,20 +596,34 @@ class Engine:
                 and (result.transport_down or (result.fatal and failover))
             ):
                 outcomes.append(store.Outcome(message.id, "queued"))
-            elif result.status == SendStatus.RETRY and attempt < config.max_attempts:
-                delay = config.retry_delay * 2 ** (attempt - 1)
+            elif result.status == SendStatus.RETRY and (
+                result.retry_delay is not None or attempt < config.max_attempts
+            ):
+                # A plugin that gives its own delay counts the attempts itself.
+                delay = (
+                    result.retry_delay
+                    if result.retry_delay is not None
+                    else config.retry_delay * 2 ** (attempt - 1)
+                )
                 outcomes.append(
                     store.Outcome(
                         message.id,
                         "retrying",
                         error=result.error,
                         reason=result.reason,
-                        next_attempt_time=now + dt.timedelta(seconds=delay),
+                        next_attempt_time=now + dt.timedelta(seconds=max(0.0, delay)),
+                        outcome=result.outcome,
                     )
                 )
             elif result.status == SendStatus.RETRY:
                 outcomes.append(
-                    store.Outcome(message.id, "failed", error=result.error, reason="retries_exhausted")
+                    store.Outcome(
+                        message.id,
+                        "failed",
+                        error=result.error,
+                        reason="retries_exhausted",
+                        outcome=result.outcome,
+                    )
                 )
             else:
                 state = {SendStatus.SENT: "sent", SendStatus.DELIVERED: "delivered"}.get(
@@ -624,6 +638,8 @@ class Engine:
                         result.error,
                         reason,
                         parts=max(1, result.parts),
+                        outcome=result.outcome,
+                        talk_time=result.talk_time,
                     )
                 )
         # A message handed back unsent keeps the transport of its last real attempt.

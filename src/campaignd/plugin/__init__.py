@@ -139,6 +139,12 @@ class SendResult:
     and sends through another one. `fatal`: the transport is unusable until an operator acts
     (e.g. refused authentication); a channel whose every transport is fatal fails. `parts`: how
     many provider messages it took (an SMS of 3 parts: 3); stored on the message.
+
+    `outcome`: what became of it in the channel's own terms (e.g. a call's "answered", "busy",
+    "no_answer"), kept as the message's outcome and counted in reports. `talk_time`: seconds an
+    answered call lasted. `retry_delay`: for RETRY, seconds until the next attempt when the plugin
+    counts the attempts itself (it answers FAILED once they are used up); the daemon's
+    `max_attempts` and back-off then do not apply. None: the daemon decides as for any RETRY.
     """
 
     message_id: int
@@ -149,6 +155,9 @@ class SendResult:
     fatal: bool = False
     transport_down: bool = False
     parts: int = 1
+    outcome: str = ""
+    talk_time: float | None = None
+    retry_delay: float | None = None
 
 
 class EventKind(enum.StrEnum):

@@ -48,6 +48,8 @@ class Outcome:
     transport: str | None = None  # the transport it went through, when its type uses transports
     parts: int = 1  # provider messages it took (SMS parts)
     attempted: bool = True  # False for one handed back unstarted (then queued, or cancelled by a stop)
+    outcome: str = ""  # the channel's own word for it, e.g. a call's "answered" or "busy"
+    talk_time: float | None = None  # seconds an answered call lasted
 
 
 # -- counters -------------------------------------------------------------------------------------
@@ -201,6 +203,8 @@ def record(
             next_attempt_time=sa.bindparam("next_at"),
             transport=sa.func.coalesce(sa.bindparam("via", type_=sa.String), messages.c.transport),
             parts=sa.func.coalesce(sa.bindparam("n_parts", type_=sa.SmallInteger), messages.c.parts),
+            outcome=sa.func.coalesce(sa.bindparam("said", type_=sa.String), messages.c.outcome),
+            talk_time=sa.bindparam("talk", type_=sa.Float),
             attempts=messages.c.attempts + sa.bindparam("tried"),
             lease_owner=None,
             lease_expiry=None,
@@ -217,6 +221,8 @@ def record(
                 "via": o.transport,
                 # Only a send says how many parts it took; one part is the default and not stored.
                 "n_parts": o.parts if o.state != "queued" and o.parts != 1 else None,
+                "said": o.outcome or None,
+                "talk": o.talk_time,
                 # A message handed back unstarted was not attempted.
                 "tried": 0 if o.state == "queued" or not o.attempted else 1,
             }
@@ -368,6 +374,16 @@ def part_counts(conn: Connection, campaign_id: str) -> dict[str, dict[str, int]]
     for channel_id, state, n in rows:
         counts.setdefault(channel_id, {})[state] = int(n)
     return counts
+
+
+def outcome_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
+    """Messages per (channel id, outcome) of a campaign, for those with an outcome."""
+    rows = conn.execute(
+        sa.select(messages.c.channel_id, messages.c.outcome, sa.func.count())
+        .where(messages.c.campaign_id == campaign_id, messages.c.outcome.is_not(None))
+        .group_by(messages.c.channel_id, messages.c.outcome)
+    )
+    return {(r[0], r[1]): int(r[2]) for r in rows}
 
 
 def queue_depths(conn: Connection) -> dict[str, int]:

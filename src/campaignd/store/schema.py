@@ -171,6 +171,8 @@ messages = sa.Table(
     sa.Column("outcome", sa.String(63)),
     # How many provider messages it took (an SMS of 3 parts: 3); NULL before it was sent: one.
     sa.Column("parts", sa.SmallInteger),
+    # Seconds an answered call lasted (voice).
+    sa.Column("talk_time", sa.Float),
     # Who is sending it (a daemon's owner id) and until when, unless the owner renews the lease.
     sa.Column("lease_owner", sa.String(100)),
     sa.Column("lease_expiry", UTCDateTime),

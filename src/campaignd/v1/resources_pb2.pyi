@@ -5,6 +5,7 @@ Resources of the campaignd v1 API: campaigns, their channels, messages and histo
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -611,6 +612,7 @@ class Message(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     STATE_TIMES_FIELD_NUMBER: _builtins.int
     PARTS_FIELD_NUMBER: _builtins.int
+    TALK_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name."""
     contact: _builtins.str
@@ -639,6 +641,10 @@ class Message(_message.Message):
     def state_times(self) -> _containers.MessageMap[_builtins.str, _timestamp_pb2.Timestamp]:
         """When the message entered each state it passed through, keyed by state name."""
 
+    @_builtins.property
+    def talk_time(self) -> _duration_pb2.Duration:
+        """How long an answered call lasted, from answer to hang-up (voice); unset for other messages."""
+
     def __init__(
         self,
         *,
@@ -654,10 +660,11 @@ class Message(_message.Message):
         outcome: _builtins.str = ...,
         state_times: _abc.Mapping[_builtins.str, _timestamp_pb2.Timestamp] | None = ...,
         parts: _builtins.int = ...,
+        talk_time: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["talk_time", b"talk_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attempts", b"attempts", "contact", b"contact", "last_error", b"last_error", "name", b"name", "outcome", b"outcome", "parts", b"parts", "provider_id", b"provider_id", "reason", b"reason", "state", b"state", "state_times", b"state_times", "transport", b"transport"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attempts", b"attempts", "contact", b"contact", "last_error", b"last_error", "name", b"name", "outcome", b"outcome", "parts", b"parts", "provider_id", b"provider_id", "reason", b"reason", "state", b"state", "state_times", b"state_times", "talk_time", b"talk_time", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -784,6 +791,26 @@ class Progress(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ByOutcomeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TOTAL_FIELD_NUMBER: _builtins.int
     QUEUED_FIELD_NUMBER: _builtins.int
     SENDING_FIELD_NUMBER: _builtins.int
@@ -802,6 +829,7 @@ class Progress(_message.Message):
     CURRENT_RATE_FIELD_NUMBER: _builtins.int
     ETA_FIELD_NUMBER: _builtins.int
     WINDOW_REOPENS_TIME_FIELD_NUMBER: _builtins.int
+    BY_OUTCOME_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     """Messages frozen at launch."""
     queued: _builtins.int
@@ -844,6 +872,12 @@ class Progress(_message.Message):
     def window_reopens_time(self) -> _timestamp_pb2.Timestamp:
         """When the channel's send window reopens, if it is closed now."""
 
+    @_builtins.property
+    def by_outcome(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Messages counted by their channel-specific outcome (e.g. voice "answered", "busy",
+        "no_answer"); filled by GetCampaignReport only, not in progress updates.
+        """
+
     def __init__(
         self,
         *,
@@ -865,10 +899,11 @@ class Progress(_message.Message):
         current_rate: _builtins.float = ...,
         eta: _timestamp_pb2.Timestamp | None = ...,
         window_reopens_time: _timestamp_pb2.Timestamp | None = ...,
+        by_outcome: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["eta", b"eta", "window_reopens_time", b"window_reopens_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assumed_delivered", b"assumed_delivered", "bounced", b"bounced", "cancelled", b"cancelled", "clicked", b"clicked", "current_rate", b"current_rate", "delivered", b"delivered", "eta", b"eta", "failed", b"failed", "failed_by_reason", b"failed_by_reason", "opened", b"opened", "opted_out", b"opted_out", "percent_done", b"percent_done", "queued", b"queued", "retrying", b"retrying", "sending", b"sending", "sent", b"sent", "total", b"total", "window_reopens_time", b"window_reopens_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assumed_delivered", b"assumed_delivered", "bounced", b"bounced", "by_outcome", b"by_outcome", "cancelled", b"cancelled", "clicked", b"clicked", "current_rate", b"current_rate", "delivered", b"delivered", "eta", b"eta", "failed", b"failed", "failed_by_reason", b"failed_by_reason", "opened", b"opened", "opted_out", b"opted_out", "percent_done", b"percent_done", "queued", b"queued", "retrying", b"retrying", "sending", b"sending", "sent", b"sent", "total", b"total", "window_reopens_time", b"window_reopens_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
