@@ -86,6 +86,7 @@ class Daemon:
         if engine_task is not None:
             engine_task.cancel()
         await services.transports.close()
+        await asyncio.get_running_loop().run_in_executor(None, services.renderer.close)
         watchdog.cancel()
         await asyncio.get_running_loop().run_in_executor(None, database.close)
         self.notifier.close()
@@ -131,7 +132,7 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics")
+RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics", "templates")
 
 
 def _restart_only_changes(old: Settings, new: Settings) -> list[str]:

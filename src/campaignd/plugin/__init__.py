@@ -21,7 +21,7 @@ PROJECT = "campaignd"
 ENTRY_POINT_GROUP = "campaignd.channels"
 # The version of the hook contract. A plugin that needs a newer one sets a module attribute
 # `CAMPAIGND_HOOK_API = N`, and an older daemon refuses to load it rather than call it wrongly.
-HOOK_API_VERSION = 2
+HOOK_API_VERSION = 3
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -188,6 +188,9 @@ class Gate(Protocol):
         ...
 
 
+# Imported last: the templates module names Recipient, defined above.
+from campaignd.plugin.templates import Renderer, TemplateError, TemplateSet  # noqa: E402
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "HOOK_API_VERSION",
@@ -205,8 +208,11 @@ __all__ = [
     "Options",
     "Recipient",
     "Rendered",
+    "Renderer",
     "SendResult",
     "SendStatus",
+    "TemplateError",
+    "TemplateSet",
     "Transport",
     "hookimpl",
     "hookspec",
