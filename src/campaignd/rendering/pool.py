@@ -42,6 +42,7 @@ CHUNK = 100  # recipients per job at most
 URGENT = 10  # calls this small (previews, test sends) go before batches waiting in the queue
 GRACE = 0.25  # seconds past the time limit before a render stuck in C gets its worker killed
 POLL = 0.05  # how often a waiting thread looks at its worker's progress
+START = 10.0  # seconds a worker may take to begin a job (read it, compile its templates)
 BUDGET = 8_000_000  # characters of output per reply; past it the worker returns early
 KNOWN = 32  # compiled sets the pool counts on a worker keeping (it keeps more)
 # What a worker inherits of the daemon's environment: enough to run Python, no secrets.
@@ -49,7 +50,7 @@ _ENVIRONMENT = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
 
 class _StuckError(Exception):
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int | None) -> None:
         self.index = index
 
 
@@ -104,13 +105,20 @@ class _Worker:
             _write(self.stdin, HEADER.pack(len(data)) + data)
         except OSError:
             raise _DiedError(None) from None
+        sent = time.monotonic()
         while not select.select([self.stdout], [], [], POLL)[0]:
             started, index = PROGRESS.unpack_from(self.progress)
             if self.proc.poll() is not None:
                 raise _DiedError(index if started else None)
-            if started and time.monotonic() - started > seconds + GRACE:
+            now = time.monotonic()
+            if started and now - started > seconds + GRACE:
                 self.kill()
                 raise _StuckError(index)
+            if not started and now - sent > max(START, seconds + GRACE):
+                # Not rendering, and not answering either: compiling or reading the job took
+                # far too long, or the worker hangs.
+                self.kill()
+                raise _StuckError(None)
         header = _read(self.stdout, HEADER.size)
         frame = _read(self.stdout, HEADER.unpack(header)[0]) if header is not None else None
         if frame is None:
@@ -240,14 +248,14 @@ class RenderPool:
     ) -> list[_Job]:
         if variables is not None and len(variables) != len(recipients):
             raise ValueError(f"{len(variables)} variables for {len(recipients)} recipients")
-        if self._closed:
-            raise RuntimeError("the render pool is closed")
         static = templates.static()
         sources = templates.dynamic()
         if not sources:
             done: concurrent.futures.Future[list[Rendering]] = concurrent.futures.Future()
             done.set_result([dict(static) for _ in recipients])
             return [_Job(templates, sources, static, {}, [], done)]
+        if self._closed:
+            raise RuntimeError("the render pool is closed")
         items = [
             (r.address, dict(r.contact), dict(variables[n]) if variables is not None else {})
             for n, r in enumerate(recipients)
