@@ -428,8 +428,11 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         recipients = await self._recipients(declared.address, request.addresses, "addresses")
         info = ChannelInfo(record.name, channel.channel_id, channel.type, channel.content)
         # Rendered first, so that a template that fails or overruns a limit for one of the
-        # addresses is refused before anything is sent.
-        await asyncio.gather(*(self._render(info, recipient) for recipient in recipients))
+        # addresses is refused before anything is sent. Other problems of one address (one the
+        # provider cannot take) stay that address's answer, as the plugin reports them.
+        await asyncio.gather(
+            *(self._render(info, recipient, templates_only=True) for recipient in recipients)
+        )
         try:
             results = await send_once(
                 self.plugins,
@@ -475,13 +478,17 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             )
         return svc.PreviewMessageResponse(summary=rendered.summary, text=rendered.text, data=rendered.data)
 
-    async def _render(self, info: ChannelInfo, recipient: Recipient) -> Rendered | None:
+    async def _render(
+        self, info: ChannelInfo, recipient: Recipient, *, templates_only: bool = False
+    ) -> Rendered | None:
         """A channel's message for one recipient, or None when its type renders no previews;
         INVALID_ARGUMENT naming the content (and the field, when known) when a template fails or
-        goes over a limit."""
+        goes over a limit, or (unless `templates_only`, then None) on another content problem."""
         try:
             return await self.plugins.render(info, recipient)
         except ValueError as exc:
+            if templates_only and not isinstance(exc, TemplateError):
+                return None
             path = f"campaign.channels[{info.channel_id}].content"
             name = exc.field if isinstance(exc, TemplateError) else ""
             raise errors.invalid_argument(
