@@ -76,6 +76,8 @@ class Composer:
         self._id_prefix = f"<{_atom(self._campaign_id)}.{_atom(self._channel_id)}."
         self._id_suffix = f"@{domain}>"
         self._unsubscribe = str(content.get("unsubscribe_url") or options.get("unsubscribe_url") or "")
+        self._quoted_campaign = quote(self._campaign_id, safe="")
+        self._quoted_channel = quote(self._channel_id, safe="")
         secret = options.get("unsubscribe_secret")
         self._signer = (
             hmac.new(str(secret).encode(), digestmod=hashlib.sha256)
@@ -115,8 +117,8 @@ class Composer:
             signer.update(message.encode())
             token = signer.hexdigest()[:_TOKEN_LENGTH]
         return self._unsubscribe.format(
-            campaign=quote(self._campaign_id, safe=""),
-            channel=quote(self._channel_id, safe=""),
+            campaign=self._quoted_campaign,
+            channel=self._quoted_channel,
             message=recipient.message_id,
             address=quote(recipient.address, safe=""),
             token=token,
