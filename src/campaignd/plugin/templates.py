@@ -10,6 +10,7 @@ contact (`ContactView`), and the plugin adds its own variables (e.g. `unsubscrib
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -168,6 +169,13 @@ def check_template(source: object, *, html: bool = False) -> str:
     string: the declared field kinds are checked elsewhere)."""
     if not isinstance(source, str) or "{" not in source:
         return ""
+    return _check(source, html)
+
+
+# A channel's content is checked on every create, update, launch and test send; compiling a long
+# template takes a while, so the same one is not compiled again.
+@functools.lru_cache(maxsize=64)
+def _check(source: str, html: bool) -> str:
     try:
         compile_template(source, html=html)
     except TemplateSyntaxError as exc:
