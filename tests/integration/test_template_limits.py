@@ -125,10 +125,11 @@ def test_hostile_previews_are_refused_while_other_calls_and_the_watchdog_go_on(
     assert huge.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "the text template needed more memory than the limit of 256 MiB" in (huge.details() or "")
     assert len(latencies) > 20
-    assert max(latencies) < 0.5, f"GetCampaign took up to {max(latencies):.2f} s during the previews"
+    # The slow preview takes the full 1 s limit: a loop it blocked would show here as a second.
+    assert max(latencies) < 0.75, f"GetCampaign took up to {max(latencies):.2f} s during the previews"
     gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert gaps, "no watchdog pings"
-    assert max(gaps) < 0.5, f"the watchdog pings stopped for {max(gaps):.2f} s"
+    assert max(gaps) < 0.75, f"the watchdog pings stopped for {max(gaps):.2f} s"
     assert rss_after - rss_before < 50, f"RSS went from {rss_before:.0f} MB to {rss_after:.0f} MB"
     assert len(server.inbox) == 0
 
