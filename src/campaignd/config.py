@@ -188,6 +188,17 @@ class EngineSettings(_Section):
     guard_min_sends: Annotated[int, Field(ge=1)] = 100
 
 
+class TemplateSettings(_Section):
+    """Rendering message templates, in worker processes; a restart applies changes."""
+
+    # Seconds one recipient's message may take to render; past it the render is stopped.
+    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Address space of each worker process, in MiB: a template that needs more fails.
+    memory_limit_mib: Annotated[int, Field(ge=64, le=65_536)] = 256
+    # Worker processes: templates render on other cores than the daemon's event loop.
+    workers: Annotated[int, Field(ge=1, le=64)] = 2
+
+
 class MetricsSettings(_Section):
     """The Prometheus endpoint."""
 
@@ -236,6 +247,7 @@ class Settings(_Section):
     plugins: PluginSettings = PluginSettings()
     audience: AudienceSettings = AudienceSettings()
     engine: EngineSettings = EngineSettings()
+    templates: TemplateSettings = TemplateSettings()
     metrics: MetricsSettings = MetricsSettings()
     # Transport name -> transport; channels name these in their transport shares.
     transports: dict[Annotated[str, Field(pattern=NAME_PATTERN)], TransportSettings] = {}

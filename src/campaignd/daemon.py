@@ -91,6 +91,7 @@ class Daemon:
         if engine_task is not None:
             engine_task.cancel()
         await services.transports.close()
+        await asyncio.get_running_loop().run_in_executor(None, services.renderer.close)
         watchdog.cancel()
         await asyncio.get_running_loop().run_in_executor(None, database.close)
         self.notifier.close()
@@ -136,7 +137,7 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics")
+RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics", "templates")
 
 
 def _restart_only_changes(old: Settings, new: Settings) -> list[str]:

@@ -9,6 +9,7 @@ import pathlib
 import re
 
 import campaignd.plugin
+import campaignd.plugin.templates
 from campaignd.plugin import hookspecs
 from campaignd.testing.conformance import Target, TransportChannelContract
 
@@ -103,3 +104,17 @@ def test_conformance_kit_is_described() -> None:
     fields = {f.name for f in dataclasses.fields(Target)}
     missing = sorted(name for name in tests | fields if f"| `{name}` |" not in section)
     assert not missing, f"not in the conformance kit's tables: {missing}"
+
+
+def test_templates_api_table_is_complete() -> None:
+    """Every name campaignd.plugin.templates exports is in its table in the published-API section,
+    and the table names nothing the module does not have."""
+    section = _sections(DOC.read_text(encoding="utf-8"), "###")[
+        "`campaignd.plugin.templates`: message templates"
+    ]
+    first_cells = re.findall(r"^\| ([^|]+) \|", section, re.MULTILINE)
+    listed = {name for cell in first_cells for name in re.findall(r"`(\w+)`", cell)}
+    missing = sorted(set(campaignd.plugin.templates.__all__) - listed)
+    assert not missing, f"exported but not in the templates table: {missing}"
+    unknown = sorted(name for name in listed if not hasattr(campaignd.plugin.templates, name))
+    assert not unknown, f"in the templates table but not in campaignd.plugin.templates: {unknown}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import ipaddress
 import pathlib
 import ssl
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from campaignd.plugin import ChannelInfo, InboundEvent, Recipient, Transport
+from campaignd.rendering.pool import RenderPool
 
 USER, PASSWORD = "campaignd", "s3cret-password"
 
@@ -305,3 +307,9 @@ def recipient(message_id: int, address: str = "", **attributes: Any) -> Recipien
 def recipients(count: int, start: int = 1) -> list[Recipient]:
     """`count` recipients with ids from `start`."""
     return [recipient(i) for i in range(start, start + count)]
+
+
+@functools.cache
+def renderer() -> RenderPool:
+    """The daemon's render pool, started once for these tests (closed by conftest at the end)."""
+    return RenderPool(workers=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.message
 import email.parser
 import email.policy
@@ -14,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import campaignd_email
 import pytest
 from campaignd_email.message import composer
-from smtp_servers import channel, recipient
+from smtp_servers import channel, recipient, renderer
 
 from campaignd.plugin import ChannelInfo, Recipient, Rendered
 
@@ -38,11 +39,15 @@ EXPECTED_HEADERS = {
 
 def render(info: ChannelInfo, to: Recipient, options: dict[str, Any] | None = None) -> Rendered:
     """The message through the render hook."""
-    rendered = campaignd_email.campaignd_render(
-        channel_type="email", channel=info, recipient=to, options=OPTIONS if options is None else options
+    rendering = campaignd_email.campaignd_render(
+        channel_type="email",
+        channel=info,
+        recipient=to,
+        options=OPTIONS if options is None else options,
+        renderer=renderer(),
     )
-    assert rendered is not None
-    return rendered
+    assert rendering is not None
+    return asyncio.run(rendering)  # type: ignore[arg-type]
 
 
 def parse(data: bytes) -> email.message.EmailMessage:
@@ -278,7 +283,7 @@ def test_a_template_error_is_a_value_error_fit_for_the_client() -> None:
 def test_render_answers_only_for_email() -> None:
     assert (
         campaignd_email.campaignd_render(
-            channel_type="sms", channel=channel(), recipient=recipient(1), options={}
+            channel_type="sms", channel=channel(), recipient=recipient(1), options={}, renderer=renderer()
         )
         is None
     )

@@ -24,6 +24,7 @@ from smtp_servers import (
     channel,
     recipient,
     recipients,
+    renderer,
     smtp_server,
 )
 
@@ -60,6 +61,7 @@ async def _send(
         transport=None,
         client=client,
         options=OPTIONS,
+        renderer=renderer(),
     )
     assert sending is not None
     return list(await sending)
@@ -107,7 +109,14 @@ def test_other_channel_types_are_not_answered() -> None:
     assert campaignd_email.campaignd_close_transport(transport=transport, client=None, **kwargs) is None
     assert (
         campaignd_email.campaignd_send(
-            channel=channel(), recipients=[], gate=Gate(), transport=None, client=None, options={}, **kwargs
+            channel=channel(),
+            recipients=[],
+            gate=Gate(),
+            transport=None,
+            client=None,
+            options={},
+            renderer=renderer(),
+            **kwargs,
         )
         is None
     )

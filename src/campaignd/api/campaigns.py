@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import secrets
@@ -23,7 +24,7 @@ from campaignd.engine.core import Engine
 from campaignd.engine.transports import Transports, send_once
 from campaignd.errors import ApiError, Code
 from campaignd.lifecycle import MESSAGE_DONE_STATES, CampaignState, ChannelState, MessageState, Operation
-from campaignd.plugin import ChannelInfo, Recipient, SendStatus
+from campaignd.plugin import ChannelInfo, Recipient, Rendered, SendStatus, TemplateError
 from campaignd.plugin.manager import PluginCallError, Plugins
 from campaignd.store import audience as audience_store
 from campaignd.store import engine as engine_store
@@ -429,6 +430,12 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             )
         recipients = await self._recipients(declared.address, request.addresses, "addresses")
         info = ChannelInfo(record.name, channel.channel_id, channel.type, channel.content)
+        # Rendered first, so that a template that fails or overruns a limit for one of the
+        # addresses is refused before anything is sent. Other problems of one address (one the
+        # provider cannot take) stay that address's answer, as the plugin reports them.
+        await asyncio.gather(
+            *(self._render(info, recipient, templates_only=True) for recipient in recipients)
+        )
         try:
             results = await send_once(
                 self.plugins,
@@ -465,14 +472,13 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         declared = self.plugins.types[channel.type]
         [recipient] = await self._recipients(declared.address, [request.address], "address")
         info = ChannelInfo(record.name, channel.channel_id, channel.type, channel.content)
-        try:
-            rendered = self.plugins.render(info, recipient)
-        except ValueError as exc:
-            raise errors.invalid_argument(
-                [errors.FieldViolation(f"campaign.channels[{channel.channel_id}].content", str(exc))]
-            ) from None
-        except PluginCallError as exc:
-            raise ApiError(Code.FAILED_PRECONDITION, "PLUGIN_ERROR", str(exc)) from None
+        rendered = await self._render(info, recipient)
+        if rendered is None:
+            raise ApiError(
+                Code.FAILED_PRECONDITION,
+                "PLUGIN_ERROR",
+                f"channel type {channel.type!r} cannot render messages",
+            )
         return svc.PreviewMessageResponse(
             summary=rendered.summary,
             text=rendered.text,
@@ -480,6 +486,25 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             parts=rendered.parts,
             encoding=rendered.encoding,
         )
+
+    async def _render(
+        self, info: ChannelInfo, recipient: Recipient, *, templates_only: bool = False
+    ) -> Rendered | None:
+        """A channel's message for one recipient, or None when its type renders no previews;
+        INVALID_ARGUMENT naming the content (and the field, when known) when a template fails or
+        goes over a limit, or (unless `templates_only`, then None) on another content problem."""
+        try:
+            return await self.plugins.render(info, recipient)
+        except ValueError as exc:
+            if templates_only and not isinstance(exc, TemplateError):
+                return None
+            path = f"campaign.channels[{info.channel_id}].content"
+            name = exc.field if isinstance(exc, TemplateError) else ""
+            raise errors.invalid_argument(
+                [errors.FieldViolation(f"{path}.{name}" if name else path, str(exc))]
+            ) from None
+        except PluginCallError as exc:
+            raise ApiError(Code.FAILED_PRECONDITION, "PLUGIN_ERROR", str(exc)) from None
 
     async def _recipients(self, kind: str, addresses: Sequence[str], field: str) -> list[Recipient]:
         """Recipients outside any campaign (test sends, previews): each address normalised for

@@ -17,6 +17,7 @@ from campaignd.engine.core import Engine
 from campaignd.engine.events import EventRecorder
 from campaignd.engine.transports import Transports
 from campaignd.plugin.manager import Plugins
+from campaignd.rendering.pool import RenderPool
 from campaignd.store import keys
 from campaignd.store.db import Database
 from campaignd.v1 import (
@@ -34,6 +35,13 @@ class Services:
         self, api: ApiServer, database: Database, settings: Callable[[], Settings], plugins: Plugins
     ) -> None:
         self.plugins = plugins
+        templates = settings().templates
+        self.renderer = RenderPool(
+            workers=templates.workers,
+            timeout=templates.timeout,
+            memory_limit=templates.memory_limit_mib << 20,
+        )
+        self.plugins.renderer = self.renderer
         self.hub = ChangeHub()
         self.campaigns = CampaignManager(database, self.plugins, self.hub)
         self.transports = Transports(

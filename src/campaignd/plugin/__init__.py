@@ -205,6 +205,9 @@ class Gate(Protocol):
         ...
 
 
+# Imported last: the templates module names Recipient, defined above.
+from campaignd.plugin.templates import Renderer, TemplateError, TemplateSet  # noqa: E402
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "HOOK_API_VERSION",
@@ -222,8 +225,11 @@ __all__ = [
     "Options",
     "Recipient",
     "Rendered",
+    "Renderer",
     "SendResult",
     "SendStatus",
+    "TemplateError",
+    "TemplateSet",
     "Transport",
     "hookimpl",
     "hookspec",

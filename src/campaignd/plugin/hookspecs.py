@@ -21,6 +21,7 @@ from campaignd.plugin import (
     Options,
     Recipient,
     Rendered,
+    Renderer,
     SendResult,
     Transport,
     hookspec,
@@ -83,12 +84,15 @@ def campaignd_validate_channel(
 
 @hookspec(firstresult=True)
 def campaignd_render(
-    channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options
-) -> Rendered | None:
+    channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options, renderer: Renderer
+) -> Rendered | Awaitable[Rendered] | None:
     """Render the message `recipient` would get from `channel`; None when the type is not yours.
 
-    Used for previews and test sends; it must do no I/O. A template error is raised as
-    ValueError with a message fit for the client, who gets it as INVALID_ARGUMENT.
+    Used for previews, and before a test send; it must send nothing. Return the Rendered, or an
+    awaitable giving it: templates are rendered with `await renderer.render(...)`, never in the
+    hook itself, so that a runaway template cannot hold up the daemon. A template error (one
+    that fails, or goes over the time or memory limit) is raised as ValueError (TemplateError
+    is one) with a message fit for the client, who gets it as INVALID_ARGUMENT.
     """
     raise NotImplementedError
 
@@ -127,12 +131,15 @@ def campaignd_send(
     transport: Transport | None,
     client: Any,
     options: Options,
+    renderer: Renderer,
 ) -> Awaitable[Sequence[SendResult]] | None:
     """Send a batch of messages of `channel_type`; return None at once when the type is not yours.
 
     For a type that uses transports, every recipient of the batch goes through `transport`, whose
     open form (`campaignd_open_transport`) is `client`; keep at most `transport.concurrency` sends
     in flight. Types without transports get None for both. `options` are the type's options.
+    Render the batch's templates with `renderer` (one call for many recipients, not one per
+    message); a recipient whose templates fail is reported FAILED with reason `template_error`.
 
     Otherwise return an awaitable (e.g. call an ``async def``) that gives one SendResult per
     recipient. Before starting each message, ``await gate.admit()``; when it returns True start

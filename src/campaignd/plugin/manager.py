@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.metadata
+import inspect
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from campaignd.plugin import (
     Options,
     Recipient,
     Rendered,
+    Renderer,
     SendResult,
     Transport,
     hookspecs,
@@ -91,6 +93,8 @@ class Plugins:
         self.manager = pluggy.PluginManager(PROJECT)
         self.manager.add_hookspecs(hookspecs)
         self.config = PluginConfig()
+        # The daemon's render pool, given to the hooks that render; set by whoever runs the daemon.
+        self.renderer: Renderer | None = None
         try:
             self._load(extra_modules, entry_points=entry_points)
         except PluginError:
@@ -306,6 +310,7 @@ class Plugins:
                 transport=transport,
                 client=client,
                 options=self.config.options.get(channel_type, {}),
+                renderer=self._renderer(),
             )
             if awaitable is None:
                 raise PluginCallError(f"no loaded plugin sends channel type {channel_type!r}")
@@ -339,23 +344,33 @@ class Plugins:
             problems.extend(found)
         return problems
 
-    def render(self, channel: ChannelInfo, recipient: Recipient) -> Rendered:
-        """The message `recipient` would get; ValueError for a content problem, PluginCallError
-        when the plugin fails otherwise or renders nothing."""
+    async def render(self, channel: ChannelInfo, recipient: Recipient) -> Rendered | None:
+        """The message `recipient` would get, or None when its type renders no previews;
+        ValueError for a content problem (a template that fails or goes over a limit),
+        PluginCallError when the plugin fails otherwise."""
         try:
-            rendered = self.manager.hook.campaignd_render(
+            answer = self.manager.hook.campaignd_render(
                 channel_type=channel.type,
                 channel=channel,
                 recipient=recipient,
                 options=self.config.options.get(channel.type, {}),
+                renderer=self._renderer(),
             )
-        except ValueError:
+            rendered = await answer if inspect.isawaitable(answer) else answer
+        except (ValueError, PluginCallError):
             raise
         except Exception as exc:
             raise _plugin_failed(channel.type, exc) from exc
-        if not isinstance(rendered, Rendered):
-            raise PluginCallError(f"channel type {channel.type!r} cannot render messages")
+        if rendered is not None and not isinstance(rendered, Rendered):
+            raise PluginCallError(
+                f"the {channel.type} plugin rendered {type(rendered).__name__}, not Rendered"
+            )
         return rendered
+
+    def _renderer(self) -> Renderer:
+        if self.renderer is None:
+            raise PluginCallError("templates cannot be rendered: the daemon has no render pool")
+        return self.renderer
 
     async def open_transport(self, transport: Transport, events: EventSink, seconds: float) -> Any:
         """Open `transport` through its plugin; TransportOpenError when that fails or takes too long,

@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 try:
@@ -58,6 +58,7 @@ from campaignd.plugin import (
     hookspecs,
 )
 from campaignd.plugin.manager import PluginError, Plugins
+from campaignd.rendering.pool import RenderPool
 
 __all__ = [
     "ChannelPluginContract",
@@ -269,6 +270,8 @@ class Session:
         self.declared = plugins.types[target.channel_type]
         self.hook = plugins.manager.hook
         self.options: Options = plugins.config.options.get(target.channel_type, {})
+        assert plugins.renderer is not None
+        self.renderer = plugins.renderer
         self.channel = ChannelInfo("campaigns/conformance", "main", target.channel_type, dict(target.content))
 
     def recipients(self, count: int, first_id: int = 1001) -> list[Recipient]:
@@ -354,6 +357,7 @@ class Session:
                 transport=transport,
                 client=client,
                 options=self.options,
+                renderer=self.renderer,
             )
             call_seconds = time.perf_counter() - started
             received_before_await = delivered() - before
@@ -429,11 +433,20 @@ class ChannelPluginContract:
         """The plugin and peer under test; every subclass defines its own."""
         pytest.fail(f"{type(self).__name__} must define a `target` fixture that returns a Target")
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def renderer(cls) -> Iterator[RenderPool]:
+        """The daemon's render pool, with one worker process, shared by the contract's tests."""
+        pool = RenderPool(workers=1)
+        yield pool
+        pool.close()
+
     @pytest.fixture
-    def plugins(self, target: Target) -> Plugins:
+    def plugins(self, target: Target, renderer: RenderPool) -> Plugins:
         """The plugin loaded alone and configured with the target's options, as the daemon would."""
         plugins = load(target.plugin)
         plugins.configure(_settings(target, self.transport_concurrency))
+        plugins.renderer = renderer
         return plugins
 
     @pytest.fixture
@@ -516,7 +529,11 @@ class ChannelPluginContract:
             answers: dict[str, object] = {
                 "campaignd_channel_semantics": hook.campaignd_channel_semantics(channel_type=FOREIGN_TYPE),
                 "campaignd_render": hook.campaignd_render(
-                    channel_type=FOREIGN_TYPE, channel=channel, recipient=recipient, options={}
+                    channel_type=FOREIGN_TYPE,
+                    channel=channel,
+                    recipient=recipient,
+                    options={},
+                    renderer=session.renderer,
                 ),
                 "campaignd_open_transport": hook.campaignd_open_transport(
                     channel_type=FOREIGN_TYPE, transport=transport, events=RecordingEvents()
@@ -532,6 +549,7 @@ class ChannelPluginContract:
                     transport=transport,
                     client=object(),
                     options={},
+                    renderer=session.renderer,
                 ),
             }
             for name, answer in answers.items():
@@ -627,7 +645,10 @@ class ChannelPluginContract:
                     channel=session.channel,
                     recipient=recipient,
                     options=session.options,
+                    renderer=session.renderer,
                 )
+                if inspect.isawaitable(rendered):
+                    rendered = await _within(rendered, self.result_timeout, "campaignd_render's awaitable")
                 if not target.renders:
                     assert rendered is None, f"renders=False, but campaignd_render answered {rendered!r}"
                     continue

@@ -18,14 +18,15 @@ from campaignd.plugin import (
     Options,
     Recipient,
     Rendered,
+    Renderer,
     SendResult,
     Transport,
     hookimpl,
 )
+from campaignd.plugin.templates import check_template
 from campaignd_email import settings
-from campaignd_email.message import composer
+from campaignd_email.message import TEMPLATE_FIELDS, composer
 from campaignd_email.smtp import Pool, open_pool, send_batch
-from campaignd_email.templates import TEMPLATE_FIELDS, check_template
 
 try:
     __version__ = importlib.metadata.version("campaignd-email")
@@ -33,6 +34,8 @@ except importlib.metadata.PackageNotFoundError:
     __version__ = "0"
 
 TYPE = settings.TYPE
+# Renders through the daemon's renderer (campaignd_render and campaignd_send get `renderer`).
+CAMPAIGND_HOOK_API = 3
 
 
 @hookimpl
@@ -81,7 +84,7 @@ def campaignd_validate_channel(
         return []
     problems = []
     for field in TEMPLATE_FIELDS:
-        problem = check_template(field, content.get(field))
+        problem = check_template(content.get(field), html=field == "html")
         if problem:
             problems.append(FieldViolation(field, problem))
     problems += settings.check_address("from_address", content.get("from_address"))
@@ -105,12 +108,23 @@ def campaignd_validate_channel(
 
 @hookimpl
 def campaignd_render(
-    channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options
-) -> Rendered | None:
-    """The message as `recipient` would get it; ValueError when a template fails."""
+    channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options, renderer: Renderer
+) -> Awaitable[Rendered] | None:
+    """The message as `recipient` would get it; TemplateError (a ValueError) when a template
+    fails, AddressError (also one) when the address cannot be written into a message."""
     if channel_type != TYPE:
         return None
-    built = composer(channel, options).build(recipient)
+    return _render(channel, recipient, options, renderer)
+
+
+async def _render(
+    channel: ChannelInfo, recipient: Recipient, options: Options, renderer: Renderer
+) -> Rendered:
+    built_by = composer(channel, options)
+    [(url, fields)] = await built_by.render([recipient], renderer)
+    if isinstance(fields, Exception):
+        raise fields
+    built = built_by.build(recipient, fields, url)
     return Rendered(summary=built.subject, text=built.preview, data=built.data)
 
 
@@ -142,16 +156,22 @@ def campaignd_send(
     transport: Transport | None,
     client: Any,
     options: Options,
+    renderer: Renderer,
 ) -> Awaitable[list[SendResult]] | None:
-    """Send a batch through the transport's pool."""
+    """Send a batch through the transport's pool, its templates rendered by `renderer`."""
     if channel_type != TYPE:
         return None
-    return _send(channel, recipients, gate, client, options)
+    return _send(channel, recipients, gate, client, options, renderer)
 
 
 async def _send(
-    channel: ChannelInfo, recipients: Sequence[Recipient], gate: Gate, client: Any, options: Options
+    channel: ChannelInfo,
+    recipients: Sequence[Recipient],
+    gate: Gate,
+    client: Any,
+    options: Options,
+    renderer: Renderer,
 ) -> list[SendResult]:
     if not isinstance(client, Pool):
         raise TypeError(f"email channels send through an email transport, not {type(client).__name__}")
-    return await send_batch(client, composer(channel, options), recipients, gate)
+    return await send_batch(client, composer(channel, options), recipients, gate, renderer)

@@ -15,26 +15,20 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formataddr, formatdate
 from typing import Any
 from urllib.parse import quote
 
 import idna
-from jinja2 import TemplateSyntaxError
-from jinja2.exceptions import SecurityError
 
-from campaignd.plugin import ChannelInfo, Options, Recipient
+from campaignd.plugin import ChannelInfo, Options, Recipient, Renderer, TemplateSet
+from campaignd.plugin.templates import Rendering
 from campaignd_email import settings
-from campaignd_email.templates import (
-    TEMPLATE_FIELDS,
-    Part,
-    RenderError,
-    compile_part,
-    contact_view,
-    render_part,
-)
+
+# The content fields that are templates; the HTML body is autoescaped.
+TEMPLATE_FIELDS = ("subject", "from_name", "text", "html")
 
 CRLF = "\r\n"
 _LINE = 78  # the line length RFC 5322 recommends; header values are folded to it
@@ -75,11 +69,15 @@ class Composer:
         self.sender = str(content.get("from_address") or "")
         self._campaign_id = channel.campaign.rpartition("/")[2]
         self._channel_id = channel.channel_id
-        self._parts = {field: _compile(field, str(content.get(field) or "")) for field in TEMPLATE_FIELDS}
+        self.templates = TemplateSet(
+            {field: str(content.get(field) or "") for field in TEMPLATE_FIELDS}, html=frozenset({"html"})
+        )
         domain = str(options.get("message_id_domain") or settings.domain_of(self.sender) or "localhost")
         self._id_prefix = f"<{_atom(self._campaign_id)}.{_atom(self._channel_id)}."
         self._id_suffix = f"@{domain}>"
         self._unsubscribe = str(content.get("unsubscribe_url") or options.get("unsubscribe_url") or "")
+        self._quoted_campaign = quote(self._campaign_id, safe="")
+        self._quoted_channel = quote(self._channel_id, safe="")
         secret = options.get("unsubscribe_secret")
         self._signer = (
             hmac.new(str(secret).encode(), digestmod=hashlib.sha256)
@@ -91,7 +89,11 @@ class Composer:
         # them apart across processes and restarts without a getrandom call per message.
         self._salt = secrets.token_hex(6)
         self._serial = itertools.count(1)
-        self._from = _from_header(self._parts["from_name"], self.sender)
+        from_name = self.templates.sources["from_name"]
+        # A From header without a template is the same for everyone: made once.
+        self._from = (
+            "" if "{" in from_name else _address_header(" ".join(_clean(from_name).split()), self.sender)
+        )
         self._static = self._static_headers(content)
         self._has_text = bool(content.get("text"))
         self._has_html = bool(content.get("html"))
@@ -115,30 +117,38 @@ class Composer:
             signer.update(message.encode())
             token = signer.hexdigest()[:_TOKEN_LENGTH]
         return self._unsubscribe.format(
-            campaign=quote(self._campaign_id, safe=""),
-            channel=quote(self._channel_id, safe=""),
+            campaign=self._quoted_campaign,
+            channel=self._quoted_channel,
             message=recipient.message_id,
             address=quote(recipient.address, safe=""),
             token=token,
         )
 
-    def build(self, recipient: Recipient) -> Built:
-        """The message for one recipient; RenderError or AddressError when there is none."""
+    async def render(
+        self, recipients: Sequence[Recipient], renderer: Renderer
+    ) -> list[tuple[str, Rendering]]:
+        """Each recipient's unsubscribe URL and rendered templates (or the TemplateError that kept
+        them from rendering), in one call to the renderer."""
+        urls = [self.unsubscribe_url(recipient) for recipient in recipients]
+        rendered = await renderer.render(
+            self.templates,
+            recipients,
+            [{"unsubscribe_url": url} for url in urls],
+            {"campaign": self.campaign},
+        )
+        return list(zip(urls, rendered, strict=True))
+
+    def build(self, recipient: Recipient, fields: Mapping[str, str], url: str) -> Built:
+        """The message for one recipient from its rendered templates and unsubscribe URL;
+        AddressError when its address cannot be written into a message."""
         to = envelope_address(recipient.address)
-        url = self.unsubscribe_url(recipient)
-        context = {
-            "contact": contact_view(recipient.address, recipient.contact),
-            "campaign": self.campaign,
-            "unsubscribe_url": url,
-        }
-        parts = self._parts
-        subject = " ".join(_clean(render_part("subject", parts["subject"], context)).split())
+        subject = " ".join(_clean(fields["subject"]).split())
         from_header = self._from
         if not from_header:
-            name = " ".join(_clean(render_part("from_name", parts["from_name"], context)).split())
+            name = " ".join(_clean(fields["from_name"]).split())
             from_header = _address_header(name, self.sender)
-        text = render_part("text", parts["text"], context) if self._has_text else None
-        html = render_part("html", parts["html"], context) if self._has_html else None
+        text = fields["text"] if self._has_text else None
+        html = fields["html"] if self._has_html else None
         message_id = (
             f"{self._id_prefix}{recipient.message_id}.{next(self._serial)}.{self._salt}{self._id_suffix}"
         )
@@ -269,21 +279,6 @@ def _address_header(name: str, address: str) -> str:
     if name.isascii():
         return formataddr((name, address))
     return f"{_encoded_words(name)} <{address}>"
-
-
-def _from_header(part: Part, sender: str) -> str:
-    """The From header when the name is not a template, else "" (rendered per recipient)."""
-    if not isinstance(part, str):
-        return ""
-    return _address_header(" ".join(_clean(part).split()), sender)
-
-
-def _compile(field: str, source: str) -> Part:
-    try:
-        return compile_part(field, source)
-    except (TemplateSyntaxError, SecurityError) as exc:
-        line = f" (line {exc.lineno})" if isinstance(exc, TemplateSyntaxError) else ""
-        raise RenderError(f"the {field} template does not compile{line}: {exc}") from None
 
 
 def _date() -> str:

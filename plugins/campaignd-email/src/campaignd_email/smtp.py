@@ -9,18 +9,20 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 from aiosmtplib.response import SMTPResponse
 
-from campaignd.plugin import Gate, Recipient, SendResult, SendStatus, Transport
+from campaignd.plugin import Gate, Recipient, Renderer, SendResult, SendStatus, TemplateError, Transport
 from campaignd_email.message import AddressError, Built, Composer
 from campaignd_email.settings import SmtpSettings
-from campaignd_email.templates import RenderError
 
 IDLE_CHECK = 10.0  # seconds a connection may sit idle before a NOOP checks it is still open
+# Recipients rendered per call to the renderer. Sending one slice overlaps rendering the next, and
+# at most about two slices of rendered messages are held at once.
+SLICE = 100
 
 # What an address on a command line may not hold, as aiosmtplib checks it: whitespace and control
 # characters (CR and LF would end the command), angle brackets and quotes. Non-ASCII would need
@@ -225,25 +227,35 @@ async def _quit(smtp: aiosmtplib.SMTP) -> None:
 
 
 async def send_batch(
-    pool: Pool, composer: Composer, recipients: Sequence[Recipient], gate: Gate
+    pool: Pool, composer: Composer, recipients: Sequence[Recipient], gate: Gate, renderer: Renderer
 ) -> list[SendResult]:
-    """Send `recipients` over the pool's connections, one message at a time on each."""
+    """Send `recipients` over the pool's connections, one message at a time on each, while their
+    templates are rendered a slice ahead."""
     batch = _Batch(pool, composer, gate)
-    pending = iter(recipients)
-    workers = [asyncio.ensure_future(batch.work(pending)) for _ in range(min(pool.size, len(recipients)))]
+    size = min(pool.size, len(recipients))
+    ready: asyncio.Queue[_Ready | None] = asyncio.Queue(maxsize=SLICE)
+    producer = asyncio.ensure_future(batch.render(recipients, renderer, ready, size))
+    workers = [asyncio.ensure_future(batch.work(ready)) for _ in range(size)]
     try:
         await asyncio.gather(*workers)
     except BaseException:
         # No send may go on once the batch has ended, with an error or cancelled.
-        for worker in workers:
-            worker.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        for task in [producer, *workers]:
+            task.cancel()
+        await asyncio.gather(producer, *workers, return_exceptions=True)
         raise
+    # Every worker has ended; the producer may still wait for room in the queue.
+    producer.cancel()
+    await asyncio.gather(producer, return_exceptions=True)
+    if batch.error is not None:
+        raise batch.error
     # Left over only when every worker lost its connection and could not open another.
     failure = batch.failure or TransportError(f"no connection to {pool.where}")
-    for recipient in pending:
-        batch.results[recipient.message_id] = failure.result(recipient.message_id)
-    return [batch.results[r.message_id] for r in recipients]
+    return [batch.results.get(r.message_id) or failure.result(r.message_id) for r in recipients]
+
+
+# A recipient ready to send: its rendered templates and its unsubscribe URL.
+_Ready = tuple[Recipient, Mapping[str, str], str]
 
 
 class _Batch:
@@ -253,17 +265,40 @@ class _Batch:
         self.gate = gate
         self.results: dict[int, SendResult] = {}
         self.failure: TransportError | None = None
+        self.error: Exception | None = None
 
-    async def work(self, pending: Iterator[Recipient]) -> None:
-        """Take messages from `pending` until it is empty or this worker cannot go on."""
-        for recipient in pending:
+    async def render(
+        self,
+        recipients: Sequence[Recipient],
+        renderer: Renderer,
+        ready: asyncio.Queue[_Ready | None],
+        workers: int,
+    ) -> None:
+        """Render the batch a slice at a time into `ready`, then tell each worker it is done."""
+        try:
+            for start in range(0, len(recipients), SLICE):
+                part = recipients[start : start + SLICE]
+                for recipient, (url, fields) in zip(
+                    part, await self.composer.render(part, renderer), strict=True
+                ):
+                    if isinstance(fields, TemplateError):
+                        self.results[recipient.message_id] = _failed(recipient, str(fields), "template_error")
+                    else:
+                        await ready.put((recipient, fields, url))
+        except Exception as exc:
+            # Raised by send_batch once the workers have sent what was rendered.
+            self.error = exc
+        for _ in range(workers):
+            await ready.put(None)
+
+    async def work(self, ready: asyncio.Queue[_Ready | None]) -> None:
+        """Send rendered messages from `ready` until it is done or this worker cannot go on."""
+        while (item := await ready.get()) is not None:
+            recipient, fields, url = item
             try:
-                built = self.composer.build(recipient)
+                built = self.composer.build(recipient, fields, url)
             except AddressError as exc:
                 self.results[recipient.message_id] = _failed(recipient, str(exc), "invalid_address")
-                continue
-            except RenderError as exc:
-                self.results[recipient.message_id] = _failed(recipient, str(exc), "render_error")
                 continue
             try:
                 connection = await self.pool.acquire()
