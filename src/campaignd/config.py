@@ -186,6 +186,9 @@ class EngineSettings(_Section):
     transport_rest: Annotated[float, Field(gt=0, le=3600)] = 10.0
     guard_max_failure_percent: Annotated[float, Field(gt=0, le=100)] = 5.0
     guard_min_sends: Annotated[int, Field(ge=1)] = 100
+    # A database that cannot be written for longer than this pauses the channels this daemon runs
+    # (cause SYSTEM); after a shorter fault they go on by themselves. Results are kept either way.
+    storage_pause_after: Annotated[float, Field(gt=0, le=86_400)] = 30.0
 
 
 class MetricsSettings(_Section):

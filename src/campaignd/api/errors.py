@@ -14,6 +14,7 @@ from grpc_status import rpc_status
 
 from campaignd import logs
 from campaignd.errors import DOMAIN, ApiError, Code
+from campaignd.store.db import storage_fault
 
 log = logs.get("campaignd.api")
 
@@ -53,6 +54,11 @@ async def abort(context: Context, error: ApiError) -> None:
 
 
 def _internal(exc: Exception, method: str) -> ApiError:
+    cause = storage_fault(exc)
+    if cause is not None:
+        # Disk full, an I/O error, a lost connection: the call may work later; nothing was written.
+        log.warning("the database cannot be used", method=method, cause=cause, error=str(exc).splitlines()[0])
+        return ApiError(Code.UNAVAILABLE, "STORAGE_UNAVAILABLE", f"the database cannot be used: {cause}")
     log.exception("unexpected error", method=method)
     return ApiError(Code.INTERNAL, "INTERNAL", f"internal error: {type(exc).__name__}")
 

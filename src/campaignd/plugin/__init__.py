@@ -21,7 +21,7 @@ PROJECT = "campaignd"
 ENTRY_POINT_GROUP = "campaignd.channels"
 # The version of the hook contract. A plugin that needs a newer one sets a module attribute
 # `CAMPAIGND_HOOK_API = N`, and an older daemon refuses to load it rather than call it wrongly.
-HOOK_API_VERSION = 2
+HOOK_API_VERSION = 3
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -183,8 +183,11 @@ class Gate(Protocol):
     """Admits each send as it starts: it closes when the channel is paused or stopped, and paces
     sends to the channel's rate."""
 
-    async def admit(self, weight: float = 1.0) -> bool:
-        """Wait for the rate to allow `weight` units, then say whether the send may start now."""
+    async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
+        """Wait for the rate to allow `weight` units, then say whether the send of `message_id`
+        (the recipient's `message_id`; hook API 3) may start now. Naming the message lets the
+        daemon tell, after a crash, which messages never started; without it every message of
+        the call counts as started from the first admit on."""
         ...
 
 

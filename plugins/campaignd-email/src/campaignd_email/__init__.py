@@ -33,6 +33,8 @@ except importlib.metadata.PackageNotFoundError:
     __version__ = "0"
 
 TYPE = settings.TYPE
+# Hook API 3: the gate is told which message each send is (`admit(message_id=...)`).
+CAMPAIGND_HOOK_API = 3
 
 
 @hookimpl
