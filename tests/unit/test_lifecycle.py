@@ -405,6 +405,7 @@ EXPECTED_MESSAGE_MOVES = {
     (M.SENDING, M.RETRYING),
     (M.SENDING, M.QUEUED),
     (M.SENDING, M.CANCELLED),
+    (M.SENDING, M.OPTED_OUT),
     (M.RETRYING, M.SENDING),
     (M.RETRYING, M.FAILED),
     (M.RETRYING, M.CANCELLED),
@@ -414,6 +415,9 @@ EXPECTED_MESSAGE_MOVES = {
     (M.ASSUMED_DELIVERED, M.DELIVERED),
     (M.ASSUMED_DELIVERED, M.FAILED),
     (M.FAILED, M.QUEUED),
+    (M.FAILED, M.SENT),
+    (M.FAILED, M.DELIVERED),
+    (M.FAILED, M.RETRYING),
     (M.CANCELLED, M.QUEUED),
 }
 MESSAGE_PAIRS = list(itertools.product(MessageState, MessageState))
@@ -431,13 +435,14 @@ def test_message_transitions_cover_every_state() -> None:
 
 
 def test_final_messages_have_no_exits_but_retry() -> None:
-    """Final states leave only by retry-failed, restart (CANCELLED -> QUEUED) or a late receipt."""
+    """Final states leave only by retry-failed, restart (CANCELLED -> QUEUED), a late receipt, or
+    a kept result written over an ambiguous failure."""
     exits = {state: MESSAGE_TRANSITIONS[state] for state in MESSAGE_FINAL_STATES}
     assert exits == {
         M.DELIVERED: frozenset(),
         M.OPTED_OUT: frozenset(),
         M.CANCELLED: {M.QUEUED},
-        M.FAILED: {M.QUEUED},
+        M.FAILED: {M.QUEUED, M.SENT, M.DELIVERED, M.RETRYING},
         M.ASSUMED_DELIVERED: {M.DELIVERED, M.FAILED},
     }
 

@@ -228,6 +228,10 @@ class Engine:
         self._guard_base: dict[Key, tuple[int, int]] = {}
         self._types: dict[Key, str] = {}
         self._chores: set[asyncio.Future[None]] = set()
+        # Holds begun so far, and the count when the tick read the channels: a tick whose read
+        # may predate a Pause or Stop must not reopen a gate that call closed.
+        self._holds = 0
+        self._holds_at_read = 0
         database.on_fault(self._storage_changed)
 
     def _storage_changed(self, fault: Fault | None, ended: Fault | None) -> None:
@@ -289,6 +293,7 @@ class Engine:
         """
         hold = (campaign_id, channel_id or "*")
         self._held.add(hold)
+        self._holds += 1
         for key, gate in self._gates.items():
             if self._is_held(key):
                 gate.open = False
@@ -353,6 +358,7 @@ class Engine:
         assumed = await self.db.write(store.assume_delivered, cutoff, receipts, now)
         for campaign_id, _ in assumed:
             self.hub.publish(campaign_id)
+        self._holds_at_read = self._holds
         rows = await self.db.read(store.channels_in, ["scheduled", "queued", "running", "paused"])
         # A paused campaign keeps its slot: resuming it must not put two on one channel type.
         running_types: dict[str, set[str]] = {}
@@ -470,7 +476,8 @@ class Engine:
             gate = self._gates[key] = ChannelGate(RateLimiter(row.rate_limit) if row.rate_limit > 0 else None)
         elif gate.limiter is not None and row.rate_limit > 0:
             gate.limiter.set_rate(row.rate_limit)
-        if not self._is_held(key) and not self._stopping and self.db.fault is None:
+        fresh = self._holds == self._holds_at_read
+        if fresh and not self._is_held(key) and not self._stopping and self.db.fault is None:
             gate.open = True
         worker = self._workers.get(key)
         if worker is not None and not worker.done():
