@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
+from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import Client
 from tests.integration.conftest import DaemonFactory, DaemonProcess
@@ -84,7 +85,7 @@ def _launch(daemon: DaemonProcess, sink: pathlib.Path) -> str:
 def _write_refused(daemon: DaemonProcess) -> grpc.RpcError:
     """A write call made while the database cannot be written, and how it was refused."""
     with daemon.channel() as channel:
-        stub = Client(channel).contacts
+        stub = cs_grpc.ContactServiceStub(channel)
         for attempt in range(50):
             try:
                 stub.CreateList(

@@ -311,8 +311,9 @@ class Engine:
         while not self._stopping:
             try:
                 await self.tick()
-            except Exception:
-                log.exception("engine tick failed")
+            except Exception as exc:
+                if storage_fault(exc) is None:
+                    log.exception("engine tick failed")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.tick_interval)

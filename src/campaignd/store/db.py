@@ -159,6 +159,17 @@ class Database:
             listener(self.fault, None)
         self._prober = asyncio.ensure_future(self._probe_until_writable())
 
+    def _probe_sync(self) -> None:
+        self.write_sync(_probe)
+        if self.dialect == "sqlite":
+            # The row fits in the room the WAL already has while the database file cannot grow:
+            # copying the WAL into the file (without waiting for readers) shows whether it can.
+            raw = self.engine.raw_connection()
+            try:
+                raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                raw.close()
+
     async def _probe_until_writable(self) -> None:
         delay, longest = PROBE_INTERVAL
         loop = asyncio.get_running_loop()
@@ -166,7 +177,7 @@ class Database:
             await asyncio.sleep(delay)
             delay = min(delay * 2, longest)
             try:
-                await loop.run_in_executor(self._pool, functools.partial(self.write_sync, _probe))
+                await loop.run_in_executor(self._pool, self._probe_sync)
             except Exception as exc:  # any failure means: not yet
                 log.debug("the database is still unavailable", error=str(exc).splitlines()[0])
                 continue
