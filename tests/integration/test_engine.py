@@ -181,8 +181,9 @@ def test_the_guard_pauses_a_failing_channel(daemon_factory: DaemonFactory, tmp_p
 
 
 def test_a_transport_that_fails_fatally_fails_the_channel(client: Client) -> None:
-    """When every send is a transport failure, the channel goes FAILED with the error kept."""
-    campaign = _campaign(client, _people(client, "fatal", 10), fatal=True)
+    """When every send is a transport failure, the channel goes FAILED with the error kept, and
+    the messages still waiting are CANCELLED with reason channel_failed."""
+    campaign = _campaign(client, _people(client, "fatal", 300), fatal=True)
     client.launch(campaign.name)
     _wait(lambda: _state(client, campaign.name) == pb.Channel.FAILED, what="failure")
     failed = client.get(campaign.name).channels[0]
@@ -191,7 +192,10 @@ def test_a_transport_that_fails_fatally_fails_the_channel(client: Client) -> Non
     # FAILED is final: nothing is left waiting to be sent.
     totals = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name)).totals
     assert totals.queued == totals.retrying == totals.sending == 0
-    assert totals.cancelled + totals.failed == 10
+    assert totals.cancelled + totals.failed == 300
+    assert totals.cancelled > 0
+    cancelled = _all_messages(client, campaign.name, pb.Message.CANCELLED)
+    assert {m.reason for m in cancelled} == {"channel_failed"}
 
 
 def test_rate_limit_holds_over_any_second(client: Client, tmp_path: pathlib.Path) -> None:

@@ -165,6 +165,41 @@ class _StartMarks:
             self._writing = None
 
 
+class _MarkWriter:
+    """One write at a time marks what every batch in flight asked for meanwhile, so that marks
+    cost a write per round, not per batch."""
+
+    def __init__(self, write: Callable[[list[int]], Awaitable[set[int]]]) -> None:
+        self._write = write
+        self._queued: list[tuple[list[int], asyncio.Future[set[int]]]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def mark(self, ids: list[int]) -> set[int]:
+        """Mark `ids` started; returns those still leased by this daemon."""
+        answer: asyncio.Future[set[int]] = asyncio.get_running_loop().create_future()
+        self._queued.append((ids, answer))
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._run())
+        return await answer
+
+    async def _run(self) -> None:
+        try:
+            while self._queued:
+                round_, self._queued = self._queued, []
+                try:
+                    marked = await self._write([i for ids, _ in round_ for i in ids])
+                except Exception as exc:
+                    for _, answer in round_:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                for ids, answer in round_:
+                    if not answer.done():
+                        answer.set_result({i for i in ids if i in marked})
+        finally:
+            self._running = None
+
+
 class _MarkingGate:
     """The gate a plugin gets: the channel's (or transport's) gate, then the start mark."""
 
@@ -228,6 +263,7 @@ class Engine:
         self._guard_base: dict[Key, tuple[int, int]] = {}
         self._types: dict[Key, str] = {}
         self._chores: set[asyncio.Future[None]] = set()
+        self._mark_writer = _MarkWriter(self._write_marks)
         # Holds begun so far, and the count when the tick read the channels: a tick whose read
         # may predate a Pause or Stop must not reopen a gate that call closed.
         self._holds = 0
@@ -328,7 +364,8 @@ class Engine:
         if workers:
             _, pending = await asyncio.wait(workers, timeout=grace)
             for worker in pending:
-                # Their SENDING messages fail as timed_out once the lease runs out (SPEC §8).
+                # Their SENDING messages are resolved once the lease runs out (SPEC §8): started
+                # ones become ambiguous, the rest are queued again.
                 worker.cancel()
         log.info("engine stopped", workers=len(workers))
 
@@ -680,10 +717,10 @@ class Engine:
         return results
 
     def _marks(self, recipients: Sequence[Recipient]) -> _StartMarks:
-        async def write(ids: list[int]) -> set[int]:
-            return await self.db.write(functools.partial(store.mark_started, owner=self.owner, ids=ids))
+        return _StartMarks(self._mark_writer.mark, [r.message_id for r in recipients])
 
-        return _StartMarks(write, [r.message_id for r in recipients])
+    async def _write_marks(self, ids: list[int]) -> set[int]:
+        return await self.db.write(functools.partial(store.mark_started, owner=self.owner, ids=ids))
 
     async def _open_zones(self, key: Key, row: Any) -> list[str | None] | None:
         window_record = row.send_window or self.plugins.default_window(row.type)
@@ -784,8 +821,14 @@ class Engine:
             )
             # A message handed back unstarted, or to be retried, waits again, unless its channel was
             # stopped or failed meanwhile: then it will never be sent.
+            failed = channel is not None and channel.state == ChannelState.FAILED
             final = [
-                dataclasses.replace(o, state="cancelled", next_attempt_time=None)
+                dataclasses.replace(
+                    o,
+                    state="cancelled",
+                    next_attempt_time=None,
+                    reason="channel_failed" if failed else o.reason,
+                )
                 if stopped and o.state in ("queued", "retrying")
                 else o
                 for o in outcomes
