@@ -189,8 +189,13 @@ def test_a_transport_that_fails_fatally_fails_the_channel(client: Client) -> Non
     failed = client.get(campaign.name).channels[0]
     assert failed.error.code == "TRANSPORT_FAILED"
     assert "535" in failed.error.message
-    # FAILED is final: nothing is left waiting to be sent.
-    totals = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name)).totals
+
+    # FAILED is final: nothing is left waiting to be sent, once the batches in flight are recorded.
+    def report() -> Any:
+        return client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name)).totals
+
+    _wait(lambda: report().sending == 0, what="the batches in flight")
+    totals = report()
     assert totals.queued == totals.retrying == totals.sending == 0
     assert totals.cancelled + totals.failed == 300
     assert totals.cancelled > 0
