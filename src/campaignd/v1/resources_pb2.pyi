@@ -656,7 +656,9 @@ class Message(_message.Message):
     last_error: _builtins.str
     """The last error text."""
     reason: _builtins.str
-    """Machine-readable reason for FAILED or OPTED_OUT (e.g. "timed_out", "bounced")."""
+    """Machine-readable reason for FAILED, OPTED_OUT or CANCELLED (e.g. "ambiguous", "bounced",
+    "suppressed", "contact_deleted", "channel_failed").
+    """
     outcome: _builtins.str
     """Channel-specific outcome (e.g. voice "answered", "busy", "no_answer")."""
     @_builtins.property
