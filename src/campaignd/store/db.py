@@ -4,6 +4,7 @@ storage faults (disk full, I/O errors, a lost connection) it notices."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -220,7 +221,9 @@ class Database:
 
     def close(self) -> None:
         """Wait for running queries, then release every connection."""
-        if self._prober is not None:
-            self._prober.cancel()
+        if self._prober is not None and not self._prober.done():
+            # close() may run in a worker thread: cancel the probe from its own loop, if it runs.
+            with contextlib.suppress(RuntimeError):
+                self._prober.get_loop().call_soon_threadsafe(self._prober.cancel)
         self._pool.shutdown(wait=True)
         self.engine.dispose()
