@@ -100,13 +100,16 @@ class _StartMarks:
     marked started in the database as the plugin asks the gate for them.
 
     Marks are written in groups: one write marks every message asked for meanwhile, plus a few
-    of the next ones in the batch's order (as many as were asked for during the last write, so
-    that at full speed a send rarely waits for a write and at low speed nothing is marked early).
+    of the next ones in the batch's order: twice as many as were asked for during the last
+    write, or what this call sends in HORIZON seconds at its pace so far, at most MAX_AHEAD. At
+    full speed a send rarely waits for a write, and writes stay few; at low speed nothing is
+    marked early.
     A message marked but not sent is handed back unstarted and unmarked; only a crash in between
     leaves it in doubt.
     """
 
     MAX_AHEAD = 64
+    HORIZON = 0.05
 
     def __init__(self, write: Callable[[list[int]], Awaitable[set[int]]], ids: Sequence[int]) -> None:
         self._write = write
@@ -119,11 +122,14 @@ class _StartMarks:
         self._writing: asyncio.Task[bool] | None = None
         self._ahead = 0
         self._asked = 0
+        self._first_ask = 0.0
 
     async def mark(self, message_id: int | None) -> bool:
         """True once `message_id` is marked started; None (a plugin that does not name the
         message) marks every message of the call. False: it must not be sent."""
         self._asked += 1
+        if self._asked == 1:
+            self._first_ask = time.monotonic()
         targets = [message_id] if message_id in self._members else self._order
         while True:
             missing = [m for m in targets if m not in self._marked and m not in self._lost]
@@ -141,7 +147,7 @@ class _StartMarks:
         return True
 
     async def _flush(self) -> bool:
-        batch = list(self._wanted)
+        batch = [m for m in self._wanted if m not in self._marked]
         self._wanted.clear()
         limit = len(batch) + self._ahead
         while len(batch) < limit and self._cursor < len(self._order):
@@ -161,7 +167,9 @@ class _StartMarks:
                 log.exception("could not mark sends as started")
             return False
         finally:
-            self._ahead = min(self.MAX_AHEAD, 2 * (self._asked - asked))
+            elapsed = time.monotonic() - self._first_ask
+            pace = self._asked / elapsed if elapsed > 0.01 else 0.0
+            self._ahead = min(self.MAX_AHEAD, max(2 * (self._asked - asked), int(pace * self.HORIZON)))
             self._writing = None
 
 
