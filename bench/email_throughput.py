@@ -251,7 +251,7 @@ def main() -> int:
                     f"[{backend}] {args.recipients:,} personalised text+HTML messages: "
                     f"launch {launch:.1f} s, "
                     f"{rate:,.0f} msg/s launch -> last SENT; {rate / bare:.2f} x the bare loop; "
-                    f"daemon peak RSS {rss:.0f} MB; daemon CPU {1000 * cpu / args.recipients:.0f} ms "
+                    f"daemon peak RSS {rss:.0f} MB; daemon CPU {1e6 * cpu / args.recipients:.0f} ms "
                     "per 1,000 messages",
                     flush=True,
                 )
