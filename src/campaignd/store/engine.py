@@ -335,6 +335,11 @@ def expire_leases(
     expired = [messages.c.lease_expiry < now]
     if keep_owner:
         expired.append(messages.c.lease_owner != keep_owner)
+    # Almost every tick finds nothing: ask the partial index of SENDING leases first (its WHERE
+    # must appear literally for SQLite to use it), rather than run three grouped scans.
+    probe = sa.select(messages.c.id).where(sa.text("messages.state = 'sending'"), *expired).limit(1)
+    if conn.execute(probe).first() is None:
+        return {}
     released = {"lease_owner": None, "lease_expiry": None, "started": None, "update_time": now}
     resend = sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(
         sa.select(channels.c.campaign_id, channels.c.channel_id).where(channels.c.ambiguous_sends == "resend")
