@@ -103,8 +103,7 @@ class _StartMarks:
     of the next ones in the batch's order: twice as many as were asked for during the last
     write, or what this call sends in HORIZON seconds at its pace so far, at most MAX_AHEAD. At
     full speed a send rarely waits for a write, and writes stay few; at low speed nothing is
-    marked early.
-    A message marked but not sent is handed back unstarted and unmarked; only a crash in between
+    marked early. A message marked but not sent is handed back unstarted and unmarked; only a crash in between
     leaves it in doubt.
     """
 
