@@ -169,9 +169,9 @@ class _StartMarks:
                 log.exception("could not mark sends as started")
             return False
         finally:
-            # The pace over at least HORIZON: the first sends of a call, admitted together, say
+            # The pace over at least 100 ms: the first sends of a call, admitted together, say
             # little about how fast the rest will go.
-            elapsed = max(self.HORIZON, time.monotonic() - self._first_ask)
+            elapsed = max(0.1, time.monotonic() - self._first_ask)
             pace = (self._asked - 1) / elapsed
             self._ahead = min(self.MAX_AHEAD, max(2 * (self._asked - asked), int(pace * self.HORIZON)))
             self._writing = None
