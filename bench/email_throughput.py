@@ -207,6 +207,7 @@ def run_campaign(daemon: Daemon, n: int, profiler: Profiler) -> tuple[float, flo
         workers_before = sum(cpu_seconds(w) for w in workers)
         with profiler.during("send"):
             started = time.perf_counter()
+            cpu_before = cpu_seconds(daemon.pid)
             stub.LaunchCampaign(
                 svc.LaunchCampaignRequest(name="campaigns/bench", attestation=attestation), timeout=600
             )

@@ -255,6 +255,7 @@ class CampaignManager:
                 assert new is not None
                 channel.content, channel.transports = new.content, new.transports
                 channel.rate_limit, channel.send_window = new.rate_limit, new.send_window
+                channel.ambiguous_sends = new.ambiguous_sends
             events.append(self._event(record, caller, "update", reason=",".join(sorted(fields))))
             return self._commit(conn, record, events)
 
@@ -293,11 +294,12 @@ class CampaignManager:
                 ]
                 if problems:
                     raise errors.invalid_argument(problems)
-            if (new.content, new.transports, new.rate_limit, new.send_window) != (
+            if (new.content, new.transports, new.rate_limit, new.send_window, new.ambiguous_sends) != (
                 old.content,
                 old.transports,
                 old.rate_limit,
                 old.send_window,
+                old.ambiguous_sends,
             ):
                 edited.append(old)
         return edited

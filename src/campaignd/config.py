@@ -170,7 +170,8 @@ class EngineSettings(_Section):
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 200
     # Batches of one channel sent at once by this daemon.
     batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
-    # SENDING longer than this without a live owner renewing the lease: FAILED(timed_out).
+    # SENDING longer than this without a live owner renewing the lease: back to QUEUED if its send
+    # never started, else FAILED(ambiguous) or, on a channel that chose RESEND, sent again.
     sending_timeout: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     # SENT this long without a receipt: ASSUMED_DELIVERED, on channel types that have receipts.
@@ -186,6 +187,9 @@ class EngineSettings(_Section):
     transport_rest: Annotated[float, Field(gt=0, le=3600)] = 10.0
     guard_max_failure_percent: Annotated[float, Field(gt=0, le=100)] = 5.0
     guard_min_sends: Annotated[int, Field(ge=1)] = 100
+    # A database that cannot be written for longer than this pauses the channels this daemon runs
+    # (cause SYSTEM); after a shorter fault they go on by themselves. Results are kept either way.
+    storage_pause_after: Annotated[float, Field(gt=0, le=86_400)] = 30.0
 
 
 class TemplateSettings(_Section):

@@ -1316,6 +1316,12 @@ def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rate-limit", type=positive_float, default=None, help="messages per second at most")
     parser.add_argument(
+        "--ambiguous-sends",
+        choices=["skip", "resend"],
+        default=None,
+        help="after a crash, a send that started unrecorded: skip it (default) or resend it",
+    )
+    parser.add_argument(
         "--remarket",
         default="",
         metavar="[CAMPAIGN/]CHANNEL",
@@ -1349,6 +1355,8 @@ def channel_from_flags(args: argparse.Namespace) -> res.Channel:
     channel.transports.extend(res.TransportShare(transport=t, percent=p) for t, p in args.transport)
     if args.rate_limit is not None:
         channel.rate_limit = args.rate_limit
+    if args.ambiguous_sends is not None:
+        channel.ambiguous_sends = res.Channel.AmbiguousSends.Value(args.ambiguous_sends.upper())
     if args.remarket:
         if not args.outcome:
             raise UsageError("--remarket needs at least one --outcome, e.g. --outcome failed")
@@ -1369,7 +1377,17 @@ def run_add_channel(client: Client, args: argparse.Namespace) -> int:
     """add-channel NAME --type T [--id ID] [--content K=V ...] | --file FILE."""
     if args.file:
         conflicting = used_flags(
-            args, ["type", "id", "content", "content_file", "transport", "rate_limit", "remarket"]
+            args,
+            [
+                "type",
+                "id",
+                "content",
+                "content_file",
+                "transport",
+                "rate_limit",
+                "ambiguous_sends",
+                "remarket",
+            ],
         )
         if conflicting:
             raise UsageError(f"give either --file or channel flags, not both ({', '.join(conflicting)})")

@@ -20,7 +20,7 @@ from campaignd.config import ConfigError, Problem, Settings, load
 from campaignd.plugin.manager import PluginError, Plugins
 from campaignd.sdnotify import Notifier, watchdog_interval
 from campaignd.store import migrate
-from campaignd.store.db import Database, create_engine
+from campaignd.store.db import Database, Fault, create_engine
 
 log = logs.get("campaignd.daemon")
 
@@ -67,6 +67,17 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(services)))
         metrics_port = metrics.serve(self.settings.metrics.address) if self.settings.metrics.address else None
         await api.set_serving(True)
+
+        health_updates: set[asyncio.Future[None]] = set()
+
+        def storage_changed(fault: Fault | None, _ended: Fault | None) -> None:
+            # Probes and load balancers see a daemon that cannot write as not serving.
+            if not self._stopping:
+                update = asyncio.ensure_future(api.set_serving(fault is None))
+                health_updates.add(update)
+                update.add_done_callback(health_updates.discard)
+
+        database.on_fault(storage_changed)
         log.info(
             "serving",
             metrics_port=metrics_port,

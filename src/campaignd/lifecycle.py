@@ -315,15 +315,19 @@ MESSAGE_TRANSITIONS: Final[Mapping[MessageState, frozenset[MessageState]]] = Map
         _M.QUEUED: frozenset({_M.SENDING, _M.OPTED_OUT, _M.CANCELLED}),
         # Some providers answer "delivered" at once, skipping SENT. A leased message the gate kept
         # from starting goes back to QUEUED, or to CANCELLED when its channel was stopped meanwhile.
-        _M.SENDING: frozenset({_M.SENT, _M.DELIVERED, _M.FAILED, _M.RETRYING, _M.QUEUED, _M.CANCELLED}),
+        # One found suppressed (or its contact deleted) as it is leased is OPTED_OUT instead.
+        _M.SENDING: frozenset(
+            {_M.SENT, _M.DELIVERED, _M.FAILED, _M.RETRYING, _M.QUEUED, _M.CANCELLED, _M.OPTED_OUT}
+        ),
         _M.RETRYING: frozenset({_M.SENDING, _M.FAILED, _M.CANCELLED}),
         # A bounce or undeliverable receipt can still arrive after the provider accepted the message;
         # an opt-out reply (an SMS "STOP") answers the message that was sent or delivered.
         _M.SENT: frozenset({_M.DELIVERED, _M.FAILED, _M.ASSUMED_DELIVERED, _M.OPTED_OUT}),
         # An assumption is only a default: a late receipt still counts.
         _M.ASSUMED_DELIVERED: frozenset({_M.DELIVERED, _M.FAILED, _M.OPTED_OUT}),
-        # Only retry-failed takes a message back; nothing else leaves FAILED.
-        _M.FAILED: frozenset({_M.QUEUED}),
+        # Retry-failed takes a message back. An `ambiguous` failure (its sender's lease expired)
+        # also takes the result that sender kept through a storage fault and wrote later.
+        _M.FAILED: frozenset({_M.QUEUED, _M.SENT, _M.DELIVERED, _M.RETRYING}),
         _M.DELIVERED: frozenset({_M.OPTED_OUT}),
         _M.OPTED_OUT: frozenset(),
         # Only a restart of a restartable channel type takes a cancelled message back, or leaves it

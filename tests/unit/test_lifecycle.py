@@ -405,6 +405,7 @@ EXPECTED_MESSAGE_MOVES = {
     (M.SENDING, M.RETRYING),
     (M.SENDING, M.QUEUED),
     (M.SENDING, M.CANCELLED),
+    (M.SENDING, M.OPTED_OUT),
     (M.RETRYING, M.SENDING),
     (M.RETRYING, M.FAILED),
     (M.RETRYING, M.CANCELLED),
@@ -418,6 +419,9 @@ EXPECTED_MESSAGE_MOVES = {
     (M.ASSUMED_DELIVERED, M.OPTED_OUT),
     (M.DELIVERED, M.OPTED_OUT),
     (M.FAILED, M.QUEUED),
+    (M.FAILED, M.SENT),
+    (M.FAILED, M.DELIVERED),
+    (M.FAILED, M.RETRYING),
     (M.CANCELLED, M.QUEUED),
     # A restart leaves out numbers suppressed since the launch.
     (M.CANCELLED, M.OPTED_OUT),
@@ -438,13 +442,14 @@ def test_message_transitions_cover_every_state() -> None:
 
 def test_final_messages_have_no_exits_but_retry() -> None:
     """Final states leave only by retry-failed, restart (CANCELLED -> QUEUED, or OPTED_OUT when
-    suppressed since), a late receipt, or an opt-out reply."""
+    suppressed since), a late receipt, an opt-out reply, or a kept result written over an
+    ambiguous failure."""
     exits = {state: MESSAGE_TRANSITIONS[state] for state in MESSAGE_FINAL_STATES}
     assert exits == {
         M.DELIVERED: {M.OPTED_OUT},
         M.OPTED_OUT: frozenset(),
         M.CANCELLED: {M.QUEUED, M.OPTED_OUT},
-        M.FAILED: {M.QUEUED},
+        M.FAILED: {M.QUEUED, M.SENT, M.DELIVERED, M.RETRYING},
         M.ASSUMED_DELIVERED: {M.DELIVERED, M.FAILED, M.OPTED_OUT},
     }
 

@@ -268,7 +268,7 @@ class Gate:
         self.admitted = 0
         self.refused = 0
 
-    async def admit(self, weight: float = 1.0) -> bool:
+    async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
         if self.admits is not None and self.admitted >= self.admits:
             self.refused += 1
             return False

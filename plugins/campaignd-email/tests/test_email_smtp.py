@@ -380,7 +380,7 @@ def test_mail_from_is_written_before_anything_else_runs_after_admission(
     seen: list[bytes] = []
 
     class Watching(Gate):
-        async def admit(self, weight: float = 1.0) -> bool:
+        async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
             # Runs at the sender's first suspension after admission: by then MAIL FROM is out.
             asyncio.get_running_loop().call_soon(lambda: seen.append(written[-1]))
             return await super().admit(weight)
@@ -395,7 +395,7 @@ def test_mail_from_is_written_before_anything_else_runs_after_admission(
 
 def test_an_error_in_one_send_ends_the_whole_batch() -> None:
     class Failing(Gate):
-        async def admit(self, weight: float = 1.0) -> bool:
+        async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
             if self.admitted == 3:
                 raise RuntimeError("the gate broke")
             return await super().admit(weight)

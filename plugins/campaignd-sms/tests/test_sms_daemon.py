@@ -147,10 +147,6 @@ def test_a_campaign_is_delivered_in_parts_and_a_stop_reply_opts_out(
         wait(lambda: not suppressed(daemon, number(7)), what="the opt-out to be lifted")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the engine's send-time suppression check: a suppressed recipient is OPTED_OUT when leased",
-)
 def test_a_number_that_opts_out_after_the_launch_is_not_sent(
     daemon_factory: DaemonFactory, smsc: Smsc
 ) -> None:

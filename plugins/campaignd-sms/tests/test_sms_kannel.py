@@ -102,7 +102,7 @@ def test_callbacks_without_the_secret_are_refused(
             class Gate:
                 """Admits everything."""
 
-                async def admit(self, weight: float = 1.0) -> bool:
+                async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
                     return True
 
             sending = campaignd_sms.campaignd_send(

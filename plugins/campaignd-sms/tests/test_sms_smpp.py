@@ -43,7 +43,7 @@ class Gate:
     def __init__(self) -> None:
         self.weights: list[float] = []
 
-    async def admit(self, weight: float = 1.0) -> bool:
+    async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
         """Admit."""
         self.weights.append(weight)
         return True

@@ -212,6 +212,7 @@ def channel_message(channel: ChannelRecord) -> pb.Channel:
         rate_limit=channel.rate_limit,
         schedule_time=timestamp(channel.schedule_time),
         state_time=timestamp(channel.state_time),
+        ambiguous_sends=pb.Channel.RESEND if channel.ambiguous_sends == "resend" else pb.Channel.SKIP,
     )
     if channel.send_window is not None:
         message.send_window.CopyFrom(pb.SendWindow(**channel.send_window))
@@ -339,6 +340,8 @@ def channel_record(
             v.add(f"{path}.{problem.field}", problem.description)
     if not 0 <= message.rate_limit <= 1_000_000:
         v.add(f"{path}.rate_limit", "must be between 0 and 1000000 messages per second")
+    if message.ambiguous_sends not in pb.Channel.AmbiguousSends.values():
+        v.add(f"{path}.ambiguous_sends", "must be SKIP or RESEND")
     send_window = None
     if message.HasField("send_window"):
         send_window = _check_send_window(v, f"{path}.send_window", message.send_window)
@@ -355,6 +358,7 @@ def channel_record(
         state_time=dt.datetime.now(dt.UTC),
         send_window=send_window,
         remarketing=remarketing,
+        ambiguous_sends="resend" if message.ambiguous_sends == pb.Channel.RESEND else None,
     )
 
 

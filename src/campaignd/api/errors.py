@@ -13,7 +13,8 @@ from grpc import aio
 from grpc_status import rpc_status
 
 from campaignd import logs
-from campaignd.errors import DOMAIN, ApiError, internal, new_error_id
+from campaignd.errors import DOMAIN, ApiError, Code, internal, new_error_id
+from campaignd.store.db import storage_fault
 
 log = logs.get("campaignd.api")
 
@@ -69,6 +70,11 @@ async def abort(context: Context, error: ApiError) -> None:
 
 
 def _internal(exc: Exception, method: str) -> ApiError:
+    cause = storage_fault(exc)
+    if cause is not None:
+        # Disk full, an I/O error, a lost connection: the call may work later; nothing was written.
+        log.warning("the database cannot be used", method=method, cause=cause, error=str(exc).splitlines()[0])
+        return ApiError(Code.UNAVAILABLE, "STORAGE_UNAVAILABLE", f"the database cannot be used: {cause}")
     # No exception text (SQL, paths, values) reaches the client: it gets the id of the log entry.
     error_id = new_error_id()
     log.error("unexpected error", method=method, error_id=error_id, exc_info=exc)

@@ -176,7 +176,7 @@ def _bucket(address: str, total: int) -> int:
 class _AlwaysOpen:
     """The gate of a test send: nothing pauses it."""
 
-    async def admit(self, weight: float = 1.0) -> bool:
+    async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
         return True
 
 

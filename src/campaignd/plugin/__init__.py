@@ -200,8 +200,11 @@ class Gate(Protocol):
     """Admits each send as it starts: it closes when the channel is paused or stopped, and paces
     sends to the channel's rate."""
 
-    async def admit(self, weight: float = 1.0) -> bool:
-        """Wait for the rate to allow `weight` units, then say whether the send may start now."""
+    async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
+        """Wait for the rate to allow `weight` units, then say whether the send of `message_id`
+        (the recipient's `message_id`; hook API 3) may start now. Naming the message lets the
+        daemon tell, after a crash, which messages never started; without it every message of
+        the call counts as started from the first admit on."""
         ...
 
 

@@ -654,9 +654,17 @@ def list_messages(
 
 
 def move_messages(
-    conn: Connection, campaign_id: str, channel_id: str, frm: Sequence[str], to: str, now: dt.datetime
+    conn: Connection,
+    campaign_id: str,
+    channel_id: str,
+    frm: Sequence[str],
+    to: str,
+    now: dt.datetime,
+    *,
+    reason: str | None = None,
 ) -> int:
-    """Move a channel's messages in states `frm` to `to` (stop, restart, retry); returns how many."""
+    """Move a channel's messages in states `frm` to `to` (stop, restart, retry, a failed channel),
+    with `reason` when given; returns how many."""
     moved = 0
     for state in frm:
         n = conn.execute(
@@ -666,7 +674,12 @@ def move_messages(
                 messages.c.channel_id == channel_id,
                 messages.c.state == state,
             )
-            .values(state=to, update_time=now, next_attempt_time=None)
+            .values(
+                state=to,
+                update_time=now,
+                next_attempt_time=None,
+                **({"reason": reason} if reason is not None else {}),
+            )
         ).rowcount
         add_counts(conn, campaign_id, channel_id, {state: -n, to: n})
         moved += n

@@ -32,6 +32,7 @@ class ChannelRecord:
     remarketing: dict[str, Any] | None = None
     audience_counts: dict[str, int] | None = None
     position: int = 0
+    ambiguous_sends: str | None = None  # "resend", or None: skip
 
 
 @dataclass
@@ -113,6 +114,7 @@ def _channel(row: sa.Row[Any]) -> ChannelRecord:
         remarketing=row.remarketing,
         audience_counts=row.audience_counts,
         position=row.position,
+        ambiguous_sends=row.ambiguous_sends,
     )
 
 
@@ -179,6 +181,7 @@ def _channel_values(campaign_id: str, channel: ChannelRecord) -> dict[str, Any]:
         "remarketing": channel.remarketing,
         "audience_counts": channel.audience_counts,
         "state_time": channel.state_time,
+        "ambiguous_sends": channel.ambiguous_sends,
     }
 
 

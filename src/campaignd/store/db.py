@@ -1,10 +1,14 @@
-"""Database engine: SQLite (WAL) or PostgreSQL, and the thread pool that runs blocking SQL."""
+"""Database engine: SQLite (WAL) or PostgreSQL, the thread pool that runs blocking SQL, and the
+storage faults (disk full, I/O errors, a lost connection) it notices."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -14,7 +18,63 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from campaignd import logs
+
 T = TypeVar("T")
+log = logs.get("campaignd.store")
+PROBE_INTERVAL = (0.25, 5.0)  # seconds between probes of a faulty database: first, at most
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """The database cannot be used: why (a few words a client may see), and since when."""
+
+    cause: str
+    since: float  # time.monotonic()
+    detail: str = ""  # the driver's message, for the log only
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """The cause in a few words when `exc` says the database cannot be used now (disk full, an
+    I/O error, a lost connection, ...), which waiting may cure; None for any other error."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    orig = exc.orig
+    sqlite_name = getattr(orig, "sqlite_errorname", None)
+    if isinstance(sqlite_name, str):
+        if sqlite_name.startswith("SQLITE_FULL"):
+            return "database or disk is full"
+        if sqlite_name.startswith("SQLITE_IOERR"):
+            return "disk I/O error"
+        if sqlite_name.startswith("SQLITE_READONLY"):
+            return "the database is read-only"
+        if sqlite_name.startswith("SQLITE_CANTOPEN"):
+            return "unable to open database file"
+        if sqlite_name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return "database is locked"
+        return None
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(state, str):
+        if state == "53100":
+            return "the database server's disk is full"
+        if state.startswith("53"):
+            return "the database server is out of resources"
+        if state.startswith("58"):
+            return "disk I/O error on the database server"
+        if state == "25006":
+            return "the database is read-only"
+        if state.startswith(("08", "57P")):
+            return "the database connection was lost"
+        return None
+    if exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        # psycopg without an SQLSTATE: the server could not be reached or went away.
+        return "the database connection was lost"
+    return None
+
+
+def _probe(conn: Connection) -> None:
+    # A write that really writes a page (one row, always there), so a full disk shows.
+    conn.execute(sa.text("UPDATE alembic_version SET version_num = version_num"))
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -80,6 +140,56 @@ class Database:
             engine.execution_options(sqlite_begin="IMMEDIATE") if self.dialect == "sqlite" else engine
         )
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="campaignd-db")
+        self.fault: Fault | None = None
+        self._listeners: list[Callable[[Fault | None, Fault | None], None]] = []
+        self._prober: asyncio.Task[None] | None = None
+
+    def on_fault(self, listener: Callable[[Fault | None, Fault | None], None]) -> None:
+        """Call `listener(fault, None)` when a storage fault begins and `listener(None, ended)`
+        when the database can be written again."""
+        self._listeners.append(listener)
+
+    def _noticed(self, exc: BaseException) -> None:
+        cause = storage_fault(exc)
+        if cause is None or self.fault is not None:
+            return
+        detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0:1]
+        self.fault = Fault(cause, time.monotonic(), detail[0] if detail else "")
+        log.error("the database cannot be used", cause=cause, error=self.fault.detail)
+        for listener in self._listeners:
+            listener(self.fault, None)
+        self._prober = asyncio.ensure_future(self._probe_until_writable())
+
+    def _probe_sync(self) -> None:
+        self.write_sync(_probe)
+        if self.dialect == "sqlite":
+            # The row fits in the room the WAL already has while the database file cannot grow:
+            # copying the WAL into the file (without waiting for readers) shows whether it can.
+            raw = self.engine.raw_connection()
+            try:
+                raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                raw.close()
+
+    async def _probe_until_writable(self) -> None:
+        delay, longest = PROBE_INTERVAL
+        loop = asyncio.get_running_loop()
+        while self.fault is not None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
+            try:
+                await loop.run_in_executor(self._pool, self._probe_sync)
+            except Exception as exc:  # any failure means: not yet
+                log.debug("the database is still unavailable", error=str(exc).splitlines()[0])
+                continue
+            ended, self.fault = self.fault, None
+            log.warning(
+                "the database can be written again",
+                cause=ended.cause,
+                seconds=round(time.monotonic() - ended.since, 1),
+            )
+            for listener in self._listeners:
+                listener(None, ended)
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) in one write transaction, committed on return."""
@@ -92,16 +202,28 @@ class Database:
             return fn(conn, *args)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """write_sync in a worker thread."""
+        """write_sync in a worker thread; a storage fault it raises starts `fault`."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self.write_sync, fn, *args))
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(self.write_sync, fn, *args))
+        except Exception as exc:
+            self._noticed(exc)
+            raise
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """read_sync in a worker thread."""
+        """read_sync in a worker thread; a storage fault it raises starts `fault`."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self.read_sync, fn, *args))
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(self.read_sync, fn, *args))
+        except Exception as exc:
+            self._noticed(exc)
+            raise
 
     def close(self) -> None:
         """Wait for running queries, then release every connection."""
+        if self._prober is not None and not self._prober.done():
+            # close() may run in a worker thread: cancel the probe from its own loop, if it runs.
+            with contextlib.suppress(RuntimeError):
+                self._prober.get_loop().call_soon_threadsafe(self._prober.cancel)
         self._pool.shutdown(wait=True)
         self.engine.dispose()

@@ -1,10 +1,12 @@
 """Named queries of the sending engine: leases, results, sweeps, and per-state counters.
 
-A lease marks messages SENDING with an owner and an expiry that the live owner renews. The
-owner hands each one to its channel plugin only while the channel's gate is open, and gives back
-the ones it did not start. SENDING messages whose lease ran out belonged to an owner that died:
-whether they went out is unknown, so they fail as `timed_out` and are never sent again (SPEC §8).
-Every change of a message's state moves the channel's counters in the same transaction.
+A lease marks messages SENDING with an owner and an expiry that the live owner renews; a lease
+skips, as OPTED_OUT, messages whose address was suppressed or whose contact was deleted since the
+launch. The owner marks a message `started` before handing it to its channel plugin, and gives
+back the ones it did not start. SENDING messages whose lease ran out belonged to an owner that
+died: those never started go back to QUEUED; whether the started ones went out is unknown, so
+they fail as `ambiguous` and are never sent again, unless their channel chose to resend them
+(SPEC §8). Every change of a message's state moves the channel's counters in the same transaction.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages
+from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages, suppressions
 
 SENDING = "sending"
+AMBIGUOUS = "ambiguous"  # the reason of a message whose send started and was never recorded
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,13 @@ def lease(
     now: dt.datetime,
     expiry: dt.datetime,
     zones: Sequence[str | None] | None = None,
+    channel_type: str = "",
 ) -> list[Leased]:
     """Mark up to `limit` messages SENDING for `owner`: QUEUED ones first, then RETRYING ones due now.
 
-    With `zones`, only messages to recipients in those time zones (None: no zone) are taken.
+    With `zones`, only messages to recipients in those time zones (None: no zone) are taken. Of
+    those taken, the ones whose address is now suppressed for `channel_type` (or for every type),
+    or whose contact was deleted, become OPTED_OUT instead and are not returned.
     """
     leased: list[Leased] = []
     for state in ("queued", "retrying"):
@@ -151,7 +157,70 @@ def lease(
         if rows:
             add_counts(conn, campaign_id, channel_id, {state: -len(rows), SENDING: len(rows)})
     leased.sort(key=lambda m: m.id)
+    if leased:
+        leased = _opt_out(conn, campaign_id, channel_id, channel_type, leased, now)
     return leased
+
+
+def _opt_out(
+    conn: Connection,
+    campaign_id: str,
+    channel_id: str,
+    channel_type: str,
+    leased: list[Leased],
+    now: dt.datetime,
+) -> list[Leased]:
+    """Move the just-leased messages that may no longer be sent to OPTED_OUT; returns the rest.
+
+    Two indexed lookups per batch (the suppressions' unique (address, channel type) index and the
+    contacts' primary key), so the check costs the same whatever the audience's size.
+    """
+    addresses = sorted({m.address for m in leased})
+    suppressed = {
+        r.address
+        for r in conn.execute(
+            sa.select(suppressions.c.address).where(
+                suppressions.c.address.in_(addresses), suppressions.c.channel_type.in_(["", channel_type])
+            )
+        )
+    }
+    wanted = sorted({m.contact for m in leased if m.contact is not None})
+    existing = (
+        {r.id for r in conn.execute(sa.select(contacts.c.id).where(contacts.c.id.in_(wanted)))}
+        if wanted
+        else set()
+    )
+    reasons = {}
+    for m in leased:
+        if m.address in suppressed:
+            reasons[m.id] = "suppressed"
+        elif m.contact is not None and m.contact not in existing:
+            reasons[m.id] = "contact_deleted"
+    if not reasons:
+        return leased
+    for reason in sorted(set(reasons.values())):
+        ids = [mid for mid, why in reasons.items() if why == reason]
+        conn.execute(
+            messages.update()
+            .where(messages.c.id.in_(ids))
+            .values(state="opted_out", reason=reason, lease_owner=None, lease_expiry=None, update_time=now)
+        )
+    add_counts(conn, campaign_id, channel_id, {SENDING: -len(reasons), "opted_out": len(reasons)})
+    return [m for m in leased if m.id not in reasons]
+
+
+def mark_started(conn: Connection, *, owner: str, ids: Sequence[int]) -> set[int]:
+    """Mark leased messages as started, before their send starts; returns those still leased by
+    `owner` (only those may be sent: the others' lease expired and they went to another fate)."""
+    if not ids:
+        return set()
+    statement = (
+        messages.update()
+        .where(messages.c.id.in_(list(ids)), messages.c.lease_owner == owner, messages.c.state == SENDING)
+        .values(started=True)
+        .returning(messages.c.id)
+    )
+    return {r.id for r in conn.execute(statement)}
 
 
 def renew(conn: Connection, *, owner: str, ids: Sequence[int], expiry: dt.datetime) -> None:
@@ -176,19 +245,26 @@ def record(
     outcomes: Sequence[Outcome],
     now: dt.datetime,
 ) -> int:
-    """Write the outcomes of leased messages that are still ours; returns how many were written."""
+    """Write the outcomes of leased messages that are still ours; returns how many were written.
+
+    A message that another daemon's sweep failed as `ambiguous` while this one could not write
+    (its lease ran out during a storage fault) takes the result this daemon kept for it.
+    """
     ids = [o.id for o in outcomes]
-    ours: set[int] = set()
+    ours: dict[int, str] = {}
     for start in range(0, len(ids), 5000):
-        query = sa.select(messages.c.id).where(
+        query = sa.select(messages.c.id, messages.c.state).where(
             messages.c.id.in_(ids[start : start + 5000]),
-            messages.c.state == SENDING,
-            messages.c.lease_owner == owner,
+            sa.or_(
+                sa.and_(messages.c.state == SENDING, messages.c.lease_owner == owner),
+                sa.and_(messages.c.state == "failed", messages.c.reason == AMBIGUOUS),
+            ),
         )
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
-        ours.update(r.id for r in conn.execute(query))
-    valid = [o for o in outcomes if o.id in ours]
+        ours.update((r.id, r.state) for r in conn.execute(query))
+    # A kept result for an ambiguous message is written only if it is a real outcome.
+    valid = [o for o in outcomes if o.id in ours and (ours[o.id] == SENDING or o.state != "queued")]
     if not valid:
         return 0
     started = [o for o in valid if o.state != "queued" and o.attempted]
@@ -208,6 +284,7 @@ def record(
             attempts=messages.c.attempts + sa.bindparam("tried"),
             lease_owner=None,
             lease_expiry=None,
+            started=None,
             update_time=now,
         ),
         [
@@ -223,14 +300,14 @@ def record(
                 "n_parts": o.parts if o.state != "queued" and o.parts != 1 else None,
                 "said": o.outcome or None,
                 "talk": o.talk_time,
-                # A message handed back unstarted was not attempted.
-                "tried": 0 if o.state == "queued" or not o.attempted else 1,
+                # A message handed back unstarted was not attempted; an ambiguous one was counted.
+                "tried": 0 if o.state == "queued" or not o.attempted or ours[o.id] != SENDING else 1,
             }
             for o in valid
         ],
     )
     deltas = Counter(o.state for o in valid)
-    deltas[SENDING] -= len(valid)
+    deltas.subtract(Counter(ours[o.id] for o in valid))
     add_counts(conn, campaign_id, channel_id, deltas)
     return len(started)
 
@@ -259,20 +336,58 @@ def _move_matching(
     return moved
 
 
-def expire_leases(conn: Connection, now: dt.datetime) -> dict[tuple[str, str], int]:
-    """Fail SENDING messages whose lease ran out (their owner died) as `timed_out`; per channel."""
-    return _move_matching(
-        conn,
-        [messages.c.lease_expiry < now],
-        SENDING,
-        "failed",
-        {
-            "reason": "timed_out",
-            "last_error": "no result before the lease expired",
-            "lease_owner": None,
-            "lease_expiry": None,
-            "update_time": now,
-        },
+def expire_leases(
+    conn: Connection, now: dt.datetime, *, keep_owner: str = "", max_attempts: int = 3
+) -> dict[tuple[str, str], dict[str, int]]:
+    """Resolve SENDING messages whose lease ran out (their owner died), other than `keep_owner`'s:
+    those whose send never started go back to QUEUED, unattempted; those whose send started fail
+    as `ambiguous`, or, on a channel whose `ambiguous_sends` is "resend", wait as RETRYING, due
+    now, while attempts remain. Returns per (campaign id, channel id) how many went to each state."""
+    expired = [messages.c.lease_expiry < now]
+    if keep_owner:
+        expired.append(messages.c.lease_owner != keep_owner)
+    # Almost every tick finds nothing: ask the partial index of SENDING leases first (its WHERE
+    # must appear literally for SQLite to use it), rather than run three grouped scans.
+    probe = sa.select(messages.c.id).where(sa.text("messages.state = 'sending'"), *expired).limit(1)
+    if conn.execute(probe).first() is None:
+        return {}
+    released = {"lease_owner": None, "lease_expiry": None, "started": None, "update_time": now}
+    resend = sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(
+        sa.select(channels.c.campaign_id, channels.c.channel_id).where(channels.c.ambiguous_sends == "resend")
+    )
+    ambiguous = {
+        "reason": AMBIGUOUS,
+        "last_error": "the send started and its result was never recorded (the daemon stopped)",
+        "attempts": messages.c.attempts + 1,
+        **released,
+    }
+    moves: list[tuple[list[sa.ColumnElement[bool]], str, Mapping[str, Any]]] = [
+        ([*expired, sa.or_(messages.c.started.is_(None), messages.c.started.is_(False))], "queued", released),
+        (
+            [*expired, messages.c.started.is_(True), resend, messages.c.attempts + 1 < max_attempts],
+            "retrying",
+            {**ambiguous, "next_attempt_time": now},
+        ),
+        ([*expired, messages.c.started.is_(True)], "failed", ambiguous),
+    ]
+    moved: dict[tuple[str, str], dict[str, int]] = {}
+    for where, to, values in moves:
+        for key, n in _move_matching(conn, where, SENDING, to, values).items():
+            moved.setdefault(key, {})[to] = n
+    return moved
+
+
+def ambiguous_failures(conn: Connection, campaign_id: str, channel_id: str) -> int:
+    """FAILED messages of a channel whose send was ambiguous (the failure guard leaves them out)."""
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).where(
+                messages.c.campaign_id == campaign_id,
+                messages.c.channel_id == channel_id,
+                messages.c.state == "failed",
+                messages.c.reason == AMBIGUOUS,
+            )
+        ).scalar_one()
     )
 
 

@@ -59,6 +59,8 @@ channels = sa.Table(
     sa.Column("state_time", UTCDateTime, nullable=False),
     # How the audience resolved at launch: targeted, excluded, suppressed, skipped, queued.
     sa.Column("audience_counts", sa.JSON),
+    # What a crash does to a message whose send had started unrecorded: "resend", or NULL (skip).
+    sa.Column("ambiguous_sends", sa.String(16)),
     sa.Index("ix_channels_state_schedule_time", "state", "schedule_time"),
 )
 
@@ -178,6 +180,9 @@ messages = sa.Table(
     sa.Column("lease_expiry", UTCDateTime),
     # When a RETRYING message may be tried again.
     sa.Column("next_attempt_time", UTCDateTime),
+    # True once the lease's owner may have handed the message to the provider (written before the
+    # send starts); a lease that expires without it was never sent and goes back to QUEUED.
+    sa.Column("started", sa.Boolean),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("update_time", UTCDateTime, nullable=False),
     sa.UniqueConstraint("campaign_id", "channel_id", "address"),

@@ -100,7 +100,7 @@ async def _send(content: Content, recipients: Sequence[Recipient], gate: Gate) -
     sink = content.get("sink")
     results = []
     for recipient in recipients:
-        if not await gate.admit():
+        if not await gate.admit(message_id=recipient.message_id):
             results.append(SendResult(recipient.message_id, SendStatus.NOT_STARTED))
             continue
         # Started: from here on the message counts as handed to the provider.

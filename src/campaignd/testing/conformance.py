@@ -149,7 +149,7 @@ class RecordingGate:
         """How many sends were admitted."""
         return len(self.received_at_admit)
 
-    async def admit(self, weight: float = 1.0) -> bool:
+    async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
         """Admit while the allowance lasts."""
         self.asked += 1
         self.weights.append(weight)

@@ -328,6 +328,31 @@ class Channel(_message.Message):
     FAILED: Channel.State.ValueType  # 8
     """A fatal error ended it; see `error`."""
 
+    class _AmbiguousSends:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _AmbiguousSendsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Channel._AmbiguousSends.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        AMBIGUOUS_SENDS_UNSPECIFIED: Channel._AmbiguousSends.ValueType  # 0
+        """Not set: SKIP."""
+        SKIP: Channel._AmbiguousSends.ValueType  # 1
+        """FAILED with reason `ambiguous`, never sent again by itself (at most once)."""
+        RESEND: Channel._AmbiguousSends.ValueType  # 2
+        """Sent again while attempts remain (at least once), for channels where a duplicate is harmless."""
+
+    class AmbiguousSends(_AmbiguousSends, metaclass=_AmbiguousSendsEnumTypeWrapper):
+        """What happens, after a daemon died, to a message whose send had started but whose result was
+        never recorded: it may or may not have reached the recipient.
+        """
+
+    AMBIGUOUS_SENDS_UNSPECIFIED: Channel.AmbiguousSends.ValueType  # 0
+    """Not set: SKIP."""
+    SKIP: Channel.AmbiguousSends.ValueType  # 1
+    """FAILED with reason `ambiguous`, never sent again by itself (at most once)."""
+    RESEND: Channel.AmbiguousSends.ValueType  # 2
+    """Sent again while attempts remain (at least once), for channels where a duplicate is harmless."""
+
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -339,6 +364,7 @@ class Channel(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     REMARKETING_FIELD_NUMBER: _builtins.int
     STATE_TIME_FIELD_NUMBER: _builtins.int
+    AMBIGUOUS_SENDS_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     """Identifier within the campaign: 1-63 characters of [a-z0-9-], starting with a letter."""
     type: _builtins.str
@@ -347,6 +373,8 @@ class Channel(_message.Message):
     """This channel's lifecycle state."""
     rate_limit: _builtins.float
     """Upper bound on this channel's send rate in messages per second; 0 means only transport limits."""
+    ambiguous_sends: Global___Channel.AmbiguousSends.ValueType
+    """What a crash does to a send that started and was never recorded; returned as SKIP or RESEND."""
     @_builtins.property
     def content(self) -> _struct_pb2.Struct:
         """Content, in the schema the channel type declares (e.g. email: subject, from, text, html)."""
@@ -389,10 +417,11 @@ class Channel(_message.Message):
         error: Global___ChannelError | None = ...,
         remarketing: Global___RemarketingSource | None = ...,
         state_time: _timestamp_pb2.Timestamp | None = ...,
+        ambiguous_sends: Global___Channel.AmbiguousSends.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "error", b"error", "remarketing", b"remarketing", "schedule_time", b"schedule_time", "send_window", b"send_window", "state_time", b"state_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "content", b"content", "error", b"error", "rate_limit", b"rate_limit", "remarketing", b"remarketing", "schedule_time", b"schedule_time", "send_window", b"send_window", "state", b"state", "state_time", b"state_time", "transports", b"transports", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ambiguous_sends", b"ambiguous_sends", "channel_id", b"channel_id", "content", b"content", "error", b"error", "rate_limit", b"rate_limit", "remarketing", b"remarketing", "schedule_time", b"schedule_time", "send_window", b"send_window", "state", b"state", "state_time", b"state_time", "transports", b"transports", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -630,7 +659,9 @@ class Message(_message.Message):
     last_error: _builtins.str
     """The last error text."""
     reason: _builtins.str
-    """Machine-readable reason for FAILED or OPTED_OUT (e.g. "timed_out", "bounced")."""
+    """Machine-readable reason for FAILED, OPTED_OUT or CANCELLED (e.g. "ambiguous", "bounced",
+    "suppressed", "contact_deleted", "channel_failed").
+    """
     outcome: _builtins.str
     """Channel-specific outcome (e.g. voice "answered", "busy", "no_answer")."""
     parts: _builtins.int

@@ -35,6 +35,7 @@ except importlib.metadata.PackageNotFoundError:
 
 TYPE = settings.TYPE
 # Renders through the daemon's renderer (campaignd_render and campaignd_send get `renderer`).
+# Hook API 3: the gate is told which message each send is (`admit(message_id=...)`).
 CAMPAIGND_HOOK_API = 3
 
 

@@ -308,7 +308,7 @@ class _Batch:
                 return
             keep = stop = False
             try:
-                if not await self.gate.admit():
+                if not await self.gate.admit(message_id=recipient.message_id):
                     keep = True
                     self.results[recipient.message_id] = SendResult(
                         recipient.message_id, SendStatus.NOT_STARTED

@@ -35,7 +35,7 @@ try:
 except importlib.metadata.PackageNotFoundError:
     __version__ = "0"
 
-# SendResult.parts, Rendered.parts/encoding, InboundEvent.reason and EventKind.OPTED_IN.
+# SendResult.parts, Rendered.parts/encoding, InboundEvent.reason, EventKind.OPTED_IN, admit(message_id=...).
 CAMPAIGND_HOOK_API = 3
 TYPE = settings.TYPE
 # TCPA quiet hours: nothing is sent before 08:00 or after 21:00 in the recipient's time zone.

@@ -137,7 +137,7 @@ class Kannel:
         url = f"{self.sendsms_url}?{urllib.parse.urlencode(query)}"
         async with self.slots:
             client = self._client()
-            if not await gate.admit(weight=parts):
+            if not await gate.admit(weight=parts, message_id=message_id):
                 return SendResult(message_id, SendStatus.NOT_STARTED)
             try:
                 async with client.get(url) as response:

@@ -496,7 +496,7 @@ class Link:
             taken = await self.window.acquire(parts)
             released = 0
             try:
-                if not await gate.admit(weight=parts):
+                if not await gate.admit(weight=parts, message_id=message_id):
                     return SendResult(message_id, SendStatus.NOT_STARTED), []
                 try:
                     answers = session.requests(submission.pdus)

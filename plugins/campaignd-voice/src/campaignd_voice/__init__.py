@@ -35,7 +35,7 @@ try:
 except importlib.metadata.PackageNotFoundError:
     __version__ = "0"
 
-# SendResult.outcome, talk_time and retry_delay.
+# SendResult.outcome, talk_time and retry_delay; admit(message_id=...).
 CAMPAIGND_HOOK_API = 3
 TYPE = settings.TYPE
 

@@ -78,7 +78,7 @@ async def send_batch(
                 )
                 results[recipient.message_id] = _unusable(recipient, BaresipError(error, fatal=True))
                 continue
-            if not await gate.admit():
+            if not await gate.admit(message_id=recipient.message_id):
                 client.slots.release()
                 closed = True
                 results[recipient.message_id] = SendResult(recipient.message_id, SendStatus.NOT_STARTED)
