@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pathlib
+import signal
 import threading
 import time
 import uuid
@@ -409,3 +411,48 @@ def test_an_invalid_repeat_is_refused_before_the_stored_answer(stub: cs_grpc.Con
     with pytest.raises(grpc.RpcError) as caught:
         stub.CreateContact(cs.CreateContactRequest(contact=cs.Contact(email="not-an-email"), request_id=tag))
     assert failure(caught.value).fields == ["contact.email"]
+
+
+def _import_workers(pid: int) -> set[int]:
+    """The daemon's child processes that are multiprocessing workers (import normalisation)."""
+    found: set[int] = set()
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"multiprocessing" in pathlib.Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.add(int(child))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_import_workers_end_with_a_killed_daemon(tmp_path: pathlib.Path) -> None:
+    """A daemon killed with SIGKILL leaves no import worker process behind: each ends within seconds."""
+    process = DaemonProcess(tmp_path, CONFIG)
+    process.start()
+    try:
+        with process.channel() as channel:
+            stub = cs_grpc.ContactServiceStub(channel)
+            stub.ImportContacts(_stream(_fillers("orphan", 3000)), timeout=60)
+        assert process.proc is not None
+        deadline = time.monotonic() + 30
+        workers = _import_workers(process.proc.pid)
+        while not workers and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = _import_workers(process.proc.pid)
+        assert workers, "the import started no worker process"
+        process.signal(signal.SIGKILL)
+        process.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {w: pathlib.Path(f"/proc/{w}/cmdline").read_bytes()[:120] for w in workers if _alive(w)}
+        assert not left, f"import workers outlived their daemon: {left}"
+    finally:
+        process.cleanup()

@@ -16,6 +16,8 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -113,13 +115,27 @@ def prepare(decode: Decode, messages: list[tuple[bytes, int]], default_region: s
     return Prepared(rows, rejected, count)
 
 
+# How often a worker looks whether the daemon is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+
 def _started() -> None:
     """Run once in a new worker process: it has started and imported what it needs."""
 
 
-def _worker_init() -> None:
+def _worker_init(daemon: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the daemon stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The daemon names itself: it may already be gone by the time this worker has started.
+    threading.Thread(target=_exit_with_parent, args=(daemon,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once the daemon that started it is gone (killed, or crashed): nobody else
+    would stop it, and an idle worker waits for work for ever."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
 
 
 class WorkerPool:
@@ -162,7 +178,10 @@ class WorkerPool:
         try:
             # spawn, not fork: the daemon has threads (database, gRPC) that a fork would copy mid-work.
             pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(os.getpid(),),
             )
             probe = pool.submit(_started)
         except (OSError, RuntimeError) as exc:
