@@ -10,11 +10,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from campaignd.plugin import Gate, Recipient, SendResult, SendStatus
+from campaignd.plugin import Gate, Recipient, SendResult, SendStatus, TemplateError
 from campaignd_voice.baresip import Baresip, BaresipError, CommandError, Control, Event
 from campaignd_voice.prompts import PromptError, Prompts
 from campaignd_voice.settings import VoiceContent
-from campaignd_voice.templates import RenderError
 
 HANGUP_WAIT = 10.0  # seconds baresip has to report a call closed after we hang it up
 BUSY_CODES = frozenset({486, 600})
@@ -51,8 +50,9 @@ async def send_batch(
     closed = False
     # A later batch (after a reload, or once a rest is over) tries the trunk again with one call.
     client.silent_calls = min(client.silent_calls, SILENT_LIMIT - 1)
+    texts = await prompts.texts_for(recipients)
     try:
-        for recipient in recipients:
+        for recipient, text in zip(recipients, texts, strict=True):
             if closed:
                 results[recipient.message_id] = SendResult(recipient.message_id, SendStatus.NOT_STARTED)
                 continue
@@ -61,9 +61,16 @@ async def send_batch(
             except BaresipError as exc:
                 results[recipient.message_id] = _unusable(recipient, exc)
                 continue
+            if isinstance(text, TemplateError):
+                results[recipient.message_id] = SendResult(
+                    recipient.message_id, SendStatus.FAILED, error=str(text), reason="template_error"
+                )
+                continue
             try:
-                prompt = await prompts.file_for(recipient.address, recipient.contact)
-            except (PromptError, RenderError, OSError) as exc:
+                if isinstance(text, PromptError):
+                    raise text
+                prompt = await prompts.file_for(text)
+            except (PromptError, OSError) as exc:
                 results[recipient.message_id] = SendResult(
                     recipient.message_id, SendStatus.FAILED, error=str(exc), reason="prompt_failed"
                 )
