@@ -276,9 +276,9 @@ def test_the_call_rate_is_held(
     def busiest(seconds: float) -> int:
         return max(sum(1 for t in invited if start <= t < start + seconds) for start in invited)
 
-    # Calls are admitted a quarter of a second apart; the trip from the daemon to SIPp (three
-    # ctrl_tcp commands, then SIP) varies on a loaded machine, so a window at SIPp may catch one
-    # call more at its edge, never more than that.
+    # Dials leave the daemon a quarter of a second apart (each one acknowledged by baresip before
+    # the next call is admitted); baresip's own trip from a dial to its INVITE varies on a loaded
+    # machine, so a window at SIPp may catch one call more at its edge, never more than that.
     assert busiest(1.0) <= 4 + 1, f"{busiest(1.0)} calls within one second; the rate is 4/s"
     assert busiest(3.0) <= 12 + 1, f"{busiest(3.0)} calls within three seconds; the rate is 4/s"
     span = invited[-1] - invited[0]
