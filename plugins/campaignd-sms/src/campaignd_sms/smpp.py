@@ -344,6 +344,11 @@ class Session:
 
 
 def _read_deliver(pdu: bytes, sequence: int) -> Deliver:
+    receipt = _read_receipt(pdu)
+    return receipt if receipt is not None else _read_with_codec(pdu, sequence)
+
+
+def _read_with_codec(pdu: bytes, sequence: int) -> Deliver:
     header = PduHeader(
         pdu_length=len(pdu),
         smpp_command=SmppCommand.DELIVER_SM,
@@ -368,6 +373,47 @@ def _read_deliver(pdu: bytes, sequence: int) -> Deliver:
         receipted_id=receipted,
         message_state=state,
     )
+
+
+def _c_string(pdu: bytes, at: int) -> tuple[str, int]:
+    end = pdu.index(0, at)
+    return pdu[at:end].decode("latin-1"), end + 1
+
+
+def _read_receipt(pdu: bytes) -> Deliver | None:
+    """A delivery receipt read straight from the PDU's fields, or None for anything else (an
+    inbound message, whose text needs the codec's decoding, or a PDU this cannot read).
+    Receipts are one per part sent: aiosmpplib's codec took a tenth of the event loop's time
+    reading them."""
+    try:
+        _, at = _c_string(pdu, 16)  # service_type
+        source, at = _c_string(pdu, at + 2)
+        destination, at = _c_string(pdu, at + 2)
+        esm_class = pdu[at]
+        _, at = _c_string(pdu, at + 3)  # schedule_delivery_time
+        _, at = _c_string(pdu, at)  # validity_period
+        length = pdu[at + 4]
+        at += 5
+        if (esm_class & 0b00111100) != 0b00000100 or at + length > len(pdu):
+            return None
+        data = pdu[at : at + length]
+        at += length
+        receipted, state = "", 0
+        while at + 4 <= len(pdu):
+            tag, size = struct.unpack_from("!HH", pdu, at)
+            value = pdu[at + 4 : at + 4 + size]
+            at += 4 + size
+            if tag == RECEIPTED_MESSAGE_ID:
+                receipted = value.rstrip(b"\x00").decode("latin-1")
+            elif tag == 0x0427 and size == 1:  # message_state
+                state = value[0]
+            elif tag == 0x0424 and not data:  # message_payload
+                data = value
+        # The receipt's text is ASCII (SMPP 3.4 appendix B) in any data_coding.
+        text = data.decode("latin-1")
+    except (ValueError, IndexError, struct.error):
+        return None
+    return Deliver(source, destination, esm_class, text, receipted, state)
 
 
 # -- submitting -------------------------------------------------------------------------------------
