@@ -276,9 +276,9 @@ def test_the_call_rate_is_held(
     def busiest(seconds: float) -> int:
         return max(sum(1 for t in invited if start <= t < start + seconds) for start in invited)
 
-    # Calls are admitted a quarter of a second apart; the trip from the daemon to SIPp (three
-    # ctrl_tcp commands, then SIP) varies on a loaded machine, so a window at SIPp may catch one
-    # call more at its edge, never more than that.
+    # Dials leave the daemon a quarter of a second apart (each one acknowledged by baresip before
+    # the next call is admitted); baresip's own trip from a dial to its INVITE varies on a loaded
+    # machine, so a window at SIPp may catch one call more at its edge, never more than that.
     assert busiest(1.0) <= 4 + 1, f"{busiest(1.0)} calls within one second; the rate is 4/s"
     assert busiest(3.0) <= 12 + 1, f"{busiest(3.0)} calls within three seconds; the rate is 4/s"
     span = invited[-1] - invited[0]
@@ -431,6 +431,47 @@ def test_a_personalised_text_prompt_is_spoken_once_per_distinct_text(
     assert [m.outcome for m in found] == ["answered"] * 3
     assert sink.with_sound() == 3
     assert len(list(cache.glob("*.wav"))) == 2, "one file per distinct text"
+
+
+# 93 characters that would render for hours (99,999² iterations) on the event loop.
+NESTED_LOOPS = "{% for a in range(99999) %}{% for b in range(99999) %}{% set c = b %}{% endfor %}{% endfor %}"
+
+
+def test_a_text_prompt_over_the_template_time_limit_fails_only_its_call(
+    daemon_factory: DaemonFactory, peers: Callable[..., Sipp], sink: RtpSink, tmp_path: pathlib.Path
+) -> None:
+    """A text prompt is rendered by the daemon's render workers within [templates] timeout: the
+    recipient whose render runs past it ends FAILED template_error and is never called, a
+    preview for it answers INVALID_ARGUMENT, and the other recipients are called."""
+    peer = peers("answer.xml", rtp_sink=sink.port)
+    cache = tmp_path / "prompts"
+    config = (
+        FAST
+        + f'[channel_types.voice]\nprompt_cache = "{cache}"\n'
+        + transport("trunk", peer.trunk)
+        + "[templates]\ntimeout = 0.3\n"
+    )
+    daemon = daemon_factory(config).start()
+    rows = phones(3)
+    rows[1].attributes["slow"] = True
+    text = "{% if contact.slow %}" + NESTED_LOOPS + "{% endif %}Hello {{ contact.first_name }}."
+    with daemon.channel() as grpc_channel:
+        client = Client(grpc_channel)
+        name = launch(daemon, client, voice_channel(text=text), rows, "hostile")
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub.PreviewMessage(
+                svc.PreviewMessageRequest(name=name, channel_id="call", address="+14155550001"), timeout=30
+            )
+        assert finished(client, name).state == pb.Campaign.COMPLETED
+        found = {m.address: m for m in messages(client, name)}
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the text template took longer than the limit of 0.3 s" in (refused.value.details() or "")
+    slow = found["+14155550001"]
+    assert (slow.state, slow.reason) == (pb.Message.FAILED, "template_error")
+    assert "the text template took longer than the limit of 0.3 s" in slow.last_error
+    assert [found[a].outcome for a in ("+14155550000", "+14155550002")] == ["answered"] * 2
+    peer.stop()
+    assert len(peer.invite_times()) == 2
 
 
 def test_quiet_hours_hold_calls_back_by_default(

@@ -10,6 +10,7 @@ import urllib.request
 import campaignd_sms
 import pytest
 from kannel import PASSWORD, USER, free_port, running_kannel
+from sms_pool import renderer
 from test_sms_daemon import import_contacts, messages, number, report, sms_channel, suppressed, wait, zone_at
 
 from campaignd.plugin import ChannelInfo, Recipient, SendStatus, Transport
@@ -113,6 +114,7 @@ def test_callbacks_without_the_secret_are_refused(
                 transport=transport,
                 client=client,
                 options={},
+                renderer=renderer(),
             )
             assert sending is not None
             [result] = await sending

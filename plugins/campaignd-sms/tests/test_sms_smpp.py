@@ -4,10 +4,13 @@ refused binds, replies."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import campaignd_sms
+from campaignd_sms import smpp
+from sms_pool import renderer
 from smsc import ESME_RINVDSTADR, ESME_RTHROTTLED, Answer, Smsc, Submitted
 
 from campaignd.plugin import (
@@ -102,6 +105,7 @@ async def run(
                 transport=None,
                 client=client,
                 options=type_options or {},
+                renderer=renderer(),
             )
             assert sending is not None
             results += await sending
@@ -300,6 +304,7 @@ def test_enquire_link_when_idle(smsc: Smsc) -> None:
             transport=None,
             client=client,
             options={},
+            renderer=renderer(),
         )
         assert sending is not None
         assert [r.status for r in await sending] == [SendStatus.SENT]
@@ -308,3 +313,50 @@ def test_enquire_link_when_idle(smsc: Smsc) -> None:
 
     asyncio.run(scenario())
     assert smsc.enquire_links >= 2
+
+
+# 93 characters that would render for hours (99,999² iterations), and a gigabyte string.
+NESTED_LOOPS = "{% for a in range(99999) %}{% for b in range(99999) %}{% set c = b %}{% endfor %}{% endfor %}"
+GIGABYTE = "{{ 'x'.ljust(10**9) }}"
+
+
+def test_a_template_over_a_limit_fails_only_its_messages(smsc: Smsc) -> None:
+    """Rendered by the daemon's render pool, a text that runs past the time limit or needs more
+    than the memory limit fails those recipients' messages with reason template_error and submits
+    nothing for them; the other recipients' texts are rendered and submitted."""
+    text = (
+        "{% if contact.slow %}" + NESTED_LOOPS + "{% elif contact.big %}" + GIGABYTE + "{% endif %}"
+        "Hello {{ contact.first_name }}"
+    )
+    batch = recipients(6)
+    batch[1].contact["attributes"]["slow"] = True
+    batch[4].contact["attributes"]["big"] = True
+    results, _ = asyncio.run(run(smsc, [batch], info=channel(text)))
+    by = by_id(results)
+    assert (by[2].status, by[2].reason) == (SendStatus.FAILED, "template_error")
+    assert "the text template took longer than the limit of 0.3 s" in by[2].error
+    assert (by[5].status, by[5].reason) == (SendStatus.FAILED, "template_error")
+    assert "the text template needed more memory than the limit of 256 MiB" in by[5].error
+    assert {by[i].status for i in (1, 3, 4, 6)} == {SendStatus.SENT}
+    assert sorted(s.short_message for s in smsc.submits) == [f"Hello Ada{i}".encode() for i in (1, 3, 4, 6)]
+
+
+def test_a_receipt_reads_the_same_as_through_the_codec() -> None:
+    """A delivery receipt with receipted_message_id, message_state and the text in
+    message_payload is read by the fast path exactly as aiosmpplib's codec reads it; an inbound
+    message is left to the codec."""
+    text = b"id:9f sub:001 dlvrd:001 submit date:2512061200 done date:2512061200 stat:UNDELIV err:001"
+    tlvs = struct.pack("!HH", 0x001E, 3) + b"9f\x00" + struct.pack("!HHB", 0x0427, 1, 5)
+    tlvs += struct.pack("!HH", 0x0424, len(text)) + text
+
+    def deliver(esm_class: int, short: bytes, extra: bytes) -> bytes:
+        body = b"\x00\x01\x01+14155550100\x00\x00\x00Shop\x00" + bytes((esm_class, 0, 0))
+        body += b"\x00\x00" + bytes((0, 0, 0, 0, len(short))) + short + extra
+        return struct.pack("!IIII", 16 + len(body), 5, 0, 9) + body
+
+    receipt = deliver(0x04, b"", tlvs)
+    fast = smpp._read_receipt(receipt)
+    assert fast is not None
+    assert fast == smpp._read_with_codec(receipt, 9)
+    assert (fast.receipted_id, fast.message_state, fast.is_receipt) == ("9f", 5, True)
+    assert smpp._read_receipt(deliver(0x00, b"STOP", b"")) is None

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from campaignd_voice.testing import RtpSink, write_prompt
+from voice_pool import renderer
 
 
 @pytest.fixture
@@ -21,3 +22,11 @@ def rtp_sink() -> Iterator[RtpSink]:
 def prompt(tmp_path: pathlib.Path) -> pathlib.Path:
     """A one-second 8 kHz WAV prompt."""
     return write_prompt(tmp_path / "prompt.wav", 1.0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _render_workers() -> Iterator[None]:
+    """Stop the render pool's worker processes once the tests are done."""
+    yield
+    if renderer.cache_info().currsize:
+        renderer().close()

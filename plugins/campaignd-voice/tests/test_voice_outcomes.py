@@ -15,6 +15,7 @@ from campaignd_voice.baresip import sweep_homes
 from campaignd_voice.calls import _Call, outcome
 from campaignd_voice.prompts import Prompts, check_wav, resample
 from campaignd_voice.settings import VoiceContent
+from voice_pool import renderer
 
 from campaignd.plugin import Recipient, SendStatus
 
@@ -84,16 +85,16 @@ def test_spoken_prompts_are_cached_per_distinct_text(tmp_path: pathlib.Path) -> 
     content = VoiceContent.from_content(
         {"caller_id": "+14155550100", "text": "Hello {{ contact.first_name }}"}
     )
-    prompts = Prompts(content, {"prompt_cache": str(tmp_path)})
+    prompts = Prompts(content, {"prompt_cache": str(tmp_path)}, renderer())
+    recipients = [
+        Recipient(n, f"+{n}", {"attributes": {"first_name": name}}, 1)
+        for n, name in ((1, "Ada"), (2, "Ada"), (3, "Grace"))
+    ]
 
     async def speak() -> list[str]:
-        return list(
-            await asyncio.gather(
-                prompts.file_for("+1", {"attributes": {"first_name": "Ada"}}),
-                prompts.file_for("+2", {"attributes": {"first_name": "Ada"}}),
-                prompts.file_for("+3", {"attributes": {"first_name": "Grace"}}),
-            )
-        )
+        texts = await prompts.texts_for(recipients)
+        assert texts == ["Hello Ada", "Hello Ada", "Hello Grace"]
+        return list(await asyncio.gather(*(prompts.file_for(str(text)) for text in texts)))
 
     first, second, third = asyncio.run(speak())
     assert first == second != third

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import pathlib
 import wave
 
 import campaignd_voice
 import pytest
 from campaignd_voice.testing import write_prompt
+from voice_pool import renderer
 
-from campaignd.plugin import ChannelInfo, Recipient
+from campaignd.plugin import ChannelInfo, Recipient, Rendered, TemplateError
 
 
 def problems(content: dict[str, object], *, launching: bool = True, **options: object) -> dict[str, str]:
@@ -101,18 +104,41 @@ def test_transport_options_are_checked() -> None:
     assert {"trunk", "register", "rtp_ports"} <= found
 
 
+def preview(channel: ChannelInfo, recipient: Recipient) -> Rendered:
+    """What campaignd_render gives, rendered by the daemon's render pool."""
+    rendering = campaignd_voice.campaignd_render(
+        channel_type="voice", channel=channel, recipient=recipient, options={}, renderer=renderer()
+    )
+    assert inspect.isawaitable(rendering)
+
+    async def wait() -> Rendered:
+        return await rendering
+
+    return asyncio.run(wait())
+
+
 def test_preview_shows_the_words_a_recipient_hears() -> None:
     """campaignd_render gives the personalised words of a text prompt."""
     channel = ChannelInfo(
         "campaigns/c", "call", "voice", {"caller_id": "+14155550100", "text": "Hi {{ contact.first_name }}."}
     )
     recipient = Recipient(1, "+14155550101", {"attributes": {"first_name": "Ada"}}, 1)
-    rendered = campaignd_voice.campaignd_render(
-        channel_type="voice", channel=channel, recipient=recipient, options={}
-    )
-    assert rendered is not None
+    rendered = preview(channel, recipient)
     assert rendered.text == "Hi Ada."
     assert rendered.summary == "call +14155550101 from +14155550100"
+
+
+def test_a_preview_whose_text_prompt_runs_past_the_time_limit_is_refused() -> None:
+    """A text prompt rendered in the render pool that runs past its time limit gives a
+    TemplateError (the client's INVALID_ARGUMENT) naming the text field and the limit."""
+    loops = "{% for a in range(99999) %}{% for b in range(99999) %}{% set c = b %}{% endfor %}{% endfor %}"
+    channel = ChannelInfo(
+        "campaigns/c", "call", "voice", {"caller_id": "+14155550100", "text": "Hi " + loops}
+    )
+    with pytest.raises(TemplateError) as refused:
+        preview(channel, Recipient(1, "+14155550101", {}, 1))
+    assert (refused.value.field, refused.value.limit) == ("text", "time")
+    assert "the text template took longer than the limit of 0.3 s" in str(refused.value)
 
 
 def test_the_tone_prompt_helper_writes_what_baresip_plays(tmp_path: pathlib.Path) -> None:

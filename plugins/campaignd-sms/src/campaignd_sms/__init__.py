@@ -20,15 +20,18 @@ from campaignd.plugin import (
     Options,
     Recipient,
     Rendered,
+    Renderer,
     SendResult,
     SendStatus,
+    TemplateError,
+    TemplateSet,
     Transport,
     hookimpl,
 )
+from campaignd.plugin.templates import check_template
 from campaignd_sms import settings
 from campaignd_sms.encoding import Encoded, encode
 from campaignd_sms.link import SmsTransport, open_transport
-from campaignd_sms.text import RenderError, check_text, compile_text, render_text
 
 try:
     __version__ = importlib.metadata.version("campaignd-sms")
@@ -88,27 +91,22 @@ def campaignd_validate_channel(
     channel_type: str, content: Content, launching: bool, options: Options
 ) -> list[FieldViolation]:
     """A text that compiles, a sender that is an alphanumeric id or a number, and at launch a
-    text that fits in `max_parts` for a sample recipient."""
+    text without template syntax that fits in `max_parts` (a template is measured for each
+    recipient when it is rendered: validation renders nothing)."""
     if channel_type != TYPE:
         return []
     problems = settings.check_sender(content.get("sender"))
     text = content.get("text")
-    problem = check_text(text)
+    problem = check_template(text)
     if problem:
         problems.append(FieldViolation("text", problem))
     elif launching and isinstance(text, str) and text.strip() == "" and text:
         problems.append(FieldViolation("text", "must not be only spaces"))
-    elif launching and isinstance(text, str) and text:
+    elif launching and isinstance(text, str) and text and "{" not in text:
         limit = settings.max_parts(options)
-        try:
-            # A contact without attributes: the text as its fixed parts make it.
-            encoded = encode(render_text(compile_text(text), PREVIEW_NUMBERS[0], {}))
-        except RenderError:
-            # It needs a contact's attributes; each message is measured when it is sent.
-            pass
-        else:
-            if len(encoded.parts) > limit:
-                problems.append(FieldViolation("text", _too_long(encoded, limit)))
+        encoded = encode(text)
+        if len(encoded.parts) > limit:
+            problems.append(FieldViolation("text", _too_long(encoded, limit)))
     return problems
 
 
@@ -121,15 +119,21 @@ def _too_long(encoded: Encoded, limit: int) -> str:
 
 @hookimpl
 def campaignd_render(
-    channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options
-) -> Rendered | None:
-    """The text `recipient` would get, with its encoding and parts; ValueError when the template
-    fails or the text is longer than max_parts."""
+    channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options, renderer: Renderer
+) -> Awaitable[Rendered] | None:
+    """The text `recipient` would get, with its encoding and parts, rendered by `renderer`;
+    ValueError (a TemplateError) when the template fails or the text is longer than max_parts."""
     if channel_type != TYPE:
         return None
-    text = render_text(
-        compile_text(str(channel.content.get("text", ""))), recipient.address, recipient.contact
-    )
+    return _render(channel, recipient, options, renderer)
+
+
+async def _render(
+    channel: ChannelInfo, recipient: Recipient, options: Options, renderer: Renderer
+) -> Rendered:
+    [text] = await render_texts(channel, [recipient], renderer)
+    if isinstance(text, TemplateError):
+        raise text
     encoded = encode(text)
     limit = settings.max_parts(options)
     if len(encoded.parts) > limit:
@@ -145,6 +149,18 @@ def campaignd_render(
         parts=parts,
         encoding=str(encoded.encoding),
     )
+
+
+async def render_texts(
+    channel: ChannelInfo, recipients: Sequence[Recipient], renderer: Renderer
+) -> list[str | TemplateError]:
+    """Each recipient's text, or the TemplateError that kept it from rendering: one call to the
+    daemon's renderer for the whole batch, none for a text without template syntax."""
+    source = str(channel.content.get("text", ""))
+    if "{" not in source:
+        return [source] * len(recipients)
+    rendered = await renderer.render(TemplateSet({"text": source}), recipients)
+    return [fields if isinstance(fields, TemplateError) else fields["text"] for fields in rendered]
 
 
 @hookimpl
@@ -175,32 +191,38 @@ def campaignd_send(
     transport: Transport | None,
     client: Any,
     options: Options,
+    renderer: Renderer,
 ) -> Awaitable[list[SendResult]] | None:
-    """Send a batch through the transport, each message weighed by its parts at the gate."""
+    """Send a batch through the transport, its text rendered by `renderer`, each message
+    weighed by its parts at the gate."""
     if channel_type != TYPE:
         return None
-    return _send(channel, recipients, gate, client, options)
+    return _send(channel, recipients, gate, client, options, renderer)
 
 
 async def _send(
-    channel: ChannelInfo, recipients: Sequence[Recipient], gate: Gate, client: Any, options: Options
+    channel: ChannelInfo,
+    recipients: Sequence[Recipient],
+    gate: Gate,
+    client: Any,
+    options: Options,
+    renderer: Renderer,
 ) -> list[SendResult]:
     if not isinstance(client, SmsTransport):
         raise TypeError(f"sms channels send through an sms transport, not {type(client).__name__}")
-    compiled = compile_text(str(channel.content.get("text", "")))
     sender = settings.parse_sender(str(channel.content.get("sender", "")))
     limit = settings.max_parts(options)
     concatenation = settings.concatenation(options)
     results: list[SendResult] = []
     sends = []
-    for recipient in recipients:
-        try:
-            encoded = encode(render_text(compiled, recipient.address, recipient.contact))
-        except RenderError as exc:
+    texts = await render_texts(channel, recipients, renderer)
+    for recipient, text in zip(recipients, texts, strict=True):
+        if isinstance(text, TemplateError):
             results.append(
-                SendResult(recipient.message_id, SendStatus.FAILED, error=str(exc), reason="template")
+                SendResult(recipient.message_id, SendStatus.FAILED, error=str(text), reason="template_error")
             )
             continue
+        encoded = encode(text)
         if len(encoded.parts) > limit:
             results.append(
                 SendResult(

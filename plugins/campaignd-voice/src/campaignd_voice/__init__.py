@@ -19,16 +19,18 @@ from campaignd.plugin import (
     Options,
     Recipient,
     Rendered,
+    Renderer,
     SendResult,
+    TemplateError,
     Transport,
     hookimpl,
 )
+from campaignd.plugin.templates import check_template
 from campaignd_voice import settings
 from campaignd_voice.baresip import Baresip
 from campaignd_voice.calls import send_batch
-from campaignd_voice.prompts import Prompts, check_wav, wav_seconds
+from campaignd_voice.prompts import PromptError, Prompts, check_wav, wav_seconds
 from campaignd_voice.settings import SipSettings, VoiceContent
-from campaignd_voice.templates import check_template
 
 try:
     __version__ = importlib.metadata.version("campaignd-voice")
@@ -103,7 +105,7 @@ def campaignd_validate_channel(
             if problem:
                 problems.append(FieldViolation("audio", problem))
     if isinstance(text, str) and text:
-        problem = check_template("text", text)
+        problem = check_template(text)
         if problem:
             problems.append(FieldViolation("text", problem))
         elif settings.espeak_program(options) is None:
@@ -127,14 +129,19 @@ def campaignd_validate_channel(
 
 @hookimpl
 def campaignd_render(
-    channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options
-) -> Rendered | None:
-    """What `recipient` would hear: the prompt's words or its file; ValueError when the template
-    fails."""
+    channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options, renderer: Renderer
+) -> Awaitable[Rendered] | None:
+    """What `recipient` would hear: the prompt's words, rendered by `renderer`, or its file;
+    ValueError (a TemplateError) when the template fails."""
     if channel_type != TYPE:
         return None
+    return _render(channel, recipient, options, renderer)
+
+
+async def _render(
+    channel: ChannelInfo, recipient: Recipient, options: Options, renderer: Renderer
+) -> Rendered:
     content = VoiceContent.from_content(channel.content)
-    prompts = Prompts(content, options)
     summary = f"call {recipient.address} from {content.caller_id}"
     if content.audio:
         try:
@@ -142,7 +149,9 @@ def campaignd_render(
         except (OSError, EOFError, ValueError):
             length = ""
         return Rendered(summary=summary, text=f"plays {content.audio}{length}")
-    spoken = prompts.text_for(recipient.address, recipient.contact)
+    [spoken] = await Prompts(content, options, renderer).texts_for([recipient])
+    if isinstance(spoken, TemplateError | PromptError):
+        raise spoken
     return Rendered(summary=summary, text=spoken, data=spoken.encode())
 
 
@@ -183,17 +192,24 @@ def campaignd_send(
     transport: Transport | None,
     client: Any,
     options: Options,
+    renderer: Renderer,
 ) -> Awaitable[list[SendResult]] | None:
-    """Call a batch of recipients through the transport's baresip."""
+    """Call a batch of recipients through the transport's baresip, text prompts rendered by
+    `renderer`."""
     if channel_type != TYPE:
         return None
-    return _send(channel, recipients, gate, client, options)
+    return _send(channel, recipients, gate, client, options, renderer)
 
 
 async def _send(
-    channel: ChannelInfo, recipients: Sequence[Recipient], gate: Gate, client: Any, options: Options
+    channel: ChannelInfo,
+    recipients: Sequence[Recipient],
+    gate: Gate,
+    client: Any,
+    options: Options,
+    renderer: Renderer,
 ) -> list[SendResult]:
     if not isinstance(client, Baresip):
         raise TypeError(f"voice channels call through a sip transport, not {type(client).__name__}")
     content = VoiceContent.from_content(channel.content)
-    return await send_batch(client, content, Prompts(content, options), recipients, gate)
+    return await send_batch(client, content, Prompts(content, options, renderer), recipients, gate)

@@ -21,7 +21,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,7 +247,7 @@ class Baresip:
         self.settings = settings
         self.rate = rate
         self.slots = asyncio.Semaphore(settings.concurrency)
-        self._next_call = 0.0  # monotonic time the next call may be admitted, when paced
+        self._next_call = 0.0  # monotonic time the next dial may be sent, when paced
         self._pacing = asyncio.Lock()
         self.fatal = ""  # why the transport is unusable for good, once it is
         self.restarts = 0
@@ -260,17 +260,23 @@ class Baresip:
         self._home: tempfile.TemporaryDirectory[str] | None = None
         self._log: Any = None
 
-    async def pace(self) -> None:
-        """Wait until the next call is 1/rate after the last one. The gate's limit allows `rate`
-        calls in any second, and so a burst of them at the start of each second; a trunk that
-        counts calls per second may refuse such a burst, so calls are spread evenly instead."""
-        if self.rate <= 0:
-            return
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """One call's turn to dial, held from its admission until baresip acknowledged its dial:
+        with a rate, it begins 1/rate after the previous dial went to baresip (see `dialling`).
+        The gate's limit allows `rate` calls in any second, and so a burst of them at the start
+        of each second; a trunk that counts calls per second may refuse such a burst, so calls
+        are spread evenly instead, and measured where they leave, not where they are admitted."""
         async with self._pacing:
-            now = time.monotonic()
-            if self._next_call > now:
-                await asyncio.sleep(self._next_call - now)
-            self._next_call = max(now, self._next_call) + 1 / self.rate
+            wait = self._next_call - time.monotonic()
+            if self.rate > 0 and wait > 0:
+                await asyncio.sleep(wait)
+            yield
+
+    def dialling(self) -> None:
+        """A dial is being sent to baresip now: the next may go 1/rate later."""
+        if self.rate > 0:
+            self._next_call = time.monotonic() + 1 / self.rate
 
     def next_aor(self) -> str:
         """A fresh account address for one call."""

@@ -10,11 +10,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from campaignd.plugin import Gate, Recipient, SendResult, SendStatus
+from campaignd.plugin import Gate, Recipient, SendResult, SendStatus, TemplateError
 from campaignd_voice.baresip import Baresip, BaresipError, CommandError, Control, Event
 from campaignd_voice.prompts import PromptError, Prompts
 from campaignd_voice.settings import VoiceContent
-from campaignd_voice.templates import RenderError
 
 HANGUP_WAIT = 10.0  # seconds baresip has to report a call closed after we hang it up
 BUSY_CODES = frozenset({486, 600})
@@ -45,16 +44,26 @@ class _Call:
 async def send_batch(
     client: Baresip, content: VoiceContent, prompts: Prompts, recipients: Sequence[Recipient], gate: Gate
 ) -> list[SendResult]:
-    """Call each recipient; one result each, in order."""
+    """Call each recipient; one result each, in order.
+
+    Each call's user agent is made before the call is admitted; once admitted, its dial goes to
+    baresip at once and is acknowledged before the next call is admitted, so the transport's
+    rate holds at the trunk and not only at the gate. Each call is then followed in a task."""
     results: dict[int, SendResult] = {}
     calls: dict[int, asyncio.Task[SendResult]] = {}
     closed = False
     # A later batch (after a reload, or once a rest is over) tries the trunk again with one call.
     client.silent_calls = min(client.silent_calls, SILENT_LIMIT - 1)
+    texts = await prompts.texts_for(recipients)
     try:
-        for recipient in recipients:
+        for recipient, text in zip(recipients, texts, strict=True):
             if closed:
                 results[recipient.message_id] = SendResult(recipient.message_id, SendStatus.NOT_STARTED)
+                continue
+            if isinstance(text, TemplateError):
+                results[recipient.message_id] = SendResult(
+                    recipient.message_id, SendStatus.FAILED, error=str(text), reason="template_error"
+                )
                 continue
             try:
                 await client.control()
@@ -62,30 +71,28 @@ async def send_batch(
                 results[recipient.message_id] = _unusable(recipient, exc)
                 continue
             try:
-                prompt = await prompts.file_for(recipient.address, recipient.contact)
-            except (PromptError, RenderError, OSError) as exc:
+                if isinstance(text, PromptError):
+                    raise text
+                prompt = await prompts.file_for(text)
+            except (PromptError, OSError) as exc:
                 results[recipient.message_id] = SendResult(
                     recipient.message_id, SendStatus.FAILED, error=str(exc), reason="prompt_failed"
                 )
                 continue
             await client.slots.acquire()
-            await client.pace()
-            if client.silent_calls >= SILENT_LIMIT:
-                # The trunk answered none of the last calls: dial no more into the void.
+            try:
+                outcome, task = await _start_call(client, content, recipient, prompt, gate)
+            except BaseException:
                 client.slots.release()
-                error = (
-                    f"the trunk {client.settings.trunk} did not answer the last {client.silent_calls} calls"
-                )
-                results[recipient.message_id] = _unusable(recipient, BaresipError(error, fatal=True))
-                continue
-            if not await gate.admit(message_id=recipient.message_id):
+                raise
+            if task is None:
                 client.slots.release()
-                closed = True
-                results[recipient.message_id] = SendResult(recipient.message_id, SendStatus.NOT_STARTED)
+                if outcome is None:
+                    closed = True
+                    outcome = SendResult(recipient.message_id, SendStatus.NOT_STARTED)
+                results[recipient.message_id] = outcome
                 continue
-            calls[recipient.message_id] = asyncio.create_task(
-                _place_and_release(client, content, recipient, prompt)
-            )
+            calls[recipient.message_id] = task
         for message_id, task in calls.items():
             results[message_id] = await task
     finally:
@@ -106,11 +113,85 @@ def _unusable(recipient: Recipient, exc: BaresipError) -> SendResult:
     )
 
 
-async def _place_and_release(
-    client: Baresip, content: VoiceContent, recipient: Recipient, prompt: str
+async def _start_call(
+    client: Baresip, content: VoiceContent, recipient: Recipient, prompt: str, gate: Gate
+) -> tuple[SendResult | None, asyncio.Task[SendResult] | None]:
+    """Make the call's user agent, wait for its turn and the gate, dial: the task that follows
+    the dialled call (holding one of the client's slots, released when it ends), or the result
+    of a call that was not dialled (None when the gate closed)."""
+    try:
+        control = await client.control()
+    except BaresipError as exc:
+        return _unusable(recipient, exc), None
+    settings = client.settings
+    aor = client.next_aor()
+    events = control.watch(aor)
+    dialled = False
+    try:
+        try:
+            await control.command("uanew", settings.account(aor, caller_id=content.caller_id, prompt=prompt))
+        except CommandError as exc:
+            return SendResult(
+                recipient.message_id, SendStatus.FAILED, error=str(exc), reason="dial_failed"
+            ), None
+        except BaresipError as exc:
+            return _unusable(recipient, exc), None
+        async with client.turn():
+            if client.silent_calls >= SILENT_LIMIT:
+                # The trunk answered none of the last calls: dial no more into the void.
+                error = f"the trunk {settings.trunk} did not answer the last {client.silent_calls} calls"
+                return _unusable(recipient, BaresipError(error, fatal=True)), None
+            if not await gate.admit(message_id=recipient.message_id):
+                return None, None
+            dialling = False
+            try:
+                async with control.sequence:
+                    # A dial goes through the user agent chosen last: nothing may come in between.
+                    await control.command("uafind", aor)
+                    dialling = True
+                    client.dialling()
+                    await control.command("dial", settings.target(recipient.address))
+            except CommandError as exc:
+                return _dial_failed(recipient, exc), None
+            except BaresipError as exc:
+                if not dialling:
+                    return _unusable(recipient, exc), None
+                return _timed_out(recipient, str(exc)), None
+        dialled = True
+        return None, asyncio.create_task(
+            _follow_and_release(client, control, events, aor, content, recipient)
+        )
+    finally:
+        if not dialled:
+            await _drop(control, aor)
+
+
+def _dial_failed(recipient: Recipient, exc: CommandError) -> SendResult:
+    return SendResult(recipient.message_id, SendStatus.FAILED, error=str(exc), reason="dial_failed")
+
+
+async def _drop(control: Control, aor: str) -> None:
+    """Forget a call's user agent."""
+    control.unwatch(aor)
+    if not control.closed.is_set():
+        with contextlib.suppress(BaresipError, CommandError):
+            await control.command("uadel", aor)
+
+
+async def _follow_and_release(
+    client: Baresip,
+    control: Control,
+    events: asyncio.Queue[Event | None],
+    aor: str,
+    content: VoiceContent,
+    recipient: Recipient,
 ) -> SendResult:
     try:
-        result = await place(client, content, recipient, prompt)
+        try:
+            call = await _follow(control, events, aor, content)
+        finally:
+            await _drop(control, aor)
+        result = outcome(recipient, content, call)
     finally:
         client.slots.release()
     if result.outcome == UNREACHABLE:
@@ -118,39 +199,6 @@ async def _place_and_release(
     elif result.outcome in (ANSWERED, BUSY, NO_ANSWER, REJECTED):
         client.silent_calls = 0
     return result
-
-
-async def place(client: Baresip, content: VoiceContent, recipient: Recipient, prompt: str) -> SendResult:
-    """Call one recipient and play `prompt` when they answer."""
-    try:
-        control = await client.control()
-    except BaresipError as exc:
-        return _unusable(recipient, exc)
-    settings = client.settings
-    aor = client.next_aor()
-    events = control.watch(aor)
-    dialling = False
-    try:
-        try:
-            await control.command("uanew", settings.account(aor, caller_id=content.caller_id, prompt=prompt))
-            async with control.sequence:
-                # A dial goes through the user agent chosen last: nothing may come in between.
-                await control.command("uafind", aor)
-                dialling = True
-                await control.command("dial", settings.target(recipient.address))
-        except CommandError as exc:
-            return SendResult(recipient.message_id, SendStatus.FAILED, error=str(exc), reason="dial_failed")
-        except BaresipError as exc:
-            if not dialling:
-                return _unusable(recipient, exc)
-            return _timed_out(recipient, str(exc))
-        call = await _follow(control, events, aor, content)
-    finally:
-        control.unwatch(aor)
-        if not control.closed.is_set():
-            with contextlib.suppress(BaresipError, CommandError):
-                await control.command("uadel", aor)
-    return outcome(recipient, content, call)
 
 
 def _timed_out(recipient: Recipient, why: str) -> SendResult:

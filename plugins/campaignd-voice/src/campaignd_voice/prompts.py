@@ -12,12 +12,10 @@ import secrets
 import sys
 import tempfile
 import wave
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
 
-from campaignd.plugin import Options
+from campaignd.plugin import Options, Recipient, Renderer, TemplateError, TemplateSet
 from campaignd_voice.settings import VoiceContent, espeak_program
-from campaignd_voice.templates import Part, compile_part, contact_view, render_part
 
 # baresip's aufile plays a file only at the sample rate of the call's codec: G.711, 8 kHz mono.
 SAMPLE_RATE = 8000
@@ -26,6 +24,15 @@ SYNTHESIS_TIMEOUT = 60.0
 
 class PromptError(ValueError):
     """A prompt cannot be had for a recipient; the message says why."""
+
+
+def _spoken(text: str | TemplateError) -> str | TemplateError | PromptError:
+    if isinstance(text, TemplateError):
+        return text
+    spoken = text.strip()
+    if not spoken:
+        return PromptError("the text template gave nothing to say for this recipient")
+    return spoken
 
 
 def check_wav(path: str) -> str:
@@ -99,35 +106,42 @@ def _write_8k(source: pathlib.Path, target: pathlib.Path) -> None:
 
 
 class Prompts:
-    """Where a channel's recipients' prompts come from: its WAV file, or its text template spoken
-    per recipient, synthesised once per distinct text."""
+    """Where a channel's recipients' prompts come from: its WAV file, or its text template
+    rendered by the daemon's renderer and spoken per recipient, synthesised once per distinct
+    text."""
 
-    def __init__(self, content: VoiceContent, options: Options) -> None:
+    def __init__(self, content: VoiceContent, options: Options, renderer: Renderer) -> None:
         self.content = content
         self.espeak = espeak_program(options)
         cache = options.get("prompt_cache") or os.path.join(
             tempfile.gettempdir(), f"campaignd-voice-prompts-{os.getuid()}"
         )
         self.cache = pathlib.Path(str(cache))
-        self._template: Part | None = (
-            compile_part("text", content.text) if content.text and not content.audio else None
-        )
+        self.renderer = renderer
         self._pending: dict[str, asyncio.Future[str]] = {}
 
-    def text_for(self, address: str, contact: Mapping[str, Any]) -> str:
-        """The words `address` hears; PromptError when the template fails."""
-        if self._template is None:
-            return ""
-        spoken = render_part("text", self._template, {"contact": contact_view(address, contact)}).strip()
-        if not spoken:
-            raise PromptError("the text template gave nothing to say for this recipient")
-        return spoken
+    async def texts_for(self, recipients: Sequence[Recipient]) -> list[str | TemplateError | PromptError]:
+        """The words each recipient hears ("" for an audio prompt), or why there are none: a
+        TemplateError when the template failed (over a limit included), a PromptError when it
+        gave nothing to say. One call to the renderer for them all."""
+        source = self.content.text
+        if not source or self.content.audio:
+            return [""] * len(recipients)
+        if "{" in source:
+            rendered = await self.renderer.render(TemplateSet({"text": source}), recipients)
+            texts: list[str | TemplateError] = [
+                fields if isinstance(fields, TemplateError) else fields["text"] for fields in rendered
+            ]
+        else:
+            texts = [source] * len(recipients)
+        return [_spoken(text) for text in texts]
 
-    async def file_for(self, address: str, contact: Mapping[str, Any]) -> str:
-        """The WAV file `address` hears; PromptError when it cannot be made."""
+    async def file_for(self, text: str) -> str:
+        """The WAV file a recipient hears, given its words from `texts_for`; PromptError when it
+        cannot be made."""
         if self.content.audio:
             return self.content.audio
-        return await self.synthesise(self.text_for(address, contact))
+        return await self.synthesise(text)
 
     async def synthesise(self, text: str) -> str:
         """`text` spoken into an 8 kHz WAV file in the cache; the same file for the same text."""
