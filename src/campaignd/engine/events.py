@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
@@ -15,6 +16,7 @@ from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
 from campaignd.plugin import EventKind, InboundEvent
 from campaignd.store import engine as store
+from campaignd.store import events as event_store
 from campaignd.store.audience import add_suppressions, remove_opt_out
 from campaignd.store.db import Database
 
@@ -31,6 +33,25 @@ PENDING_FOR = 300.0
 PENDING_RETRY = 0.5
 PENDING_LIMIT = 200_000
 _RECEIPTS = frozenset({EventKind.DELIVERED, EventKind.FAILED, EventKind.BOUNCED})
+
+
+@dataclass(frozen=True)
+class MessageEvent:
+    """An event about one sent message, from a client (RecordEvents) or the daemon's own
+    receivers. The message is found by `message` (campaign id, channel id, message id), else by
+    `provider_id`, else by `recipient` (campaign id, channel id, address)."""
+
+    event_id: str
+    kind: EventKind
+    message: tuple[str, str, int] | None = None
+    provider_id: str = ""
+    recipient: tuple[str, str, str] | None = None
+    url: str = ""
+    detail: str = ""
+    soft: bool = False
+
+
+APPLIED, DUPLICATE, REFUSED = "applied", "duplicate", "refused"
 
 
 class EventRecorder:
@@ -91,6 +112,43 @@ class EventRecorder:
             self.hub.publish(campaign_id)
         return unmatched
 
+    async def record_messages(self, events: Sequence[MessageEvent]) -> list[tuple[str, str]]:
+        """Record events about messages in one transaction, each at most once by its id; returns
+        (status, reason) per event: applied, duplicate, or refused with why."""
+        now = self.clock.now()
+
+        def write(conn: Connection) -> tuple[list[tuple[str, str]], set[str]]:
+            seen = event_store.recorded(conn, (e.event_id for e in events))
+            results: list[tuple[str, str]] = []
+            suppress = []
+            touched: set[str] = set()
+            for event in events:
+                if event.event_id in seen:
+                    results.append((DUPLICATE, ""))
+                    continue
+                target = _find(conn, event)
+                if target is None:
+                    results.append((REFUSED, "message not found"))
+                    continue
+                kind = "soft_bounced" if event.kind is EventKind.BOUNCED and event.soft else event.kind.value
+                event_store.record(
+                    conn, event.event_id, target, kind, now, url=event.url, detail=event.detail
+                )
+                seen.add(event.event_id)
+                touched.add(target.campaign_id)
+                if event.kind in SUPPRESSING and not event.soft:
+                    suppress.append(event_store.suppression(target, event.kind.value, event.detail, now))
+                results.append((APPLIED, ""))
+            if suppress:
+                add_suppressions(conn, suppress)
+            return results, touched
+
+        results, touched = await self.db.write(write)
+        for campaign_id in touched:
+            self.hub.publish(campaign_id)
+        log.info("message events recorded", events=len(events), applied=sum(r == APPLIED for r, _ in results))
+        return results
+
     async def _retry_pending(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             while self.pending:
@@ -109,6 +167,16 @@ class EventRecorder:
                 for provider_id, _ in waiting:
                     if provider_id not in still:
                         self.pending.pop(provider_id, None)
+
+
+def _find(conn: Connection, event: MessageEvent) -> event_store.Target | None:
+    if event.message is not None:
+        return event_store.by_id(conn, *event.message)
+    if event.provider_id:
+        return event_store.by_provider_id(conn, event.provider_id)
+    if event.recipient is not None:
+        return event_store.by_address(conn, *event.recipient)
+    return None
 
 
 def _suppression(event: InboundEvent, channel_type: str, now: dt.datetime) -> dict[str, object]:
