@@ -22,11 +22,19 @@ from campaignd.audience.contacts import ContactFieldError, normalise_email, norm
 from campaignd.campaigns import Caller, CampaignManager
 from campaignd.config import Settings
 from campaignd.engine.core import Engine
-from campaignd.engine.events import EventRecorder, MessageEvent
+from campaignd.engine.events import EventRecorder
 from campaignd.engine.transports import Transports, send_once
 from campaignd.errors import ApiError, Code
 from campaignd.lifecycle import MESSAGE_DONE_STATES, CampaignState, ChannelState, MessageState, Operation
-from campaignd.plugin import ChannelInfo, EventKind, Recipient, Rendered, SendStatus, TemplateError
+from campaignd.plugin import (
+    ChannelInfo,
+    EventKind,
+    MessageEvent,
+    Recipient,
+    Rendered,
+    SendStatus,
+    TemplateError,
+)
 from campaignd.plugin.manager import PluginCallError, Plugins
 from campaignd.store import audience as audience_store
 from campaignd.store import engine as engine_store

@@ -7,14 +7,13 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
 from campaignd import logs
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
-from campaignd.plugin import EventKind, InboundEvent
+from campaignd.plugin import EventKind, InboundEvent, MessageEvent
 from campaignd.store import engine as store
 from campaignd.store import events as event_store
 from campaignd.store.audience import add_suppressions, remove_opt_out
@@ -33,22 +32,6 @@ PENDING_FOR = 300.0
 PENDING_RETRY = 0.5
 PENDING_LIMIT = 200_000
 _RECEIPTS = frozenset({EventKind.DELIVERED, EventKind.FAILED, EventKind.BOUNCED})
-
-
-@dataclass(frozen=True)
-class MessageEvent:
-    """An event about one sent message, from a client (RecordEvents) or the daemon's own
-    receivers. The message is found by `message` (campaign id, channel id, message id), else by
-    `provider_id`, else by `recipient` (campaign id, channel id, address)."""
-
-    event_id: str
-    kind: EventKind
-    message: tuple[str, str, int] | None = None
-    provider_id: str = ""
-    recipient: tuple[str, str, str] | None = None
-    url: str = ""
-    detail: str = ""
-    soft: bool = False
 
 
 APPLIED, DUPLICATE, REFUSED = "applied", "duplicate", "refused"
