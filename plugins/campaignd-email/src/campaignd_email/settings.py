@@ -25,6 +25,11 @@ CONTENT_FIELDS = (
         max_length=500,
         description="this channel's unsubscribe URL template, instead of the type's",
     ),
+    ContentField(
+        "track",
+        kind="bool",
+        description="count opens (a pixel) and clicks (signed redirects) through the daemon's HTTP listener",
+    ),
 )
 
 TYPE_OPTIONS = (
