@@ -3,6 +3,8 @@ recipients' pixels, rewritten links and one-click unsubscribes fetched over real
 
 from __future__ import annotations
 
+import asyncio
+import pathlib
 import re
 import urllib.error
 import urllib.parse
@@ -18,6 +20,7 @@ import pytest
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
+from tests.integration.browser import browser
 from tests.integration.campaign_client import Client, failure
 from tests.integration.conftest import DaemonFactory, DaemonProcess
 from tests.integration.test_email import (
@@ -169,3 +172,39 @@ def test_listener_off_by_default_and_tracking_needs_it(daemon_factory: DaemonFac
         problem = failure(raised.value)
         assert problem.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "campaign.channels[mail].content.track" in problem.fields
+
+
+@pytest.mark.slow
+def test_the_confirmation_page_in_a_real_browser(
+    daemon_factory: DaemonFactory, smtp: Callable[..., Server], tmp_path: pathlib.Path
+) -> None:
+    """Chromium loads the unsubscribe page, its button POSTs, and the address is suppressed;
+    screenshots of both pages are kept in the test's directory."""
+    daemon, campaign, mail = sent(daemon_factory, smtp, 1)
+    [message] = mail.values()
+    link = unsubscribe_link(message)
+
+    async def click() -> tuple[str, str, str]:
+        async with browser(tmp_path / "chromium") as page:
+            await page.go(link)
+            title = await page.evaluate("document.title")
+            await page.screenshot(tmp_path / "unsubscribe-page.png")
+            await page.evaluate("document.getElementById('unsubscribe').click()")
+            await page.wait_for("Page.loadEventFired")
+            await page.screenshot(tmp_path / "unsubscribed-page.png")
+            return (
+                title,
+                await page.evaluate("document.title"),
+                await page.evaluate("document.body.innerText"),
+            )
+
+    before, after, text = asyncio.run(click())
+    assert (before, after) == ("Unsubscribe", "Unsubscribed")
+    assert "You are unsubscribed" in text
+    assert (tmp_path / "unsubscribe-page.png").stat().st_size > 1000
+    with daemon.channel() as channel:
+        client = Client(channel)
+        check = cs.CheckSuppressionRequest(address=_recipient(message), channel_type="email")
+        assert client.contacts.CheckSuppression(check).suppressed
+        report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
+        assert report.totals.unsubscribed == 1
