@@ -36,8 +36,8 @@ except importlib.metadata.PackageNotFoundError:
     __version__ = "0"
 
 TYPE = settings.TYPE
-# Renders through the daemon's renderer (campaignd_render and campaignd_send get `renderer`).
-CAMPAIGND_HOOK_API = 3
+# Renders through the daemon's renderer (API 3) and mounts routes on its HTTP listener (API 4).
+CAMPAIGND_HOOK_API = 4
 
 
 @hookimpl
