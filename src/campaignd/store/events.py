@@ -65,14 +65,13 @@ def _target(row: Any) -> Target:
 
 
 def by_id(conn: Connection, campaign_id: str, channel_id: str, message_id: int) -> Target | None:
-    """The message with this id in this campaign's channel."""
-    row = conn.execute(
-        _select().where(
-            messages.c.id == message_id,
-            messages.c.campaign_id == campaign_id,
-            messages.c.channel_id == channel_id,
-        )
-    ).first()
+    """The message with this id in this campaign's channel ("" for either: any)."""
+    query = _select().where(messages.c.id == message_id)
+    if campaign_id:
+        query = query.where(messages.c.campaign_id == campaign_id)
+    if channel_id:
+        query = query.where(messages.c.channel_id == channel_id)
+    row = conn.execute(query).first()
     return _target(row) if row is not None else None
 
 

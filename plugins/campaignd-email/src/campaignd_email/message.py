@@ -60,6 +60,7 @@ class Built:
     subject: str
     preview: str  # the text part, or the HTML part when there is no text
     data: bytes
+    sender: str = ""  # the envelope sender (MAIL FROM): a VERP address, or "" for from_address
 
 
 class Composer:
@@ -92,6 +93,8 @@ class Composer:
         self._secret = str(secret or "")
         self._listener = listener if listener and self._secret else ""
         self._track = bool(self._listener) and content.get("track") is True
+        domain = str(options.get("bounce_domain") or "")
+        self._bounce_domain = domain if domain and self._secret else ""
         self._boundary = f"=_{secrets.token_hex(16)}"
         # Message-IDs are unique by message id and a serial; the random salt, drawn once, keeps
         # them apart across processes and restarts without a getrandom call per message.
@@ -186,7 +189,10 @@ class Composer:
         head.append(self._static)
         data = CRLF.join(head).encode("ascii") + self._body(text, html)
         preview = text if text is not None else html or ""
-        return Built(to, message_id, subject, preview, data)
+        sender = ""
+        if self._bounce_domain and recipient.message_id > 0:
+            sender = web.verp_address(self._secret, recipient.message_id, self._bounce_domain)
+        return Built(to, message_id, subject, preview, data, sender)
 
     def _body(self, text: str | None, html: str | None) -> bytes:
         if text is None or html is None:

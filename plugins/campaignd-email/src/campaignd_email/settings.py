@@ -40,6 +40,16 @@ TYPE_OPTIONS = (
     ),
     ContentField("unsubscribe_secret", secret=True, description="HMAC key of the {token} placeholder"),
     ContentField("message_id_domain", max_length=253, description="the domain of Message-IDs"),
+    ContentField(
+        "bounce_domain",
+        max_length=253,
+        description="envelope sender bounces+<token>@ this domain, for bounces (needs unsubscribe_secret)",
+    ),
+    ContentField(
+        "bounce_listen",
+        max_length=300,
+        description="host:port of the bounce receiver (SMTP) for DSNs and ARF reports; needs [http]",
+    ),
 )
 
 TRANSPORT_OPTIONS = (

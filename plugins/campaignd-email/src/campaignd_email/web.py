@@ -44,6 +44,16 @@ def unsubscribe_link(base: str, secret: str, campaign: str, channel: str, messag
     return f"{base}/unsubscribe/{campaign}/{channel}/{message}/{token}"
 
 
+def verp_token(secret: str, message: int) -> str:
+    """The token of a message's VERP envelope sender."""
+    return sign(secret, "bounce", message)[:16]
+
+
+def verp_address(secret: str, message: int, domain: str) -> str:
+    """The VERP envelope sender of a message: bounces come back to it."""
+    return f"bounces+m{message}-{verp_token(secret, message)}@{domain}"
+
+
 def track(
     body: str, base: str, secret: str, campaign: str, channel: str, message: int, unsubscribe: str
 ) -> str:
@@ -73,6 +83,10 @@ def routes(options: Options, base: str, events: MessageEventSink) -> list[HttpRo
     if not secret:
         return []
     LISTENER["base_url"] = base
+    if options.get("bounce_listen"):
+        from campaignd_email import bounces
+
+        bounces.start(str(options["bounce_listen"]), secret, events)
     target = f"{{campaign:{_ID}}}/{{channel:{_ID}}}/{{message:[0-9]{{1,18}}}}"
 
     def message_of(request: web.Request, *extra: str) -> tuple[str, str, int] | None:
