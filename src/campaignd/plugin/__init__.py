@@ -199,7 +199,8 @@ class EventSink(Protocol):
 @dataclass(frozen=True)
 class MessageEvent:
     """An event about one sent message, recorded once by `event_id` (RecordEvents, or a plugin's
-    HTTP route). The message is found by `message` (campaign id, channel id, message id), else
+    HTTP route). The message is found by `message` (campaign id, channel id, message id; an
+    empty campaign or channel id matches any: message ids are unique in a database), else
     by `provider_id`, else by `recipient` (campaign id, channel id, address). `url`: the link of
     a CLICKED event; `soft`: a BOUNCED event that is a temporary failure."""
 

@@ -71,6 +71,7 @@ TRANSPORT_OPTIONS = (
     ),
 )
 
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}")
 PLACEHOLDERS = frozenset({"campaign", "channel", "message", "address", "token"})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MIN_SECRET_LENGTH = 16
@@ -203,6 +204,16 @@ def check_type_options(options: Options) -> list[FieldViolation]:
     domain = options.get("message_id_domain")
     if domain and not _DOMAIN.fullmatch(domain):
         problems.append(FieldViolation("message_id_domain", f"{domain!r} is not a domain name"))
+    bounce_domain = options.get("bounce_domain")
+    if bounce_domain and not _DOMAIN.fullmatch(bounce_domain):
+        problems.append(FieldViolation("bounce_domain", f"{bounce_domain!r} is not a domain name"))
+    if bounce_domain and not secret:
+        problems.append(FieldViolation("bounce_domain", "needs unsubscribe_secret to sign the VERP senders"))
+    listen = options.get("bounce_listen")
+    if listen and not _LISTEN.fullmatch(str(listen)):
+        problems.append(FieldViolation("bounce_listen", "must be host:port, e.g. 127.0.0.1:2525"))
+    if listen and not secret:
+        problems.append(FieldViolation("bounce_listen", "needs unsubscribe_secret"))
     return problems
 
 
