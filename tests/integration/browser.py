@@ -10,8 +10,8 @@ import itertools
 import json
 import pathlib
 import shutil
-import subprocess
 import time
+from asyncio.subprocess import DEVNULL
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -68,15 +68,15 @@ class Page:
     async def screenshot(self, path: pathlib.Path) -> None:
         """Save a PNG of the page."""
         result = await self.call("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(result["data"]))
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(result["data"]))
 
 
 @contextlib.asynccontextmanager
 async def browser(profile: pathlib.Path) -> AsyncIterator[Page]:
     """A headless Chromium with a fresh profile and one page; killed at the end."""
-    profile.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [
+    await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
+    process = await asyncio.create_subprocess_exec(
+        *[
             CHROMIUM,
             "--headless=new",
             "--no-sandbox",
@@ -88,17 +88,19 @@ async def browser(profile: pathlib.Path) -> AsyncIterator[Page]:
             "--remote-debugging-port=0",
             "about:blank",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=DEVNULL,
+        stderr=DEVNULL,
     )
     try:
         active = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
-        while not active.exists() or len(active.read_text().splitlines()) < 2:
-            if time.monotonic() > deadline or process.poll() is not None:
+        lines = await asyncio.to_thread(_lines, active)
+        while len(lines) < 2:
+            if time.monotonic() > deadline or process.returncode is not None:
                 raise RuntimeError("chromium did not start its DevTools endpoint")
             await asyncio.sleep(0.1)
-        port = int(active.read_text().splitlines()[0])
+            lines = await asyncio.to_thread(_lines, active)
+        port = int(lines[0])
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port}/json/list") as answer:
                 targets = await answer.json()
@@ -108,5 +110,10 @@ async def browser(profile: pathlib.Path) -> AsyncIterator[Page]:
                 await page.call("Page.enable")
                 yield page
     finally:
-        process.kill()
-        process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await asyncio.wait_for(process.wait(), 30)
+
+
+def _lines(path: pathlib.Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
