@@ -34,11 +34,13 @@ def _suppressed(client: Client, address: str) -> bool:
     return client.contacts.CheckSuppression(request).suppressed
 
 
-def test_events_are_applied_once_counted_and_suppress(daemon_factory: DaemonFactory) -> None:
+def test_events_are_applied_once_counted_and_suppress(
+    daemon_factory: DaemonFactory, database_url: str
+) -> None:
     """Opens, clicks per link, bounces, complaints and unsubscribes count exactly; repeats and
     unknown messages change nothing; hard bounces, complaints and unsubscribes are suppressed and
-    a later campaign skips them."""
-    daemon = daemon_factory(PLUGINS + FAST).start()
+    a later campaign skips them (on SQLite and PostgreSQL)."""
+    daemon = daemon_factory(PLUGINS + FAST + f'[database]\nurl = "{database_url}"\n').start()
     with daemon.channel() as channel:
         client = Client(channel)
         campaign, (a, b, c, d, e) = _sent(client, "engaged", 5)
