@@ -60,6 +60,7 @@ def test_events_are_applied_once_counted_and_suppress(
                 diagnostic="5.1.1 user unknown",
             ),
             E(event_id="b2", kind=E.BOUNCED, message=e.name, soft=True, diagnostic="4.2.2 mailbox full"),
+            E(event_id="b3", kind=E.BOUNCED, message=c.name, soft=True),  # c still counts once
             E(event_id="x1", kind=E.COMPLAINED, recipient=who),
             E(event_id="u1", kind=E.UNSUBSCRIBED, message=b.name),
             E(event_id="o1", kind=E.OPENED, message=b.name),  # a repeat within the batch
@@ -69,7 +70,7 @@ def test_events_are_applied_once_counted_and_suppress(
         results = client.stub.RecordEvents(svc.RecordEventsRequest(events=events)).results
         assert [(r.event_id, r.status) for r in results] == [
             (ev.event_id, want)
-            for ev, want in zip(events, [APPLIED] * 11 + [DUPLICATE, REFUSED, REFUSED], strict=True)
+            for ev, want in zip(events, [APPLIED] * 12 + [DUPLICATE, REFUSED, REFUSED], strict=True)
         ]
         assert results[-1].reason == "message not found"
         again = client.stub.RecordEvents(svc.RecordEventsRequest(events=events[:3]))

@@ -137,7 +137,7 @@ def record(
     )
     frm, to = EVENT_MOVES.get(kind, ((), ""))
     if move and target.state in frm:
-        conn.execute(
+        moved = conn.execute(
             messages.update()
             .where(messages.c.id == target.id, messages.c.state == target.state)
             .values(
@@ -147,7 +147,9 @@ def record(
                 update_time=now,
             )
         )
-        add_counts(conn, target.campaign_id, target.channel_id, {target.state: -1, to: 1})
+        # The counters move only with a message that did move (a send may have moved it since).
+        if moved.rowcount:
+            add_counts(conn, target.campaign_id, target.channel_id, {target.state: -1, to: 1})
     if kind in ("complained", "unsubscribed"):
         conn.execute(
             messages.update().where(messages.c.id == target.id).values(outcome=kind, update_time=now)
@@ -157,27 +159,29 @@ def record(
 def engagement(conn: Connection, campaign_id: str) -> dict[str, Engagement]:
     """Engagement counts per channel id of a campaign, from its recorded events."""
     counts: dict[str, Engagement] = {}
+    # A message with a hard and a soft bounce counts once in `bounced`.
+    kind = sa.case((message_events.c.kind == "soft_bounced", "bounced"), else_=message_events.c.kind)
     rows = conn.execute(
         sa.select(
             message_events.c.channel_id,
-            message_events.c.kind,
+            kind,
             sa.func.count(),
             sa.func.count(sa.distinct(message_events.c.message_id)),
         )
         .where(message_events.c.campaign_id == campaign_id)
-        .group_by(message_events.c.channel_id, message_events.c.kind)
+        .group_by(message_events.c.channel_id, kind)
     )
-    for channel_id, kind, total, unique in rows:
+    for channel_id, said, total, unique in rows:
         mine = counts.setdefault(channel_id, Engagement())
-        if kind == "opened":
+        if said == "opened":
             mine.opens, mine.opened = int(total), int(unique)
-        elif kind == "clicked":
+        elif said == "clicked":
             mine.clicks, mine.clicked = int(total), int(unique)
-        elif kind in ("bounced", "soft_bounced"):
-            mine.bounced += int(unique)
-        elif kind == "complained":
+        elif said == "bounced":
+            mine.bounced = int(unique)
+        elif said == "complained":
             mine.complained = int(unique)
-        elif kind == "unsubscribed":
+        elif said == "unsubscribed":
             mine.unsubscribed = int(unique)
     if any(c.clicks for c in counts.values()):
         links = conn.execute(
