@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy.engine import Connection
 
@@ -103,7 +103,7 @@ class EventRecorder:
         def write(conn: Connection) -> tuple[list[tuple[str, str]], set[str]]:
             seen = event_store.recorded(conn, (e.event_id for e in events))
             results: list[tuple[str, str]] = []
-            suppress = []
+            suppress: list[Mapping[str, object]] = []
             touched: set[str] = set()
             for event in events:
                 if event.event_id in seen:
@@ -114,10 +114,13 @@ class EventRecorder:
                     results.append((REFUSED, "message not found"))
                     continue
                 kind = "soft_bounced" if event.kind is EventKind.BOUNCED and event.soft else event.kind.value
-                event_store.record(
+                applied = event_store.record(
                     conn, event.event_id, target, kind, now, url=event.url, detail=event.detail
                 )
                 seen.add(event.event_id)
+                if not applied:
+                    results.append((DUPLICATE, ""))
+                    continue
                 touched.add(target.campaign_id)
                 if event.kind in SUPPRESSING and not event.soft:
                     suppress.append(event_store.suppression(target, event.kind.value, event.detail, now))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from campaignd.store.engine import EVENT_MOVES, add_counts
@@ -120,11 +121,14 @@ def record(
     url: str = "",
     detail: str = "",
     move: bool = True,
-) -> None:
+) -> bool:
     """Store the event and apply it to its message: a receipt moves its state (as inbound events
-    from transports do), an unsubscribe or complaint becomes its outcome."""
-    conn.execute(
-        message_events.insert().values(
+    from transports do), an unsubscribe or complaint becomes its outcome. False, changing
+    nothing, when the event id was recorded meanwhile (by a concurrent call)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    inserted = conn.execute(
+        dialect.insert(message_events)
+        .values(
             event_id=event_id,
             campaign_id=target.campaign_id,
             channel_id=target.channel_id,
@@ -134,7 +138,10 @@ def record(
             detail=detail or None,
             create_time=now,
         )
+        .on_conflict_do_nothing(index_elements=["event_id"])
     )
+    if not inserted.rowcount:
+        return False
     frm, to = EVENT_MOVES.get(kind, ((), ""))
     if move and target.state in frm:
         moved = conn.execute(
@@ -154,6 +161,7 @@ def record(
         conn.execute(
             messages.update().where(messages.c.id == target.id).values(outcome=kind, update_time=now)
         )
+    return True
 
 
 def engagement(conn: Connection, campaign_id: str) -> dict[str, Engagement]:
