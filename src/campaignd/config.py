@@ -210,6 +210,27 @@ class MetricsSettings(_Section):
     address: Annotated[str, Field(pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")] = ""
 
 
+class HttpTlsSettings(_Section):
+    """TLS for the HTTP listener."""
+
+    cert_file: pathlib.Path
+    key_file: pathlib.Path
+
+
+class HttpSettings(_Section):
+    """The HTTP listener for what recipients and providers reach over HTTP: one-click
+    unsubscribe, open and click tracking, and the routes channel plugins mount."""
+
+    # host:port to listen on, e.g. "127.0.0.1:8025"; "" (the default) serves nothing.
+    address: Annotated[str, Field(pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")] = ""
+    tls: HttpTlsSettings | None = None
+    # The URL recipients reach the listener at (behind a reverse proxy, its public URL), without a
+    # trailing slash; "" means http(s)://address.
+    public_url: Annotated[str, Field(pattern=r"^$|^https?://[^\s?#]+[^/\s?#]$", max_length=500)] = ""
+    # Larger request bodies are refused with 413.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+
+
 class AudienceSettings(_Section):
     """How contacts are read."""
 
@@ -253,6 +274,7 @@ class Settings(_Section):
     engine: EngineSettings = EngineSettings()
     templates: TemplateSettings = TemplateSettings()
     metrics: MetricsSettings = MetricsSettings()
+    http: HttpSettings = HttpSettings()
     # Transport name -> transport; channels name these in their transport shares.
     transports: dict[Annotated[str, Field(pattern=NAME_PATTERN)], TransportSettings] = {}
     # Channel type -> that type's options, which its plugin declares and validates.

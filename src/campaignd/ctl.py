@@ -578,13 +578,7 @@ def render_report(report: res.CampaignReport) -> str:
     ]
     if outcomes:
         parts.append(table(["CHANNEL", "OUTCOME", "COUNT"], outcomes))
-    engagement = [
-        [ch.channel_id, str(ch.progress.opened), str(ch.progress.clicked), str(ch.progress.bounced)]
-        for ch in report.channels
-        if ch.progress.opened or ch.progress.clicked or ch.progress.bounced
-    ]
-    if engagement:
-        parts.append(table(["CHANNEL", "OPENED", "CLICKED", "BOUNCED"], engagement))
+    parts.extend(render_engagement(report))
     transports = [
         [ch.channel_id, name, str(p.total), str(sent_count(p)), str(p.retrying), str(p.failed)]
         for ch in report.channels
@@ -593,6 +587,30 @@ def render_report(report: res.CampaignReport) -> str:
     if transports:
         parts.append(table(["CHANNEL", "TRANSPORT", "TOTAL", "SENT", "RETRYING", "FAILED"], transports))
     return "\n\n".join(parts)
+
+
+ENGAGEMENT = ("opened", "opens", "clicked", "clicks", "bounced", "complained", "unsubscribed")
+
+
+def render_engagement(report: res.CampaignReport) -> list[str]:
+    """Engagement per channel (unique and total opens and clicks, bounces, complaints,
+    unsubscribes) and clicks per link; nothing when no event was recorded."""
+    rows = [
+        [ch.channel_id, *(str(getattr(ch.progress, f)) for f in ENGAGEMENT)]
+        for ch in report.channels
+        if any(getattr(ch.progress, f) for f in ENGAGEMENT)
+    ]
+    if not rows:
+        return []
+    tables = [table(["CHANNEL", *(f.upper() for f in ENGAGEMENT)], rows)]
+    links = [
+        [ch.channel_id, url, str(n)]
+        for ch in report.channels
+        for url, n in sorted(ch.progress.clicks_by_link.items())
+    ]
+    if links:
+        tables.append(table(["CHANNEL", "LINK", "CLICKS"], links))
+    return tables
 
 
 def render_audience(channels: Mapping[str, res.AudienceCounts]) -> str:
@@ -2799,6 +2817,45 @@ CONTACT_COMMANDS: tuple[Command | Group, ...] = (
 )
 
 
+def events_record_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `events record`."""
+    parser.add_argument(
+        "--file",
+        required=True,
+        metavar="FILE",
+        help="one MessageEvent per line in proto3 JSON (- for standard input)",
+    )
+
+
+def run_events_record(client: Client, args: argparse.Namespace) -> int:
+    """events record --file FILE: every line is checked before the first call; exit 1 when an
+    event was refused."""
+    events = []
+    for number, line in enumerate(read_text(args.file, "events").splitlines(), 1):
+        if line.strip():
+            events.append(parse_json(line, api.MessageEvent(), f"event on line {number}"))
+    if not events:
+        raise UsageError(f"no events in {args.file}")
+    results: list[api.MessageEventResult] = []
+    for start in range(0, len(events), 1000):
+        request = api.RecordEventsRequest(events=events[start : start + 1000])
+        results.extend(client.call(client.campaigns.RecordEvents, request).results)
+    if client.json:
+        print_json(api.RecordEventsResponse(results=results))
+    else:
+        rows = [[r.event_id, api.MessageEventResult.Status.Name(r.status), r.reason] for r in results]
+        print(table(["EVENT", "STATUS", "REASON"], rows))
+    refused = any(r.status == api.MessageEventResult.REFUSED for r in results)
+    return EXIT_FAILURE if refused else EXIT_OK
+
+
+EVENT_COMMANDS = Group(
+    "events",
+    "record delivery and engagement events about sent messages",
+    (Command("record", "record events from a JSON lines file", events_record_arguments, run_events_record),),
+)
+
+
 COMMANDS: tuple[Command | Group, ...] = (
     Command("create", "create a campaign in DRAFT", create_arguments, run_create),
     Command("get", "show a campaign", name_argument, run_get),
@@ -2847,6 +2904,7 @@ COMMANDS: tuple[Command | Group, ...] = (
     Command("watch", "show live progress until the campaign ends", name_argument, run_watch),
     Command("channels", "list the channel types the daemon's plugins provide", no_arguments, run_channels),
     *CONTACT_COMMANDS,
+    EVENT_COMMANDS,
 )
 
 

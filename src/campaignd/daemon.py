@@ -17,6 +17,7 @@ from campaignd.api.auth import Authenticator
 from campaignd.api.server import ApiServer, SocketInUseError
 from campaignd.api.services import Services
 from campaignd.config import ConfigError, Problem, Settings, load
+from campaignd.http import HttpListener
 from campaignd.plugin.manager import PluginError, Plugins
 from campaignd.sdnotify import Notifier, watchdog_interval
 from campaignd.store import migrate
@@ -61,6 +62,15 @@ class Daemon:
             raise StartupError(
                 _os_problem(f"the runtime directory {self.settings.socket_path.parent}", exc), EXIT_CONFIG
             ) from None
+        http = None
+        if self.settings.http.address:
+            http = HttpListener(self.settings.http, plugins, services.recorder)
+            try:
+                await http.start()
+            except OSError as exc:
+                await api.stop(0)
+                database.close()
+                raise StartupError(f"cannot listen on [http] address: {exc}", EXIT_TRANSIENT) from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
@@ -101,6 +111,8 @@ class Daemon:
         await asyncio.gather(api.stop(grace), engine.stop(grace) if engine is not None else asyncio.sleep(0))
         if engine_task is not None:
             engine_task.cancel()
+        if http is not None:
+            await http.stop()
         await services.transports.close()
         await asyncio.get_running_loop().run_in_executor(None, services.renderer.close)
         watchdog.cancel()
@@ -148,7 +160,7 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics", "templates")
+RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics", "templates", "http")
 
 
 def _restart_only_changes(old: Settings, new: Settings) -> list[str]:

@@ -362,7 +362,14 @@ def tls_daemon(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[T
 
 
 CALLERS = ("no-token", "wrong-token", "viewer", "operator", "admin")
-METHODS = ("GetCampaign", "ListCampaigns", "CreateCampaign", "PauseCampaign", "DeleteCampaign")
+METHODS = (
+    "GetCampaign",
+    "ListCampaigns",
+    "CreateCampaign",
+    "PauseCampaign",
+    "DeleteCampaign",
+    "RecordEvents",
+)
 RANKS = {"viewer": 0, "operator": 1, "admin": 2}
 NEEDS = {
     "GetCampaign": "viewer",
@@ -370,6 +377,7 @@ NEEDS = {
     "CreateCampaign": "operator",
     "PauseCampaign": "operator",
     "DeleteCampaign": "admin",
+    "RecordEvents": "operator",
 }
 # What each method answers once auth lets it through, on a fresh DRAFT campaign: pausing a
 # DRAFT is the method's own FAILED_PRECONDITION, which shows the call got past auth.
@@ -379,6 +387,7 @@ ADMITTED = {
     "CreateCampaign": grpc.StatusCode.OK,
     "PauseCampaign": grpc.StatusCode.FAILED_PRECONDITION,
     "DeleteCampaign": grpc.StatusCode.OK,
+    "RecordEvents": grpc.StatusCode.OK,  # answered per event: this one's message is not found
 }
 
 
@@ -416,6 +425,13 @@ def call(stub: svc_grpc.CampaignServiceStub, method: str, campaign_id: str, toke
     if method == "PauseCampaign":
         return stub.PauseCampaign(
             svc.PauseCampaignRequest(name=name, reason="auth test"), metadata=metadata, timeout=CALL_TIMEOUT
+        )
+    if method == "RecordEvents":
+        event = svc.MessageEvent(
+            event_id=campaign_id, kind=svc.MessageEvent.OPENED, provider_message_id="none"
+        )
+        return stub.RecordEvents(
+            svc.RecordEventsRequest(events=[event]), metadata=metadata, timeout=CALL_TIMEOUT
         )
     assert method == "DeleteCampaign"
     return stub.DeleteCampaign(svc.DeleteCampaignRequest(name=name), metadata=metadata, timeout=CALL_TIMEOUT)

@@ -173,3 +173,15 @@ def test_a_runtime_directory_that_cannot_be_made_exits_2_naming_it(tmp_path: pat
     line = _one_clean_line(result)
     assert str(blocker / "run") in line
     assert "Not a directory" in line
+
+
+def test_an_http_address_in_use_exits_1_naming_it(tmp_path: pathlib.Path) -> None:
+    """[http] address taken by another process may free up: exit 1 with one line naming it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = f'state_directory = "{tmp_path / "state"}"\n[http]\naddress = "127.0.0.1:{port}"\n'
+        result = _run(tmp_path, config)
+    assert result.returncode == 1
+    assert _one_clean_line(result).startswith("campaignd: cannot listen on [http] address: ")

@@ -137,3 +137,32 @@ def _status(url: str) -> int:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return error.code
+
+
+def test_with_the_daemon_http_listener_the_callbacks_come_through_it(
+    daemon_factory: DaemonFactory, tmp_path: pathlib.Path
+) -> None:
+    """With [http] on, DLRs and a "Stop" reply reach the daemon's listener under /sms/kannel/…,
+    and the transport opens no listener of its own."""
+    http, unused = free_port(), free_port()
+    mo_url = f"http://127.0.0.1:{http}/sms/kannel/kannel/{SECRET}/mo?from=%p&text=%a"
+    with running_kannel(tmp_path, mo_url) as kannel:
+        env = {"KANNEL_PASSWORD": PASSWORD, "CALLBACK_SECRET": SECRET}
+        config = (
+            FAST + f'[http]\naddress = "127.0.0.1:{http}"\n' + kannel_transport(kannel.sendsms_url, unused)
+        )
+        daemon = daemon_factory(config, env=env).start()
+        import_contacts(daemon, 20, lambda i: zone_at(14))
+        with daemon.channel() as channel:
+            client = Client(channel)
+            campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+            client.launch(campaign.name)
+            wait(lambda: report(client, campaign.name).totals.delivered == 20, seconds=120, what="20 DLRs")
+            kannel.reply(number(3), "Stop")
+            wait(lambda: bool(suppressed(daemon, number(3))), what="the suppression")
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{unused}/{SECRET}/dlr?id=x&type=1", timeout=5)
+        forged = f"http://127.0.0.1:{http}/sms/kannel/kannel/not-the-secret/dlr?id=x&type=1"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(forged, timeout=5)
+        assert refused.value.code == 403

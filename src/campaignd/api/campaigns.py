@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -21,13 +22,23 @@ from campaignd.audience.contacts import ContactFieldError, normalise_email, norm
 from campaignd.campaigns import Caller, CampaignManager
 from campaignd.config import Settings
 from campaignd.engine.core import Engine
+from campaignd.engine.events import EventRecorder
 from campaignd.engine.transports import Transports, send_once
 from campaignd.errors import ApiError, Code
 from campaignd.lifecycle import MESSAGE_DONE_STATES, CampaignState, ChannelState, MessageState, Operation
-from campaignd.plugin import ChannelInfo, Recipient, Rendered, SendStatus, TemplateError
+from campaignd.plugin import (
+    ChannelInfo,
+    EventKind,
+    MessageEvent,
+    Recipient,
+    Rendered,
+    SendStatus,
+    TemplateError,
+)
 from campaignd.plugin.manager import PluginCallError, Plugins
 from campaignd.store import audience as audience_store
 from campaignd.store import engine as engine_store
+from campaignd.store import events as event_store
 from campaignd.store.campaigns import CampaignFilter, CampaignRecord, ChannelRecord
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
@@ -79,8 +90,10 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         engine: Engine | None,
         transports: Transports,
         tokens: convert.PageTokens,
+        recorder: EventRecorder | None = None,
     ) -> None:
         self.manager = manager
+        self.recorder = recorder or EventRecorder(manager.db, manager.hub, manager.clock)
         self.tokens = tokens
         self.settings = settings
         self.engine = engine
@@ -580,15 +593,23 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     async def _snapshot(self, campaign_id: str) -> tuple[CampaignRecord, pb.CampaignReport]:
         def read(
             conn: Connection,
-        ) -> tuple[CampaignRecord, dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        ) -> tuple[
+            CampaignRecord,
+            dict[tuple[str, str], int],
+            dict[tuple[str, str], int],
+            dict[str, event_store.Engagement],
+        ]:
             record = self.manager.load(conn, campaign_id)
             counts = audience_store.message_counts(conn, campaign_id)
             # The reasons take a pass over the failed messages; most updates of a watch have none.
             failed = any(n for (_, state), n in counts.items() if state == "failed")
-            return record, counts, audience_store.failure_reasons(conn, campaign_id) if failed else {}
+            reasons = audience_store.failure_reasons(conn, campaign_id) if failed else {}
+            return record, counts, reasons, event_store.engagement(conn, campaign_id)
 
-        record, counts, reasons = await self.manager.db.read(read)
-        return record, build_report(record, counts, reasons, self.manager.clock.now(), self.engine)
+        record, counts, reasons, engaged = await self.manager.db.read(read)
+        report = build_report(record, counts, reasons, self.manager.clock.now(), self.engine)
+        add_engagement(report, engaged)
+        return record, report
 
     @unary
     async def ListMessages(
@@ -685,8 +706,117 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         finally:
             self.watchers -= 1
 
+    @unary
+    async def RecordEvents(
+        self, request: svc.RecordEventsRequest, context: Context
+    ) -> svc.RecordEventsResponse:
+        v = Violations()
+        if not request.events:
+            v.add("events", "required")
+        elif len(request.events) > MAX_EVENTS:
+            v.add("events", f"more than {MAX_EVENTS} events")
+        events = [_message_event(v, f"events[{i}]", e) for i, e in enumerate(request.events[:MAX_EVENTS])]
+        v.raise_if_any()
+        results = await self.recorder.record_messages([e for e in events if e is not None])
+        return svc.RecordEventsResponse(
+            results=[
+                svc.MessageEventResult(
+                    event_id=event.event_id,
+                    status=svc.MessageEventResult.Status.Value(status.upper()),
+                    reason=reason,
+                )
+                for event, (status, reason) in zip(request.events, results, strict=True)
+            ]
+        )
+
 
 MAX_REASON = 1000
+MAX_EVENTS = 1000
+MESSAGE_NAME = re.compile(
+    r"campaigns/([a-z][a-z0-9-]{0,62})/channels/([a-z][a-z0-9-]{0,62})/messages/([0-9]{1,18})"
+)
+EVENT_KINDS = {
+    svc.MessageEvent.DELIVERED: EventKind.DELIVERED,
+    svc.MessageEvent.OPENED: EventKind.OPENED,
+    svc.MessageEvent.CLICKED: EventKind.CLICKED,
+    svc.MessageEvent.BOUNCED: EventKind.BOUNCED,
+    svc.MessageEvent.COMPLAINED: EventKind.COMPLAINED,
+    svc.MessageEvent.UNSUBSCRIBED: EventKind.UNSUBSCRIBED,
+}
+
+
+def _message_event(v: Violations, path: str, event: svc.MessageEvent) -> MessageEvent | None:
+    """The event as the recorder takes it, or None with its problems added to `v`."""
+    before = len(v.found)
+    v.text(f"{path}.event_id", event.event_id, max_length=200, required=True)
+    kind = EVENT_KINDS.get(event.kind)
+    if kind is None:
+        v.add(
+            f"{path}.kind", "required: one of DELIVERED, OPENED, CLICKED, BOUNCED, COMPLAINED, UNSUBSCRIBED"
+        )
+    message = None
+    recipient = None
+    which = event.WhichOneof("target")
+    if which == "message":
+        found = MESSAGE_NAME.fullmatch(event.message)
+        if found is None:
+            v.add(
+                f"{path}.message",
+                "must be campaigns/{campaign_id}/channels/{channel_id}/messages/{message_id}",
+            )
+        else:
+            message = (found[1], found[2], int(found[3]))
+    elif which == "provider_message_id":
+        v.text(f"{path}.provider_message_id", event.provider_message_id, max_length=200, required=True)
+    elif which == "recipient":
+        r = event.recipient
+        if not r.campaign.startswith("campaigns/") or not convert.ID.fullmatch(
+            r.campaign[len("campaigns/") :]
+        ):
+            v.add(f"{path}.recipient.campaign", "must be campaigns/{campaign_id}")
+        convert.check_id(v, f"{path}.recipient.channel_id", r.channel_id, required=True)
+        v.text(f"{path}.recipient.address", r.address, max_length=320, required=True)
+        recipient = (r.campaign[len("campaigns/") :], r.channel_id, r.address)
+    else:
+        v.add(f"{path}.target", "required: message, provider_message_id or recipient")
+    if kind is EventKind.CLICKED:
+        if not re.fullmatch(r"https?://[^\s]{1,1990}", event.url):
+            v.add(f"{path}.url", "required for CLICKED: an absolute http(s) URL of at most 2000 characters")
+    elif event.url:
+        v.add(f"{path}.url", "only for CLICKED")
+    if event.soft and kind is not EventKind.BOUNCED:
+        v.add(f"{path}.soft", "only for BOUNCED")
+    v.text(f"{path}.diagnostic", event.diagnostic, max_length=1000)
+    if len(v.found) > before or kind is None:
+        return None
+    return MessageEvent(
+        event_id=event.event_id,
+        kind=kind,
+        message=message,
+        provider_id=event.provider_message_id,
+        recipient=recipient,
+        url=event.url,
+        detail=event.diagnostic,
+        soft=event.soft,
+    )
+
+
+def add_engagement(report: pb.CampaignReport, engaged: dict[str, event_store.Engagement]) -> None:
+    """Fill the report's engagement counts per channel and in total from recorded events."""
+    for channel in report.channels:
+        counts = engaged.get(channel.channel_id)
+        if counts is None:
+            continue
+        for progress in (channel.progress, report.totals):
+            progress.opened += counts.opened
+            progress.opens += counts.opens
+            progress.clicked += counts.clicked
+            progress.clicks += counts.clicks
+            progress.bounced += counts.bounced
+            progress.complained += counts.complained
+            progress.unsubscribed += counts.unsubscribed
+            for url, n in counts.clicks_by_link.items():
+                progress.clicks_by_link[url] += n
 
 
 def _progress(counts: dict[str, int], reasons: dict[str, int]) -> pb.Progress:

@@ -44,8 +44,9 @@ class Services:
         self.plugins.renderer = self.renderer
         self.hub = ChangeHub()
         self.campaigns = CampaignManager(database, self.plugins, self.hub)
+        self.recorder = EventRecorder(database, self.hub)
         self.transports = Transports(
-            self.plugins, EventRecorder(database, self.hub), lambda: settings().engine.transport_rest, Clock()
+            self.plugins, self.recorder, lambda: settings().engine.transport_rest, Clock()
         )
         self.engine = (
             Engine(database, self.plugins, self.campaigns, self.hub, settings, self.transports)
@@ -54,7 +55,8 @@ class Services:
         )
         tokens = PageTokens(database.read_sync(keys.get, keys.PAGE_TOKENS))
         campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
-            CampaignService(self.campaigns, settings, self.engine, self.transports, tokens), api.server
+            CampaignService(self.campaigns, settings, self.engine, self.transports, tokens, self.recorder),
+            api.server,
         )
         api.add_service(campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name)
         self.contacts = ContactManager(database, lambda: settings().audience.default_region)

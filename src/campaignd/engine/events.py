@@ -6,15 +6,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy.engine import Connection
 
 from campaignd import logs
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
-from campaignd.plugin import EventKind, InboundEvent
+from campaignd.plugin import EventKind, InboundEvent, MessageEvent
 from campaignd.store import engine as store
+from campaignd.store import events as event_store
 from campaignd.store.audience import add_suppressions, remove_opt_out
 from campaignd.store.db import Database
 
@@ -31,6 +32,9 @@ PENDING_FOR = 300.0
 PENDING_RETRY = 0.5
 PENDING_LIMIT = 200_000
 _RECEIPTS = frozenset({EventKind.DELIVERED, EventKind.FAILED, EventKind.BOUNCED})
+
+
+APPLIED, DUPLICATE, REFUSED = "applied", "duplicate", "refused"
 
 
 class EventRecorder:
@@ -91,6 +95,46 @@ class EventRecorder:
             self.hub.publish(campaign_id)
         return unmatched
 
+    async def record_messages(self, events: Sequence[MessageEvent]) -> list[tuple[str, str]]:
+        """Record events about messages in one transaction, each at most once by its id; returns
+        (status, reason) per event: applied, duplicate, or refused with why."""
+        now = self.clock.now()
+
+        def write(conn: Connection) -> tuple[list[tuple[str, str]], set[str]]:
+            seen = event_store.recorded(conn, (e.event_id for e in events))
+            results: list[tuple[str, str]] = []
+            suppress: list[Mapping[str, object]] = []
+            touched: set[str] = set()
+            for event in events:
+                if event.event_id in seen:
+                    results.append((DUPLICATE, ""))
+                    continue
+                target = _find(conn, event)
+                if target is None:
+                    results.append((REFUSED, "message not found"))
+                    continue
+                kind = "soft_bounced" if event.kind is EventKind.BOUNCED and event.soft else event.kind.value
+                applied = event_store.record(
+                    conn, event.event_id, target, kind, now, url=event.url, detail=event.detail
+                )
+                seen.add(event.event_id)
+                if not applied:
+                    results.append((DUPLICATE, ""))
+                    continue
+                touched.add(target.campaign_id)
+                if event.kind in SUPPRESSING and not event.soft:
+                    suppress.append(event_store.suppression(target, event.kind.value, event.detail, now))
+                results.append((APPLIED, ""))
+            if suppress:
+                add_suppressions(conn, suppress)
+            return results, touched
+
+        results, touched = await self.db.write(write)
+        for campaign_id in touched:
+            self.hub.publish(campaign_id)
+        log.info("message events recorded", events=len(events), applied=sum(r == APPLIED for r, _ in results))
+        return results
+
     async def _retry_pending(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             while self.pending:
@@ -109,6 +153,16 @@ class EventRecorder:
                 for provider_id, _ in waiting:
                     if provider_id not in still:
                         self.pending.pop(provider_id, None)
+
+
+def _find(conn: Connection, event: MessageEvent) -> event_store.Target | None:
+    if event.message is not None:
+        return event_store.by_id(conn, *event.message)
+    if event.provider_id:
+        return event_store.by_provider_id(conn, event.provider_id)
+    if event.recipient is not None:
+        return event_store.by_address(conn, *event.recipient)
+    return None
 
 
 def _suppression(event: InboundEvent, channel_type: str, now: dt.datetime) -> dict[str, object]:

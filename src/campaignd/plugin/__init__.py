@@ -21,7 +21,7 @@ PROJECT = "campaignd"
 ENTRY_POINT_GROUP = "campaignd.channels"
 # The version of the hook contract. A plugin that needs a newer one sets a module attribute
 # `CAMPAIGND_HOOK_API = N`, and an older daemon refuses to load it rather than call it wrongly.
-HOOK_API_VERSION = 3
+HOOK_API_VERSION = 4
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -196,6 +196,44 @@ class EventSink(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class MessageEvent:
+    """An event about one sent message, recorded once by `event_id` (RecordEvents, or a plugin's
+    HTTP route). The message is found by `message` (campaign id, channel id, message id; an
+    empty campaign or channel id matches any: message ids are unique in a database), else
+    by `provider_id`, else by `recipient` (campaign id, channel id, address). `url`: the link of
+    a CLICKED event; `soft`: a BOUNCED event that is a temporary failure."""
+
+    event_id: str
+    kind: EventKind
+    message: tuple[str, str, int] | None = None
+    provider_id: str = ""
+    recipient: tuple[str, str, str] | None = None
+    url: str = ""
+    detail: str = ""
+    soft: bool = False
+
+
+class MessageEventSink(Protocol):
+    """Where a plugin's HTTP routes record events about messages."""
+
+    async def record_messages(self, events: Sequence[MessageEvent]) -> list[tuple[str, str]]:
+        """Record `events` in one transaction; (status, reason) per event, status one of
+        `applied`, `duplicate`, `refused`."""
+        ...
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    """A route a plugin mounts on the daemon's HTTP listener, under `/{channel type}/`: `method`
+    (GET, POST, ...), `path` relative to that prefix (aiohttp syntax, e.g. `dlr/{id}`), and an
+    aiohttp handler taking an `aiohttp.web.Request` and returning a response."""
+
+    method: str
+    path: str
+    handler: Any
+
+
 class Gate(Protocol):
     """Admits each send as it starts: it closes when the channel is paused or stopped, and paces
     sends to the channel's rate."""
@@ -224,7 +262,10 @@ __all__ = [
     "EventSink",
     "FieldViolation",
     "Gate",
+    "HttpRoute",
     "InboundEvent",
+    "MessageEvent",
+    "MessageEventSink",
     "Options",
     "Recipient",
     "Rendered",

@@ -18,6 +18,8 @@ from campaignd.plugin import (
     EventSink,
     FieldViolation,
     Gate,
+    HttpRoute,
+    MessageEventSink,
     Options,
     Recipient,
     Rendered,
@@ -149,5 +151,23 @@ def campaignd_send(
     finishes. An exception, or an awaitable that does not finish within the daemon's
     `[engine] sending_timeout` (plus the time the batch spends waiting for its rate), fails the
     channel (not the daemon) with the error kept.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def campaignd_http_routes(
+    channel_type: str, options: Options, base_url: str, events: MessageEventSink
+) -> list[HttpRoute]:
+    """Return the routes to mount for `channel_type` on the daemon's HTTP listener, or [] when
+    the type is not yours or you serve nothing over HTTP.
+
+    Called once per loaded channel type when the daemon starts with `[http] address` set (never
+    when the listener is off). The routes are mounted under `/{channel_type}/`; `base_url` is
+    the public URL of that prefix (from `[http] public_url`, without a trailing slash), to put
+    in the links you send (an unsubscribe link, a delivery-report callback). `options` are the
+    type's options as at start. Handlers record events about messages through `events`; they
+    must check what they receive (a bad or forged request gets a 4xx and changes nothing) and
+    answer quickly. The listener bounds request bodies to `[http] max_body_bytes`.
     """
     raise NotImplementedError

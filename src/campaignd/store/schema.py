@@ -229,3 +229,20 @@ server_keys = sa.Table(
     sa.Column("name", sa.String(63), primary_key=True),
     sa.Column("value", sa.String(200), nullable=False),
 )
+
+# Engagement and delivery events recorded against a message (RecordEvents, the HTTP listener,
+# the bounce receiver). The event id makes a repeat change nothing; the rows are what the
+# report counts opens, clicks (per link), bounces, complaints and unsubscribes from.
+message_events = sa.Table(
+    "message_events",
+    metadata,
+    sa.Column("event_id", sa.String(200), primary_key=True),
+    sa.Column("campaign_id", sa.String(63), nullable=False),
+    sa.Column("channel_id", sa.String(63), nullable=False),
+    sa.Column("message_id", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("url", sa.String(2000)),
+    sa.Column("detail", sa.Text),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Index("ix_message_events_campaign_id_channel_id_kind", "campaign_id", "channel_id", "kind"),
+)

@@ -10,6 +10,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1288,3 +1289,231 @@ class ContentFieldInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContentFieldInfo: _TypeAlias = ContentFieldInfo  # noqa: Y015
+
+@_typing.final
+class MessageEvent(_message.Message):
+    """An event about one sent message, for RecordEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[MessageEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: MessageEvent._Kind.ValueType  # 0
+        """Not allowed."""
+        DELIVERED: MessageEvent._Kind.ValueType  # 1
+        """The provider delivered the message."""
+        OPENED: MessageEvent._Kind.ValueType  # 2
+        """The recipient opened it."""
+        CLICKED: MessageEvent._Kind.ValueType  # 3
+        """The recipient followed a link in it (`url`)."""
+        BOUNCED: MessageEvent._Kind.ValueType  # 4
+        """It bounced; `soft` says whether the failure was temporary. A hard bounce suppresses the address."""
+        COMPLAINED: MessageEvent._Kind.ValueType  # 5
+        """The recipient reported it as spam; the address is suppressed."""
+        UNSUBSCRIBED: MessageEvent._Kind.ValueType  # 6
+        """The recipient unsubscribed; the address is suppressed."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
+        """What happened."""
+
+    KIND_UNSPECIFIED: MessageEvent.Kind.ValueType  # 0
+    """Not allowed."""
+    DELIVERED: MessageEvent.Kind.ValueType  # 1
+    """The provider delivered the message."""
+    OPENED: MessageEvent.Kind.ValueType  # 2
+    """The recipient opened it."""
+    CLICKED: MessageEvent.Kind.ValueType  # 3
+    """The recipient followed a link in it (`url`)."""
+    BOUNCED: MessageEvent.Kind.ValueType  # 4
+    """It bounced; `soft` says whether the failure was temporary. A hard bounce suppresses the address."""
+    COMPLAINED: MessageEvent.Kind.ValueType  # 5
+    """The recipient reported it as spam; the address is suppressed."""
+    UNSUBSCRIBED: MessageEvent.Kind.ValueType  # 6
+    """The recipient unsubscribed; the address is suppressed."""
+
+    @_typing.final
+    class Recipient(_message.Message):
+        """The message a campaign's channel sent to one address."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        CAMPAIGN_FIELD_NUMBER: _builtins.int
+        CHANNEL_ID_FIELD_NUMBER: _builtins.int
+        ADDRESS_FIELD_NUMBER: _builtins.int
+        campaign: _builtins.str
+        """`campaigns/{campaign_id}`."""
+        channel_id: _builtins.str
+        """The channel's id."""
+        address: _builtins.str
+        """The address the message went to, as it was sent."""
+        def __init__(
+            self,
+            *,
+            campaign: _builtins.str = ...,
+            channel_id: _builtins.str = ...,
+            address: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "campaign", b"campaign", "channel_id", b"channel_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PROVIDER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    SOFT_FIELD_NUMBER: _builtins.int
+    DIAGNOSTIC_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event's id at its source, 1-200 printable characters; an event with an id already
+    recorded is a duplicate and changes nothing.
+    """
+    kind: Global___MessageEvent.Kind.ValueType
+    """What happened."""
+    message: _builtins.str
+    """`campaigns/{campaign_id}/channels/{channel_id}/messages/{message_id}`."""
+    provider_message_id: _builtins.str
+    """The provider's id of the message (Message.provider_id)."""
+    url: _builtins.str
+    """CLICKED: the link followed, an absolute http(s) URL of at most 2000 characters."""
+    soft: _builtins.bool
+    """BOUNCED: a temporary failure (the address is not suppressed and the message state stays)."""
+    diagnostic: _builtins.str
+    """BOUNCED, COMPLAINED: the provider's diagnostic, e.g. `5.1.1 user unknown`; at most 1000 characters."""
+    @_builtins.property
+    def recipient(self) -> Global___MessageEvent.Recipient:
+        """The campaign, channel and address."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        kind: Global___MessageEvent.Kind.ValueType = ...,
+        message: _builtins.str = ...,
+        provider_message_id: _builtins.str = ...,
+        recipient: Global___MessageEvent.Recipient | None = ...,
+        url: _builtins.str = ...,
+        soft: _builtins.bool = ...,
+        diagnostic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "provider_message_id", b"provider_message_id", "recipient", b"recipient", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diagnostic", b"diagnostic", "event_id", b"event_id", "kind", b"kind", "message", b"message", "provider_message_id", b"provider_message_id", "recipient", b"recipient", "soft", b"soft", "target", b"target", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["message", "provider_message_id", "recipient"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___MessageEvent: _TypeAlias = MessageEvent  # noqa: Y015
+
+@_typing.final
+class RecordEventsRequest(_message.Message):
+    """Request for RecordEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageEvent]:
+        """1-1000 events, applied in order."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___MessageEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEventsRequest: _TypeAlias = RecordEventsRequest  # noqa: Y015
+
+@_typing.final
+class MessageEventResult(_message.Message):
+    """What became of one event of a RecordEvents request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Status:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[MessageEventResult._Status.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATUS_UNSPECIFIED: MessageEventResult._Status.ValueType  # 0
+        """Not used."""
+        APPLIED: MessageEventResult._Status.ValueType  # 1
+        """Recorded and applied."""
+        DUPLICATE: MessageEventResult._Status.ValueType  # 2
+        """An event with this id was recorded before; nothing changed."""
+        REFUSED: MessageEventResult._Status.ValueType  # 3
+        """Not recorded; `reason` says why (e.g. the message was not found)."""
+
+    class Status(_Status, metaclass=_StatusEnumTypeWrapper):
+        """The outcome."""
+
+    STATUS_UNSPECIFIED: MessageEventResult.Status.ValueType  # 0
+    """Not used."""
+    APPLIED: MessageEventResult.Status.ValueType  # 1
+    """Recorded and applied."""
+    DUPLICATE: MessageEventResult.Status.ValueType  # 2
+    """An event with this id was recorded before; nothing changed."""
+    REFUSED: MessageEventResult.Status.ValueType  # 3
+    """Not recorded; `reason` says why (e.g. the message was not found)."""
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event's id."""
+    status: Global___MessageEventResult.Status.ValueType
+    """The outcome."""
+    reason: _builtins.str
+    """REFUSED: why."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        status: Global___MessageEventResult.Status.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageEventResult: _TypeAlias = MessageEventResult  # noqa: Y015
+
+@_typing.final
+class RecordEventsResponse(_message.Message):
+    """Response for RecordEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageEventResult]:
+        """One result per event, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___MessageEventResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEventsResponse: _TypeAlias = RecordEventsResponse  # noqa: Y015

@@ -163,6 +163,11 @@ class CampaignServiceStub:
                 request_serializer=campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesRequest.SerializeToString,
                 response_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesResponse.FromString,
                 _registered_method=True)
+        self.RecordEvents = channel.unary_unary(
+                '/campaignd.v1.CampaignService/RecordEvents',
+                request_serializer=campaignd_dot_v1_dot_campaign__service__pb2.RecordEventsRequest.SerializeToString,
+                response_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -347,6 +352,14 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvents(self, request, context):
+        """Records delivery and engagement events about sent messages (e.g. relayed provider webhooks);
+        each is applied once by its event id, and the answer says what became of each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -474,6 +487,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.ListChannelTypes,
                     request_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesRequest.FromString,
                     response_serializer=campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesResponse.SerializeToString,
+            ),
+            'RecordEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=campaignd_dot_v1_dot_campaign__service__pb2.RecordEventsRequest.FromString,
+                    response_serializer=campaignd_dot_v1_dot_campaign__service__pb2.RecordEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1154,6 +1172,33 @@ class CampaignService:
             '/campaignd.v1.CampaignService/ListChannelTypes',
             campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesRequest.SerializeToString,
             campaignd_dot_v1_dot_campaign__service__pb2.ListChannelTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignd.v1.CampaignService/RecordEvents',
+            campaignd_dot_v1_dot_campaign__service__pb2.RecordEventsRequest.SerializeToString,
+            campaignd_dot_v1_dot_campaign__service__pb2.RecordEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

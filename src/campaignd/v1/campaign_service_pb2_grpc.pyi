@@ -89,6 +89,10 @@ class CampaignServiceStub:
     """
     ListChannelTypes: _grpc.UnaryUnaryMultiCallable[_campaign_service_pb2.ListChannelTypesRequest, _campaign_service_pb2.ListChannelTypesResponse]
     """The channel types the loaded plugins provide, with their plugins, versions and capabilities."""
+    RecordEvents: _grpc.UnaryUnaryMultiCallable[_campaign_service_pb2.RecordEventsRequest, _campaign_service_pb2.RecordEventsResponse]
+    """Records delivery and engagement events about sent messages (e.g. relayed provider webhooks);
+    each is applied once by its event id, and the answer says what became of each.
+    """
 
 @_typing.type_check_only
 class CampaignServiceAsyncStub(CampaignServiceStub):
@@ -150,6 +154,10 @@ class CampaignServiceAsyncStub(CampaignServiceStub):
     """
     ListChannelTypes: _aio.UnaryUnaryMultiCallable[_campaign_service_pb2.ListChannelTypesRequest, _campaign_service_pb2.ListChannelTypesResponse]  # type: ignore[assignment]
     """The channel types the loaded plugins provide, with their plugins, versions and capabilities."""
+    RecordEvents: _aio.UnaryUnaryMultiCallable[_campaign_service_pb2.RecordEventsRequest, _campaign_service_pb2.RecordEventsResponse]  # type: ignore[assignment]
+    """Records delivery and engagement events about sent messages (e.g. relayed provider webhooks);
+    each is applied once by its event id, and the answer says what became of each.
+    """
 
 class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages campaigns. Every lifecycle call acts on all channels of a campaign, or on one channel
@@ -358,5 +366,15 @@ class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_campaign_service_pb2.ListChannelTypesResponse, _abc.Awaitable[_campaign_service_pb2.ListChannelTypesResponse]]:
         """The channel types the loaded plugins provide, with their plugins, versions and capabilities."""
+
+    @_abc_1.abstractmethod
+    def RecordEvents(
+        self,
+        request: _campaign_service_pb2.RecordEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaign_service_pb2.RecordEventsResponse, _abc.Awaitable[_campaign_service_pb2.RecordEventsResponse]]:
+        """Records delivery and engagement events about sent messages (e.g. relayed provider webhooks);
+        each is applied once by its event id, and the answer says what became of each.
+        """
 
 def add_CampaignServiceServicer_to_server(servicer: CampaignServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

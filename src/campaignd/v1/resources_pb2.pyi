@@ -842,6 +842,26 @@ class Progress(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ClicksByLinkEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TOTAL_FIELD_NUMBER: _builtins.int
     QUEUED_FIELD_NUMBER: _builtins.int
     SENDING_FIELD_NUMBER: _builtins.int
@@ -861,6 +881,11 @@ class Progress(_message.Message):
     ETA_FIELD_NUMBER: _builtins.int
     WINDOW_REOPENS_TIME_FIELD_NUMBER: _builtins.int
     BY_OUTCOME_FIELD_NUMBER: _builtins.int
+    OPENS_FIELD_NUMBER: _builtins.int
+    CLICKS_FIELD_NUMBER: _builtins.int
+    COMPLAINED_FIELD_NUMBER: _builtins.int
+    UNSUBSCRIBED_FIELD_NUMBER: _builtins.int
+    CLICKS_BY_LINK_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     """Messages frozen at launch."""
     queued: _builtins.int
@@ -882,15 +907,23 @@ class Progress(_message.Message):
     assumed_delivered: _builtins.int
     """Assumed delivered without a receipt."""
     opened: _builtins.int
-    """Opened (email)."""
+    """Messages opened at least once (recorded events)."""
     clicked: _builtins.int
-    """Clicked (email)."""
+    """Messages clicked at least once (recorded events)."""
     bounced: _builtins.int
-    """Bounced (email)."""
+    """Messages that bounced, hard or soft (recorded events)."""
     percent_done: _builtins.float
     """Share of messages in a final or post-send state, 0-100."""
     current_rate: _builtins.float
     """Messages per second over the last 10 seconds."""
+    opens: _builtins.int
+    """Open events in all (`opened` counts messages opened at least once)."""
+    clicks: _builtins.int
+    """Click events in all (`clicked` counts messages clicked at least once)."""
+    complained: _builtins.int
+    """Messages whose recipient complained (marked it as spam)."""
+    unsubscribed: _builtins.int
+    """Messages whose recipient unsubscribed through them."""
     @_builtins.property
     def failed_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failures counted by reason."""
@@ -908,6 +941,10 @@ class Progress(_message.Message):
         """Messages counted by their channel-specific outcome (e.g. voice "answered", "busy",
         "no_answer"); filled by GetCampaignReport only, not in progress updates.
         """
+
+    @_builtins.property
+    def clicks_by_link(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Click events per link (the URL as it was in the message)."""
 
     def __init__(
         self,
@@ -931,10 +968,15 @@ class Progress(_message.Message):
         eta: _timestamp_pb2.Timestamp | None = ...,
         window_reopens_time: _timestamp_pb2.Timestamp | None = ...,
         by_outcome: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        opens: _builtins.int = ...,
+        clicks: _builtins.int = ...,
+        complained: _builtins.int = ...,
+        unsubscribed: _builtins.int = ...,
+        clicks_by_link: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["eta", b"eta", "window_reopens_time", b"window_reopens_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assumed_delivered", b"assumed_delivered", "bounced", b"bounced", "by_outcome", b"by_outcome", "cancelled", b"cancelled", "clicked", b"clicked", "current_rate", b"current_rate", "delivered", b"delivered", "eta", b"eta", "failed", b"failed", "failed_by_reason", b"failed_by_reason", "opened", b"opened", "opted_out", b"opted_out", "percent_done", b"percent_done", "queued", b"queued", "retrying", b"retrying", "sending", b"sending", "sent", b"sent", "total", b"total", "window_reopens_time", b"window_reopens_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assumed_delivered", b"assumed_delivered", "bounced", b"bounced", "by_outcome", b"by_outcome", "cancelled", b"cancelled", "clicked", b"clicked", "clicks", b"clicks", "clicks_by_link", b"clicks_by_link", "complained", b"complained", "current_rate", b"current_rate", "delivered", b"delivered", "eta", b"eta", "failed", b"failed", "failed_by_reason", b"failed_by_reason", "opened", b"opened", "opens", b"opens", "opted_out", b"opted_out", "percent_done", b"percent_done", "queued", b"queued", "retrying", b"retrying", "sending", b"sending", "sent", b"sent", "total", b"total", "unsubscribed", b"unsubscribed", "window_reopens_time", b"window_reopens_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

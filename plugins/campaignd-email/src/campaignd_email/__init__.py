@@ -15,6 +15,8 @@ from campaignd.plugin import (
     EventSink,
     FieldViolation,
     Gate,
+    HttpRoute,
+    MessageEventSink,
     Options,
     Recipient,
     Rendered,
@@ -24,7 +26,7 @@ from campaignd.plugin import (
     hookimpl,
 )
 from campaignd.plugin.templates import check_template
-from campaignd_email import settings
+from campaignd_email import settings, web
 from campaignd_email.message import TEMPLATE_FIELDS, composer
 from campaignd_email.smtp import Pool, open_pool, send_batch
 
@@ -34,9 +36,9 @@ except importlib.metadata.PackageNotFoundError:
     __version__ = "0"
 
 TYPE = settings.TYPE
-# Renders through the daemon's renderer (campaignd_render and campaignd_send get `renderer`).
-# Hook API 3: the gate is told which message each send is (`admit(message_id=...)`).
-CAMPAIGND_HOOK_API = 3
+# Renders through the daemon's renderer and names each message to admit() (API 3), and mounts
+# routes on its HTTP listener (API 4).
+CAMPAIGND_HOOK_API = 4
 
 
 @hookimpl
@@ -96,7 +98,14 @@ def campaignd_validate_channel(
     if launching:
         if not content.get("text") and not content.get("html"):
             problems.append(FieldViolation("text", "a body is required: set text, html or both"))
-        if not content.get("unsubscribe_url") and not options.get("unsubscribe_url"):
+        served = bool(web.LISTENER) and bool(options.get("unsubscribe_secret"))
+        if content.get("track") is True and not served:
+            problems.append(
+                FieldViolation(
+                    "track", "needs the daemon's [http] listener and [channel_types.email] unsubscribe_secret"
+                )
+            )
+        if not content.get("unsubscribe_url") and not options.get("unsubscribe_url") and not served:
             problems.append(
                 FieldViolation(
                     "unsubscribe_url",
@@ -176,3 +185,14 @@ async def _send(
     if not isinstance(client, Pool):
         raise TypeError(f"email channels send through an email transport, not {type(client).__name__}")
     return await send_batch(client, composer(channel, options), recipients, gate, renderer)
+
+
+@hookimpl
+def campaignd_http_routes(
+    channel_type: str, options: Options, base_url: str, events: MessageEventSink
+) -> list[HttpRoute]:
+    """One-click unsubscribe, the open pixel and click redirects, when the type has an
+    unsubscribe_secret to sign them with."""
+    if channel_type != TYPE:
+        return []
+    return web.routes(options, base_url, events)

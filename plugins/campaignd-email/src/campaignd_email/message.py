@@ -25,7 +25,7 @@ import idna
 
 from campaignd.plugin import ChannelInfo, Options, Recipient, Renderer, TemplateSet
 from campaignd.plugin.templates import Rendering
-from campaignd_email import settings
+from campaignd_email import settings, web
 
 # The content fields that are templates; the HTML body is autoescaped.
 TEMPLATE_FIELDS = ("subject", "from_name", "text", "html")
@@ -43,6 +43,8 @@ _ADDRESS = re.compile(r"[^\x00-\x20\x7f@<>()\[\],;:\"\\]+@[^\x00-\x20\x7f@<>()\[
 _ENCODED_WORD_BYTES = 42  # =?utf-8?b?...?= around the base64 of 42 bytes is 68 characters
 _LONGEST_WORD = 900  # a longer word cannot be folded within a line: it is encoded instead
 _TOKEN_LENGTH = 32
+# Where the composer is told the HTTP listener's URL (not a configurable option).
+LISTENER_OPTION = " listener"
 
 
 class AddressError(ValueError):
@@ -58,6 +60,7 @@ class Built:
     subject: str
     preview: str  # the text part, or the HTML part when there is no text
     data: bytes
+    sender: str = ""  # the envelope sender (MAIL FROM): a VERP address, or "" for from_address
 
 
 class Composer:
@@ -84,6 +87,14 @@ class Composer:
             if secret and "{token}" in self._unsubscribe
             else None
         )
+        # The daemon's HTTP listener, when it is on and the type has a secret to sign links with:
+        # it serves the unsubscribe link when none is configured, and the tracking links.
+        listener = str(options.get(LISTENER_OPTION) or "")
+        self._secret = str(secret or "")
+        self._listener = listener if listener and self._secret else ""
+        self._track = bool(self._listener) and content.get("track") is True
+        domain = str(options.get("bounce_domain") or "")
+        self._bounce_domain = domain if domain and self._secret else ""
         self._boundary = f"=_{secrets.token_hex(16)}"
         # Message-IDs are unique by message id and a serial; the random salt, drawn once, keeps
         # them apart across processes and restarts without a getrandom call per message.
@@ -109,6 +120,10 @@ class Composer:
     def unsubscribe_url(self, recipient: Recipient) -> str:
         """The recipient's unsubscribe URL, or "" when none is configured."""
         if not self._unsubscribe:
+            if self._listener:
+                return web.unsubscribe_link(
+                    self._listener, self._secret, self._campaign_id, self._channel_id, recipient.message_id
+                )
             return ""
         token = ""
         if self._signer is not None:
@@ -149,6 +164,16 @@ class Composer:
             from_header = _address_header(name, self.sender)
         text = fields["text"] if self._has_text else None
         html = fields["html"] if self._has_html else None
+        if html is not None and self._track:
+            html = web.track(
+                html,
+                self._listener,
+                self._secret,
+                self._campaign_id,
+                self._channel_id,
+                recipient.message_id,
+                url,
+            )
         message_id = (
             f"{self._id_prefix}{recipient.message_id}.{next(self._serial)}.{self._salt}{self._id_suffix}"
         )
@@ -164,7 +189,10 @@ class Composer:
         head.append(self._static)
         data = CRLF.join(head).encode("ascii") + self._body(text, html)
         preview = text if text is not None else html or ""
-        return Built(to, message_id, subject, preview, data)
+        sender = ""
+        if self._bounce_domain and recipient.message_id > 0:
+            sender = web.verp_address(self._secret, recipient.message_id, self._bounce_domain)
+        return Built(to, message_id, subject, preview, data, sender)
 
     def _body(self, text: str | None, html: str | None) -> bytes:
         if text is None or html is None:
@@ -211,7 +239,9 @@ def composer(channel: ChannelInfo, options: Options) -> Composer:
         channel.campaign,
         channel.channel_id,
         json.dumps(channel.content, sort_keys=True, default=str),
-        json.dumps(dict(options), sort_keys=True, default=str),
+        json.dumps(
+            {**options, LISTENER_OPTION: web.LISTENER.get("base_url", "")}, sort_keys=True, default=str
+        ),
     )
 
 

@@ -25,6 +25,11 @@ CONTENT_FIELDS = (
         max_length=500,
         description="this channel's unsubscribe URL template, instead of the type's",
     ),
+    ContentField(
+        "track",
+        kind="bool",
+        description="count opens (a pixel) and clicks (signed redirects) through the daemon's HTTP listener",
+    ),
 )
 
 TYPE_OPTIONS = (
@@ -35,6 +40,16 @@ TYPE_OPTIONS = (
     ),
     ContentField("unsubscribe_secret", secret=True, description="HMAC key of the {token} placeholder"),
     ContentField("message_id_domain", max_length=253, description="the domain of Message-IDs"),
+    ContentField(
+        "bounce_domain",
+        max_length=253,
+        description="envelope sender bounces+<token>@ this domain, for bounces (needs unsubscribe_secret)",
+    ),
+    ContentField(
+        "bounce_listen",
+        max_length=300,
+        description="host:port of the bounce receiver (SMTP) for DSNs and ARF reports; needs [http]",
+    ),
 )
 
 TRANSPORT_OPTIONS = (
@@ -56,6 +71,7 @@ TRANSPORT_OPTIONS = (
     ),
 )
 
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}")
 PLACEHOLDERS = frozenset({"campaign", "channel", "message", "address", "token"})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MIN_SECRET_LENGTH = 16
@@ -188,6 +204,16 @@ def check_type_options(options: Options) -> list[FieldViolation]:
     domain = options.get("message_id_domain")
     if domain and not _DOMAIN.fullmatch(domain):
         problems.append(FieldViolation("message_id_domain", f"{domain!r} is not a domain name"))
+    bounce_domain = options.get("bounce_domain")
+    if bounce_domain and not _DOMAIN.fullmatch(bounce_domain):
+        problems.append(FieldViolation("bounce_domain", f"{bounce_domain!r} is not a domain name"))
+    if bounce_domain and not secret:
+        problems.append(FieldViolation("bounce_domain", "needs unsubscribe_secret to sign the VERP senders"))
+    listen = options.get("bounce_listen")
+    if listen and not _LISTEN.fullmatch(str(listen)):
+        problems.append(FieldViolation("bounce_listen", "must be host:port, e.g. 127.0.0.1:2525"))
+    if listen and not secret:
+        problems.append(FieldViolation("bounce_listen", "needs unsubscribe_secret"))
     return problems
 
 

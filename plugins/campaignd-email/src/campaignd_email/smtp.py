@@ -331,12 +331,12 @@ class _Batch:
         smtp = connection.smtp
         try:
             if smtp.supports_extension("pipelining"):
-                await _send_pipelined(smtp, self.composer.sender, built)
+                await _send_pipelined(smtp, built.sender or self.composer.sender, built)
             else:
                 # Checked here: sendmail cuts an address at a line break, and refuses some others
                 # only once MAIL FROM is out, leaving that envelope open.
                 _path(built.recipient)
-                await smtp.sendmail(self.composer.sender, [built.recipient], built.data)
+                await smtp.sendmail(built.sender or self.composer.sender, [built.recipient], built.data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
             return _reply(message_id, refused.code, refused.message), True, False

@@ -17,6 +17,7 @@ from campaignd.plugin import (
     EventSink,
     FieldViolation,
     Gate,
+    HttpRoute,
     Options,
     Recipient,
     Rendered,
@@ -29,7 +30,7 @@ from campaignd.plugin import (
     hookimpl,
 )
 from campaignd.plugin.templates import check_template
-from campaignd_sms import settings
+from campaignd_sms import kannel, settings
 from campaignd_sms.encoding import Encoded, encode
 from campaignd_sms.link import SmsTransport, open_transport
 
@@ -38,8 +39,9 @@ try:
 except importlib.metadata.PackageNotFoundError:
     __version__ = "0"
 
-# SendResult.parts, Rendered.parts/encoding, InboundEvent.reason, EventKind.OPTED_IN, admit(message_id=...).
-CAMPAIGND_HOOK_API = 3
+# SendResult.parts, Rendered.parts/encoding, InboundEvent.reason, EventKind.OPTED_IN,
+# admit(message_id=...) (3); the kannel callbacks on the daemon's HTTP listener (4).
+CAMPAIGND_HOOK_API = 4
 TYPE = settings.TYPE
 # TCPA quiet hours: nothing is sent before 08:00 or after 21:00 in the recipient's time zone.
 QUIET_HOURS = {"start_time": "08:00", "end_time": "21:00"}
@@ -237,3 +239,13 @@ async def _send(
         sends.append(client.send(recipient, encoded, sender, concatenation, gate))
     results.extend(await asyncio.gather(*sends))
     return results
+
+
+@hookimpl
+def campaignd_http_routes(channel_type: str, base_url: str) -> list[HttpRoute]:
+    """Kannel's delivery reports and inbound messages, when the daemon's HTTP listener is on:
+    kannel transports then open no listener of their own."""
+    if channel_type != TYPE:
+        return []
+    kannel.LISTENER["base_url"] = base_url
+    return kannel.routes()

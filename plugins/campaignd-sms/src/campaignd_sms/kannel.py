@@ -13,12 +13,12 @@ import hmac
 import logging
 import secrets
 import urllib.parse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
-from campaignd.plugin import Gate, Recipient, SendResult, SendStatus, Transport
+from campaignd.plugin import Gate, HttpRoute, Recipient, SendResult, SendStatus, Transport
 from campaignd_sms.encoding import Encoded, Encoding
 from campaignd_sms.receipts import Receipt
 from campaignd_sms.settings import Sender
@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from campaignd_sms.link import SmsTransport
 
 log = logging.getLogger("campaignd_sms.kannel")
+
+# When the daemon's HTTP listener is on: the public URL of the sms prefix, and the open kannel
+# transports by name, to which its routes hand the callbacks.
+LISTENER: dict[str, str] = {}
+OPEN: dict[str, Kannel] = {}
 
 # dlr-mask: 1 delivered to the phone, 2 not delivered, 16 refused by the SMSC.
 DLR_MASK = 1 | 2 | 16
@@ -48,6 +53,7 @@ class Kannel:
         self.callback_port = int(options.get("callback_port", 0))
         self.callback_url = str(options["callback_url"]).rstrip("/")
         self.secret = str(options["callback_secret"])
+        self.name = transport.name
         self.slots = asyncio.Semaphore(max(1, transport.concurrency))
         self.prefix = f"k-{secrets.token_hex(4)}-"
         self.serial = 0
@@ -56,7 +62,13 @@ class Kannel:
         self.port = 0
 
     async def start(self) -> None:
-        """Open the callback listener."""
+        """Open the callback listener, or, when the daemon's HTTP listener is on, take the
+        callbacks through its routes (`callback_host`, `callback_port` and `callback_url` are
+        then not used)."""
+        if LISTENER:
+            self.callback_url = f"{LISTENER['base_url']}/kannel/{self.name}"
+            OPEN[self.name] = self
+            return
         app = web.Application()
         app.router.add_get("/{secret}/dlr", self._dlr)
         app.router.add_get("/{secret}/mo", self._mo)
@@ -71,6 +83,8 @@ class Kannel:
 
     async def close(self) -> None:
         """Stop the listener and the client."""
+        if OPEN.get(self.name) is self:
+            del OPEN[self.name]
         if self.session is not None:
             await self.session.close()
         if self.runner is not None:
@@ -165,3 +179,22 @@ class Kannel:
         if status >= 500 or status == 429:
             return SendResult(message_id, SendStatus.RETRY, error=error, reason="deferred", parts=parts)
         return SendResult(message_id, SendStatus.FAILED, error=error, reason="rejected", parts=parts)
+
+
+def routes() -> list[HttpRoute]:
+    """The callback routes on the daemon's HTTP listener: `kannel/<transport>/<secret>/dlr` and
+    `/mo`, handed to that transport while it is open (503 before, so that Kannel tries again)."""
+
+    def dispatch(kind: str) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            kannel = OPEN.get(request.match_info["transport"])
+            if kannel is None:
+                return web.Response(status=503, text="transport not open\n")
+            return await (kannel._dlr(request) if kind == "dlr" else kannel._mo(request))
+
+        return handle
+
+    return [
+        HttpRoute("GET", "kannel/{transport}/{secret}/dlr", dispatch("dlr")),
+        HttpRoute("GET", "kannel/{transport}/{secret}/mo", dispatch("mo")),
+    ]

@@ -1,0 +1,150 @@
+"""RecordEvents through the real daemon: applied once by event id, counted in the report and the
+watch, suppressing where it must."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from campaignd.v1 import campaign_service_pb2 as svc
+from campaignd.v1 import contact_service_pb2 as cs
+from campaignd.v1 import resources_pb2 as pb
+from tests.integration.campaign_client import Client, failure
+from tests.integration.conftest import DaemonFactory
+from tests.integration.test_engine import FAST, PLUGINS, _campaign, _people, _state, _wait
+
+E = svc.MessageEvent
+APPLIED, DUPLICATE, REFUSED = (
+    svc.MessageEventResult.APPLIED,
+    svc.MessageEventResult.DUPLICATE,
+    svc.MessageEventResult.REFUSED,
+)
+
+
+def _sent(client: Client, list_id: str, count: int) -> tuple[pb.Campaign, list[pb.Message]]:
+    campaign = _campaign(client, _people(client, list_id, count))
+    client.launch(campaign.name)
+    _wait(lambda: _state(client, campaign.name) == pb.Channel.COMPLETED, 30, "the campaign")
+    messages = client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name)).messages
+    return campaign, sorted(messages, key=lambda m: m.address)
+
+
+def _suppressed(client: Client, address: str) -> bool:
+    request = cs.CheckSuppressionRequest(address=address, channel_type="test-email")
+    return client.contacts.CheckSuppression(request).suppressed
+
+
+def test_events_are_applied_once_counted_and_suppress(
+    daemon_factory: DaemonFactory, database_url: str
+) -> None:
+    """Opens, clicks per link, bounces, complaints and unsubscribes count exactly; repeats and
+    unknown messages change nothing; hard bounces, complaints and unsubscribes are suppressed and
+    a later campaign skips them (on SQLite and PostgreSQL)."""
+    daemon = daemon_factory(PLUGINS + FAST + f'[database]\nurl = "{database_url}"\n').start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign, (a, b, c, d, e) = _sent(client, "engaged", 5)
+        who = E.Recipient(campaign=campaign.name, channel_id="main", address=d.address)
+        events = [
+            E(event_id="o1", kind=E.OPENED, message=a.name),
+            E(event_id="o2", kind=E.OPENED, message=a.name),
+            E(event_id="o3", kind=E.OPENED, provider_message_id=b.provider_id),
+            E(event_id="k1", kind=E.CLICKED, message=a.name, url="https://example.org/one"),
+            E(event_id="k2", kind=E.CLICKED, message=a.name, url="https://example.org/one"),
+            E(event_id="k3", kind=E.CLICKED, message=b.name, url="https://example.org/two"),
+            E(event_id="d1", kind=E.DELIVERED, message=a.name),
+            E(
+                event_id="b1",
+                kind=E.BOUNCED,
+                provider_message_id=c.provider_id,
+                diagnostic="5.1.1 user unknown",
+            ),
+            E(event_id="b2", kind=E.BOUNCED, message=e.name, soft=True, diagnostic="4.2.2 mailbox full"),
+            E(event_id="b3", kind=E.BOUNCED, message=c.name, soft=True),  # c still counts once
+            E(event_id="x1", kind=E.COMPLAINED, recipient=who),
+            E(event_id="u1", kind=E.UNSUBSCRIBED, message=b.name),
+            E(event_id="o1", kind=E.OPENED, message=b.name),  # a repeat within the batch
+            E(event_id="n1", kind=E.OPENED, provider_message_id="no-such-message"),
+            E(event_id="n2", kind=E.OPENED, message=f"{campaign.name}/channels/main/messages/999999"),
+        ]
+        results = client.stub.RecordEvents(svc.RecordEventsRequest(events=events)).results
+        assert [(r.event_id, r.status) for r in results] == [
+            (ev.event_id, want)
+            for ev, want in zip(events, [APPLIED] * 12 + [DUPLICATE, REFUSED, REFUSED], strict=True)
+        ]
+        assert results[-1].reason == "message not found"
+        again = client.stub.RecordEvents(svc.RecordEventsRequest(events=events[:3]))
+        assert [r.status for r in again.results] == [DUPLICATE] * 3
+
+        report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
+        for progress in (report.totals, report.channels[0].progress):
+            assert (progress.opened, progress.opens) == (2, 3)
+            assert (progress.clicked, progress.clicks) == (2, 3)
+            assert dict(progress.clicks_by_link) == {
+                "https://example.org/one": 2,
+                "https://example.org/two": 1,
+            }
+            assert (progress.bounced, progress.complained, progress.unsubscribed) == (2, 1, 1)
+        assert (report.totals.delivered, report.totals.failed, report.totals.sent) == (1, 1, 3)
+        update = next(
+            iter(client.stub.WatchCampaign(svc.WatchCampaignRequest(name=campaign.name), timeout=30))
+        )
+        assert (update.report.totals.opened, update.report.totals.clicks) == (2, 3)
+        assert update.report.totals.unsubscribed == 1
+
+        after = {
+            m.address: m
+            for m in client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name)).messages
+        }
+        assert (after[c.address].state, after[c.address].reason) == (pb.Message.FAILED, "bounced")
+        assert after[e.address].state == pb.Message.SENT  # a soft bounce leaves it
+        assert after[b.address].outcome == "unsubscribed"
+        assert [_suppressed(client, m.address) for m in (a, b, c, d, e)] == [False, True, True, True, False]
+
+        later = _campaign(client, "lists/engaged")
+        client.launch(later.name)
+        _wait(lambda: _state(client, later.name) == pb.Channel.COMPLETED, 30, "the later campaign")
+        sent_to = {
+            m.address for m in client.stub.ListMessages(svc.ListMessagesRequest(parent=later.name)).messages
+        }
+        assert sent_to == {a.address, e.address}
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (E(kind=E.OPENED, provider_message_id="p"), "events[1].event_id"),
+        (E(event_id="z", provider_message_id="p"), "events[1].kind"),
+        (E(event_id="z", kind=E.OPENED), "events[1].target"),
+        (E(event_id="z", kind=E.OPENED, message="campaigns/x/messages/1"), "events[1].message"),
+        (
+            E(event_id="z", kind=E.CLICKED, provider_message_id="p", url="javascript:alert(1)"),
+            "events[1].url",
+        ),
+        (E(event_id="z", kind=E.OPENED, provider_message_id="p", soft=True), "events[1].soft"),
+        (
+            E(
+                event_id="z",
+                kind=E.OPENED,
+                recipient=E.Recipient(campaign="x", channel_id="main", address="a"),
+            ),
+            "events[1].recipient.campaign",
+        ),
+    ],
+)
+def test_malformed_events_are_refused_whole(
+    daemon_factory: DaemonFactory, event: svc.MessageEvent, field: str
+) -> None:
+    """A malformed event makes the request INVALID_ARGUMENT naming its field; nothing is recorded."""
+    daemon = daemon_factory(PLUGINS + FAST).start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign, messages = _sent(client, "malformed", 1)
+        good = E(event_id="good", kind=E.OPENED, message=messages[0].name)
+        with pytest.raises(grpc.RpcError) as raised:
+            client.stub.RecordEvents(svc.RecordEventsRequest(events=[good, event]))
+        problem = failure(raised.value)
+        assert (problem.code, problem.fields) == (grpc.StatusCode.INVALID_ARGUMENT, [field])
+        report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
+        assert report.totals.opens == 0
+        assert client.stub.RecordEvents(svc.RecordEventsRequest(events=[good])).results[0].status == APPLIED
