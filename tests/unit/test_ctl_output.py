@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 
-from campaignd import ctl
+from campaignd.cli import campaigns, reports
 from campaignd.v1 import campaign_service_pb2 as api
 from campaignd.v1 import resources_pb2 as res
 
@@ -245,7 +245,7 @@ WATCH_TEXT = (
 def test_get_json_is_pinned(capsys: pytest.CaptureFixture[str]) -> None:
     """`get --json` prints the campaign as indented proto3 JSON, unchanged byte for byte."""
     status, out = run(
-        ctl.run_get, {"GetCampaign": campaign()}, capsys, json_output=True, name="campaigns/spring"
+        campaigns.run_get, {"GetCampaign": campaign()}, capsys, json_output=True, name="campaigns/spring"
     )
     assert (status, out) == (0, GET_JSON)
 
@@ -253,7 +253,7 @@ def test_get_json_is_pinned(capsys: pytest.CaptureFixture[str]) -> None:
 def test_get_text_is_pinned(capsys: pytest.CaptureFixture[str]) -> None:
     """`get` without a terminal prints the same key/value text as before."""
     status, out = run(
-        ctl.run_get, {"GetCampaign": campaign()}, capsys, json_output=False, name="campaigns/spring"
+        campaigns.run_get, {"GetCampaign": campaign()}, capsys, json_output=False, name="campaigns/spring"
     )
     assert (status, out) == (0, GET_TEXT)
 
@@ -274,14 +274,14 @@ def list_args() -> dict[str, Any]:
 def test_list_json_is_pinned(capsys: pytest.CaptureFixture[str]) -> None:
     """`list --json` prints the ListCampaigns response, unchanged byte for byte."""
     answer = api.ListCampaignsResponse(campaigns=[campaign()])
-    status, out = run(ctl.run_list, {"ListCampaigns": answer}, capsys, json_output=True, **list_args())
+    status, out = run(campaigns.run_list, {"ListCampaigns": answer}, capsys, json_output=True, **list_args())
     assert (status, out) == (0, LIST_JSON)
 
 
 def test_list_text_is_pinned(capsys: pytest.CaptureFixture[str]) -> None:
     """`list` without a terminal prints the plain table as before."""
     answer = api.ListCampaignsResponse(campaigns=[campaign()])
-    status, out = run(ctl.run_list, {"ListCampaigns": answer}, capsys, json_output=False, **list_args())
+    status, out = run(campaigns.run_list, {"ListCampaigns": answer}, capsys, json_output=False, **list_args())
     assert (status, out) == (0, LIST_TEXT)
 
 
@@ -289,7 +289,7 @@ def test_watch_json_is_pinned(capsys: pytest.CaptureFixture[str]) -> None:
     """`watch --json` prints one JSON line per update and exits 0 at COMPLETED."""
     updates = [watch_update(res.Campaign.RUNNING), watch_update(res.Campaign.COMPLETED)]
     status, out = run(
-        ctl.run_watch,
+        reports.run_watch,
         {"WatchCampaign": StubStream(updates)},
         capsys,
         json_output=True,
@@ -302,7 +302,7 @@ def test_watch_text_is_pinned(capsys: pytest.CaptureFixture[str]) -> None:
     """`watch` without a terminal prints timestamped lines, then the report, as before."""
     updates = [watch_update(res.Campaign.RUNNING), watch_update(res.Campaign.FAILED)]
     status, out = run(
-        ctl.run_watch,
+        reports.run_watch,
         {"WatchCampaign": StubStream(updates)},
         capsys,
         json_output=False,
