@@ -7,8 +7,13 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import message as pb_message
 
 from campaignd.cli.arguments import (
+    Command,
     _OrderedChannelSpec,
     build_channels,
     campaign_state,
@@ -369,110 +374,6 @@ def run_delete(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_schedule(client: Client, args: argparse.Namespace) -> int:
-    """schedule NAME --at TIME --accepted-by WHO --terms-version V."""
-    if args.at is None:
-        raise UsageError("schedule needs --at TIME (ISO 8601 with an offset, or +10m, +2h, +1d)")
-    attestation = attestation_from(args)
-    request = api.ScheduleCampaignRequest(
-        name=args.name,
-        channel_id=args.channel,
-        attestation=attestation,
-        etag=args.etag,
-        request_id=args.request_id,
-    )
-    request.schedule_time.FromDatetime(args.at.astimezone(dt.UTC))
-    return show_campaign(client, client.call(client.campaigns.ScheduleCampaign, request))
-
-
-def run_unschedule(client: Client, args: argparse.Namespace) -> int:
-    """unschedule NAME."""
-    request = api.UnscheduleCampaignRequest(
-        name=args.name, channel_id=args.channel, etag=args.etag, request_id=args.request_id
-    )
-    return show_campaign(client, client.call(client.campaigns.UnscheduleCampaign, request))
-
-
-def run_launch(client: Client, args: argparse.Namespace) -> int:
-    """launch NAME --accepted-by WHO --terms-version V."""
-    request = api.LaunchCampaignRequest(
-        name=args.name,
-        channel_id=args.channel,
-        attestation=attestation_from(args),
-        etag=args.etag,
-        request_id=args.request_id,
-    )
-    return show_campaign(client, client.call(client.campaigns.LaunchCampaign, request))
-
-
-def run_pause(client: Client, args: argparse.Namespace) -> int:
-    """pause NAME."""
-    request = api.PauseCampaignRequest(
-        name=args.name,
-        channel_id=args.channel,
-        reason=args.reason,
-        etag=args.etag,
-        request_id=args.request_id,
-    )
-    return show_campaign(client, client.call(client.campaigns.PauseCampaign, request))
-
-
-def run_resume(client: Client, args: argparse.Namespace) -> int:
-    """resume NAME."""
-    request = api.ResumeCampaignRequest(
-        name=args.name,
-        channel_id=args.channel,
-        reason=args.reason,
-        etag=args.etag,
-        request_id=args.request_id,
-    )
-    return show_campaign(client, client.call(client.campaigns.ResumeCampaign, request))
-
-
-def run_stop(client: Client, args: argparse.Namespace) -> int:
-    """stop NAME."""
-    request = api.StopCampaignRequest(
-        name=args.name,
-        channel_id=args.channel,
-        reason=args.reason,
-        etag=args.etag,
-        request_id=args.request_id,
-    )
-    return show_campaign(client, client.call(client.campaigns.StopCampaign, request))
-
-
-def run_restart(client: Client, args: argparse.Namespace) -> int:
-    """restart NAME."""
-    request = api.RestartCampaignRequest(
-        name=args.name,
-        channel_id=args.channel,
-        reason=args.reason,
-        etag=args.etag,
-        request_id=args.request_id,
-    )
-    return show_campaign(client, client.call(client.campaigns.RestartCampaign, request))
-
-
-def run_retry_failed(client: Client, args: argparse.Namespace) -> int:
-    """retry-failed NAME."""
-    request = api.RetryFailedMessagesRequest(
-        name=args.name, channel_id=args.channel, etag=args.etag, request_id=args.request_id
-    )
-    return show_campaign(client, client.call(client.campaigns.RetryFailedMessages, request))
-
-
-def run_archive(client: Client, args: argparse.Namespace) -> int:
-    """archive NAME."""
-    request = api.ArchiveCampaignRequest(name=args.name, etag=args.etag, request_id=args.request_id)
-    return show_campaign(client, client.call(client.campaigns.ArchiveCampaign, request))
-
-
-def run_unarchive(client: Client, args: argparse.Namespace) -> int:
-    """unarchive NAME."""
-    request = api.UnarchiveCampaignRequest(name=args.name, etag=args.etag, request_id=args.request_id)
-    return show_campaign(client, client.call(client.campaigns.UnarchiveCampaign, request))
-
-
 def duplicate_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `duplicate`."""
     name_argument(parser)
@@ -489,3 +390,106 @@ def run_duplicate(client: Client, args: argparse.Namespace) -> int:
         name=args.name, campaign_id=args.id, display_name=args.display_name, request_id=args.request_id
     )
     return show_campaign(client, client.call(client.campaigns.DuplicateCampaign, request))
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A lifecycle verb: `campaignctl VERB NAME`, one CampaignService call whose request has these
+    options, answered with the campaign."""
+
+    name: str
+    help: str
+    method: str
+    request: Callable[..., pb_message.Message]
+    channel: bool = True
+    reason: bool = False
+    attestation: bool = False
+    schedule: bool = False
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        """NAME, the options the request has, --etag and --request-id."""
+        lifecycle_arguments(
+            channel=self.channel, reason=self.reason, attestation=self.attestation, schedule=self.schedule
+        )(parser)
+
+    def run(self, client: Client, args: argparse.Namespace) -> int:
+        """Build the request from the options, make the call, show the campaign."""
+        if self.schedule and args.at is None:
+            raise UsageError("schedule needs --at TIME (ISO 8601 with an offset, or +10m, +2h, +1d)")
+        fields: dict[str, Any] = {"name": args.name, "etag": args.etag, "request_id": args.request_id}
+        if self.channel:
+            fields["channel_id"] = args.channel
+        if self.reason:
+            fields["reason"] = args.reason
+        if self.attestation:
+            fields["attestation"] = attestation_from(args)
+        request = self.request(**fields)
+        if self.schedule:
+            request.schedule_time.FromDatetime(args.at.astimezone(dt.UTC))  # type: ignore[attr-defined]
+        return show_campaign(client, client.call(getattr(client.campaigns, self.method), request))
+
+    def command(self) -> Command:
+        """The verb as a row of the command table."""
+        return Command(self.name, self.help, self.arguments, self.run)
+
+
+VERBS = (
+    Verb(
+        "schedule",
+        "DRAFT -> SCHEDULED: start by itself at --at",
+        "ScheduleCampaign",
+        api.ScheduleCampaignRequest,
+        attestation=True,
+        schedule=True,
+    ),
+    Verb("unschedule", "SCHEDULED -> DRAFT", "UnscheduleCampaign", api.UnscheduleCampaignRequest),
+    Verb(
+        "launch",
+        "DRAFT or SCHEDULED -> sending now",
+        "LaunchCampaign",
+        api.LaunchCampaignRequest,
+        attestation=True,
+    ),
+    Verb("pause", "QUEUED or RUNNING -> PAUSED", "PauseCampaign", api.PauseCampaignRequest, reason=True),
+    Verb("resume", "PAUSED -> RUNNING", "ResumeCampaign", api.ResumeCampaignRequest, reason=True),
+    Verb(
+        "stop", "QUEUED, RUNNING or PAUSED -> STOPPED", "StopCampaign", api.StopCampaignRequest, reason=True
+    ),
+    Verb(
+        "restart",
+        "STOPPED -> RUNNING, where the channel type allows it",
+        "RestartCampaign",
+        api.RestartCampaignRequest,
+        reason=True,
+    ),
+    Verb(
+        "retry-failed",
+        "COMPLETED -> RUNNING: send the FAILED messages again",
+        "RetryFailedMessages",
+        api.RetryFailedMessagesRequest,
+    ),
+    Verb(
+        "archive",
+        "hide a campaign that is not sending",
+        "ArchiveCampaign",
+        api.ArchiveCampaignRequest,
+        channel=False,
+    ),
+    Verb(
+        "unarchive",
+        "show an archived campaign again",
+        "UnarchiveCampaign",
+        api.UnarchiveCampaignRequest,
+        channel=False,
+    ),
+)
+
+COMMANDS: tuple[Command, ...] = (
+    Command("create", "create a campaign in DRAFT", create_arguments, run_create),
+    Command("get", "show a campaign", name_argument, run_get),
+    Command("list", "list campaigns, newest first", list_arguments, run_list),
+    Command("update", "change a campaign's fields", update_arguments, run_update),
+    Command("delete", "delete a DRAFT campaign, or any idle one with --force", delete_arguments, run_delete),
+    *(verb.command() for verb in VERBS),
+    Command("duplicate", "copy a campaign into a new DRAFT", duplicate_arguments, run_duplicate),
+)

@@ -7,10 +7,12 @@ import sys
 
 from campaignd.cli.arguments import (
     ID_PATTERN,
+    Command,
     campaign_name,
     content_entry,
     key_value_or_usage,
     name_argument,
+    no_arguments,
     parse_json,
     positive_float,
     resource_id,
@@ -207,3 +209,17 @@ def run_channels(client: Client, args: argparse.Namespace) -> int:
         table(["TYPE", "ADDRESS", "PLUGIN", "CAPABILITIES", "RESTART", "EDIT SCHEDULED", "TRANSPORTS"], rows)
     )
     return EXIT_OK
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("add-channel", "add a DRAFT channel to a campaign", add_channel_arguments, run_add_channel),
+    Command(
+        "test-send", "send a DRAFT channel's content to test addresses", test_send_arguments, run_test_send
+    ),
+    Command("preview", "show the message one address would get", preview_arguments, run_preview),
+    Command("estimate", "count the recipients a launch would queue", estimate_arguments, run_estimate),
+)
+# Listed after the report commands in the help, as it always was.
+CHANNEL_TYPES = Command(
+    "channels", "list the channel types the daemon's plugins provide", no_arguments, run_channels
+)

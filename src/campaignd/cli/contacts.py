@@ -9,6 +9,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from campaignd.cli.arguments import (
+    Command,
+    Group,
     contact_name,
     content_entry,
     list_name,
@@ -18,6 +20,7 @@ from campaignd.cli.arguments import (
     write_arguments,
 )
 from campaignd.cli.connection import Client, UsageError
+from campaignd.cli.csv_import import contacts_import_arguments, run_contacts_import
 from campaignd.cli.render import render_contact, render_contacts, show, show_deleted, show_page
 from campaignd.v1 import contact_service_pb2 as capi
 
@@ -130,3 +133,22 @@ def run_contacts_list(client: Client, args: argparse.Namespace) -> int:
     contacts, token = pages(fetch, args.page_token, args.all)
     reply = capi.ListContactsResponse(contacts=contacts, next_page_token=token)
     return show_page(client, "contacts", reply, contacts, token, render_contacts(contacts))
+
+
+GROUP = Group(
+    "contacts",
+    "contacts: create, get, update, delete, list, import",
+    (
+        Command("create", "create a contact", contacts_create_arguments, run_contacts_create),
+        Command("get", "show a contact", contact_argument, run_contacts_get),
+        Command("update", "change a contact's fields", contacts_update_arguments, run_contacts_update),
+        Command("delete", "delete a contact and its list memberships", contact_argument, run_contacts_delete),
+        Command("list", "list contacts, oldest first", contacts_list_arguments, run_contacts_list),
+        Command(
+            "import",
+            "create or update contacts from a CSV file",
+            contacts_import_arguments,
+            run_contacts_import,
+        ),
+    ),
+)

@@ -8,7 +8,16 @@ from collections.abc import Sequence
 
 import grpc
 
-from campaignd.cli.arguments import batched, contact_name, list_name, pages, resource_id
+from campaignd.cli.arguments import (
+    Command,
+    Group,
+    batched,
+    contact_name,
+    list_name,
+    pages,
+    paging_arguments,
+    resource_id,
+)
 from campaignd.cli.connection import EXIT_OK, PROG, Client, UsageError, read_text
 from campaignd.cli.render import print_json, render_list, render_lists, show, show_deleted, show_page
 from campaignd.v1 import contact_service_pb2 as capi
@@ -126,3 +135,16 @@ def run_lists_remove(client: Client, args: argparse.Namespace) -> int:
     else:
         print(f"removed {total.removed}")
     return EXIT_OK
+
+
+GROUP = Group(
+    "lists",
+    "static lists of contacts",
+    (
+        Command("create", "create a list", lists_create_arguments, run_lists_create),
+        Command("list", "list the lists", paging_arguments, run_lists_list),
+        Command("delete", "delete a list (not its contacts)", list_argument, run_lists_delete),
+        Command("add", "add contacts to a list", members_arguments, run_lists_add),
+        Command("remove", "remove contacts from a list", members_arguments, run_lists_remove),
+    ),
+)

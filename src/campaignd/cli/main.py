@@ -11,49 +11,12 @@ from typing import Any
 import grpc
 
 from campaignd import __version__
+from campaignd.cli import campaigns, channels, contacts, lists, reports, segments, suppressions
 from campaignd.cli.arguments import (
     Command,
     Group,
     _Parser,
-    name_argument,
-    no_arguments,
-    paging_arguments,
     positive_float,
-)
-from campaignd.cli.campaigns import (
-    create_arguments,
-    delete_arguments,
-    duplicate_arguments,
-    lifecycle_arguments,
-    list_arguments,
-    run_archive,
-    run_create,
-    run_delete,
-    run_duplicate,
-    run_get,
-    run_launch,
-    run_list,
-    run_pause,
-    run_restart,
-    run_resume,
-    run_retry_failed,
-    run_schedule,
-    run_stop,
-    run_unarchive,
-    run_unschedule,
-    run_update,
-    update_arguments,
-)
-from campaignd.cli.channels import (
-    add_channel_arguments,
-    estimate_arguments,
-    preview_arguments,
-    run_add_channel,
-    run_channels,
-    run_estimate,
-    run_preview,
-    run_test_send,
-    test_send_arguments,
 )
 from campaignd.cli.connection import (
     ADDRESS_ENV,
@@ -69,166 +32,16 @@ from campaignd.cli.connection import (
     resolve_target,
     rpc_error_lines,
 )
-from campaignd.cli.contacts import (
-    contact_argument,
-    contacts_create_arguments,
-    contacts_list_arguments,
-    contacts_update_arguments,
-    run_contacts_create,
-    run_contacts_delete,
-    run_contacts_get,
-    run_contacts_list,
-    run_contacts_update,
-)
-from campaignd.cli.csv_import import contacts_import_arguments, run_contacts_import
-from campaignd.cli.lists import (
-    list_argument,
-    lists_create_arguments,
-    members_arguments,
-    run_lists_add,
-    run_lists_create,
-    run_lists_delete,
-    run_lists_list,
-    run_lists_remove,
-)
-from campaignd.cli.reports import (
-    history_arguments,
-    messages_arguments,
-    run_history,
-    run_messages,
-    run_report,
-    run_watch,
-)
-from campaignd.cli.segments import (
-    run_segments_create,
-    run_segments_delete,
-    run_segments_get,
-    run_segments_list,
-    segment_argument,
-    segments_create_arguments,
-)
-from campaignd.cli.suppressions import (
-    run_suppressions_add,
-    run_suppressions_check,
-    run_suppressions_list,
-    run_suppressions_remove,
-    suppressions_add_arguments,
-    suppressions_check_arguments,
-    suppressions_list_arguments,
-    suppressions_remove_arguments,
-)
-
-CONTACT_COMMANDS: tuple[Command | Group, ...] = (
-    Group(
-        "contacts",
-        "contacts: create, get, update, delete, list, import",
-        (
-            Command("create", "create a contact", contacts_create_arguments, run_contacts_create),
-            Command("get", "show a contact", contact_argument, run_contacts_get),
-            Command("update", "change a contact's fields", contacts_update_arguments, run_contacts_update),
-            Command(
-                "delete", "delete a contact and its list memberships", contact_argument, run_contacts_delete
-            ),
-            Command("list", "list contacts, oldest first", contacts_list_arguments, run_contacts_list),
-            Command(
-                "import",
-                "create or update contacts from a CSV file",
-                contacts_import_arguments,
-                run_contacts_import,
-            ),
-        ),
-    ),
-    Group(
-        "lists",
-        "static lists of contacts",
-        (
-            Command("create", "create a list", lists_create_arguments, run_lists_create),
-            Command("list", "list the lists", paging_arguments, run_lists_list),
-            Command("delete", "delete a list (not its contacts)", list_argument, run_lists_delete),
-            Command("add", "add contacts to a list", members_arguments, run_lists_add),
-            Command("remove", "remove contacts from a list", members_arguments, run_lists_remove),
-        ),
-    ),
-    Group(
-        "segments",
-        "saved contact filters, resolved at launch",
-        (
-            Command("create", "create a segment", segments_create_arguments, run_segments_create),
-            Command("get", "show a segment", segment_argument, run_segments_get),
-            Command("list", "list the segments", paging_arguments, run_segments_list),
-            Command("delete", "delete a segment", segment_argument, run_segments_delete),
-        ),
-    ),
-    Group(
-        "suppressions",
-        "addresses that must never be contacted",
-        (
-            Command("add", "suppress addresses", suppressions_add_arguments, run_suppressions_add),
-            Command(
-                "remove", "remove one suppression", suppressions_remove_arguments, run_suppressions_remove
-            ),
-            Command(
-                "list", "list suppressions, newest first", suppressions_list_arguments, run_suppressions_list
-            ),
-            Command(
-                "check",
-                "say whether an address may be contacted (exit 3 when suppressed)",
-                suppressions_check_arguments,
-                run_suppressions_check,
-            ),
-        ),
-    ),
-)
-
 
 COMMANDS: tuple[Command | Group, ...] = (
-    Command("create", "create a campaign in DRAFT", create_arguments, run_create),
-    Command("get", "show a campaign", name_argument, run_get),
-    Command("list", "list campaigns, newest first", list_arguments, run_list),
-    Command("update", "change a campaign's fields", update_arguments, run_update),
-    Command("delete", "delete a DRAFT campaign, or any idle one with --force", delete_arguments, run_delete),
-    Command(
-        "schedule",
-        "DRAFT -> SCHEDULED: start by itself at --at",
-        lifecycle_arguments(attestation=True, schedule=True),
-        run_schedule,
-    ),
-    Command("unschedule", "SCHEDULED -> DRAFT", lifecycle_arguments(), run_unschedule),
-    Command("launch", "DRAFT or SCHEDULED -> sending now", lifecycle_arguments(attestation=True), run_launch),
-    Command("pause", "QUEUED or RUNNING -> PAUSED", lifecycle_arguments(reason=True), run_pause),
-    Command("resume", "PAUSED -> RUNNING", lifecycle_arguments(reason=True), run_resume),
-    Command("stop", "QUEUED, RUNNING or PAUSED -> STOPPED", lifecycle_arguments(reason=True), run_stop),
-    Command(
-        "restart",
-        "STOPPED -> RUNNING, where the channel type allows it",
-        lifecycle_arguments(reason=True),
-        run_restart,
-    ),
-    Command(
-        "retry-failed",
-        "COMPLETED -> RUNNING: send the FAILED messages again",
-        lifecycle_arguments(),
-        run_retry_failed,
-    ),
-    Command(
-        "archive", "hide a campaign that is not sending", lifecycle_arguments(channel=False), run_archive
-    ),
-    Command(
-        "unarchive", "show an archived campaign again", lifecycle_arguments(channel=False), run_unarchive
-    ),
-    Command("duplicate", "copy a campaign into a new DRAFT", duplicate_arguments, run_duplicate),
-    Command("add-channel", "add a DRAFT channel to a campaign", add_channel_arguments, run_add_channel),
-    Command(
-        "test-send", "send a DRAFT channel's content to test addresses", test_send_arguments, run_test_send
-    ),
-    Command("preview", "show the message one address would get", preview_arguments, run_preview),
-    Command("estimate", "count the recipients a launch would queue", estimate_arguments, run_estimate),
-    Command("report", "show a campaign's counters", name_argument, run_report),
-    Command("messages", "list a campaign's messages", messages_arguments, run_messages),
-    Command("history", "list a campaign's transitions, oldest first", history_arguments, run_history),
-    Command("watch", "show live progress until the campaign ends", name_argument, run_watch),
-    Command("channels", "list the channel types the daemon's plugins provide", no_arguments, run_channels),
-    *CONTACT_COMMANDS,
+    *campaigns.COMMANDS,
+    *channels.COMMANDS,
+    *reports.COMMANDS,
+    channels.CHANNEL_TYPES,
+    contacts.GROUP,
+    lists.GROUP,
+    segments.GROUP,
+    suppressions.GROUP,
 )
 
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from campaignd.cli.arguments import (
+    Command,
     message_state,
     more_hint,
     name_argument,
@@ -146,3 +147,11 @@ def run_watch(client: Client, args: argparse.Namespace) -> int:
             print()
     print(f"{PROG}: the daemon ended the watch before the campaign finished", file=sys.stderr)
     return EXIT_FAILURE
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("report", "show a campaign's counters", name_argument, run_report),
+    Command("messages", "list a campaign's messages", messages_arguments, run_messages),
+    Command("history", "list a campaign's transitions, oldest first", history_arguments, run_history),
+    Command("watch", "show live progress until the campaign ends", name_argument, run_watch),
+)

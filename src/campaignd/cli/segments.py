@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from campaignd.cli.arguments import pages, resource_id, segment_name
+from campaignd.cli.arguments import (
+    Command,
+    Group,
+    pages,
+    paging_arguments,
+    resource_id,
+    segment_name,
+)
 from campaignd.cli.connection import Client, UsageError
 from campaignd.cli.render import render_segment, render_segments, show, show_deleted, show_page
 from campaignd.v1 import contact_service_pb2 as capi
@@ -64,3 +71,15 @@ def run_segments_delete(client: Client, args: argparse.Namespace) -> int:
     """segments delete SEGMENT."""
     reply = client.call(client.contacts.DeleteSegment, capi.DeleteSegmentRequest(name=args.name))
     return show_deleted(client, reply, args.name)
+
+
+GROUP = Group(
+    "segments",
+    "saved contact filters, resolved at launch",
+    (
+        Command("create", "create a segment", segments_create_arguments, run_segments_create),
+        Command("get", "show a segment", segment_argument, run_segments_get),
+        Command("list", "list the segments", paging_arguments, run_segments_list),
+        Command("delete", "delete a segment", segment_argument, run_segments_delete),
+    ),
+)

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import grpc
 
 from campaignd.cli.arguments import (
+    Command,
+    Group,
     batched,
     pages,
     paging_arguments,
@@ -149,3 +151,22 @@ def run_suppressions_check(client: Client, args: argparse.Namespace) -> int:
     else:
         print("not suppressed")
     return EXIT_SUPPRESSED if reply.suppressed else EXIT_OK
+
+
+GROUP = Group(
+    "suppressions",
+    "addresses that must never be contacted",
+    (
+        Command("add", "suppress addresses", suppressions_add_arguments, run_suppressions_add),
+        Command("remove", "remove one suppression", suppressions_remove_arguments, run_suppressions_remove),
+        Command(
+            "list", "list suppressions, newest first", suppressions_list_arguments, run_suppressions_list
+        ),
+        Command(
+            "check",
+            "say whether an address may be contacted (exit 3 when suppressed)",
+            suppressions_check_arguments,
+            run_suppressions_check,
+        ),
+    ),
+)
