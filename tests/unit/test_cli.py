@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import pathlib
 from typing import Any, cast
 
@@ -11,6 +12,7 @@ import grpc
 import pytest
 from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2
+from rich.console import Console
 
 from campaignd.cli import arguments, connection, render
 from campaignd.cli import main as entry
@@ -144,11 +146,29 @@ def test_progress_line_shows_state_counts_rate_and_eta() -> None:
     )
     update.time.FromDatetime(dt.datetime(2025, 5, 1, 12, 0, tzinfo=dt.UTC))
     update.report.totals.eta.FromDatetime(dt.datetime(2025, 5, 1, 12, 3, 5, tzinfo=dt.UTC))
-    line = render.progress_line(update, tty=True)
-    for part in ("RUNNING", "[########------------]", "40.7%", "sent 400/1000", "failed 7", "12.5 msg/s"):
+    line = render.progress_line(update)
+    for part in ("RUNNING", "40.7%", "sent 400/1000", "failed 7", "12.5 msg/s"):
         assert part in line
     assert line.endswith("eta 3m05s")
-    assert "\n" not in render.progress_line(update, tty=False)
+    assert "\n" not in line
+    drawn = io.StringIO()
+    Console(file=drawn, width=150, color_system=None).print(render.progress_bar(update))
+    bar = drawn.getvalue()
+    for part in ("RUNNING", "40.7%", "sent 400/1000", "failed 7", "12.5 msg/s", "eta 3m05s"):
+        assert part in bar
+    assert bar.count("\n") == 1
+
+
+def test_tables_on_a_terminal_are_drawn_by_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal a table gets a ruled header and keeps every cell, brackets included, as text."""
+    monkeypatch.setattr(render.OUTPUT, "terminal", True)
+    monkeypatch.setenv("COLUMNS", "120")
+    drawn = render.table(["NAME", "REASON"], [["spring", "[bounce] mailbox full"], ["x", "-"]])
+    assert "[bounce] mailbox full" in drawn
+    assert "─" in drawn  # the rule under the header
+    assert "NAME" in drawn
+    monkeypatch.setattr(render.OUTPUT, "terminal", False)
+    assert render.table(["NAME", "REASON"], [["x", "-"]]) == "NAME  REASON\nx     -"
 
 
 class FakeCall:

@@ -14,6 +14,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+
 from campaignd.cli.arguments import list_name
 from campaignd.cli.connection import EXIT_FAILURE, EXIT_OK, PROG, Client, UsageError
 from campaignd.cli.render import key_values
@@ -264,10 +267,19 @@ class ImportProgress:
     """A one-line progress bar on stderr: rows sent, and an estimate of the total from the share of
     the file's bytes read so far."""
 
-    def __init__(self, total_bytes: int, *, enabled: bool) -> None:
+    def __init__(self, total_bytes: int, *, enabled: bool, console: Console | None = None) -> None:
         self.total_bytes = total_bytes
         self.enabled = enabled
         self.last = 0.0
+        self.bar = Progress(
+            TextColumn("importing"),
+            BarColumn(bar_width=20),
+            TextColumn("{task.description}"),
+            console=console or Console(stderr=True, highlight=False),
+            auto_refresh=False,
+            transient=True,  # erased when done: the summary follows
+        )
+        self.task = self.bar.add_task("", total=1.0)
         self.drawn = False
 
     def update(self, rows: int, bytes_read: int, *, force: bool = False, note: str = "") -> None:
@@ -277,19 +289,20 @@ class ImportProgress:
             return
         self.last = now
         share = min(bytes_read / self.total_bytes, 1.0) if self.total_bytes else 1.0
-        filled = round(share * 20)
         estimate = f"/~{round(rows / share):,}" if 0 < share < 1 else ""
-        bar = "[" + "#" * filled + "-" * (20 - filled) + "]"
         note = f", {note}" if note else ""
-        sys.stderr.write(f"\rimporting {bar} {share * 100:5.1f}%  {rows:,}{estimate} rows sent{note}\x1b[K")
-        sys.stderr.flush()
-        self.drawn = True
+        if not self.drawn:
+            self.bar.start()
+            self.drawn = True
+        self.bar.update(
+            self.task, completed=share, description=f"{share * 100:5.1f}%  {rows:,}{estimate} rows sent{note}"
+        )
+        self.bar.refresh()
 
     def finish(self) -> None:
         """Erase the bar; the summary follows."""
         if self.drawn:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+            self.bar.stop()
             self.drawn = False
 
 

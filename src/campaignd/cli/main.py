@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from campaignd import __version__
-from campaignd.cli import campaigns, channels, contacts, lists, reports, segments, suppressions
+from campaignd.cli import campaigns, channels, contacts, lists, render, reports, segments, suppressions
 from campaignd.cli.arguments import (
     Command,
     Group,
@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Entry point of `campaignctl`; returns the exit status."""
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
+    # Drawing is for a reader at a terminal; pipes, files and --json get plain, stable text.
+    render.OUTPUT.terminal = sys.stdout.isatty() and not args.json
     client: Client | None = None
     try:
         target = resolve_target(args, environ)

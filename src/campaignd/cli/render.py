@@ -6,11 +6,17 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf import message as pb_message
 from google.protobuf.timestamp_pb2 import Timestamp
+from rich import box
+from rich.console import Console, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
 from campaignd.cli.arguments import more_hint
 from campaignd.cli.connection import EXIT_OK, PROG, Client, Message
@@ -31,8 +37,35 @@ def print_json(message: pb_message.Message) -> None:
     print(json.dumps(to_dict(message), indent=2))
 
 
+@dataclass
+class Output:
+    """How text output is drawn: plain columns, or with rich when stdout is a terminal."""
+
+    terminal: bool = False
+
+
+# Set once by `main` from the command line and stdout; plain unless both allow drawing.
+OUTPUT = Output()
+
+
+def capture(renderable: RenderableType) -> str:
+    """A rich renderable drawn for the terminal, as text to print."""
+    console = Console(highlight=False)
+    with console.capture() as captured:
+        console.print(renderable)
+    return captured.get().rstrip("\n")
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces."""
+    """Left-aligned columns separated by two spaces; a rich table on a terminal."""
+    if OUTPUT.terminal:
+        drawn = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+        for header in headers:
+            drawn.add_column(header, no_wrap=True)
+        for row in rows:
+            # Text, not markup: a label or a reason may hold square brackets.
+            drawn.add_row(*(Text(cell) for cell in row))
+        return capture(drawn)
     all_rows = [list(headers), *(list(row) for row in rows)]
     widths = [max(len(row[i]) for row in all_rows) for i in range(len(headers))]
     return "\n".join(
@@ -316,18 +349,12 @@ def render_history(events: Sequence[res.CampaignEvent]) -> str:
     )
 
 
-def progress_line(update: api.WatchCampaignResponse, *, tty: bool) -> str:
-    """One line of `watch`: state, percent done, sent/failed/total, rate, eta."""
+def progress_fields(update: api.WatchCampaignResponse) -> tuple[str, float, list[str]]:
+    """The parts of a `watch` line: state, percent done, then sent/failed/total, rate, eta."""
     p = update.report.totals
     state = state_name(update.campaign.state or update.report.state)
     now = update.time.ToDatetime(tzinfo=dt.UTC) if is_set(update.time) else dt.datetime.now(dt.UTC)
-    fields = [f"{state:<9}"]
-    if tty:
-        filled = round(min(max(p.percent_done, 0.0), 100.0) / 5)
-        fields.append("[" + "#" * filled + "-" * (20 - filled) + "]")
-    else:
-        fields.insert(0, now.astimezone().strftime("%H:%M:%S"))
-    fields += [
+    fields = [
         f"{p.percent_done:5.1f}%",
         f"sent {sent_count(p)}/{p.total}",
         f"failed {p.failed}",
@@ -337,7 +364,26 @@ def progress_line(update: api.WatchCampaignResponse, *, tty: bool) -> str:
         fields.append(f"eta {duration((p.eta.ToDatetime(tzinfo=dt.UTC) - now).total_seconds())}")
     if is_set(p.window_reopens_time):
         fields.append(f"window closed until {local_time(p.window_reopens_time)}")
-    return "  ".join(fields)
+    return state, p.percent_done, fields
+
+
+def progress_line(update: api.WatchCampaignResponse) -> str:
+    """One line of `watch` without a terminal: time, state, percent done, counts, rate, eta."""
+    state, _, fields = progress_fields(update)
+    now = update.time.ToDatetime(tzinfo=dt.UTC) if is_set(update.time) else dt.datetime.now(dt.UTC)
+    return "  ".join([now.astimezone().strftime("%H:%M:%S"), f"{state:<9}", *fields])
+
+
+def progress_bar(update: api.WatchCampaignResponse) -> RenderableType:
+    """The live line of `watch` on a terminal: state, a bar of the percent done, counts, rate, eta."""
+    state, percent, fields = progress_fields(update)
+    line = Table.grid(padding=(0, 2))
+    line.add_row(
+        Text(f"{state:<9}", style="bold"),
+        ProgressBar(total=100.0, completed=min(max(percent, 0.0), 100.0), width=20),
+        Text("  ".join(fields)),
+    )
+    return line
 
 
 def show_campaign(client: Client, campaign: res.Campaign) -> int:

@@ -7,6 +7,9 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 
+from rich.console import Console
+from rich.live import Live
+
 from campaignd.cli.arguments import (
     Command,
     message_state,
@@ -19,6 +22,7 @@ from campaignd.cli.arguments import (
 from campaignd.cli.connection import EXIT_FAILURE, EXIT_OK, PROG, Client
 from campaignd.cli.render import (
     print_json,
+    progress_bar,
     progress_line,
     render_history,
     render_messages,
@@ -121,30 +125,29 @@ def watch_updates(client: Client, name: str) -> Iterator[api.WatchCampaignRespon
 def run_watch(client: Client, args: argparse.Namespace) -> int:
     """watch NAME: live progress until COMPLETED, STOPPED or FAILED; exit 1 when FAILED."""
     tty = sys.stdout.isatty() and not client.json
-    drawn = False
+    # On a terminal one line is redrawn in place; otherwise each update is a line of its own.
+    live = Live(console=Console(highlight=False), auto_refresh=False) if tty else None
     try:
+        if live is not None:
+            live.start()
         for update in watch_updates(client, args.name):
             if client.json:
                 print(json.dumps(to_dict(update)), flush=True)
-            elif tty:
-                # \r and "erase to end of line" redraw the one line in place.
-                sys.stdout.write("\r" + progress_line(update, tty=True) + "\x1b[K")
-                sys.stdout.flush()
-                drawn = True
+            elif live is not None:
+                live.update(progress_bar(update), refresh=True)
             else:
-                print(progress_line(update, tty=False), flush=True)
+                print(progress_line(update), flush=True)
             state = update.campaign.state or update.report.state
             if state in TERMINAL_STATES:
-                if drawn:
-                    print()
-                    drawn = False
+                if live is not None:
+                    live.stop()
                 if not client.json:
                     print()
                     print(render_report(update.report))
                 return EXIT_FAILURE if state == res.Campaign.FAILED else EXIT_OK
     finally:
-        if drawn:
-            print()
+        if live is not None:
+            live.stop()
     print(f"{PROG}: the daemon ended the watch before the campaign finished", file=sys.stderr)
     return EXIT_FAILURE
 
