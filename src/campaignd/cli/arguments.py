@@ -22,7 +22,7 @@ RELATIVE_TIME = re.compile(r"\+(\d+)([smhd])")
 RELATIVE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr."""
 
     def error(self, message: str) -> NoReturn:

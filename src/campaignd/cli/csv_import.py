@@ -12,15 +12,16 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
+from typing import IO, TYPE_CHECKING, Any
 
 from campaignd.cli.arguments import list_name
 from campaignd.cli.connection import EXIT_FAILURE, EXIT_OK, PROG, Client, UsageError
 from campaignd.cli.render import key_values
 from campaignd.v1 import contact_service_pb2 as capi
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 MAX_BATCH_SIZE = 10_000  # rows per ImportContacts message the daemon accepts
 
@@ -271,6 +272,13 @@ class ImportProgress:
         self.total_bytes = total_bytes
         self.enabled = enabled
         self.last = 0.0
+        self.bar: Progress | None = None
+        self.drawn = False
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
         self.bar = Progress(
             TextColumn("importing"),
             BarColumn(bar_width=20),
@@ -285,7 +293,7 @@ class ImportProgress:
     def update(self, rows: int, bytes_read: int, *, force: bool = False, note: str = "") -> None:
         """Redraw, at most ten times a second."""
         now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < 0.1):
+        if self.bar is None or (not force and now - self.last < 0.1):
             return
         self.last = now
         share = min(bytes_read / self.total_bytes, 1.0) if self.total_bytes else 1.0
@@ -301,7 +309,7 @@ class ImportProgress:
 
     def finish(self) -> None:
         """Erase the bar; the summary follows."""
-        if self.drawn:
+        if self.bar is not None and self.drawn:
             self.bar.stop()
             self.drawn = False
 

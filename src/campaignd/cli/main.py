@@ -15,7 +15,7 @@ from campaignd.cli import campaigns, channels, contacts, lists, render, reports,
 from campaignd.cli.arguments import (
     Command,
     Group,
-    _Parser,
+    Parser,
     positive_float,
 )
 from campaignd.cli.connection import (
@@ -94,7 +94,7 @@ def global_arguments(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def add_commands(
-    subparsers: argparse._SubParsersAction[_Parser], commands: Sequence[Command | Group], dest: str
+    subparsers: argparse._SubParsersAction[Parser], commands: Sequence[Command | Group], dest: str
 ) -> None:
     """One subparser per command; a Group gets subparsers of its own."""
     for entry in commands:
@@ -108,9 +108,9 @@ def add_commands(
         sub.set_defaults(run=entry.run)
 
 
-def build_parser(commands: Sequence[Command | Group] = COMMANDS) -> _Parser:
+def build_parser(commands: Sequence[Command | Group] = COMMANDS) -> Parser:
     """The parser for the whole command line."""
-    parser = _Parser(prog=PROG, description="A command-line client of the campaignd daemon.")
+    parser = Parser(prog=PROG, description="A command-line client of the campaignd daemon.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     global_arguments(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -7,22 +7,21 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf import message as pb_message
 from google.protobuf.timestamp_pb2 import Timestamp
-from rich import box
-from rich.console import Console, RenderableType
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from campaignd.cli.arguments import more_hint
 from campaignd.cli.connection import EXIT_OK, PROG, Client, Message
 from campaignd.v1 import campaign_service_pb2 as api
 from campaignd.v1 import contact_service_pb2 as capi
 from campaignd.v1 import resources_pb2 as res
+
+# rich is imported where something is drawn, not here: plain output and --json start without it.
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 
 def to_dict(message: pb_message.Message) -> dict[str, Any]:
@@ -49,8 +48,12 @@ OUTPUT = Output()
 
 
 def capture(renderable: RenderableType) -> str:
-    """A rich renderable drawn for the terminal, as text to print."""
-    console = Console(highlight=False)
+    """A rich renderable drawn for the terminal, as text to print. Never narrower than it needs:
+    a wide table runs past the edge (as plain columns would) rather than cutting cells short."""
+    from rich.console import Console
+
+    # Tables are not expanded, so a wide console only keeps rich from shrinking their columns.
+    console = Console(highlight=False, width=1 << 14)
     with console.capture() as captured:
         console.print(renderable)
     return captured.get().rstrip("\n")
@@ -59,6 +62,10 @@ def capture(renderable: RenderableType) -> str:
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Left-aligned columns separated by two spaces; a rich table on a terminal."""
     if OUTPUT.terminal:
+        from rich import box
+        from rich.table import Table
+        from rich.text import Text
+
         drawn = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
         for header in headers:
             drawn.add_column(header, no_wrap=True)
@@ -376,6 +383,10 @@ def progress_line(update: api.WatchCampaignResponse) -> str:
 
 def progress_bar(update: api.WatchCampaignResponse) -> RenderableType:
     """The live line of `watch` on a terminal: state, a bar of the percent done, counts, rate, eta."""
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
     state, percent, fields = progress_fields(update)
     line = Table.grid(padding=(0, 2))
     line.add_row(

@@ -7,9 +7,6 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 
-from rich.console import Console
-from rich.live import Live
-
 from campaignd.cli.arguments import (
     Command,
     message_state,
@@ -126,7 +123,12 @@ def run_watch(client: Client, args: argparse.Namespace) -> int:
     """watch NAME: live progress until COMPLETED, STOPPED or FAILED; exit 1 when FAILED."""
     tty = sys.stdout.isatty() and not client.json
     # On a terminal one line is redrawn in place; otherwise each update is a line of its own.
-    live = Live(console=Console(highlight=False), auto_refresh=False) if tty else None
+    live = None
+    if tty:
+        from rich.console import Console
+        from rich.live import Live
+
+        live = Live(console=Console(highlight=False), auto_refresh=False)
     try:
         if live is not None:
             live.start()
