@@ -456,7 +456,7 @@ def test_preview_renders_a_contacts_message_without_sending(
     assert parsed["To"] == "reader00003@example.org"
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(a.inbox) == 0
-    ctl = [sys.executable, "-m", "campaignd.ctl", "--socket", str(daemon.socket_path)]
+    ctl = [sys.executable, "-m", "campaignd.cli", "--socket", str(daemon.socket_path)]
     shown = subprocess.run(
         [*ctl, "preview", campaign.name, "--channel", "mail", "reader00001@example.org"],
         capture_output=True,

@@ -23,7 +23,7 @@ FAST = "[engine]\ntick_interval = 0.05\nsending_timeout = 2.0\nbatch_size = 20\n
 
 def _ctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "campaignd.ctl", "--socket", str(daemon.socket_path), *args],
+        [sys.executable, "-m", "campaignd.cli", "--socket", str(daemon.socket_path), *args],
         capture_output=True,
         text=True,
         timeout=60,
