@@ -21,7 +21,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages, suppressions
+from campaignd.store.schema import (
+    campaign_events,
+    campaigns,
+    channel_counts,
+    channels,
+    contacts,
+    messages,
+    suppressions,
+)
 
 SENDING = "sending"
 AMBIGUOUS = "ambiguous"  # the reason of a message whose send started and was never recorded
@@ -97,6 +105,19 @@ def unfinished(conn: Connection, campaign_id: str, channel_id: str) -> int:
         )
     ).scalar_one()
     return int(total)
+
+
+def started_unrecorded(conn: Connection) -> dict[tuple[str, str], int]:
+    """SENDING messages marked started, per (campaign id, channel id): sends that began and whose
+    results are not written yet."""
+    # Only leased messages are read, through the partial index of SENDING leases: its WHERE must
+    # appear literally, and a GROUP BY would make SQLite walk a whole index in its order instead.
+    rows = conn.execute(
+        sa.select(messages.c.campaign_id, messages.c.channel_id).where(
+            sa.text("messages.state = 'sending'"), messages.c.started.is_(True)
+        )
+    )
+    return dict(Counter((r.campaign_id, r.channel_id) for r in rows))
 
 
 # -- leases ---------------------------------------------------------------------------------------
@@ -519,10 +540,34 @@ def queue_depths(conn: Connection) -> dict[str, int]:
 
 
 def slot_holders(conn: Connection, channel_type: str) -> set[str]:
-    """Campaigns holding a slot of `channel_type`: with such a channel RUNNING or PAUSED."""
+    """Campaigns holding a slot of `channel_type`: with such a channel RUNNING, or PAUSED after it
+    ran. A channel paused while QUEUED never had a slot; its history's last entry says so (a
+    state the history does not explain counts as holding one)."""
+    events = campaign_events.alias("latest")
+    latest = (
+        sa.select(sa.func.max(events.c.id))
+        .where(events.c.campaign_id == channels.c.campaign_id, events.c.channel_id == channels.c.channel_id)
+        .correlate(channels)
+        .scalar_subquery()
+    )
+    paused_while_waiting = (
+        sa.exists()
+        .where(
+            campaign_events.c.id == latest,
+            campaign_events.c.to_state == "paused",
+            campaign_events.c.from_state != "running",
+        )
+        .correlate(channels)
+    )
     rows = conn.execute(
         sa.select(channels.c.campaign_id)
-        .where(channels.c.type == channel_type, channels.c.state.in_(["running", "paused"]))
+        .where(
+            channels.c.type == channel_type,
+            sa.or_(
+                channels.c.state == "running",
+                sa.and_(channels.c.state == "paused", sa.not_(paused_while_waiting)),
+            ),
+        )
         .distinct()
     )
     return {r.campaign_id for r in rows}
