@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import re
@@ -402,13 +403,15 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     async def WatchCampaign(
         self, request: svc.WatchCampaignRequest, context: Context
     ) -> AsyncIterator[svc.WatchCampaignResponse]:
-        async for update in self.reports.watch(campaign_id_from_name(request.name)):
-            yield svc.WatchCampaignResponse(
-                campaign=convert.campaign_message(update.record),
-                report=convert.report_message(update.report),
-                snapshot=update.snapshot,
-                time=convert.timestamp(update.report.report_time),
-            )
+        # Closed with the stream, so that a client that goes away stops counting as a watcher.
+        async with contextlib.aclosing(self.reports.watch(campaign_id_from_name(request.name))) as updates:
+            async for update in updates:
+                yield svc.WatchCampaignResponse(
+                    campaign=convert.campaign_message(update.record),
+                    report=convert.report_message(update.report),
+                    snapshot=update.snapshot,
+                    time=convert.timestamp(update.report.report_time),
+                )
 
     @unary
     async def RecordEvents(

@@ -114,6 +114,10 @@ class Launcher:
 
     # -- slots --------------------------------------------------------------------------------
 
+    def limited(self, channel_type: str) -> bool:
+        """Whether `[engine] slots` limits the type."""
+        return channel_type in self.engine().slots
+
     def has_slot(self, conn: Connection, channel_type: str, campaign_id: str, *, lock: bool = True) -> bool:
         """Whether the campaign may have a channel of `channel_type` RUNNING: `[engine] slots` does
         not limit the type, the campaign holds one of its slots already, or fewer campaigns than
@@ -126,7 +130,7 @@ class Launcher:
         holders = engine_store.slot_holders(conn, channel_type)
         return campaign_id in holders or len(holders) < limit
 
-    def refuse_without_slot(
+    def free_slots(
         self, conn: Connection, record: CampaignRecord, chosen: Sequence[ChannelRecord]
     ) -> dict[str, bool]:
         """Whether each type of the chosen channels has a slot free for the campaign; with
@@ -141,14 +145,14 @@ class Launcher:
         """At launch, which moves to QUEUED: with `slot_policy = "refuse"`, NO_SLOT when a chosen
         channel's type has no free slot now; with "queue", nothing (activation takes the slot)."""
         if self.engine().slot_policy == "refuse":
-            self.refuse_without_slot(conn, record, chosen)
+            self.free_slots(conn, record, chosen)
 
     def into_running(self, conn: Connection, record: CampaignRecord, chosen: Chosen) -> Chosen:
         """The moves of `chosen`, with those into RUNNING held to the slots: a channel whose type
         has no free slot for the campaign waits in QUEUED instead (`slot_policy = "queue"`), or
         the whole call is refused with NO_SLOT ("refuse")."""
         running = [c for c, d in chosen if d.target is ChannelState.RUNNING]
-        free = self.refuse_without_slot(conn, record, running)
+        free = self.free_slots(conn, record, running)
         return [(c, d if free.get(c.type, True) else lifecycle.without_slot(d)) for c, d in chosen]
 
     def _no_slot(self, conn: Connection, channel: ChannelRecord) -> ApiError:

@@ -669,12 +669,13 @@ class CampaignManager:
     async def activate(self, campaign_id: str, channel_id: str, channel_type: str) -> bool:
         """ACTIVATE a QUEUED channel if its type has a slot for the campaign, counted in the
         transaction of the move; False, changing nothing, when it has none."""
-        # A read first: a channel waiting for a slot costs no write per pass.
-        free = functools.partial(
-            self.launcher.has_slot, channel_type=channel_type, campaign_id=campaign_id, lock=False
-        )
-        if not await self.db.read(free):
-            return False
+        if self.launcher.limited(channel_type):
+            # A read first: a channel waiting for a slot costs no write per pass.
+            free = functools.partial(
+                self.launcher.has_slot, channel_type=channel_type, campaign_id=campaign_id, lock=False
+            )
+            if not await self.db.read(free):
+                return False
 
         def prepare(conn: Connection, record: CampaignRecord, chosen: Chosen) -> Chosen:
             channel = chosen[0][0]

@@ -17,7 +17,7 @@ import asyncio
 import collections
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import Protocol
 
 from sqlalchemy.engine import Connection
@@ -263,7 +263,7 @@ class Reports:
                     report.totals.by_outcome[said] = report.totals.by_outcome.get(said, 0) + n
         return report
 
-    async def watch(self, campaign_id: str) -> AsyncIterator[Update]:
+    async def watch(self, campaign_id: str) -> AsyncGenerator[Update, None]:
         """The campaign and its report now, then again whenever either changes, and at least
         every second while anything may change; ends when the campaign is deleted or the daemon
         stops. RESOURCE_EXHAUSTED when `[limits] max_watchers` streams are open."""
