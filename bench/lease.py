@@ -35,7 +35,7 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from campaignd.store import engine as store
+from campaignd.store import messages as store
 from campaignd.store import migrate
 from campaignd.store.db import create_engine
 from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages, suppressions

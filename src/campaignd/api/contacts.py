@@ -22,7 +22,7 @@ from campaignd.audience.importing import ImportResult, ImportSession, Rejection,
 from campaignd.audience.service import SUPPRESSION_REASONS, ContactManager, new_id
 from campaignd.config import Settings
 from campaignd.errors import FieldViolation
-from campaignd.store.audience import ContactRecord
+from campaignd.store.contacts import ContactRecord
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 
