@@ -30,7 +30,6 @@ from campaignd.errors import FieldViolation
 from campaignd.store import campaigns as requests_store
 from campaignd.store import contacts as contact_store
 from campaignd.store import lists as list_store
-from campaignd.store import schema
 from campaignd.store import segments as segment_store
 from campaignd.store import suppressions as suppression_store
 from campaignd.store.contacts import ContactRecord
@@ -175,8 +174,7 @@ class ContactManager:
         def read(conn: Connection) -> list[ContactRecord]:
             if list_id and not list_store.list_exists(conn, list_id):
                 raise errors.not_found(f"lists/{list_id}")
-            clause = filters.compile(where, schema.contacts) if where is not None else None
-            return contact_store.list_contacts(conn, clause, list_id, after=after, limit=limit)
+            return contact_store.list_contacts(conn, where, list_id, after=after, limit=limit)
 
         return await self.db.read(read)
 

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from campaignd.store.filters import Filter, compile
 from campaignd.store.schema import contacts, list_members
 
 
@@ -74,12 +75,12 @@ def delete_contact(conn: Connection, pk: int) -> None:
 
 
 def list_contacts(
-    conn: Connection, where: sa.ColumnElement[bool] | None, list_id: str, *, after: int, limit: int
+    conn: Connection, where: Filter | None, list_id: str, *, after: int, limit: int
 ) -> list[ContactRecord]:
     """Contacts in creation order after row id `after`, matching `where` and in `list_id` when given."""
     query = sa.select(contacts).where(contacts.c.id > after)
     if where is not None:
-        query = query.where(where)
+        query = query.where(compile(where, contacts))
     if list_id:
         query = query.where(
             contacts.c.id.in_(sa.select(list_members.c.contact).where(list_members.c.list_id == list_id))

@@ -18,8 +18,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.selectable import Join
 
-from campaignd.audience import filters
 from campaignd.store.counts import add_counts
+from campaignd.store.filters import Filter, compile
 from campaignd.store.schema import contacts, list_members, messages, suppressions
 
 
@@ -29,9 +29,9 @@ class Audience:
     remarketing source (an earlier channel's recipients with given outcomes)."""
 
     target_lists: Sequence[str] = ()
-    target_filters: Sequence[filters.Filter] = ()
+    target_filters: Sequence[Filter] = ()
     exclude_lists: Sequence[str] = ()
-    exclude_filters: Sequence[filters.Filter] = ()
+    exclude_filters: Sequence[Filter] = ()
     remarketing: tuple[str, str, Sequence[str]] | None = None
 
 
@@ -70,7 +70,7 @@ def _targets(audience: Audience) -> sa.Select[Any] | None:
             messages.c.contact.is_not(None),
             sa.or_(messages.c.state.in_(list(outcomes)), messages.c.outcome.in_(list(outcomes))),
         )
-    return _members(audience.target_lists, [filters.compile(f, contacts) for f in audience.target_filters])
+    return _members(audience.target_lists, [compile(f, contacts) for f in audience.target_filters])
 
 
 class _ScanFirst(Join):
@@ -146,9 +146,7 @@ def _resolve_into_temp(conn: Connection, audience: Audience) -> tuple[int, int]:
     targeted = _changed(
         conn, _resolved.insert().from_select(["id"], sa.select(targets.subquery().c[0]).distinct())
     )
-    excluded_ids = _members(
-        audience.exclude_lists, [filters.compile(f, contacts) for f in audience.exclude_filters]
-    )
+    excluded_ids = _members(audience.exclude_lists, [compile(f, contacts) for f in audience.exclude_filters])
     excluded = 0
     if targeted and excluded_ids is not None:
         excluded = _changed(conn, _resolved.delete().where(_resolved.c.id.in_(excluded_ids)))
