@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from campaignd import logs, metrics
@@ -45,6 +44,7 @@ from campaignd.plugin.manager import PluginCallError, Plugins, TransportOpenErro
 from campaignd.store import channels as channel_store
 from campaignd.store import contacts as contact_store
 from campaignd.store import counts as count_store
+from campaignd.store import locks
 from campaignd.store import messages as message_store
 from campaignd.store.campaigns import CampaignRecord, ChannelRecord
 from campaignd.store.db import Database, Fault, storage_fault
@@ -482,9 +482,8 @@ class Engine:
         def take_slot(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             if limit is None:
                 return
-            if conn.dialect.name == "postgresql":
-                # Daemons activating at once queue here per channel type, so the count below is exact.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": f"slot:{row.type}"})
+            # Daemons activating at once queue here per channel type, so the count below is exact.
+            locks.slot_lock(conn, row.type)
             if len(channel_store.slot_holders(conn, row.type) - {record.id}) >= limit:
                 raise _NoSlotError
 
