@@ -634,7 +634,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         position = self.tokens.decode(v, "page_token", request.page_token, selection)
         v.raise_if_any()
 
-        def read(conn: Connection) -> list[Any]:
+        def read(conn: Connection) -> list[message_store.MessageRow]:
             record = self.manager.load(conn, campaign_id)
             if request.channel_id and record.channel(request.channel_id) is None:
                 raise errors.not_found(f"{record.name}/channels/{request.channel_id}")
@@ -905,7 +905,7 @@ def _live(
         progress.window_reopens_time.FromDatetime(reopens)
 
 
-def _message(campaign_id: str, row: Any) -> pb.Message:
+def _message(campaign_id: str, row: message_store.MessageRow) -> pb.Message:
     message = pb.Message(
         name=f"campaigns/{campaign_id}/channels/{row.channel_id}/messages/{row.id}",
         contact=f"contacts/{row.contact_id}" if row.contact_id else "",

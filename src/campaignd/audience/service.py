@@ -9,7 +9,6 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -34,6 +33,9 @@ from campaignd.store import segments as segment_store
 from campaignd.store import suppressions as suppression_store
 from campaignd.store.contacts import ContactRecord
 from campaignd.store.db import Database
+from campaignd.store.lists import ListRow
+from campaignd.store.segments import SegmentRow
+from campaignd.store.suppressions import SuppressionRow
 
 SUPPRESSION_REASONS = frozenset({"unsubscribed", "bounced", "complained", "opted_out", "manual"})
 # The method under which CreateContact's answers are stored by request_id.
@@ -272,7 +274,7 @@ class ContactManager:
 
     # -- lists ----------------------------------------------------------------------------------
 
-    async def create_list(self, list_id: str, display_name: str) -> tuple[str, str, dt.datetime, int]:
+    async def create_list(self, list_id: str, display_name: str) -> ListRow:
         """A new, empty list."""
         now = self.clock.now()
 
@@ -282,12 +284,12 @@ class ContactManager:
             list_store.insert_list(conn, list_id, display_name, now)
 
         await self.db.write(work)
-        return list_id, display_name, now, 0
+        return ListRow(list_id, display_name, now, 0)
 
-    async def list_lists(self, after: str, limit: int) -> list[tuple[str, str, dt.datetime, int]]:
+    async def list_lists(self, after: str, limit: int) -> list[ListRow]:
         """A page of lists with their member counts."""
 
-        def read(conn: Connection) -> list[tuple[str, str, dt.datetime, int]]:
+        def read(conn: Connection) -> list[ListRow]:
             return list_store.list_lists(conn, after=after, limit=limit)
 
         return await self.db.read(read)
@@ -328,11 +330,11 @@ class ContactManager:
 
     # -- segments -------------------------------------------------------------------------------
 
-    async def create_segment(self, segment_id: str, display_name: str, text: str) -> sa.Row[Any]:
+    async def create_segment(self, segment_id: str, display_name: str, text: str) -> SegmentRow:
         """A new segment; its filter was parsed by the caller."""
         now = self.clock.now()
 
-        def work(conn: Connection) -> sa.Row[Any]:
+        def work(conn: Connection) -> SegmentRow:
             if segment_store.get_segment(conn, segment_id) is not None:
                 raise errors.already_exists(f"segments/{segment_id}")
             segment_store.insert_segment(conn, segment_id, display_name, text, now)
@@ -342,17 +344,17 @@ class ContactManager:
 
         return await self.db.write(work)
 
-    async def get_segment(self, segment_id: str) -> sa.Row[Any]:
+    async def get_segment(self, segment_id: str) -> SegmentRow:
         """The segment, or NOT_FOUND."""
         row = await self.db.read(segment_store.get_segment, segment_id)
         if row is None:
             raise errors.not_found(f"segments/{segment_id}")
         return row
 
-    async def list_segments(self, after: str, limit: int) -> list[sa.Row[Any]]:
+    async def list_segments(self, after: str, limit: int) -> list[SegmentRow]:
         """A page of segments."""
 
-        def read(conn: Connection) -> list[sa.Row[Any]]:
+        def read(conn: Connection) -> list[SegmentRow]:
             return segment_store.list_segments(conn, after=after, limit=limit)
 
         return await self.db.read(read)
@@ -400,17 +402,17 @@ class ContactManager:
 
     async def list_suppressions(
         self, address: str, channel_type: str | None, reason: str, before: int | None, limit: int
-    ) -> list[sa.Row[Any]]:
+    ) -> list[SuppressionRow]:
         """A page of suppressions, newest first."""
 
-        def read(conn: Connection) -> list[sa.Row[Any]]:
+        def read(conn: Connection) -> list[SuppressionRow]:
             return suppression_store.list_suppressions(
                 conn, address=address, channel_type=channel_type, reason=reason, before=before, limit=limit
             )
 
         return await self.db.read(read)
 
-    async def check(self, address: str, channel_type: str) -> list[sa.Row[Any]]:
+    async def check(self, address: str, channel_type: str) -> list[SuppressionRow]:
         """The suppressions that apply to `address` on `channel_type`."""
         return await self.db.read(suppression_store.suppressions_for, address, channel_type)
 

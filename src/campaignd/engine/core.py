@@ -47,6 +47,7 @@ from campaignd.store import counts as count_store
 from campaignd.store import locks
 from campaignd.store import messages as message_store
 from campaignd.store.campaigns import CampaignRecord, ChannelRecord
+from campaignd.store.channels import ChannelRow
 from campaignd.store.db import Database, Fault, storage_fault
 
 log = logs.get("campaignd.engine")
@@ -453,7 +454,9 @@ class Engine:
         for channel_type, depth in (await self.db.read(count_store.queue_depths)).items():
             metrics.QUEUE_DEPTH.labels(channel_type).set(depth)
 
-    async def _tend(self, row: Any, key: Key, now: dt.datetime, running_types: dict[str, set[str]]) -> None:
+    async def _tend(
+        self, row: ChannelRow, key: Key, now: dt.datetime, running_types: dict[str, set[str]]
+    ) -> None:
         if row.state == "scheduled" and row.schedule_time is not None and row.schedule_time <= now:
             await self._start(row)
         elif row.state == "queued" and self._slot_free(row.type, row.campaign_id, running_types):
@@ -476,7 +479,7 @@ class Engine:
         holders = running.get(channel_type, set())
         return limit is None or campaign_id in holders or len(holders) < limit
 
-    async def _activate(self, row: Any) -> bool:
+    async def _activate(self, row: ChannelRow) -> bool:
         limit = self.config.slots.get(row.type)
 
         def take_slot(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
@@ -499,7 +502,7 @@ class Engine:
         except _NoSlotError:
             return False
 
-    async def _start(self, row: Any) -> None:
+    async def _start(self, row: ChannelRow) -> None:
         def resolve(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             # Checked again as at launch: the plugins' options or the transports may have changed
             # since it was scheduled. A channel that no longer validates fails VALIDATION_FAILED.
@@ -522,7 +525,7 @@ class Engine:
             await self.fail(row.campaign_id, row.channel_id, exc.reason, exc.message)
         self.wake()
 
-    async def _keep_running(self, key: Key, row: Any) -> None:
+    async def _keep_running(self, key: Key, row: ChannelRow) -> None:
         if key not in self._running_since:
             # The guard judges the sends since the channel (re)started running, so that a resumed
             # channel is not paused again at once for the failures it was paused for.
@@ -556,7 +559,7 @@ class Engine:
 
     # -- a worker ---------------------------------------------------------------------------------
 
-    async def _work(self, key: Key, row: Any, gate: ChannelGate) -> None:
+    async def _work(self, key: Key, row: ChannelRow, gate: ChannelGate) -> None:
         campaign_id, channel_id = key
         record = await self.campaigns.get(campaign_id)
         channel = record.channel(channel_id)
@@ -578,7 +581,7 @@ class Engine:
     async def _lane(
         self,
         key: Key,
-        row: Any,
+        row: ChannelRow,
         gate: ChannelGate,
         record: CampaignRecord,
         channel: ChannelRecord,
@@ -744,7 +747,7 @@ class Engine:
     async def _write_marks(self, ids: list[int]) -> set[int]:
         return await self.db.write(functools.partial(message_store.mark_started, owner=self.owner, ids=ids))
 
-    async def _open_zones(self, key: Key, row: Any) -> list[str | None] | None:
+    async def _open_zones(self, key: Key, row: ChannelRow) -> list[str | None] | None:
         window_record = row.send_window or self.plugins.default_window(row.type)
         if not window_record:
             return None

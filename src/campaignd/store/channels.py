@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from campaignd.lifecycle import ChannelState
 from campaignd.store.schema import campaigns, channels
 
 
-def channels_in(conn: Connection, states: Iterable[str]) -> list[sa.Row[Any]]:
-    """(campaign_id, channel_id, type, state, schedule_time, send_window, rate_limit) of channels in
-    these states, with the campaign's time zone and guard settings, oldest state change first."""
+@dataclass(frozen=True)
+class ChannelRow:
+    """What the engine's pass reads of a channel, with its campaign's time zone and guard."""
+
+    campaign_id: str
+    channel_id: str
+    type: str
+    state: ChannelState
+    schedule_time: dt.datetime | None
+    send_window: dict[str, Any] | None  # as stored; None: the channel type's default window
+    rate_limit: float  # messages per second; 0: no limit
+    state_time: dt.datetime
+    time_zone: str  # the campaign's
+    guard: dict[str, Any]  # the campaign's guard settings, as stored
+
+
+def channels_in(conn: Connection, states: Iterable[str]) -> list[ChannelRow]:
+    """Channels in these states, oldest state change first."""
     query = (
         sa.select(
             channels.c.campaign_id,
@@ -31,7 +49,7 @@ def channels_in(conn: Connection, states: Iterable[str]) -> list[sa.Row[Any]]:
         .where(channels.c.state.in_(list(states)))
         .order_by(channels.c.state_time)
     )
-    return list(conn.execute(query))
+    return [ChannelRow(**{**r._mapping, "state": ChannelState(r.state)}) for r in conn.execute(query)]
 
 
 def slot_holders(conn: Connection, channel_type: str) -> set[str]:

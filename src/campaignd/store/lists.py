@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -24,8 +25,17 @@ def insert_list(conn: Connection, list_id: str, display_name: str, now: dt.datet
     conn.execute(contact_lists.insert().values(id=list_id, display_name=display_name, create_time=now))
 
 
-def list_lists(conn: Connection, *, after: str, limit: int) -> list[tuple[str, str, dt.datetime, int]]:
-    """(id, display name, create time, member count) of lists ordered by id after `after`."""
+class ListRow(NamedTuple):
+    """A stored list with its member count."""
+
+    id: str
+    display_name: str
+    create_time: dt.datetime
+    members: int
+
+
+def list_lists(conn: Connection, *, after: str, limit: int) -> list[ListRow]:
+    """Lists ordered by id after `after`, with their member counts."""
     counts = (
         sa.select(list_members.c.list_id, sa.func.count().label("n"))
         .group_by(list_members.c.list_id)
@@ -38,7 +48,7 @@ def list_lists(conn: Connection, *, after: str, limit: int) -> list[tuple[str, s
         .order_by(contact_lists.c.id)
         .limit(limit)
     )
-    return [(r.id, r.display_name, r.create_time, r.members) for r in conn.execute(query)]
+    return [ListRow(r.id, r.display_name, r.create_time, int(r.members)) for r in conn.execute(query)]
 
 
 def delete_list(conn: Connection, list_id: str) -> bool:

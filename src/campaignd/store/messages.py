@@ -11,6 +11,7 @@ they fail as `ambiguous` and are never sent again, unless their channel chose to
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,27 @@ class Leased:
     time_zone: str | None
     attempts: int
     contact: int | None
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A message as ListMessages shows it."""
+
+    id: int
+    channel_id: str
+    contact_id: str | None  # None once the contact was deleted, or for a message without one
+    address: str
+    state: str
+    attempts: int
+    transport: str | None
+    provider_id: str | None
+    last_error: str | None
+    reason: str | None
+    outcome: str | None
+    parts: int | None  # None: one, or none if never sent
+    talk_time: float | None
+    create_time: dt.datetime
+    update_time: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -482,6 +504,9 @@ def failure_reasons(conn: Connection, campaign_id: str) -> dict[tuple[str, str],
     return found
 
 
+_MESSAGE_COLUMNS = [f.name for f in dataclasses.fields(MessageRow) if f.name != "contact_id"]
+
+
 def list_messages(
     conn: Connection,
     campaign_id: str,
@@ -491,11 +516,10 @@ def list_messages(
     reason: str,
     after: int,
     limit: int,
-) -> list[sa.Row[Any]]:
+) -> list[MessageRow]:
     """Messages of a campaign in row order after `after`, with the given filters."""
-    query = sa.select(messages, contacts.c.contact_id).outerjoin(
-        contacts, contacts.c.id == messages.c.contact
-    )
+    shown = [messages.c[name] for name in _MESSAGE_COLUMNS]
+    query = sa.select(*shown, contacts.c.contact_id).outerjoin(contacts, contacts.c.id == messages.c.contact)
     query = query.where(messages.c.campaign_id == campaign_id, messages.c.id > after)
     if channel_id:
         query = query.where(messages.c.channel_id == channel_id)
@@ -503,7 +527,7 @@ def list_messages(
         query = query.where(messages.c.state.in_(list(states)))
     if reason:
         query = query.where(messages.c.reason == reason)
-    return list(conn.execute(query.order_by(messages.c.id).limit(limit)))
+    return [MessageRow(**r._mapping) for r in conn.execute(query.order_by(messages.c.id).limit(limit))]
 
 
 def transport_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str, str], int]:

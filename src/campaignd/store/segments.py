@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -11,9 +11,23 @@ from sqlalchemy.engine import Connection
 from campaignd.store.schema import segments
 
 
-def get_segment(conn: Connection, segment_id: str) -> sa.Row[Any] | None:
-    """The segment row."""
-    return conn.execute(sa.select(segments).where(segments.c.id == segment_id)).one_or_none()
+@dataclass(frozen=True)
+class SegmentRow:
+    """A stored segment."""
+
+    id: str
+    display_name: str
+    filter: str  # the filter's text, as the client wrote it
+    create_time: dt.datetime
+
+
+_SELECT = sa.select(segments.c.id, segments.c.display_name, segments.c.filter, segments.c.create_time)
+
+
+def get_segment(conn: Connection, segment_id: str) -> SegmentRow | None:
+    """The segment with this id."""
+    row = conn.execute(_SELECT.where(segments.c.id == segment_id)).one_or_none()
+    return None if row is None else SegmentRow(**row._mapping)
 
 
 def insert_segment(conn: Connection, segment_id: str, display_name: str, text: str, now: dt.datetime) -> None:
@@ -23,11 +37,10 @@ def insert_segment(conn: Connection, segment_id: str, display_name: str, text: s
     )
 
 
-def list_segments(conn: Connection, *, after: str, limit: int) -> list[sa.Row[Any]]:
+def list_segments(conn: Connection, *, after: str, limit: int) -> list[SegmentRow]:
     """Segments ordered by id after `after`."""
-    return list(
-        conn.execute(sa.select(segments).where(segments.c.id > after).order_by(segments.c.id).limit(limit))
-    )
+    rows = conn.execute(_SELECT.where(segments.c.id > after).order_by(segments.c.id).limit(limit))
+    return [SegmentRow(**r._mapping) for r in rows]
 
 
 def delete_segment(conn: Connection, segment_id: str) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,6 +12,28 @@ from sqlalchemy.engine import Connection
 
 from campaignd.store.schema import suppressions
 from campaignd.store.sql import insert_ignore
+
+
+@dataclass(frozen=True)
+class SuppressionRow:
+    """A stored suppression."""
+
+    id: int
+    address: str
+    channel_type: str  # "" for every channel type
+    reason: str
+    source: str
+    create_time: dt.datetime
+
+
+_SELECT = sa.select(
+    suppressions.c.id,
+    suppressions.c.address,
+    suppressions.c.channel_type,
+    suppressions.c.reason,
+    suppressions.c.source,
+    suppressions.c.create_time,
+)
 
 
 def add_suppressions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -48,9 +72,9 @@ def remove_suppression(conn: Connection, suppression_id: int) -> bool:
 
 def list_suppressions(
     conn: Connection, *, address: str, channel_type: str | None, reason: str, before: int | None, limit: int
-) -> list[sa.Row[Any]]:
+) -> list[SuppressionRow]:
     """Suppressions newest first, before row id `before`, with the given filters."""
-    query = sa.select(suppressions)
+    query = _SELECT
     if address:
         query = query.where(suppressions.c.address == address)
     if channel_type is not None:
@@ -59,15 +83,15 @@ def list_suppressions(
         query = query.where(suppressions.c.reason == reason)
     if before is not None:
         query = query.where(suppressions.c.id < before)
-    return list(conn.execute(query.order_by(suppressions.c.id.desc()).limit(limit)))
+    rows = conn.execute(query.order_by(suppressions.c.id.desc()).limit(limit))
+    return [SuppressionRow(**r._mapping) for r in rows]
 
 
-def suppressions_for(conn: Connection, address: str, channel_type: str) -> list[sa.Row[Any]]:
+def suppressions_for(conn: Connection, address: str, channel_type: str) -> list[SuppressionRow]:
     """The suppressions that keep `address` from being contacted on `channel_type`."""
-    return list(
-        conn.execute(
-            sa.select(suppressions)
-            .where(suppressions.c.address == address, suppressions.c.channel_type.in_(["", channel_type]))
-            .order_by(suppressions.c.id)
-        )
+    rows = conn.execute(
+        _SELECT.where(
+            suppressions.c.address == address, suppressions.c.channel_type.in_(["", channel_type])
+        ).order_by(suppressions.c.id)
     )
+    return [SuppressionRow(**r._mapping) for r in rows]
