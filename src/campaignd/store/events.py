@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from campaignd.store.counts import add_counts
-from campaignd.store.messages import EVENT_MOVES
+from campaignd.store.messages import EVENT_MOVES, moving
 from campaignd.store.schema import channels, message_events, messages
 from campaignd.store.sql import dialect_insert
 
@@ -146,7 +146,7 @@ def record(
     if move and target.state in frm:
         moved = conn.execute(
             messages.update()
-            .where(messages.c.id == target.id, messages.c.state == target.state)
+            .where(messages.c.id == target.id, moving([target.state], to))
             .values(
                 state=to,
                 reason=kind if to == "failed" else None,

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from campaignd.lifecycle import MessageState, message_sources
 from campaignd.store.counts import add_counts
 from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages, suppressions
 
@@ -77,6 +78,30 @@ class Outcome:
     talk_time: float | None = None  # seconds an answered call lasted
 
 
+# -- moves ----------------------------------------------------------------------------------------
+
+
+class IllegalMoveError(RuntimeError):
+    """A move of a message that `lifecycle.MESSAGE_TRANSITIONS` does not allow: a bug, never a
+    client's doing; the transaction that tried it writes nothing."""
+
+
+def check_moves(moves: Iterable[tuple[str, str]]) -> None:
+    """Raise IllegalMoveError unless the lifecycle allows each (from state, to state) move.
+    Staying in a state (a result that refines an `ambiguous` failure) is no move."""
+    for frm, to in set(moves):
+        if frm != to and MessageState(frm) not in message_sources(MessageState(to)):
+            raise IllegalMoveError(f"a message cannot move from {frm} to {to}")
+
+
+def moving(frm: Iterable[str], to: str) -> sa.ColumnElement[bool]:
+    """The WHERE condition of an UPDATE that moves messages in states `frm` to `to`; raises
+    IllegalMoveError, before anything is written, when the lifecycle forbids one of the moves."""
+    states = sorted(set(frm))
+    check_moves((state, to) for state in states)
+    return messages.c.state == states[0] if len(states) == 1 else messages.c.state.in_(states)
+
+
 # -- leases ---------------------------------------------------------------------------------------
 
 
@@ -106,7 +131,7 @@ def lease(
         where = [
             messages.c.campaign_id == campaign_id,
             messages.c.channel_id == channel_id,
-            messages.c.state == state,
+            moving([state], SENDING),
         ]
         if state == "retrying":
             where.append(messages.c.next_attempt_time <= now)
@@ -180,7 +205,7 @@ def _opt_out(
         ids = [mid for mid, why in reasons.items() if why == reason]
         conn.execute(
             messages.update()
-            .where(messages.c.id.in_(ids))
+            .where(messages.c.id.in_(ids), moving([SENDING], "opted_out"))
             .values(state="opted_out", reason=reason, lease_owner=None, lease_expiry=None, update_time=now)
         )
     add_counts(conn, campaign_id, channel_id, {SENDING: -len(reasons), "opted_out": len(reasons)})
@@ -248,6 +273,7 @@ def record(
     valid = [o for o in outcomes if o.id in ours and (ours[o.id] == SENDING or o.state != "queued")]
     if not valid:
         return 0
+    check_moves((ours[o.id], o.state) for o in valid)
     started = [o for o in valid if o.state != "queued" and o.attempted]
     conn.execute(
         messages.update()
@@ -301,7 +327,7 @@ def _move_matching(
 ) -> dict[tuple[str, str], int]:
     """Move every message in state `frm` matching `where` to `to` in one statement, with the
     counters of each channel; returns how many moved per (campaign id, channel id)."""
-    matching = [messages.c.state == frm, *where]
+    matching = [moving([frm], to), *where]
     found = conn.execute(
         sa.select(messages.c.campaign_id, messages.c.channel_id, sa.func.count())
         .where(*matching)
@@ -410,7 +436,7 @@ def move_messages(
             .where(
                 messages.c.campaign_id == campaign_id,
                 messages.c.channel_id == channel_id,
-                messages.c.state == state,
+                moving([state], to),
             )
             .values(
                 state=to,
@@ -430,23 +456,28 @@ def requeue_for_restart(
     """Restart a stopped channel: its CANCELLED messages that were never attempted queue again,
     except those whose address was suppressed since (for the type, or for every type), which
     become OPTED_OUT. Returns (queued, opted out)."""
-    mine = [
-        messages.c.campaign_id == campaign_id,
-        messages.c.channel_id == channel_id,
-        messages.c.state == "cancelled",
-        messages.c.attempts == 0,
-    ]
+
+    def mine(to: str) -> list[sa.ColumnElement[bool]]:
+        return [
+            messages.c.campaign_id == campaign_id,
+            messages.c.channel_id == channel_id,
+            moving(["cancelled"], to),
+            messages.c.attempts == 0,
+        ]
+
     suppressed = sa.exists().where(
         suppressions.c.address == messages.c.address,
         suppressions.c.channel_type.in_([channel_type, ""]),
     )
     opted_out = conn.execute(
         messages.update()
-        .where(*mine, suppressed)
+        .where(*mine("opted_out"), suppressed)
         .values(state="opted_out", reason="suppressed", update_time=now)
     ).rowcount
     queued = conn.execute(
-        messages.update().where(*mine).values(state="queued", update_time=now, next_attempt_time=None)
+        messages.update()
+        .where(*mine("queued"))
+        .values(state="queued", update_time=now, next_attempt_time=None)
     ).rowcount
     add_counts(
         conn,
@@ -603,6 +634,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
         for row in found:
             rows.setdefault(row.provider_id, []).append(row)
     moves: dict[int, dict[str, Any]] = {}
+    steps: set[tuple[str, str]] = set()
     outcomes: dict[int, str] = {}
     states: dict[int, str] = {}
     deltas: dict[tuple[str, str], Counter[str]] = {}
@@ -619,6 +651,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
                     "error": event.detail or None,
                 }
                 states[row.id] = to
+                steps.add((state, to))
                 counter = deltas.setdefault((row.campaign_id, row.channel_id), Counter())
                 counter[state] -= 1
                 counter[to] += 1
@@ -629,6 +662,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
                 continue
             touched.add(row.campaign_id)
     if moves:
+        check_moves(steps)
         conn.execute(
             messages.update()
             .where(messages.c.id == sa.bindparam("mid"))
@@ -668,7 +702,7 @@ def opt_out_latest(
         sa.select(messages.c.id, messages.c.campaign_id, messages.c.channel_id, messages.c.state)
         .where(
             messages.c.address == address,
-            messages.c.state.in_(OPTED_OUT_FROM),
+            moving(OPTED_OUT_FROM, "opted_out"),
             sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(of_type),
             messages.c.campaign_id.in_(live),
         )
@@ -679,7 +713,7 @@ def opt_out_latest(
         return None
     conn.execute(
         messages.update()
-        .where(messages.c.id == row.id)
+        .where(messages.c.id == row.id, moving([row.state], "opted_out"))
         .values(state="opted_out", outcome="opted_out", last_error=detail or None, update_time=now)
     )
     add_counts(conn, row.campaign_id, row.channel_id, {row.state: -1, "opted_out": 1})
