@@ -6,7 +6,8 @@ launch. The owner marks a message `started` before handing it to its channel plu
 back the ones it did not start. SENDING messages whose lease ran out belonged to an owner that
 died: those never started go back to QUEUED; whether the started ones went out is unknown, so
 they fail as `ambiguous` and are never sent again, unless their channel chose to resend them
-(SPEC §8). Every change of a message's state moves the channel's counters in the same transaction.
+(SPEC §8). Every change of a message's state is one `lifecycle.MESSAGE_TRANSITIONS` allows
+(`moving`, `check_moves`) and moves the channel's counters in the same transaction.
 """
 
 from __future__ import annotations
