@@ -36,9 +36,11 @@ from campaignd.plugin import (
     TemplateError,
 )
 from campaignd.plugin.manager import PluginCallError, Plugins
-from campaignd.store import audience as audience_store
-from campaignd.store import engine as engine_store
+from campaignd.store import channels as channel_store
+from campaignd.store import contacts as contact_store
+from campaignd.store import counts as count_store
 from campaignd.store import events as event_store
+from campaignd.store import messages as message_store
 from campaignd.store.campaigns import CampaignFilter, CampaignRecord, ChannelRecord
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
@@ -311,7 +313,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             return
         for channel in chosen:
             limit = engine.slots.get(channel.type)
-            holders = engine_store.slot_holders(conn, channel.type) - {record.id}
+            holders = channel_store.slot_holders(conn, channel.type) - {record.id}
             if limit is not None and len(holders) >= limit:
                 raise errors.failed_precondition(
                     "NO_SLOT",
@@ -345,7 +347,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         def requeue(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             now = self.manager.clock.now()
             for channel in chosen:
-                audience_store.requeue_for_restart(conn, record.id, channel.channel_id, channel.type, now)
+                message_store.requeue_for_restart(conn, record.id, channel.channel_id, channel.type, now)
 
         return await self._transition(
             "RestartCampaign", Operation.RESTART, request, reason=request.reason, before_commit=requeue
@@ -368,7 +370,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         def move(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             now = self.manager.clock.now()
             for channel in chosen:
-                audience_store.move_messages(
+                message_store.move_messages(
                     conn, record.id, channel.channel_id, [s.value for s in frm], to.value, now
                 )
 
@@ -524,7 +526,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         its `kind`, with the fields of the contact that has it, if any; negative message ids."""
         normalised = _test_addresses(addresses, kind, self.settings().audience.default_region, field)
         contacts = await self.manager.db.read(
-            lambda conn: engine_store.contacts_by_address(conn, kind, normalised)
+            lambda conn: contact_store.contacts_by_address(conn, kind, normalised)
         )
         return [
             Recipient(-(index + 1), address, contacts.get(address, {}), 1)
@@ -566,9 +568,9 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         # update of a watch.
         by_transport, parts, outcomes = await self.manager.db.read(
             lambda conn: (
-                engine_store.transport_counts(conn, campaign_id),
-                engine_store.part_counts(conn, campaign_id),
-                engine_store.outcome_counts(conn, campaign_id),
+                message_store.transport_counts(conn, campaign_id),
+                message_store.part_counts(conn, campaign_id),
+                message_store.outcome_counts(conn, campaign_id),
             )
         )
         for channel in report.channels:
@@ -600,10 +602,10 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             dict[str, event_store.Engagement],
         ]:
             record = self.manager.load(conn, campaign_id)
-            counts = audience_store.message_counts(conn, campaign_id)
+            counts = count_store.read_counts(conn, campaign_id)
             # The reasons take a pass over the failed messages; most updates of a watch have none.
             failed = any(n for (_, state), n in counts.items() if state == "failed")
-            reasons = audience_store.failure_reasons(conn, campaign_id) if failed else {}
+            reasons = message_store.failure_reasons(conn, campaign_id) if failed else {}
             return record, counts, reasons, event_store.engagement(conn, campaign_id)
 
         record, counts, reasons, engaged = await self.manager.db.read(read)
@@ -632,11 +634,11 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         position = self.tokens.decode(v, "page_token", request.page_token, selection)
         v.raise_if_any()
 
-        def read(conn: Connection) -> list[Any]:
+        def read(conn: Connection) -> list[message_store.MessageRow]:
             record = self.manager.load(conn, campaign_id)
             if request.channel_id and record.channel(request.channel_id) is None:
                 raise errors.not_found(f"{record.name}/channels/{request.channel_id}")
-            return audience_store.list_messages(
+            return message_store.list_messages(
                 conn,
                 campaign_id,
                 channel_id=request.channel_id,
@@ -903,7 +905,7 @@ def _live(
         progress.window_reopens_time.FromDatetime(reopens)
 
 
-def _message(campaign_id: str, row: Any) -> pb.Message:
+def _message(campaign_id: str, row: message_store.MessageRow) -> pb.Message:
     message = pb.Message(
         name=f"campaigns/{campaign_id}/channels/{row.channel_id}/messages/{row.id}",
         contact=f"contacts/{row.contact_id}" if row.contact_id else "",

@@ -22,7 +22,9 @@ from campaignd.audience.importing import ImportResult, ImportSession, Rejection,
 from campaignd.audience.service import SUPPRESSION_REASONS, ContactManager, new_id
 from campaignd.config import Settings
 from campaignd.errors import FieldViolation
-from campaignd.store.audience import ContactRecord
+from campaignd.store.contacts import ContactRecord
+from campaignd.store.segments import SegmentRow
+from campaignd.store.suppressions import SuppressionRow
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 
@@ -490,7 +492,7 @@ def _list_message(list_id: str, display_name: str, created: Any, members: int) -
     )
 
 
-def _segment_message(row: Any) -> cs.Segment:
+def _segment_message(row: SegmentRow) -> cs.Segment:
     return cs.Segment(
         name=f"segments/{row.id}",
         display_name=row.display_name,
@@ -499,7 +501,7 @@ def _segment_message(row: Any) -> cs.Segment:
     )
 
 
-def _suppression_message(row: Any) -> cs.Suppression:
+def _suppression_message(row: SuppressionRow) -> cs.Suppression:
     return cs.Suppression(
         name=f"suppressions/{row.id}",
         address=row.address,
