@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from campaignd.campaigns import MAX_CHANNELS
+from campaignd.engine.windows import HHMM
 from campaignd.errors import FieldViolation, invalid_argument
 from campaignd.lifecycle import ChannelState, MessageState
 from campaignd.plugin.manager import Plugins
@@ -27,7 +28,6 @@ ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
 LIST_NAME = re.compile(r"lists/[a-z][a-z0-9-]{0,62}")
 SEGMENT_NAME = re.compile(r"segments/[a-z][a-z0-9-]{0,62}")
-HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 TRANSPORT = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
