@@ -17,18 +17,15 @@ from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import Client
 from tests.integration.conftest import DaemonFactory, DaemonProcess
-from tests.integration.test_email import (
+from tests.integration.email_campaigns import (
     ENV,
     UNSUBSCRIBE,
     Server,
-    _email_channel,
-    _import,
-    _readers,
-    _transport,
-    smtp,
+    email_channel,
+    email_transport,
+    import_people,
+    readers,
 )
-
-__all__ = ["smtp"]  # the fixture
 
 # Within 10 % of the rate the server received over the same 10 seconds, once the window no
 # longer reaches into the first 3 seconds of the run, in which the engine marks sends as started
@@ -41,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 
 def _config(port: int, extra: str = "") -> str:
-    return "[engine]\ntick_interval = 0.1\n" + extra + UNSUBSCRIBE + _transport("sink", port)
+    return "[engine]\ntick_interval = 0.1\n" + extra + UNSUBSCRIBE + email_transport("sink", port)
 
 
 def _watch(daemon: DaemonProcess, name: str, seen: list[tuple[float, float]]) -> None:
@@ -79,11 +76,11 @@ def _send(
 ) -> list[list[tuple[float, float]]]:
     """Launch a campaign of `total` through the first daemon at a channel rate of `rate` and watch
     it on every daemon; returns each watch's (time, rate) updates."""
-    _import(daemons[0], _readers(total))
+    import_people(daemons[0], readers(total))
     with daemons[0].channel() as channel:
         client = Client(channel)
         campaign = client.create(
-            _email_channel(rate=rate), audience=pb.Audience(target_lists=["lists/readers"])
+            email_channel(rate=rate), audience=pb.Audience(target_lists=["lists/readers"])
         )
         seen: list[list[tuple[float, float]]] = [[] for _ in daemons]
         watchers = [

@@ -1,7 +1,7 @@
 """The slot limit (SPEC §4.4) on every way into RUNNING, in the real daemon with one slot per
 test channel type: a scheduled start, Resume (of a channel paused while QUEUED too), Restart and
 RetryFailedMessages, under both policies, and two daemons on one PostgreSQL database. Launch and
-activation are in test_engine.py and test_engine_more.py.
+activation are in test_engine.py.
 
 A campaign that ran and was paused holds the slot for as long as a test needs it."""
 
@@ -20,9 +20,9 @@ from google.protobuf import timestamp_pb2
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import ATTESTATION, Client, failure
-from tests.integration.conftest import DaemonFactory, DaemonProcess
-from tests.integration.test_engine import FAST, PLUGINS, _content, _received, _wait
+from tests.integration.campaign_client import ATTESTATION, Client, failure, wait_until
+from tests.integration.conftest import TEST_CHANNELS, DaemonFactory, DaemonProcess
+from tests.integration.sending import FAST, double_campaign, import_list, sink_log
 
 SLOTS = 'slots = { "test-email" = 1, "test-sms" = 1 }\n'
 _lists = itertools.count()
@@ -31,44 +31,20 @@ pytestmark = pytest.mark.slow
 
 
 def _daemon(factory: DaemonFactory, policy: str, extra: str = "") -> DaemonProcess:
-    return factory(PLUGINS + FAST + SLOTS + f'slot_policy = "{policy}"\n' + extra).start()
-
-
-def _people(client: Client, list_id: str, count: int) -> list[str]:
-    """A list of `count` contacts with an email address and a phone number; their numbers."""
-    client.contacts.CreateList(
-        cs.CreateListRequest(list_id=list_id, list=cs.ContactList(display_name=list_id))
-    )
-    block = next(_lists)
-    rows = [
-        cs.ContactRow(email=f"p{i}@{list_id}.example.org", phone=f"+1202555{block:02d}{i:02d}")
-        for i in range(count)
-    ]
-    client.contacts.ImportContacts(
-        iter(
-            [
-                cs.ImportContactsRequest(options=cs.ImportOptions(list=f"lists/{list_id}")),
-                cs.ImportContactsRequest(rows=rows),
-            ]
-        )
-    )
-    return [row.phone for row in rows]
+    return factory(TEST_CHANNELS + FAST + SLOTS + f'slot_policy = "{policy}"\n' + extra).start()
 
 
 def _create(
     client: Client, list_id: str, count: int, type_: str = "test-email", **content: Any
 ) -> pb.Campaign:
-    _people(client, list_id, count)
-    channel = pb.Channel(channel_id="main", type=type_, content=_content(**content))
-    return client.stub.CreateCampaign(
-        svc.CreateCampaignRequest(
-            campaign=pb.Campaign(
-                display_name=list_id,
-                audience=pb.Audience(target_lists=[f"lists/{list_id}"]),
-                channels=[channel],
-            )
-        )
-    )
+    """A campaign of one `type_` channel to a new list of `count` contacts, each with an email
+    address and a phone number."""
+    block = next(_lists)
+    rows = [
+        cs.ContactRow(email=f"p{i}@{list_id}.example.org", phone=f"+12025{block:02d}{i:04d}")
+        for i in range(count)
+    ]
+    return double_campaign(client, import_list(client, list_id, rows), type_=type_, **content)
 
 
 def _report(client: Client, campaign: pb.Campaign) -> pb.Progress:
@@ -80,7 +56,7 @@ def _state(client: Client, campaign: pb.Campaign) -> int:
 
 
 def _wait_state(client: Client, campaign: pb.Campaign, state: int, seconds: float = 30) -> None:
-    _wait(lambda: _state(client, campaign) == state, seconds, f"{campaign.name} in state {state}")
+    wait_until(lambda: _state(client, campaign) == state, seconds, f"{campaign.name} in state {state}")
 
 
 def _holder(client: Client, type_: str = "test-email") -> pb.Campaign:
@@ -102,12 +78,12 @@ def _stays(
     client: Client, campaign: pb.Campaign, state: int, sink: pathlib.Path, seconds: float = 1.0
 ) -> None:
     """The channel stays in `state` for `seconds`, and its sink receives nothing meanwhile."""
-    received = len(_received(sink))
+    received = len(sink_log(sink))
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert _state(client, campaign) == state
         time.sleep(0.1)
-    assert len(_received(sink)) == received
+    assert len(sink_log(sink)) == received
 
 
 def _no_slot(call: Any) -> None:
@@ -143,7 +119,7 @@ def test_a_scheduled_start_waits_for_the_slot_and_a_resume_without_one_is_refuse
         assert client.resume(scheduled.name).channels[0].state == pb.Channel.RUNNING
         _wait_state(client, scheduled, pb.Channel.COMPLETED)
         moves = _moves(client, scheduled)
-    assert len(_received(sink)) == 10
+    assert len(sink_log(sink)) == 10
     assert moves == [
         ("schedule", pb.Channel.DRAFT, pb.Channel.SCHEDULED),
         ("start", pb.Channel.SCHEDULED, pb.Channel.QUEUED),
@@ -171,7 +147,7 @@ def test_resume_of_a_channel_paused_while_queued_waits_for_the_slot(
         client.stop(holder.name)
         _wait_state(client, waiting, pb.Channel.COMPLETED)
         moves = _moves(client, waiting)
-    assert len(_received(sink)) == 10
+    assert len(sink_log(sink)) == 10
     assert moves == [
         ("launch", pb.Channel.DRAFT, pb.Channel.QUEUED),
         ("pause", pb.Channel.QUEUED, pb.Channel.PAUSED),
@@ -254,7 +230,7 @@ def test_restart_is_held_to_the_slot(
         numbers = [
             m.address for m in client.stub.ListMessages(svc.ListMessagesRequest(parent=stopped.name)).messages
         ]
-    received = [a for _, a in _received(sink)]
+    received = [a for _, a in sink_log(sink)]
     assert sorted(received) == sorted(numbers)
     assert len(set(received)) == 10
 
@@ -274,7 +250,7 @@ def test_retry_failed_is_held_to_the_slot(
         client.launch(retried.name)
         _wait_state(client, retried, pb.Channel.COMPLETED)
         assert _report(client, retried).failed == 1
-        sent_before = len(_received(sink))
+        sent_before = len(sink_log(sink))
         holder = _holder(client)
 
         def retry() -> pb.Campaign:
@@ -293,13 +269,13 @@ def test_retry_failed_is_held_to_the_slot(
                 1,
             )
         time.sleep(1.0)
-        assert len(_received(sink)) == sent_before
+        assert len(sink_log(sink)) == sent_before
         client.stop(holder.name)
         if policy == "refuse":
             retry()
         _wait_state(client, retried, pb.Channel.COMPLETED)
         moves = _moves(client, retried)
-    assert len(_received(sink)) == sent_before + 1
+    assert len(sink_log(sink)) == sent_before + 1
     assert (
         "retry_failed",
         pb.Channel.COMPLETED,
@@ -310,7 +286,7 @@ def test_retry_failed_is_held_to_the_slot(
 def test_two_daemons_on_postgresql_never_share_one_slot(daemon_factory: DaemonFactory, pg_url: str) -> None:
     """Two daemons activating queued campaigns on one PostgreSQL database: one slot, one campaign
     RUNNING at a time, and every campaign completes."""
-    config = PLUGINS + FAST + SLOTS + f'[database]\nurl = "{pg_url}"\n'
+    config = TEST_CHANNELS + FAST + SLOTS + f'[database]\nurl = "{pg_url}"\n'
     first = daemon_factory(config, name="a").start()
     daemon_factory(config, name="b").start()
     with first.channel() as channel:

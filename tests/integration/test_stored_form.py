@@ -9,8 +9,7 @@ import sqlite3
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import Client, channel
-from tests.integration.conftest import DaemonFactory, DaemonProcess
-from tests.integration.test_engine import PLUGINS
+from tests.integration.conftest import TEST_CHANNELS, DaemonFactory, DaemonProcess
 
 
 def _columns(daemon: DaemonProcess, query: str, *args: str) -> tuple[str, ...]:
@@ -22,7 +21,7 @@ def _columns(daemon: DaemonProcess, query: str, *args: str) -> tuple[str, ...]:
 def test_values_are_stored_as_json_in_the_known_form(daemon_factory: DaemonFactory) -> None:
     """Audience, guard, attestation, send window, transports and remarketing source are stored as
     the same JSON text as ever, and read back unchanged."""
-    daemon = daemon_factory(PLUGINS).start()
+    daemon = daemon_factory(TEST_CHANNELS).start()
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         mail = channel()

@@ -24,6 +24,7 @@ from campaignd.lifecycle import CampaignState, MessageState
 from campaignd.model import CampaignRecord
 from campaignd.plugin import EventKind, MessageEvent
 from campaignd.plugin.manager import Plugins
+from campaignd.store import messages as message_store
 from campaignd.store.campaigns import CampaignFilter
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
@@ -114,26 +115,24 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         v.text("channel_type", request.channel_type, max_length=63)
         for key, label in request.labels.items():
             v.text(f"labels[{key[:70]}]", key + label, max_length=126)
-        size = convert.page_size(v, "page_size", request.page_size, 50, self.settings().limits.max_page_size)
         selection = CampaignFilter(
             frozenset(states),
             request.channel_type,
             dict(sorted(request.labels.items())),
             request.show_archived,
         )
-        position = self.tokens.decode(v, "page_token", request.page_token, selection)
+        page = self.tokens.page(v, request, selection, 50, self.settings().limits.max_page_size)
         v.raise_if_any()
         after = None
-        if position is not None:
-            after = (dt.datetime.fromisoformat(str(position["t"])), str(position["i"]))
-        records = await self.manager.list_campaigns(selection, after, size + 1)
-        response = svc.ListCampaignsResponse(campaigns=[convert.campaign_message(r) for r in records[:size]])
-        if len(records) > size:
-            last = records[size - 1]
-            response.next_page_token = self.tokens.encode(
-                {"t": last.create_time.isoformat(), "i": last.id}, selection
-            )
-        return response
+        if page.position is not None:
+            after = (dt.datetime.fromisoformat(str(page.position["t"])), str(page.position["i"]))
+        records = await self.manager.list_campaigns(selection, after, page.limit)
+        shown, next_token = page.result(
+            records, lambda last: {"t": last.create_time.isoformat(), "i": last.id}
+        )
+        return svc.ListCampaignsResponse(
+            campaigns=[convert.campaign_message(r) for r in shown], next_page_token=next_token
+        )
 
     @unary
     async def UpdateCampaign(self, request: svc.UpdateCampaignRequest, context: Context) -> pb.Campaign:
@@ -367,21 +366,20 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             if value in pb.Message.State.values() and value != pb.Message.STATE_UNSPECIFIED
         )
         selection = (campaign_id, request.channel_id, tuple(states), request.reason)
-        size = convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
-        position = self.tokens.decode(v, "page_token", request.page_token, selection)
+        page = self.tokens.page(v, request, selection, 100, self.settings().limits.max_page_size)
         v.raise_if_any()
         rows = await self.manager.messages(
             campaign_id,
             channel_id=request.channel_id,
             states=states,
             reason=request.reason,
-            after=int(position["a"]) if position else 0,
-            limit=size + 1,
+            after=int(page.position["a"]) if page.position else 0,
+            limit=page.limit,
         )
-        response = svc.ListMessagesResponse(messages=[_message(campaign_id, r) for r in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = self.tokens.encode({"a": rows[size - 1].id}, selection)
-        return response
+        shown, next_token = page.result(rows, lambda last: {"a": last.id})
+        return svc.ListMessagesResponse(
+            messages=[_message(campaign_id, r) for r in shown], next_page_token=next_token
+        )
 
     @unary
     async def ListCampaignHistory(
@@ -389,15 +387,14 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     ) -> svc.ListCampaignHistoryResponse:
         v = Violations()
         campaign_id = campaign_id_from_name(request.parent, "parent")
-        size = convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
-        position = self.tokens.decode(v, "page_token", request.page_token, campaign_id)
+        page = self.tokens.page(v, request, campaign_id, 100, self.settings().limits.max_page_size)
         v.raise_if_any()
-        after = int(position["a"]) if position is not None else 0
-        events = await self.manager.history(campaign_id, after, size + 1)
-        response = svc.ListCampaignHistoryResponse(events=[convert.event_message(e) for e in events[:size]])
-        if len(events) > size:
-            response.next_page_token = self.tokens.encode({"a": events[size - 1].sequence}, campaign_id)
-        return response
+        after = int(page.position["a"]) if page.position is not None else 0
+        events = await self.manager.history(campaign_id, after, page.limit)
+        shown, next_token = page.result(events, lambda last: {"a": last.sequence})
+        return svc.ListCampaignHistoryResponse(
+            events=[convert.event_message(e) for e in shown], next_page_token=next_token
+        )
 
     @streaming
     async def WatchCampaign(
@@ -508,7 +505,7 @@ def _message_event(v: Violations, path: str, event: svc.MessageEvent) -> Message
     )
 
 
-def _message(campaign_id: str, row: Any) -> pb.Message:
+def _message(campaign_id: str, row: message_store.MessageRow) -> pb.Message:
     message = pb.Message(
         name=f"campaigns/{campaign_id}/channels/{row.channel_id}/messages/{row.id}",
         contact=f"contacts/{row.contact_id}" if row.contact_id else "",

@@ -3,7 +3,8 @@ freezing its recipients into messages.
 
 Every way into RUNNING comes through here, inside the transaction of its move: LaunchCampaign,
 the engine's start of a scheduled channel and its activation of a QUEUED one, and Resume,
-Restart and RetryFailedMessages. The slot count is one function, made exact by one lock.
+Restart and RetryFailedMessages. The slot count is one function, made exact by the store's
+slot lock.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from campaignd import errors, lifecycle
@@ -22,18 +22,12 @@ from campaignd.errors import ApiError, Code, FieldViolation
 from campaignd.lifecycle import Allowed, ChannelState
 from campaignd.model import Audience, CampaignRecord, ChannelRecord
 from campaignd.plugin.manager import Plugins
-from campaignd.store import audience as audience_store
-from campaignd.store import engine as engine_store
+from campaignd.store import channels as channel_store
+from campaignd.store import lists as list_store
+from campaignd.store import locks, resolution
+from campaignd.store import segments as segment_store
 
 Chosen = list[tuple[ChannelRecord, Allowed]]
-
-
-def lock_slots(conn: Connection, channel_type: str) -> None:
-    """Hold the slots of `channel_type` until the transaction ends, so that the count that
-    follows stays true: daemons sharing a PostgreSQL database queue here, per channel type.
-    SQLite needs nothing: its writers hold the database lock from BEGIN IMMEDIATE."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": f"slot:{channel_type}"})
 
 
 class Launcher:
@@ -95,12 +89,12 @@ class Launcher:
 
     def resolve(
         self, conn: Connection, record: CampaignRecord, channel: ChannelRecord, *, freeze: bool
-    ) -> audience_store.AudienceCounts:
+    ) -> resolution.AudienceCounts:
         """Resolve one channel's recipients (§3.5 step 3); with `freeze`, write them as QUEUED messages."""
         declared = self.plugins.types.get(channel.type)
         address = declared.address if declared is not None else "email"
         when = (record.id, channel.channel_id, self.clock.now()) if freeze else None
-        return audience_store.resolve(
+        return resolution.resolve(
             conn, _audience(conn, record, channel), address=address, channel_type=channel.type, freeze=when
         )
 
@@ -126,8 +120,8 @@ class Launcher:
         if limit is None:
             return True
         if lock:
-            lock_slots(conn, channel_type)
-        holders = engine_store.slot_holders(conn, channel_type)
+            locks.slot_lock(conn, channel_type)
+        holders = channel_store.slot_holders(conn, channel_type)
         return campaign_id in holders or len(holders) < limit
 
     def free_slots(
@@ -157,7 +151,7 @@ class Launcher:
 
     def _no_slot(self, conn: Connection, channel: ChannelRecord) -> ApiError:
         limit = self.engine().slots[channel.type]
-        holders = len(engine_store.slot_holders(conn, channel.type))
+        holders = len(channel_store.slot_holders(conn, channel.type))
         return errors.failed_precondition(
             "NO_SLOT",
             f"{holders} campaign(s) already run a {channel.type} channel, the limit is {limit}",
@@ -169,30 +163,30 @@ def _missing_audience(conn: Connection, audience: Audience) -> list[FieldViolati
     problems = []
     for key in ("target_lists", "exclude_lists"):
         for index, name in enumerate(getattr(audience, key)):
-            if not audience_store.list_exists(conn, name.removeprefix("lists/")):
+            if not list_store.list_exists(conn, name.removeprefix("lists/")):
                 problems.append(FieldViolation(f"campaign.audience.{key}[{index}]", f"{name} does not exist"))
     for key in ("target_segments", "exclude_segments"):
         for index, name in enumerate(getattr(audience, key)):
-            if audience_store.get_segment(conn, name.removeprefix("segments/")) is None:
+            if segment_store.get_segment(conn, name.removeprefix("segments/")) is None:
                 problems.append(FieldViolation(f"campaign.audience.{key}[{index}]", f"{name} does not exist"))
     return problems
 
 
-def _audience(conn: Connection, record: CampaignRecord, channel: ChannelRecord) -> audience_store.Audience:
+def _audience(conn: Connection, record: CampaignRecord, channel: ChannelRecord) -> resolution.Audience:
     if channel.remarketing is not None:
         source = channel.remarketing
-        return audience_store.Audience(remarketing=(source.campaign_id, source.channel_id, source.outcomes))
+        return resolution.Audience(remarketing=(source.campaign_id, source.channel_id, source.outcomes))
 
     def segment_filters(names: Iterable[str]) -> list[filters.Filter]:
         found = []
         for name in names:
-            row = audience_store.get_segment(conn, name.removeprefix("segments/"))
+            row = segment_store.get_segment(conn, name.removeprefix("segments/"))
             if row is not None:
                 found.append(filters.parse(row.filter))
         return found
 
     audience = record.audience
-    return audience_store.Audience(
+    return resolution.Audience(
         target_lists=[n.removeprefix("lists/") for n in audience.target_lists],
         target_filters=segment_filters(audience.target_segments),
         exclude_lists=[n.removeprefix("lists/") for n in audience.exclude_lists],

@@ -27,8 +27,9 @@ from campaignd.errors import ApiError, FieldViolation
 from campaignd.lifecycle import ChannelState, MessageState, Operation, Refused
 from campaignd.model import Attestation, CampaignRecord, ChannelRecord, Remarketing
 from campaignd.plugin.manager import Plugins
-from campaignd.store import audience as audience_store
 from campaignd.store import campaigns as store
+from campaignd.store import messages as message_store
+from campaignd.store import resolution
 from campaignd.store.campaigns import CampaignFilter, Event
 from campaignd.store.db import Database
 
@@ -235,7 +236,7 @@ class CampaignManager:
             record = self.load(conn, campaign_id)
             if channel_id and record.channel(channel_id) is None:
                 raise errors.not_found(f"{record.name}/channels/{channel_id}")
-            return audience_store.list_messages(
+            return message_store.list_messages(
                 conn,
                 campaign_id,
                 channel_id=channel_id,
@@ -247,10 +248,10 @@ class CampaignManager:
 
         return await self.db.read(read)
 
-    async def estimate(self, campaign_id: str, channel_id: str) -> dict[str, audience_store.AudienceCounts]:
+    async def estimate(self, campaign_id: str, channel_id: str) -> dict[str, resolution.AudienceCounts]:
         """How the audience resolves now for each DRAFT channel (or the one named), nothing written."""
 
-        def estimate(conn: Connection) -> dict[str, audience_store.AudienceCounts]:
+        def estimate(conn: Connection) -> dict[str, resolution.AudienceCounts]:
             record = self.load(conn, campaign_id)
             chosen = [c for c, _ in self.decide(record, Operation.ESTIMATE, channel_id)]
             self.launcher.check_audience(conn, record, chosen)
@@ -402,7 +403,7 @@ class CampaignManager:
             decision = lifecycle.decide_delete((c.state for c in record.channels), force)
             if isinstance(decision, Refused):
                 raise _refusal(decision)
-            audience_store.delete_messages(conn, campaign_id)
+            message_store.delete_messages(conn, campaign_id)
             store.delete(conn, campaign_id)
             return None
 
@@ -570,7 +571,7 @@ class CampaignManager:
             # (OPTED_OUT).
             now = self.clock.now()
             for channel, _ in chosen:
-                audience_store.requeue_for_restart(conn, record.id, channel.channel_id, channel.type, now)
+                message_store.requeue_for_restart(conn, record.id, channel.channel_id, channel.type, now)
             return self._into_running(conn, record, chosen)
 
         return await self._transition(
@@ -595,7 +596,7 @@ class CampaignManager:
         def move(conn: Connection, record: CampaignRecord, chosen: Chosen) -> Chosen:
             now = self.clock.now()
             for channel, _ in chosen:
-                audience_store.move_messages(
+                message_store.move_messages(
                     conn, record.id, channel.channel_id, [s.value for s in frm], to.value, now
                 )
             return chosen
@@ -697,7 +698,7 @@ class CampaignManager:
         def prepare(conn: Connection, record: CampaignRecord, chosen: Chosen) -> Chosen:
             for channel, _ in chosen:
                 channel.error = error
-                audience_store.move_messages(
+                message_store.move_messages(
                     conn,
                     campaign_id,
                     channel.channel_id,

@@ -16,7 +16,7 @@ from campaignd.errors import ApiError, Code, FieldViolation
 from campaignd.lifecycle import Operation
 from campaignd.plugin import ChannelInfo, Recipient, Rendered, SendStatus, TemplateError
 from campaignd.plugin.manager import PluginCallError
-from campaignd.store import engine as engine_store
+from campaignd.store import contacts as contact_store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Previews:
         of the contact that has it, if any; negative message ids."""
         normalised = _normalised(addresses, kind, self.settings().audience.default_region, field)
         contacts = await self.manager.db.read(
-            lambda conn: engine_store.contacts_by_address(conn, kind, normalised)
+            lambda conn: contact_store.contacts_by_address(conn, kind, normalised)
         )
         return [
             Recipient(-(index + 1), address, contacts.get(address, {}), 1)

@@ -28,9 +28,10 @@ from campaignd.clock import Clock
 from campaignd.errors import ApiError, Code
 from campaignd.lifecycle import MESSAGE_DONE_STATES, CampaignState, ChannelState, MessageState
 from campaignd.model import CampaignRecord
-from campaignd.store import audience as audience_store
-from campaignd.store import engine as engine_store
+from campaignd.store import channels as channel_store
+from campaignd.store import counts as count_store
 from campaignd.store import events as event_store
+from campaignd.store import messages as message_store
 from campaignd.store.db import Database, storage_fault
 from campaignd.store.events import Engagement
 
@@ -190,16 +191,14 @@ class RateMeter:
 
 
 def _running_sends(conn: Connection) -> list[tuple[Key, dt.datetime, int]]:
-    rows = engine_store.channels_in(conn, ["running"])
-    if not rows:
-        return []
-    counts = {c: engine_store.read_counts(conn, c) for c in {r.campaign_id for r in rows}}
-    started = engine_store.started_unrecorded(conn)
+    rows = channel_store.channels_in(conn, ["running"])
+    counts = {c: count_store.read_counts(conn, c) for c in {r.campaign_id for r in rows}}
     found = []
     for row in rows:
         key = (row.campaign_id, row.channel_id)
         finished = sum(counts[row.campaign_id].get((row.channel_id, state), 0) for state in FINISHED_STATES)
-        found.append((key, row.state_time, finished + started.get(key, 0)))
+        started = message_store.started_unrecorded(conn, *key)
+        found.append((key, row.state_time, finished + started))
     return found
 
 
@@ -231,10 +230,10 @@ class Reports:
             CampaignRecord, dict[tuple[str, str], int], dict[tuple[str, str], int], dict[str, Engagement]
         ]:
             record = self.manager.load(conn, campaign_id)
-            counts = audience_store.message_counts(conn, campaign_id)
+            counts = count_store.read_counts(conn, campaign_id)
             # The reasons take a pass over the failed messages; most updates of a watch have none.
             failed = any(n for (_, state), n in counts.items() if state == "failed")
-            reasons = audience_store.failure_reasons(conn, campaign_id) if failed else {}
+            reasons = message_store.failure_reasons(conn, campaign_id) if failed else {}
             return record, counts, reasons, event_store.engagement(conn, campaign_id)
 
         record, counts, reasons, engaged = await self.manager.db.read(read)
@@ -246,9 +245,9 @@ class Reports:
         _, report = await self.snapshot(campaign_id)
         by_transport, parts, outcomes = await self.manager.db.read(
             lambda conn: (
-                engine_store.transport_counts(conn, campaign_id),
-                engine_store.part_counts(conn, campaign_id),
-                engine_store.outcome_counts(conn, campaign_id),
+                message_store.transport_counts(conn, campaign_id),
+                message_store.part_counts(conn, campaign_id),
+                message_store.outcome_counts(conn, campaign_id),
             )
         )
         for channel in report.channels:
