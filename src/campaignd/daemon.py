@@ -100,6 +100,7 @@ class Daemon:
         watchdog = asyncio.ensure_future(self._watchdog())
         engine = components.engine
         engine_task = asyncio.ensure_future(engine.run()) if engine is not None else None
+        rates_task = asyncio.ensure_future(components.rates.run())
         await self._stop.wait()
 
         self.notifier.stopping()
@@ -111,6 +112,7 @@ class Daemon:
         await asyncio.gather(api.stop(grace), engine.stop(grace) if engine is not None else asyncio.sleep(0))
         if engine_task is not None:
             engine_task.cancel()
+        rates_task.cancel()
         if http is not None:
             await http.stop()
         await components.transports.close()

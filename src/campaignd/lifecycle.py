@@ -222,6 +222,12 @@ def decide(
     return Allowed(targets[state])
 
 
+def without_slot(decision: Allowed) -> Allowed:
+    """What a move into RUNNING becomes when its channel type has no free slot (§4.4): the channel
+    waits in QUEUED, and ACTIVATE moves it on once a slot frees. Other moves are unchanged."""
+    return Allowed(ChannelState.QUEUED) if decision.target is ChannelState.RUNNING else decision
+
+
 def allowed_operations(
     state: ChannelState, semantics: ChannelSemantics = DEFAULT_SEMANTICS
 ) -> frozenset[Operation]:

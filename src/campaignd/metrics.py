@@ -15,7 +15,7 @@ MESSAGES = Counter(
 )
 SEND_RATE = Gauge(
     "campaignd_send_rate",
-    "Messages finished per second over the last 10 seconds, per channel type.",
+    "Sends this daemon started per second over the last 10 seconds, per channel type.",
     ["channel_type"],
     registry=REGISTRY,
 )

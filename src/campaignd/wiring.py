@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from campaignd.api.campaigns import CampaignService
+from campaignd.api.campaigns import CampaignReplies, CampaignService
 from campaignd.api.contacts import ContactService
 from campaignd.api.convert import PageTokens
 from campaignd.api.server import ApiServer
 from campaignd.audience.service import ContactManager
-from campaignd.campaigns import CampaignManager
+from campaignd.campaigns import CampaignManager, Previews, RateMeter, Reports
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
 from campaignd.config import Settings
@@ -37,7 +37,9 @@ class Components:
         )
         self.plugins.renderer = self.renderer
         self.hub = ChangeHub()
-        self.campaigns = CampaignManager(database, self.plugins, self.hub)
+        self.campaigns = CampaignManager(
+            database, self.plugins, self.hub, lambda: settings().engine, CampaignReplies()
+        )
         self.recorder = EventRecorder(database, self.hub)
         self.transports = Transports(
             self.plugins, self.recorder, lambda: settings().engine.transport_rest, Clock()
@@ -47,10 +49,15 @@ class Components:
             if settings().engine.enabled
             else None
         )
+        self.campaigns.sending = self.engine
+        # Run by the daemon: every daemon reports the current rate, whichever daemons send.
+        self.rates = RateMeter(database)
+        reports = Reports(self.campaigns, self.rates, self.engine, lambda: settings().limits.max_watchers)
+        previews = Previews(self.campaigns, self.transports, settings)
         self.contacts = ContactManager(database, lambda: settings().audience.default_region)
         tokens = PageTokens(database.read_sync(keys.get, keys.PAGE_TOKENS))
         api.add_servicers(
-            CampaignService(self.campaigns, settings, self.engine, self.transports, tokens, self.recorder),
+            CampaignService(self.campaigns, reports, previews, settings, tokens, self.recorder),
             ContactService(self.contacts, settings, tokens),
         )
 

@@ -36,6 +36,7 @@ from campaignd.lifecycle import (
     derive_campaign_state,
     message_can_move,
     message_sources,
+    without_slot,
 )
 
 D, SC, Q, R, P, C, ST, F = (
@@ -467,3 +468,17 @@ def test_message_state_groups() -> None:
     """Done states are the final states plus SENT."""
     assert {M.DELIVERED, M.FAILED, M.OPTED_OUT, M.CANCELLED, M.ASSUMED_DELIVERED} == MESSAGE_FINAL_STATES
     assert MESSAGE_FINAL_STATES | {M.SENT} == MESSAGE_DONE_STATES
+
+
+def test_a_move_into_running_without_a_slot_waits_in_queued() -> None:
+    """Resume, restart and retry-failed lead to QUEUED without a slot; other moves are unchanged."""
+    for state, op in [
+        (ChannelState.PAUSED, Operation.RESUME),
+        (ChannelState.STOPPED, Operation.RESTART),
+        (ChannelState.COMPLETED, Operation.RETRY_FAILED),
+    ]:
+        decision = decide(state, op, ChannelSemantics(restartable=True))
+        assert decision == Allowed(ChannelState.RUNNING)
+        assert without_slot(decision) == Allowed(ChannelState.QUEUED)
+    assert without_slot(Allowed(ChannelState.PAUSED)) == Allowed(ChannelState.PAUSED)
+    assert without_slot(Allowed(None)) == Allowed(None)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from campaignd.config import ConfigError, parse
+from campaignd.model import TransportShare
 from campaignd.plugin import ChannelType, ContentField, FieldViolation, Options, hookimpl
 from campaignd.plugin.manager import PluginError, Plugins
 
@@ -132,7 +133,7 @@ def test_a_channel_naming_no_transport_uses_all_of_its_type_in_equal_shares(plug
     plugins.configure(parse({"transports": transports}))
     assert [(t.name, p) for t, p in plugins.transports_for("relay", [])] == [("a", 34), ("b", 33), ("c", 33)]
     assert plugins.check_transports("relay", [], launching=True) == []
-    problems = plugins.check_transports("relay", [{"transport": "zzz", "percent": 100}], launching=False)
+    problems = plugins.check_transports("relay", [TransportShare("zzz", 100)], launching=False)
     assert problems == [
         FieldViolation("transports[0].transport", "no transport 'zzz' in the daemon's configuration")
     ]

@@ -16,12 +16,21 @@ from typing import Any, Protocol, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from campaignd.campaigns import MAX_CHANNELS
-from campaignd.engine.windows import HHMM
+from campaignd.campaigns import MAX_CHANNELS, CampaignReport, ChannelReport, Progress
 from campaignd.errors import FieldViolation, invalid_argument
 from campaignd.lifecycle import ChannelState, MessageState
+from campaignd.model import (
+    Attestation,
+    Audience,
+    CampaignRecord,
+    ChannelRecord,
+    Guard,
+    Remarketing,
+    SendWindow,
+    TransportShare,
+)
 from campaignd.plugin.manager import Plugins
-from campaignd.store.campaigns import CampaignRecord, ChannelRecord, Event
+from campaignd.store.campaigns import Event
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
 
@@ -179,22 +188,24 @@ def campaign_message(record: CampaignRecord) -> pb.Campaign:
         name=record.name,
         display_name=record.display_name,
         labels=record.labels,
-        audience=pb.Audience(**{k: record.audience.get(k, []) for k in _AUDIENCE_KEYS}),
+        audience=pb.Audience(**record.audience.to_json()),
         state=pb.Campaign.State.Value(record.state.name),
         archived=record.archived,
         etag=record.etag,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
         time_zone=record.time_zone,
-        guard=pb.GuardSettings(**record.guard),
+        guard=pb.GuardSettings(
+            max_failure_percent=record.guard.max_failure_percent, min_sends=record.guard.min_sends
+        ),
         channels=[channel_message(c) for c in record.channels],
     )
-    if record.attestation:
+    if record.attestation is not None:
         message.attestation.CopyFrom(
             pb.ConsentAttestation(
-                accepted_by=record.attestation["accepted_by"],
-                terms_version=record.attestation["terms_version"],
-                accept_time=timestamp(dt.datetime.fromisoformat(record.attestation["accept_time"])),
+                accepted_by=record.attestation.accepted_by,
+                terms_version=record.attestation.terms_version,
+                accept_time=timestamp(record.attestation.accept_time),
             )
         )
     return message
@@ -209,14 +220,14 @@ def channel_message(channel: ChannelRecord) -> pb.Channel:
         type=channel.type,
         state=pb.Channel.State.Value(channel.state.name),
         content=content,
-        transports=[pb.TransportShare(**t) for t in channel.transports],
+        transports=[pb.TransportShare(transport=t.transport, percent=t.percent) for t in channel.transports],
         rate_limit=channel.rate_limit,
         schedule_time=timestamp(channel.schedule_time),
         state_time=timestamp(channel.state_time),
         ambiguous_sends=pb.Channel.RESEND if channel.ambiguous_sends == "resend" else pb.Channel.SKIP,
     )
     if channel.send_window is not None:
-        message.send_window.CopyFrom(pb.SendWindow(**channel.send_window))
+        message.send_window.CopyFrom(send_window_message(channel.send_window))
     if channel.error is not None:
         error_time = channel.error.get("time")
         message.error.CopyFrom(
@@ -227,8 +238,19 @@ def channel_message(channel: ChannelRecord) -> pb.Channel:
             )
         )
     if channel.remarketing is not None:
-        message.remarketing.CopyFrom(pb.RemarketingSource(**channel.remarketing))
+        message.remarketing.CopyFrom(
+            pb.RemarketingSource(
+                campaign=channel.remarketing.campaign,
+                channel_id=channel.remarketing.channel_id,
+                outcomes=channel.remarketing.outcomes,
+            )
+        )
     return message
+
+
+def send_window_message(window: SendWindow) -> pb.SendWindow:
+    """A SendWindow message."""
+    return pb.SendWindow(days=window.days, start_time=window.start_time, end_time=window.end_time)
 
 
 def event_message(event: Event) -> pb.CampaignEvent:
@@ -247,13 +269,65 @@ def event_message(event: Event) -> pb.CampaignEvent:
     )
 
 
+def report_message(report: CampaignReport) -> pb.CampaignReport:
+    """The CampaignReport message for a report."""
+    return pb.CampaignReport(
+        campaign=report.campaign,
+        state=pb.Campaign.State.Value(report.state.name),
+        totals=progress_message(report.totals),
+        channels=[_channel_report(c) for c in report.channels],
+        report_time=timestamp(report.report_time),
+    )
+
+
+def _channel_report(channel: ChannelReport) -> pb.ChannelReport:
+    message = pb.ChannelReport(
+        channel_id=channel.channel_id,
+        type=channel.type,
+        state=pb.Channel.State.Value(channel.state.name),
+        progress=progress_message(channel.progress),
+        audience=pb.AudienceCounts(**channel.audience),
+        by_transport={name: progress_message(p) for name, p in channel.by_transport.items()},
+    )
+    if channel.parts is not None:
+        message.parts.CopyFrom(
+            pb.PartCounts(
+                sent=channel.parts.sent, delivered=channel.parts.delivered, failed=channel.parts.failed
+            )
+        )
+    return message
+
+
+def progress_message(progress: Progress) -> pb.Progress:
+    """The Progress message: one counter per message state, named like the state."""
+    engaged = progress.engagement
+    message = pb.Progress(
+        total=progress.total,
+        failed_by_reason=progress.failed_by_reason,
+        percent_done=progress.percent_done,
+        current_rate=progress.current_rate,
+        eta=timestamp(progress.eta),
+        window_reopens_time=timestamp(progress.window_reopens_time),
+        opened=engaged.opened,
+        opens=engaged.opens,
+        clicked=engaged.clicked,
+        clicks=engaged.clicks,
+        bounced=engaged.bounced,
+        complained=engaged.complained,
+        unsubscribed=engaged.unsubscribed,
+        clicks_by_link=engaged.clicks_by_link,
+        by_outcome=progress.by_outcome,
+    )
+    for state, n in progress.counts.items():
+        setattr(message, state, n)
+    return message
+
+
 def _channel_state_value(state: str) -> pb.Channel.State.ValueType:
     return pb.Channel.State.Value(ChannelState(state).name) if state else pb.Channel.STATE_UNSPECIFIED
 
 
 # -- messages -> records ---------------------------------------------------------------------
-
-_AUDIENCE_KEYS = ("target_lists", "target_segments", "exclude_lists", "exclude_segments")
 
 
 def campaign_record(
@@ -302,12 +376,9 @@ def campaign_record(
         id=campaign_id,
         display_name=message.display_name,
         labels=dict(message.labels),
-        audience={k: list(getattr(message.audience, k)) for k in _AUDIENCE_KEYS},
+        audience=Audience(*(tuple(getattr(message.audience, k)) for k in Audience.KEYS)),
         time_zone=message.time_zone or "UTC",
-        guard={
-            "max_failure_percent": message.guard.max_failure_percent,
-            "min_sends": message.guard.min_sends,
-        },
+        guard=Guard(message.guard.max_failure_percent, message.guard.min_sends),
         archived=False,
         version=0,
         create_time=now,
@@ -335,8 +406,8 @@ def channel_record(
             v.add(f"{path}.content.{problem.field}", problem.description)
     before = len(v.found)
     _check_transports(v, f"{path}.transports", message.transports)
+    shares = tuple(TransportShare(t.transport, t.percent) for t in message.transports)
     if message.type in plugins.types and len(v.found) == before:
-        shares = [{"transport": t.transport, "percent": t.percent} for t in message.transports]
         for problem in plugins.check_transports(message.type, shares, launching=False):
             v.add(f"{path}.{problem.field}", problem.description)
     if not 0 <= message.rate_limit <= 1_000_000:
@@ -354,7 +425,7 @@ def channel_record(
         type=message.type,
         state=ChannelState.DRAFT,
         content=content,
-        transports=[{"transport": t.transport, "percent": t.percent} for t in message.transports],
+        transports=shares,
         rate_limit=message.rate_limit,
         state_time=dt.datetime.now(dt.UTC),
         send_window=send_window,
@@ -374,7 +445,7 @@ def _check_labels(v: Violations, path: str, labels: Mapping[str, str]) -> None:
 
 
 def _check_audience(v: Violations, path: str, audience: pb.Audience) -> None:
-    for key in _AUDIENCE_KEYS:
+    for key in Audience.KEYS:
         entries = list(getattr(audience, key))
         pattern = LIST_NAME if key.endswith("lists") else SEGMENT_NAME
         if len(entries) > MAX_AUDIENCE_ENTRIES:
@@ -407,19 +478,14 @@ def _check_transports(v: Violations, path: str, shares: Sequence[pb.TransportSha
         v.add(path, "names a transport twice")
 
 
-def _check_send_window(v: Violations, path: str, window: pb.SendWindow) -> dict[str, Any]:
-    for index, day in enumerate(window.days):
-        if not 1 <= day <= 7:
-            v.add(f"{path}.days[{index}]", "must be 1 (Monday) to 7 (Sunday)")
-    for name in ("start_time", "end_time"):
-        if not HHMM.fullmatch(getattr(window, name)):
-            v.add(f"{path}.{name}", "must be HH:MM")
-    if window.start_time and window.start_time == window.end_time:
-        v.add(path, "start_time and end_time must differ")
-    return {"days": sorted(set(window.days)), "start_time": window.start_time, "end_time": window.end_time}
+def _check_send_window(v: Violations, path: str, window: pb.SendWindow) -> SendWindow | None:
+    stored = {"days": list(window.days), "start_time": window.start_time, "end_time": window.end_time}
+    checked, problems = SendWindow.check(stored, path)
+    v.found.extend(problems)
+    return checked
 
 
-def _check_remarketing(v: Violations, path: str, source: pb.RemarketingSource) -> dict[str, Any]:
+def _check_remarketing(v: Violations, path: str, source: pb.RemarketingSource) -> Remarketing:
     if not source.campaign.startswith("campaigns/") or not ID.fullmatch(
         source.campaign.removeprefix("campaigns/")
     ):
@@ -430,23 +496,19 @@ def _check_remarketing(v: Violations, path: str, source: pb.RemarketingSource) -
     for index, outcome in enumerate(source.outcomes):
         if outcome not in OUTCOMES:
             v.add(f"{path}.outcomes[{index}]", f"unknown outcome; one of {sorted(OUTCOMES)}")
-    return {"campaign": source.campaign, "channel_id": source.channel_id, "outcomes": list(source.outcomes)}
+    return Remarketing(source.campaign, source.channel_id, tuple(source.outcomes))
 
 
 def attestation(
     v: Violations, message: pb.ConsentAttestation, present: bool, path: str, now: dt.datetime
-) -> dict[str, Any]:
-    """The consent attestation to store; required."""
+) -> Attestation:
+    """The consent attestation to store, accepted `now`; required."""
     if not present:
         v.add(path, "required: who accepted which terms version")
     else:
         v.text(f"{path}.accepted_by", message.accepted_by, max_length=200, required=True)
         v.text(f"{path}.terms_version", message.terms_version, max_length=100, required=True)
-    return {
-        "accepted_by": message.accepted_by,
-        "terms_version": message.terms_version,
-        "accept_time": now.isoformat(),
-    }
+    return Attestation(message.accepted_by, message.terms_version, now)
 
 
 # -- page tokens -----------------------------------------------------------------------------
@@ -595,7 +657,8 @@ def channel_types(plugins: Plugins) -> list[svc.ChannelTypeInfo]:
             uses_transports=declared.uses_transports,
             transports=sorted(t.name for t in plugins.config.transports.values() if t.channel_type == name),
         )
-        if declared.default_window:
-            info.default_window.CopyFrom(pb.SendWindow(**declared.default_window))
+        window = plugins.default_window(name)
+        if window is not None:
+            info.default_window.CopyFrom(send_window_message(window))
         found.append(info)
     return found

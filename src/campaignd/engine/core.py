@@ -34,35 +34,29 @@ from campaignd.campaigns import CampaignManager
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
 from campaignd.config import EngineSettings, Settings
-from campaignd.engine.rates import RateLimiter
+from campaignd.engine.rates import RateLimiter, RecentCount
 from campaignd.engine.transports import Transports, route
-from campaignd.engine.windows import SendWindow
 from campaignd.errors import ApiError, internal_message, new_error_id
 from campaignd.lifecycle import ChannelState, Operation
+from campaignd.model import CampaignRecord, ChannelRecord, TransportShare
 from campaignd.plugin import ChannelInfo, Recipient, SendResult, SendStatus, Transport
 from campaignd.plugin.manager import PluginCallError, Plugins, TransportOpenError
 from campaignd.store import channels as channel_store
 from campaignd.store import contacts as contact_store
 from campaignd.store import counts as count_store
-from campaignd.store import locks
 from campaignd.store import messages as message_store
-from campaignd.store.campaigns import CampaignRecord, ChannelRecord
 from campaignd.store.channels import ChannelRow
 from campaignd.store.db import Database, Fault, storage_fault
 
 log = logs.get("campaignd.engine")
 Key = tuple[str, str]  # (campaign id, channel id)
-RATE_WINDOW = 10.0  # seconds over which the current send rate is measured (SPEC §4.6)
+RATE_WINDOW = 10  # seconds over which this daemon's send rate is measured, for its metrics
 
 
 @dataclasses.dataclass
 class _BatchOutcome:
     outcomes: list[message_store.Outcome]
     fatal: str  # when every transport of the channel failed fatally: why
-
-
-class _NoSlotError(Exception):
-    """Another daemon took the last slot first."""
 
 
 class ChannelGate:
@@ -72,6 +66,8 @@ class ChannelGate:
         # Closed until the tick opens it, so a gate made while a Pause holds its channel admits nothing.
         self.open = False
         self.limiter = limiter
+        # The sends this daemon started, as they start: its own send rate.
+        self.started = RecentCount(RATE_WINDOW)
 
     async def admit(self, weight: float = 1.0) -> bool:
         """True when a send may start now; the caller starts it with no further await."""
@@ -230,7 +226,10 @@ class _MarkingGate:
         if not await self.marks.mark(message_id):
             return False
         # Marking awaited a write: a pause may have closed the gate meanwhile.
-        return self.channel.open
+        if not self.channel.open:
+            return False
+        self.channel.started.add()
+        return True
 
 
 def _allowance(count: int, limiters: Iterable[RateLimiter | None], config: EngineSettings) -> float:
@@ -271,8 +270,6 @@ class Engine:
         self._workers: dict[Key, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
-        # Per channel: (monotonic time, messages finished) of recent batches, for the send rate.
-        self._finished: dict[Key, collections.deque[tuple[float, int]]] = {}
         self._running_since: dict[Key, float] = {}
         self._reopens: dict[Key, dt.datetime] = {}
         self._guard_base: dict[Key, tuple[int, int]] = {}
@@ -310,17 +307,11 @@ class Engine:
             log.exception("could not pause the channel", campaign=key[0], channel=key[1])
 
     def rate(self, campaign_id: str, channel_id: str) -> float:
-        """Messages this daemon finished per second for a channel over the last 10 seconds."""
+        """Sends this daemon started per second for a channel over the last 10 seconds, or over
+        the time it has run when that is shorter (the campaign's rate is in its report)."""
         key = (campaign_id, channel_id)
-        recent = self._finished.get(key)
-        if not recent:
-            return 0.0
-        now = self.clock.monotonic()
-        while recent and recent[0][0] < now - RATE_WINDOW:
-            recent.popleft()
-        # Early on, divide by the time the channel has run, not by the whole window.
-        span = min(RATE_WINDOW, max(1.0, now - self._running_since.get(key, now - RATE_WINDOW)))
-        return sum(n for _, n in recent) / span
+        gate = self._gates.get(key)
+        return gate.started.per_second(self._running_since.get(key)) if gate is not None else 0.0
 
     def window_reopens(self, campaign_id: str, channel_id: str) -> dt.datetime | None:
         """When a channel waiting for its send window can send again, if it is waiting."""
@@ -415,19 +406,14 @@ class Engine:
         for campaign_id, _ in assumed:
             self.hub.publish(campaign_id)
         self._holds_at_read = self._holds
-        rows = await self.db.read(channel_store.channels_in, ["scheduled", "queued", "running", "paused"])
-        # A paused campaign keeps its slot: resuming it must not put two on one channel type.
-        running_types: dict[str, set[str]] = {}
-        for row in rows:
-            if row.state in ("running", "paused"):
-                running_types.setdefault(row.type, set()).add(row.campaign_id)
+        rows = await self.db.read(channel_store.channels_in, ["scheduled", "queued", "running"])
         active = set()
         for row in rows:
             key = (row.campaign_id, row.channel_id)
             if row.state == "running":
                 active.add(key)
             try:
-                await self._tend(row, key, now, running_types)
+                await self._tend(row, key, now)
             except Exception as exc:
                 if storage_fault(exc) is not None:
                     raise  # the database, not the channel: nothing to fail
@@ -454,14 +440,12 @@ class Engine:
         for channel_type, depth in (await self.db.read(count_store.queue_depths)).items():
             metrics.QUEUE_DEPTH.labels(channel_type).set(depth)
 
-    async def _tend(
-        self, row: ChannelRow, key: Key, now: dt.datetime, running_types: dict[str, set[str]]
-    ) -> None:
+    async def _tend(self, row: ChannelRow, key: Key, now: dt.datetime) -> None:
         if row.state == "scheduled" and row.schedule_time is not None and row.schedule_time <= now:
             await self._start(row)
-        elif row.state == "queued" and self._slot_free(row.type, row.campaign_id, running_types):
-            if await self._activate(row):
-                running_types.setdefault(row.type, set()).add(row.campaign_id)
+        elif row.state == "queued":
+            # Channels that became QUEUED first come first: the rows are in that order.
+            if await self.campaigns.activate(row.campaign_id, row.channel_id, row.type):
                 self.wake()
         elif row.state == "running":
             await self._keep_running(key, row)
@@ -474,54 +458,11 @@ class Engine:
         for channel_type, rate in rates.items():
             metrics.SEND_RATE.labels(channel_type).set(rate)
 
-    def _slot_free(self, channel_type: str, campaign_id: str, running: dict[str, set[str]]) -> bool:
-        limit = self.config.slots.get(channel_type)
-        holders = running.get(channel_type, set())
-        return limit is None or campaign_id in holders or len(holders) < limit
-
-    async def _activate(self, row: ChannelRow) -> bool:
-        limit = self.config.slots.get(row.type)
-
-        def take_slot(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
-            if limit is None:
-                return
-            # Daemons activating at once queue here per channel type, so the count below is exact.
-            locks.slot_lock(conn, row.type)
-            if len(channel_store.slot_holders(conn, row.type) - {record.id}) >= limit:
-                raise _NoSlotError
-
-        try:
-            return await self.campaigns.system_transition(
-                row.campaign_id,
-                row.channel_id,
-                Operation.ACTIVATE,
-                cause="schedule",
-                reason="a slot is free",
-                before_commit=take_slot,
-            )
-        except _NoSlotError:
-            return False
-
     async def _start(self, row: ChannelRow) -> None:
-        def resolve(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
-            # Checked again as at launch: the plugins' options or the transports may have changed
-            # since it was scheduled. A channel that no longer validates fails VALIDATION_FAILED.
-            self.campaigns.check_launchable(conn, record, chosen)
-            for channel in chosen:
-                counts = self.campaigns.resolve(conn, record, channel, freeze=True)
-                channel.audience_counts = dataclasses.asdict(counts)
-                channel.schedule_time = None
-
         try:
-            await self.campaigns.system_transition(
-                row.campaign_id,
-                row.channel_id,
-                Operation.START,
-                cause="schedule",
-                reason="its time came",
-                before_commit=resolve,
-            )
+            await self.campaigns.start(row.campaign_id, row.channel_id)
         except ApiError as exc:
+            # A channel that no longer validates fails VALIDATION_FAILED.
             await self.fail(row.campaign_id, row.channel_id, exc.reason, exc.message)
         self.wake()
 
@@ -530,8 +471,7 @@ class Engine:
             # The guard judges the sends since the channel (re)started running, so that a resumed
             # channel is not paused again at once for the failures it was paused for.
             self._guard_base[key] = await self._finished_counts(key)
-            # Likewise the rate: sends from before a pause would inflate the rate after it.
-            self._finished.pop(key, None)
+        fresh_run = key not in self._running_since
         self._running_since.setdefault(key, self.clock.monotonic())
         self._types[key] = row.type
         gate = self._gates.get(key)
@@ -539,6 +479,9 @@ class Engine:
             gate = self._gates[key] = ChannelGate(RateLimiter(row.rate_limit) if row.rate_limit > 0 else None)
         elif gate.limiter is not None and row.rate_limit > 0:
             gate.limiter.set_rate(row.rate_limit)
+        if fresh_run:
+            # Likewise the rate: sends from before a pause would inflate the rate after it.
+            gate.started = RecentCount(RATE_WINDOW)
         fresh = self._holds == self._holds_at_read
         if fresh and not self._is_held(key) and not self._stopping and self.db.fault is None:
             gate.open = True
@@ -645,7 +588,7 @@ class Engine:
         self,
         key: Key,
         info: ChannelInfo,
-        shares: list[dict[str, Any]],
+        shares: Sequence[TransportShare],
         targets: list[tuple[Transport, int]] | None,
     ) -> bool:
         """Whether a batch may be leased: a channel with transports needs one usable now."""
@@ -654,7 +597,7 @@ class Engine:
         if not targets:
             # A reload took away every transport the channel names: it waits, PAUSED, for an
             # operator to configure one and resume it.
-            names = ", ".join(s["transport"] for s in shares) or f"any of type {info.type}"
+            names = ", ".join(s.transport for s in shares) or f"any of type {info.type}"
             await self._pause(key, "error", f"no configured transport: {names}")
         elif fatal := self._all_fatal(targets):
             await self.fail(*key, "TRANSPORT_FAILED", fatal)
@@ -668,7 +611,9 @@ class Engine:
         ]
         return "; ".join(errors) if len(errors) == len(targets) else ""
 
-    def _targets(self, info: ChannelInfo, shares: list[dict[str, Any]]) -> list[tuple[Transport, int]] | None:
+    def _targets(
+        self, info: ChannelInfo, shares: Sequence[TransportShare]
+    ) -> list[tuple[Transport, int]] | None:
         declared = self.plugins.types.get(info.type)
         if declared is None or not declared.uses_transports:
             return None
@@ -748,10 +693,9 @@ class Engine:
         return await self.db.write(functools.partial(message_store.mark_started, owner=self.owner, ids=ids))
 
     async def _open_zones(self, key: Key, row: ChannelRow) -> list[str | None] | None:
-        window_record = row.send_window or self.plugins.default_window(row.type)
-        if not window_record:
+        window = row.send_window or self.plugins.default_window(row.type)
+        if window is None:
             return None
-        window = SendWindow.from_record(window_record)
         zones = await self.db.read(message_store.queued_zones, *key)
         now = self.clock.now()
         campaign_zone = ZoneInfo(row.time_zone or "UTC")
@@ -893,9 +837,6 @@ class Engine:
         await self._kept(key, functools.partial(self.db.write, write))
         finished = [o for o in outcomes if o.state not in ("queued", "cancelled")]
         if finished:
-            self._finished.setdefault(key, collections.deque()).append(
-                (self.clock.monotonic(), len(finished))
-            )
             channel_type = self._types.get(key, "")
             for (state, via), n in collections.Counter((o.state, o.transport) for o in finished).items():
                 metrics.MESSAGES.labels(channel_type, via or "default", state).inc(n)
@@ -937,8 +878,8 @@ class Engine:
 
     async def _guard(self, key: Key, record: CampaignRecord) -> bool:
         config = self.config
-        limit = record.guard.get("max_failure_percent") or config.guard_max_failure_percent
-        minimum = record.guard.get("min_sends") or config.guard_min_sends
+        limit = record.guard.max_failure_percent or config.guard_max_failure_percent
+        minimum = record.guard.min_sends or config.guard_min_sends
         failed_before, finished_before = self._guard_base.get(key, (0, 0))
 
         def exceeded(counts: tuple[int, int]) -> bool:
@@ -977,31 +918,10 @@ class Engine:
         return failed, finished
 
     async def fail(self, campaign_id: str, channel_id: str, code: str, message: str) -> None:
-        """Fail a channel with its error kept."""
+        """Fail a channel with its error kept, its gate closed first."""
         gate = self._gates.get((campaign_id, channel_id))
         if gate is not None:
             gate.open = False
         error = {"code": code, "message": message[:2000], "time": self.clock.now().isoformat()}
-
-        def cancel_waiting(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
-            # FAILED is final: what still waits will never be sent, and says why.
-            message_store.move_messages(
-                conn,
-                campaign_id,
-                channel_id,
-                ["queued", "retrying"],
-                "cancelled",
-                self.clock.now(),
-                reason="channel_failed",
-            )
-
-        await self.campaigns.system_transition(
-            campaign_id,
-            channel_id,
-            Operation.FAIL,
-            cause="error",
-            reason=message[:1000],
-            error=error,
-            before_commit=cancel_waiting,
-        )
+        await self.campaigns.fail(campaign_id, channel_id, error, message[:1000])
         log.error("channel failed", campaign=campaign_id, channel=channel_id, code=code, error=message[:500])

@@ -77,3 +77,33 @@ class RateLimiter:
             while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(math.nextafter(wait, math.inf))
             self.record(weight)
+
+
+class RecentCount:
+    """How many of something happened per second over the last `window` seconds, counted in
+    one-second buckets (a send rate for the metrics, not a limit)."""
+
+    def __init__(self, window: int = 10, clock: Clock | None = None) -> None:
+        self.window = window
+        self.clock = clock or Clock()
+        self._buckets: collections.deque[list[int]] = collections.deque()  # [second, count]
+
+    def add(self, n: int = 1) -> None:
+        """Count `n` now."""
+        second = int(self.clock.monotonic())
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += n
+        else:
+            self._buckets.append([second, n])
+            while self._buckets[0][0] <= second - self.window:
+                self._buckets.popleft()
+
+    def per_second(self, since: float | None = None) -> float:
+        """The count per second over the window, or over the time since `since` (a monotonic
+        time, at least a second ago) when that is shorter."""
+        now = self.clock.monotonic()
+        first = int(now) - self.window + 1
+        span = now - first
+        if since is not None:
+            span = min(span, max(1.0, now - since))
+        return sum(n for second, n in self._buckets if second >= first) / span

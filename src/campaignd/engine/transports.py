@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from campaignd import logs
 from campaignd.clock import Clock
 from campaignd.engine.rates import RateLimiter
+from campaignd.model import TransportShare
 from campaignd.plugin import ChannelInfo, EventSink, Recipient, SendResult, SendStatus, Transport
 from campaignd.plugin.manager import Plugins
 
@@ -184,7 +185,7 @@ async def send_once(
     plugins: Plugins,
     transports: Transports,
     channel: ChannelInfo,
-    shares: Sequence[Mapping[str, Any]],
+    shares: Sequence[TransportShare],
     recipients: Sequence[Recipient],
     seconds: float,
 ) -> list[SendResult]:

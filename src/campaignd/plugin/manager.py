@@ -17,6 +17,7 @@ from campaignd import logs
 from campaignd.config import ConfigError, Problem, SecretSource, Settings, validation_problems
 from campaignd.errors import FieldViolation, new_error_id
 from campaignd.lifecycle import DEFAULT_SEMANTICS, ChannelSemantics
+from campaignd.model import SendWindow, TransportShare
 from campaignd.plugin import (
     ENTRY_POINT_GROUP,
     HOOK_API_VERSION,
@@ -115,6 +116,7 @@ class Plugins:
             if not self.manager.is_registered(module):
                 self.manager.register(module, name=name)
         self.types: dict[str, ChannelType] = {}
+        self._windows: dict[str, SendWindow] = {}
         self.loaded: list[LoadedPlugin] = []
         distributions = {id(p): d for p, d in self.manager.list_plugin_distinfo()}
         for plugin in self.manager.get_plugins():
@@ -132,6 +134,8 @@ class Plugins:
                 if channel_type.name in self.types:
                     raise PluginError(f"channel type {channel_type.name!r} is declared by two plugins")
                 self.types[channel_type.name] = channel_type
+                if channel_type.default_window:
+                    self._windows[channel_type.name] = _window(channel_type)
             dist = distributions.get(id(plugin))
             self.loaded.append(
                 LoadedPlugin(
@@ -227,22 +231,18 @@ class Plugins:
         return values
 
     def transports_for(
-        self, channel_type: str, shares: Sequence[Mapping[str, Any]]
+        self, channel_type: str, shares: Sequence[TransportShare]
     ) -> list[tuple[Transport, int]]:
         """The transports a channel sends through with their percentages: the ones it names, or
         else every configured transport of its type in equal shares."""
         transports = self.config.transports
         if shares:
-            return [
-                (transports[s["transport"]], int(s["percent"]))
-                for s in shares
-                if s["transport"] in transports
-            ]
+            return [(transports[s.transport], s.percent) for s in shares if s.transport in transports]
         mine = [t for t in transports.values() if t.channel_type == channel_type]
         return [(t, 100 // len(mine) + (1 if i < 100 % len(mine) else 0)) for i, t in enumerate(mine)]
 
     def check_transports(
-        self, channel_type: str, shares: Sequence[Mapping[str, Any]], *, launching: bool
+        self, channel_type: str, shares: Sequence[TransportShare], *, launching: bool
     ) -> list[FieldViolation]:
         """Problems with a channel's transport shares against the configured transports; at
         launch also that a channel naming none has a configured transport of its type."""
@@ -255,12 +255,12 @@ class Plugins:
             )
         problems = []
         for index, share in enumerate(shares):
-            transport = self.config.transports.get(share["transport"])
+            transport = self.config.transports.get(share.transport)
             if transport is None:
                 problems.append(
                     FieldViolation(
                         f"transports[{index}].transport",
-                        f"no transport {share['transport']!r} in the daemon's configuration",
+                        f"no transport {share.transport!r} in the daemon's configuration",
                     )
                 )
             elif transport.channel_type != channel_type:
@@ -285,10 +285,9 @@ class Plugins:
         )
         return answer or DEFAULT_SEMANTICS
 
-    def default_window(self, channel_type: str) -> dict[str, Any] | None:
+    def default_window(self, channel_type: str) -> SendWindow | None:
         """The send window of a channel type that sets none (e.g. quiet hours for SMS)."""
-        declared = self.types.get(channel_type)
-        return dict(declared.default_window) if declared and declared.default_window else None
+        return self._windows.get(channel_type)
 
     async def send(
         self,
@@ -460,3 +459,15 @@ def _is_kind(value: Any, kind: str) -> bool:
 
 async def _await(awaitable: Awaitable[Sequence[SendResult]], seconds: float) -> list[SendResult]:
     return list(await asyncio.wait_for(awaitable, seconds))
+
+
+def _window(declared: ChannelType) -> SendWindow:
+    """A type's default window, checked once as it is loaded; PluginError naming what is wrong."""
+    assert declared.default_window
+    window, problems = SendWindow.check(declared.default_window, f"{declared.name}.default_window")
+    if window is None:
+        raise PluginError(
+            "channel type declares a bad default window: "
+            + "; ".join(f"{p.field}: {p.description}" for p in problems)
+        )
+    return window

@@ -11,65 +11,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from campaignd.lifecycle import CampaignState, ChannelState, derive_campaign_state
+from campaignd.lifecycle import CampaignState, ChannelState
+from campaignd.model import (
+    Attestation,
+    Audience,
+    CampaignRecord,
+    ChannelRecord,
+    Guard,
+    Remarketing,
+    SendWindow,
+    TransportShare,
+)
 from campaignd.store.schema import api_requests, campaign_events, campaigns, channels
-
-
-@dataclass
-class ChannelRecord:
-    """One channel of a campaign as stored."""
-
-    channel_id: str
-    type: str
-    state: ChannelState
-    content: dict[str, Any]
-    transports: list[dict[str, Any]]
-    rate_limit: float
-    state_time: dt.datetime
-    schedule_time: dt.datetime | None = None
-    send_window: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    remarketing: dict[str, Any] | None = None
-    audience_counts: dict[str, int] | None = None
-    position: int = 0
-    ambiguous_sends: str | None = None  # "resend", or None: skip
-
-
-@dataclass
-class CampaignRecord:
-    """A campaign with its channels as stored."""
-
-    id: str
-    display_name: str
-    labels: dict[str, str]
-    audience: dict[str, list[str]]
-    time_zone: str
-    guard: dict[str, Any]
-    archived: bool
-    version: int
-    create_time: dt.datetime
-    update_time: dt.datetime
-    attestation: dict[str, Any] | None = None
-    channels: list[ChannelRecord] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        """The resource name."""
-        return f"campaigns/{self.id}"
-
-    @property
-    def etag(self) -> str:
-        """The conflict token: changes whenever the campaign or one of its channels changes."""
-        return f'"{self.version}"'
-
-    @property
-    def state(self) -> CampaignState:
-        """Derived from the channels' states."""
-        return derive_campaign_state(c.state for c in self.channels)
-
-    def channel(self, channel_id: str) -> ChannelRecord | None:
-        """The channel with this id, if any."""
-        return next((c for c in self.channels if c.channel_id == channel_id), None)
 
 
 @dataclass(frozen=True)
@@ -105,13 +58,13 @@ def _channel(row: sa.Row[Any]) -> ChannelRecord:
         type=row.type,
         state=ChannelState(row.state),
         content=row.content,
-        transports=row.transports,
+        transports=tuple(TransportShare.from_json(t) for t in row.transports),
         rate_limit=row.rate_limit,
         state_time=row.state_time,
         schedule_time=row.schedule_time,
-        send_window=row.send_window,
+        send_window=SendWindow.from_json(row.send_window) if row.send_window is not None else None,
         error=row.error,
-        remarketing=row.remarketing,
+        remarketing=Remarketing.from_json(row.remarketing) if row.remarketing is not None else None,
         audience_counts=row.audience_counts,
         position=row.position,
         ambiguous_sends=row.ambiguous_sends,
@@ -123,14 +76,14 @@ def _campaign(row: sa.Row[Any], channel_rows: Sequence[ChannelRecord]) -> Campai
         id=row.id,
         display_name=row.display_name,
         labels=row.labels,
-        audience=row.audience,
+        audience=Audience.from_json(row.audience),
         time_zone=row.time_zone,
-        guard=row.guard,
+        guard=Guard.from_json(row.guard),
         archived=row.archived,
         version=row.version,
         create_time=row.create_time,
         update_time=row.update_time,
-        attestation=row.attestation,
+        attestation=Attestation.from_json(row.attestation) if row.attestation is not None else None,
         channels=list(channel_rows),
     )
 
@@ -154,10 +107,10 @@ def _campaign_values(record: CampaignRecord) -> dict[str, Any]:
     return {
         "display_name": record.display_name,
         "labels": record.labels,
-        "audience": record.audience,
+        "audience": record.audience.to_json(),
         "time_zone": record.time_zone,
-        "guard": record.guard,
-        "attestation": record.attestation,
+        "guard": record.guard.to_json(),
+        "attestation": record.attestation.to_json() if record.attestation is not None else None,
         "archived": record.archived,
         "state": record.state.value,
         "version": record.version,
@@ -173,12 +126,12 @@ def _channel_values(campaign_id: str, channel: ChannelRecord) -> dict[str, Any]:
         "type": channel.type,
         "state": channel.state.value,
         "content": channel.content,
-        "transports": channel.transports,
+        "transports": [t.to_json() for t in channel.transports],
         "rate_limit": channel.rate_limit,
         "schedule_time": channel.schedule_time,
-        "send_window": channel.send_window,
+        "send_window": channel.send_window.to_json() if channel.send_window is not None else None,
         "error": channel.error,
-        "remarketing": channel.remarketing,
+        "remarketing": channel.remarketing.to_json() if channel.remarketing is not None else None,
         "audience_counts": channel.audience_counts,
         "state_time": channel.state_time,
         "ambiguous_sends": channel.ambiguous_sends,

@@ -512,6 +512,21 @@ def queued_zones(conn: Connection, campaign_id: str, channel_id: str) -> list[st
     return [r.time_zone for r in rows]
 
 
+def started_unrecorded(conn: Connection, campaign_id: str, channel_id: str) -> int:
+    """SENDING messages of a channel marked started: sends that began and whose results are not
+    written yet (a few batches' worth at most, read through the channel's state index)."""
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).where(
+                messages.c.campaign_id == campaign_id,
+                messages.c.channel_id == channel_id,
+                messages.c.state == SENDING,
+                messages.c.started.is_(True),
+            )
+        ).scalar_one()
+    )
+
+
 def failure_reasons(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
     """FAILED messages per (channel id, reason)."""
     found: dict[tuple[str, str], int] = {}

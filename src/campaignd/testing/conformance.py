@@ -41,7 +41,7 @@ except ImportError as exc:  # the kit ships in the package, pytest does not
     ) from exc
 
 from campaignd.config import NAME_PATTERN, ConfigError, Settings, parse
-from campaignd.engine.windows import HHMM
+from campaignd.model import SendWindow
 from campaignd.plugin import (
     ChannelInfo,
     ChannelSemantics,
@@ -404,14 +404,8 @@ def _check_field(owner: str, spec: object, *, options: bool) -> None:
 
 
 def _check_window(name: str, window: Mapping[str, Any]) -> None:
-    assert set(window) <= {"days", "start_time", "end_time"}, f"{name}: default_window has unknown keys"
-    for key in ("start_time", "end_time"):
-        value = window.get(key)
-        assert isinstance(value, str), f"{name}: default_window.{key} must be HH:MM"
-        assert HHMM.fullmatch(value), f"{name}: default_window.{key} must be HH:MM"
-    assert window["start_time"] != window["end_time"], f"{name}: default_window start and end must differ"
-    days = window.get("days") or []
-    assert all(isinstance(d, int) and 1 <= d <= 7 for d in days), f"{name}: default_window.days are 1 to 7"
+    _, problems = SendWindow.check(window, "default_window")
+    assert not problems, f"{name}: " + "; ".join(f"{p.field} {p.description}" for p in problems)
 
 
 class ChannelPluginContract:

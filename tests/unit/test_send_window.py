@@ -1,15 +1,14 @@
-"""Send windows in recipients' local time."""
+"""Send windows in recipients' local time, and their stored form."""
 
 from __future__ import annotations
 
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from campaignd.engine.windows import QUIET_HOURS_WINDOW, SendWindow
+from campaignd.model import QUIET_HOURS_WINDOW, SendWindow
 
 NY = ZoneInfo("America/New_York")
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -20,9 +19,7 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> dt.d
     return dt.datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
-WEEKDAYS_9_TO_5 = SendWindow.from_record(
-    {"days": [1, 2, 3, 4, 5], "start_time": "09:00", "end_time": "17:00"}
-)
+WEEKDAYS_9_TO_5 = SendWindow.from_json({"days": [1, 2, 3, 4, 5], "start_time": "09:00", "end_time": "17:00"})
 
 
 def test_open_in_local_hours_only() -> None:
@@ -49,7 +46,7 @@ def test_weekend_waits_for_monday() -> None:
 
 def test_overnight_window_belongs_to_the_day_it_starts() -> None:
     """A Friday-only 22:00-06:00 window is open Friday 23:00 and Saturday 05:00, not Saturday 23:00."""
-    window = SendWindow.from_record({"days": [5], "start_time": "22:00", "end_time": "06:00"})
+    window = SendWindow.from_json({"days": [5], "start_time": "22:00", "end_time": "06:00"})
     assert window.is_open(UTC, utc(2026, 11, 27, 23, 0))
     assert window.is_open(UTC, utc(2026, 11, 28, 5, 0))
     assert not window.is_open(UTC, utc(2026, 11, 28, 23, 0))
@@ -70,19 +67,18 @@ def test_quiet_hours_default() -> None:
 
 def test_dst_gap_start_opens_when_clocks_jump() -> None:
     """A window starting at 02:30 on the spring-forward night opens at 03:00 local."""
-    window = SendWindow.from_record({"days": [], "start_time": "02:30", "end_time": "04:00"})
+    window = SendWindow.from_json({"days": [], "start_time": "02:30", "end_time": "04:00"})
     # 2026-03-08 02:00 EST -> 03:00 EDT in New York.
     before = dt.datetime(2026, 3, 8, 1, 0, tzinfo=NY)
     opening = window.next_open(NY, before)
     assert opening.astimezone(NY).replace(tzinfo=None) == dt.datetime(2026, 3, 8, 3, 0)
 
 
-def test_window_without_days_never_opens() -> None:
-    """days={} in the record means every day, but an empty frozenset never opens."""
-    assert SendWindow.from_record({"days": [], "start_time": "09:00", "end_time": "10:00"}).days
-    never = SendWindow(frozenset(), dt.time(9), dt.time(10))
-    with pytest.raises(ValueError, match="never opens"):
-        never.next_open(UTC, utc(2026, 1, 1))
+def test_window_without_days_opens_every_day() -> None:
+    """No days means every day: the window opens on a Sunday, and keeps no days when stored."""
+    window = SendWindow.from_json({"days": [], "start_time": "09:00", "end_time": "10:00"})
+    assert window.is_open(UTC, utc(2026, 11, 29, 9, 30))  # a Sunday
+    assert window.to_json() == {"days": [], "start_time": "09:00", "end_time": "10:00"}
 
 
 @given(
@@ -92,10 +88,10 @@ def test_window_without_days_never_opens() -> None:
     zone=st.sampled_from([NY, TOKYO, ZoneInfo("Europe/Berlin"), ZoneInfo("Australia/Lord_Howe"), UTC]),
     start=st.integers(0, 23),
     length=st.integers(1, 23),
-    days=st.frozensets(st.integers(1, 7), min_size=1),
+    days=st.lists(st.integers(1, 7), unique=True).map(lambda d: tuple(sorted(d))),
 )
 def test_property_next_open_is_open_and_not_in_the_past(
-    now: dt.datetime, zone: ZoneInfo, start: int, length: int, days: frozenset[int]
+    now: dt.datetime, zone: ZoneInfo, start: int, length: int, days: tuple[int, ...]
 ) -> None:
     """The moment next_open returns is never before now, and the window is open then."""
     window = SendWindow(days, dt.time(start), dt.time((start + length) % 24))
