@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 from collections import OrderedDict
@@ -80,45 +81,67 @@ class _Message:
 
 class Receipts:
     """Turns part receipts into message events: a message is DELIVERED once every part is, and
-    FAILED at its first failed part. A receipt may come before its part is known (before the
-    submit_sm_resp was read): it waits up to `hold` seconds for it."""
+    FAILED at its first failed part.
+
+    A send call makes its parts known when it returns, just before the daemon records the
+    results, so that a receipt does not reach the daemon before its message's provider id. A
+    receipt that comes before its part is known waits for it: until every send call in progress
+    when it came has returned, and `hold` seconds at least. One whose part never became known
+    answers a message sent before this process started: it is reported under its part id, the
+    provider id of a one-part message (or of the first part)."""
 
     def __init__(self, out: EventQueue, *, hold: float = 30.0, limit: int = 1_000_000) -> None:
         self.out = out
         self.hold = hold
         self.limit = limit
         self.parts: OrderedDict[str, _Message] = OrderedDict()
-        self.early: OrderedDict[str, tuple[float, Receipt]] = OrderedDict()
+        # part id -> (when it came, the newest send call then, the receipt), in arrival order
+        self.early: OrderedDict[str, tuple[float, int, Receipt]] = OrderedDict()
+        self.calls = itertools.count(1)
+        self.newest_call = 0
+        self.calls_in_progress: set[int] = set()
+
+    def begin(self) -> int:
+        """A send call starts; returns its number, for `end`."""
+        call = self.newest_call = next(self.calls)
+        self.calls_in_progress.add(call)
+        return call
+
+    def end(self, call: int) -> None:
+        """A send call returned (its parts were made known with `sent`)."""
+        self.calls_in_progress.discard(call)
 
     def sent(self, part_ids: list[str]) -> None:
         """A message was accepted as these parts; the first part's id is its provider id."""
         if not part_ids:
             return
         message = _Message(part_ids[0], set(part_ids))
+        parts = self.parts
         for part_id in part_ids:
-            self.parts[part_id] = message
-        while len(self.parts) > self.limit:
-            self.parts.popitem(last=False)
-        for part_id in part_ids:
-            early = self.early.pop(part_id, None)
-            if early is not None:
-                self._apply(early[1])
+            parts[part_id] = message
+        while len(parts) > self.limit:
+            parts.popitem(last=False)
+        if self.early:
+            for part_id in part_ids:
+                early = self.early.pop(part_id, None)
+                if early is not None:
+                    self._apply(early[2])
 
     def receipt(self, receipt: Receipt) -> None:
         """Apply one part's receipt."""
-        self._expire()
+        if self.early:
+            self._expire()
         if receipt.part_id in self.parts:
             self._apply(receipt)
         else:
-            self.early[receipt.part_id] = (time.monotonic(), receipt)
+            self.early[receipt.part_id] = (time.monotonic(), self.newest_call, receipt)
 
     def _expire(self) -> None:
-        # A receipt whose part never became known answers a message sent before this process
-        # started: its part id is the provider id of a one-part message (or the first part).
         cutoff = time.monotonic() - self.hold
+        oldest_call = min(self.calls_in_progress, default=self.newest_call + 1)
         while self.early:
-            part_id, (seen, receipt) = next(iter(self.early.items()))
-            if seen > cutoff:
+            part_id, (seen, newest_call, receipt) = next(iter(self.early.items()))
+            if seen > cutoff or newest_call >= oldest_call:
                 break
             del self.early[part_id]
             self._report(part_id, receipt)
