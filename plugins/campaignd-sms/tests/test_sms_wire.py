@@ -108,7 +108,7 @@ def test_a_usual_receipt_reads_as_the_general_parser_reads_it(
     text = f"id:{part_id} sub:001 dlvrd:001 submit date:{date} done date:{date} stat:{stat} err:{err}"
     tlvs = struct.pack("!HH", 0x001E, 4) + b"abc\x00" if receipted else b""
     pdu = deliver_sm(text.encode(), tlvs=tlvs)
-    fields = smpp._receipt_fields(pdu)
+    fields = smpp._usual_receipt(pdu)
     read = smpp._read_with_codec(pdu, 9)
     expected = parse_receipt(read.text, read.receipted_id)
     assert expected is not None
@@ -117,8 +117,8 @@ def test_a_usual_receipt_reads_as_the_general_parser_reads_it(
 
 def test_anything_else_is_left_to_the_codec() -> None:
     """Receipt texts in another form, and inbound messages, are not read by the shortcut."""
-    assert smpp._receipt_fields(deliver_sm(b"stat:DELIVRD id:12 err:0")) is None
-    assert smpp._receipt_fields(deliver_sm(b"id:12 sub:1 dlvrd:1 submit date:x done date:y")) is None
-    assert smpp._receipt_fields(deliver_sm(b"STOP", esm_class=0)) is None
+    assert smpp._usual_receipt(deliver_sm(b"stat:DELIVRD id:12 err:0")) is None
+    assert smpp._usual_receipt(deliver_sm(b"id:12 sub:1 dlvrd:1 submit date:x done date:y")) is None
+    assert smpp._usual_receipt(deliver_sm(b"STOP", esm_class=0)) is None
     usual = b"id:12 sub:1 dlvrd:1 submit date:x done date:y stat:DELIVRD err:0 text:hello"
-    assert smpp._receipt_fields(deliver_sm(usual)) == ("12", "DELIVRD", "0")
+    assert smpp._usual_receipt(deliver_sm(usual)) == ("12", "DELIVRD", "0")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # GSM 03.38 default alphabet, code by code; 0x1B is the escape to the extension table.
 GSM_BASIC = (
@@ -53,8 +53,7 @@ class Encoding(enum.StrEnum):
         return 0 if self is Encoding.GSM7 else 8
 
 
-@dataclass(frozen=True)
-class Encoded:
+class Encoded(NamedTuple):
     """A text as it goes on the wire: its encoding and the payload of each part (without any
     concatenation header). GSM-7 payloads are unpacked: one septet per byte, as SMPP carries
     them with data_coding 0."""

@@ -36,7 +36,7 @@ class SmsTransport:
         self.kannel: Kannel | None = None
         if self.kind == "smpp":
             self.smpp_settings = SmppSettings.from_options(transport.options)
-            self.smpp = Link(self.smpp_settings, transport.concurrency, self.delivered, self.part_receipt)
+            self.smpp = Link(self.smpp_settings, transport.concurrency, self.delivered, self.receipts.receipt)
         else:
             self.kannel = Kannel(transport, self)
 
@@ -82,10 +82,6 @@ class SmsTransport:
         finally:
             self.receipts.end(call)
         return [result for result, _ in answered]
-
-    def part_receipt(self, part_id: str, stat: str, err: str) -> None:
-        """A receipt for a part, read from the session's PDU."""
-        self.receipts.receipt(Receipt(part_id, stat, err))
 
     def delivered(self, deliver: Deliver) -> None:
         """A deliver_sm: a receipt for a part, or a reply from a recipient."""

@@ -10,7 +10,7 @@ import itertools
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from campaignd.plugin import EventKind, EventSink, InboundEvent
 
@@ -47,8 +47,7 @@ def e164(number: str) -> str:
     return f"+{digits}" if digits else number
 
 
-@dataclass(frozen=True)
-class Receipt:
+class Receipt(NamedTuple):
     """A delivery receipt for one part: the SMSC's id of the part, its final state and error."""
 
     part_id: str
@@ -100,6 +99,7 @@ class Receipts:
         self.calls = itertools.count(1)
         self.newest_call = 0
         self.calls_in_progress: set[int] = set()
+        self.next_expiry = 0.0
 
     def begin(self) -> int:
         """A send call starts; returns its number, for `end`."""
@@ -129,12 +129,15 @@ class Receipts:
 
     def receipt(self, receipt: Receipt) -> None:
         """Apply one part's receipt."""
-        if self.early:
-            self._expire()
         if receipt.part_id in self.parts:
             self._apply(receipt)
-        else:
-            self.early[receipt.part_id] = (time.monotonic(), self.newest_call, receipt)
+            return
+        now = time.monotonic()
+        # Looked at once a second: a receipt per part comes, and nearly all wait a moment.
+        if now >= self.next_expiry:
+            self.next_expiry = now + 1.0
+            self._expire()
+        self.early[receipt.part_id] = (now, self.newest_call, receipt)
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.hold

@@ -44,6 +44,7 @@ from aiosmpplib import (
 
 from campaignd.plugin import Gate, SendResult, SendStatus
 from campaignd_sms.encoding import UDHI, Concatenation, Encoded, udh
+from campaignd_sms.receipts import Receipt
 from campaignd_sms.settings import Sender, SmppSettings
 
 log = logging.getLogger("campaignd_sms.smpp")
@@ -184,11 +185,11 @@ class Session(asyncio.Protocol):
         self,
         settings: SmppSettings,
         on_deliver: Callable[[Deliver], None],
-        on_receipt: Callable[[str, str, str], None] | None = None,
+        on_receipt: Callable[[Receipt], None] | None = None,
     ) -> None:
         self.settings = settings
         self.on_deliver = on_deliver
-        # (part id, stat, err) of a receipt in the usual text form, without building a Deliver
+        # a receipt whose text has the usual form, read without building a Deliver
         self.on_receipt = on_receipt
         self.sequence = itertools.count(1)
         # sequence number -> (what waits for the answer, when the request was written)
@@ -295,9 +296,9 @@ class Session(asyncio.Protocol):
         if command == DELIVER_SM:
             self._send(deliver_sm_resp(sequence))
             if self.on_receipt is not None:
-                receipt = _receipt_fields(pdu)
+                receipt = _usual_receipt(pdu)
                 if receipt is not None:
-                    self.on_receipt(*receipt)
+                    self.on_receipt(receipt)
                     return
             try:
                 deliver = _read_deliver(pdu, sequence)
@@ -520,8 +521,8 @@ _USUAL_RECEIPT = re.compile(
 )
 
 
-def _receipt_fields(pdu: bytes) -> tuple[str, str, str] | None:
-    """(part id, stat in upper case, err) of a receipt whose text has the usual form, else
+def _usual_receipt(pdu: bytes) -> Receipt | None:
+    """The receipt in a deliver_sm whose text has the usual form (the stat in upper case), else
     None. The receipted_message_id parameter wins over the text's id."""
     parts = _receipt_parts(pdu)
     if parts is None:
@@ -533,7 +534,7 @@ def _receipt_fields(pdu: bytes) -> tuple[str, str, str] | None:
     part_id = receipted or match[1].decode("latin-1")
     if not part_id:
         return None
-    return part_id, match[2].decode("latin-1").upper(), match[3].decode("latin-1")
+    return Receipt(part_id, match[2].decode("latin-1").upper(), match[3].decode("latin-1"))
 
 
 # -- submitting -------------------------------------------------------------------------------------
@@ -560,30 +561,34 @@ class Builder:
         self.head = b"\x00" + bytes((sender.ton, sender.npi)) + _c_string(sender.address)
         self.concatenation = concatenation
         self.registered_delivery = registered_delivery
+        # After the destination, by (esm_class, data_coding): esm_class, protocol_id and
+        # priority_flag, empty schedule_delivery_time and validity_period, registered_delivery,
+        # replace_if_present_flag, data_coding and sm_default_msg_id; sm_length follows.
+        self.fields = {
+            (esm_class, coding): bytes((esm_class, 0, 0, 0, 0, registered_delivery, 0, coding, 0))
+            for esm_class in (0, UDHI)
+            for coding in (0, 8)
+        }
 
     def build(self, message_id: int, address: str, encoded: Encoded, reference: int) -> Submission:
         """The submit_sm bodies of one message to `address` (E.164)."""
-        # destination (TON international, NPI ISDN) and, after esm_class, protocol_id and
-        # priority_flag 0, empty schedule_delivery_time and validity_period
-        destination = b"\x01\x01" + address.lstrip("+").encode("ascii") + b"\x00"
+        # destination: TON international, NPI ISDN
+        head = self.head + b"\x01\x01" + address.lstrip("+").encode("ascii") + b"\x00"
         coding = encoded.encoding.data_coding
-        total = len(encoded.parts)
-        head = self.head + destination
-        registered = self.registered_delivery
+        parts = encoded.parts
+        total = len(parts)
         if total == 1:
-            payload = encoded.parts[0]
-            return Submission(
-                message_id,
-                [head + bytes((0, 0, 0, 0, 0, registered, 0, coding, 0, len(payload))) + payload],
-            )
+            payload = parts[0]
+            return Submission(message_id, [head + self.fields[0, coding] + bytes((len(payload),)) + payload])
         bodies = []
-        for number, payload in enumerate(encoded.parts, start=1):
-            if self.concatenation is Concatenation.UDH:
+        if self.concatenation is Concatenation.UDH:
+            fields = head + self.fields[UDHI, coding]
+            for number, payload in enumerate(parts, start=1):
                 data = udh(reference, total, number) + payload
-                fields = bytes((UDHI, 0, 0, 0, 0, registered, 0, coding, 0, len(data)))
-                bodies.append(head + fields + data)
-            else:
-                fields = bytes((0, 0, 0, 0, 0, registered, 0, coding, 0, len(payload)))
+                bodies.append(fields + bytes((len(data),)) + data)
+        else:
+            fields = head + self.fields[0, coding]
+            for number, payload in enumerate(parts, start=1):
                 sar = struct.pack(
                     "!HHHHHBHHB",
                     SAR_MSG_REF_NUM,
@@ -596,7 +601,7 @@ class Builder:
                     1,
                     number,
                 )
-                bodies.append(head + fields + payload + sar)
+                bodies.append(fields + bytes((len(payload),)) + payload + sar)
         return Submission(message_id, bodies)
 
 
@@ -692,7 +697,7 @@ class Link:
         settings: SmppSettings,
         concurrency: int,
         on_deliver: Callable[[Deliver], None],
-        on_receipt: Callable[[str, str, str], None] | None = None,
+        on_receipt: Callable[[Receipt], None] | None = None,
     ) -> None:
         self.settings = settings
         self.on_deliver = on_deliver
