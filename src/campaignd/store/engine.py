@@ -282,9 +282,10 @@ def record(
             outcome=sa.func.coalesce(sa.bindparam("said", type_=sa.String), messages.c.outcome),
             talk_time=sa.bindparam("talk", type_=sa.Float),
             attempts=messages.c.attempts + sa.bindparam("tried"),
-            lease_owner=None,
-            lease_expiry=None,
-            started=None,
+            # NULL in the statement rather than a parameter of every row
+            lease_owner=sa.null(),
+            lease_expiry=sa.null(),
+            started=sa.null(),
             update_time=now,
         ),
         [
@@ -566,7 +567,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
         )
         for row in found:
             rows.setdefault(row.provider_id, []).append(row)
-    moves: dict[int, dict[str, Any]] = {}
+    moves: dict[int, tuple[str, str | None, str | None]] = {}  # id -> (state, reason, last_error)
     outcomes: dict[int, str] = {}
     states: dict[int, str] = {}
     deltas: dict[tuple[str, str], Counter[str]] = {}
@@ -576,12 +577,11 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
         for row in rows.get(event.provider_id, ()):
             state = states.get(row.id, row.state)
             if state in frm:
-                moves[row.id] = {
-                    "mid": row.id,
-                    "new_state": to,
-                    "why": (event.reason or event.kind)[:63] if to == "failed" else None,
-                    "error": event.detail or None,
-                }
+                moves[row.id] = (
+                    to,
+                    (event.reason or event.kind)[:63] if to == "failed" else None,
+                    event.detail or None,
+                )
                 states[row.id] = to
                 counter = deltas.setdefault((row.campaign_id, row.channel_id), Counter())
                 counter[state] -= 1
@@ -592,18 +592,18 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
             else:
                 continue
             touched.add(row.campaign_id)
-    if moves:
-        conn.execute(
-            messages.update()
-            .where(messages.c.id == sa.bindparam("mid"))
-            .values(
-                state=sa.bindparam("new_state"),
-                reason=sa.bindparam("why"),
-                last_error=sa.bindparam("error"),
-                update_time=now,
-            ),
-            list(moves.values()),
-        )
+    # Moves alike (a batch of receipts: every one DELIVERED) are one statement over their ids,
+    # rather than one set of parameters per message.
+    alike: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for mid, move in moves.items():
+        alike.setdefault(move, []).append(mid)
+    for (to, why, error), mids in alike.items():
+        for start in range(0, len(mids), 2000):
+            conn.execute(
+                messages.update()
+                .where(messages.c.id.in_(mids[start : start + 2000]))
+                .values(state=to, reason=why, last_error=error, update_time=now)
+            )
     if outcomes:
         conn.execute(
             messages.update()
