@@ -268,12 +268,74 @@ def record(
     if not valid:
         return 0
     started = [o for o in valid if o.state != "queued" and o.attempted]
-    conn.execute(
+    rows = [
+        {
+            "mid": o.id,
+            "provider": o.provider_id or None,
+            "new_state": o.state,
+            "error": o.error or None,
+            "why": o.reason or None,
+            "next_at": o.next_attempt_time,
+            "via": o.transport,
+            # Only a send says how many parts it took; one part is the default and not stored.
+            "n_parts": o.parts if o.state != "queued" and o.parts != 1 else None,
+            "said": o.outcome or None,
+            "talk": o.talk_time,
+            # A message handed back unstarted was not attempted; an ambiguous one was counted.
+            "tried": 0 if o.state == "queued" or not o.attempted or ours[o.id] != SENDING else 1,
+        }
+        for o in valid
+    ]
+    # Rows alike but for their id and provider id (a batch of SENT messages takes a few shapes)
+    # are written with one statement per shape over their ids, and their provider ids with two
+    # parameters a row: per row, SQLAlchemy's handling of a dozen parameters cost more than the
+    # update itself. The other rows are written one parameter set per row.
+    shapes: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        shape = (row["provider"] is None, *(row[key] for key in _RECORD_SHAPE))
+        shapes.setdefault(shape, []).append(row)
+    singles = []
+    for group in shapes.values():
+        if len(group) < RECORD_ALIKE:
+            singles += group
+            continue
+        values = {key: group[0][key] for key in _RECORD_SHAPE}
+        ids = [row["mid"] for row in group]
+        for start in range(0, len(ids), 2000):
+            conn.execute(
+                _record_statement(now, sa.null(), messages.c.id.in_(sa.bindparam("mids", expanding=True))),
+                {**values, "mids": ids[start : start + 2000]},
+            )
+        if group[0]["provider"] is not None:
+            conn.execute(
+                messages.update()
+                .where(messages.c.id == sa.bindparam("mid"))
+                .values(provider_id=sa.bindparam("provider")),
+                [{"mid": row["mid"], "provider": row["provider"]} for row in group],
+            )
+    if singles:
+        conn.execute(
+            _record_statement(now, sa.bindparam("provider"), messages.c.id == sa.bindparam("mid")), singles
+        )
+    deltas = Counter(o.state for o in valid)
+    deltas.subtract(Counter(ours[o.id] for o in valid))
+    add_counts(conn, campaign_id, channel_id, deltas)
+    return len(started)
+
+
+RECORD_ALIKE = 8  # rows of one shape that are written together
+_RECORD_SHAPE = ("new_state", "error", "why", "next_at", "via", "n_parts", "said", "talk", "tried")
+
+
+def _record_statement(
+    now: dt.datetime, provider: sa.ColumnElement[Any], where: sa.ColumnElement[bool]
+) -> sa.Update:
+    return (
         messages.update()
-        .where(messages.c.id == sa.bindparam("mid"))
+        .where(where)
         .values(
             state=sa.bindparam("new_state"),
-            provider_id=sa.bindparam("provider"),
+            provider_id=provider,
             last_error=sa.bindparam("error"),
             reason=sa.bindparam("why"),
             next_attempt_time=sa.bindparam("next_at"),
@@ -287,30 +349,8 @@ def record(
             lease_expiry=sa.null(),
             started=sa.null(),
             update_time=now,
-        ),
-        [
-            {
-                "mid": o.id,
-                "new_state": o.state,
-                "provider": o.provider_id or None,
-                "error": o.error or None,
-                "why": o.reason or None,
-                "next_at": o.next_attempt_time,
-                "via": o.transport,
-                # Only a send says how many parts it took; one part is the default and not stored.
-                "n_parts": o.parts if o.state != "queued" and o.parts != 1 else None,
-                "said": o.outcome or None,
-                "talk": o.talk_time,
-                # A message handed back unstarted was not attempted; an ambiguous one was counted.
-                "tried": 0 if o.state == "queued" or not o.attempted or ours[o.id] != SENDING else 1,
-            }
-            for o in valid
-        ],
+        )
     )
-    deltas = Counter(o.state for o in valid)
-    deltas.subtract(Counter(ours[o.id] for o in valid))
-    add_counts(conn, campaign_id, channel_id, deltas)
-    return len(started)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------
