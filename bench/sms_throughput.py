@@ -200,7 +200,7 @@ async def bare_loop(port: int, parts: int, window: int) -> float:
 # -- the daemon -------------------------------------------------------------------------------------
 
 
-def configure(daemon: Daemon, url: str, port: int, window: int, concurrency: int) -> None:
+def configure(daemon: Daemon, url: str, port: int, window: int, concurrency: int, batch_size: int) -> None:
     database_section = f'[database]\nurl = "{url}"\n' if url else ""
     daemon.config_path.write_text(
         "[daemon]\n"
@@ -208,7 +208,7 @@ def configure(daemon: Daemon, url: str, port: int, window: int, concurrency: int
         f'runtime_directory = "{daemon.runtime_dir}"\n'
         '[log]\nformat = "json"\nlevel = "warning"\n'
         + database_section
-        + "[engine]\nbatch_size = 500\n"
+        + f"[engine]\nbatch_size = {batch_size}\n"
         + "[transports.smsc]\n"
         + 'type = "sms"\n'
         + f"concurrency = {concurrency}\n"
@@ -326,6 +326,7 @@ def main() -> int:
     parser.add_argument("--recipients", type=int, default=100_000, help=f"at most {len(AREAS) * 10_000:,}")
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=500, help="the daemon's [engine] batch_size")
     parser.add_argument("--profile", type=pathlib.Path, help="py-spy the daemon while it sends")
     args = parser.parse_args()
     n = args.recipients
@@ -348,7 +349,7 @@ def main() -> int:
         )
         with database("sqlite", keep=False) as url, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             daemon = Daemon(pathlib.Path(tmp), url)
-            configure(daemon, url, port, args.window, args.concurrency)
+            configure(daemon, url, port, args.window, args.concurrency, args.batch_size)
             daemon.start()
             sampler = RssSampler(daemon.pid)
             sampler.start()
@@ -372,7 +373,8 @@ def main() -> int:
             flush=True,
         )
         print(
-            f"CPU while sending (share of one core): {shares(used, sending)}; load average {load()}",
+            f"CPU while sending (share of one core): {shares(used, sending)}; daemon CPU per message "
+            f"{used[0] / n * 1e6:.0f} us (render workers {used[1] / n * 1e6:.0f} us); load average {load()}",
             flush=True,
         )
     finally:

@@ -214,13 +214,19 @@ def mark_started(conn: Connection, *, owner: str, ids: Sequence[int]) -> set[int
     `owner` (only those may be sent: the others' lease expired and they went to another fate)."""
     if not ids:
         return set()
-    statement = (
-        messages.update()
-        .where(messages.c.id.in_(list(ids)), messages.c.lease_owner == owner, messages.c.state == SENDING)
-        .values(started=True)
-        .returning(messages.c.id)
+    return set(conn.execute(_MARK_STARTED, {"ids": list(ids), "owner": owner}).scalars())
+
+
+_MARK_STARTED = (
+    messages.update()
+    .where(
+        messages.c.id.in_(sa.bindparam("ids", expanding=True)),
+        messages.c.lease_owner == sa.bindparam("owner"),
+        messages.c.state == SENDING,
     )
-    return {r.id for r in conn.execute(statement)}
+    .values(started=True)
+    .returning(messages.c.id)
+)
 
 
 def renew(conn: Connection, *, owner: str, ids: Sequence[int], expiry: dt.datetime) -> None:
@@ -292,7 +298,7 @@ def record(
     # update itself. The other rows are written one parameter set per row.
     shapes: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        shape = (row["provider"] is None, *(row[key] for key in _RECORD_SHAPE))
+        shape = (row["provider"] is None, *[row[key] for key in _RECORD_SHAPE])
         shapes.setdefault(shape, []).append(row)
     singles = []
     for group in shapes.values():
@@ -302,21 +308,12 @@ def record(
         values = {key: group[0][key] for key in _RECORD_SHAPE}
         ids = [row["mid"] for row in group]
         for start in range(0, len(ids), 2000):
-            conn.execute(
-                _record_statement(now, sa.null(), messages.c.id.in_(sa.bindparam("mids", expanding=True))),
-                {**values, "mids": ids[start : start + 2000]},
-            )
+            conn.execute(_RECORD_ALIKE, {**values, "now": now, "mids": ids[start : start + 2000]})
         if group[0]["provider"] is not None:
-            conn.execute(
-                messages.update()
-                .where(messages.c.id == sa.bindparam("mid"))
-                .values(provider_id=sa.bindparam("provider")),
-                [{"mid": row["mid"], "provider": row["provider"]} for row in group],
-            )
+            providers = [{"mid": row["mid"], "provider": row["provider"]} for row in group]
+            conn.execute(_RECORD_PROVIDER, providers)
     if singles:
-        conn.execute(
-            _record_statement(now, sa.bindparam("provider"), messages.c.id == sa.bindparam("mid")), singles
-        )
+        conn.execute(_RECORD_ONE, [{**row, "now": now} for row in singles])
     deltas = Counter(o.state for o in valid)
     deltas.subtract(Counter(ours[o.id] for o in valid))
     add_counts(conn, campaign_id, channel_id, deltas)
@@ -327,9 +324,7 @@ RECORD_ALIKE = 8  # rows of one shape that are written together
 _RECORD_SHAPE = ("new_state", "error", "why", "next_at", "via", "n_parts", "said", "talk", "tried")
 
 
-def _record_statement(
-    now: dt.datetime, provider: sa.ColumnElement[Any], where: sa.ColumnElement[bool]
-) -> sa.Update:
+def _record_statement(provider: sa.ColumnElement[Any], where: sa.ColumnElement[bool]) -> sa.Update:
     return (
         messages.update()
         .where(where)
@@ -348,9 +343,17 @@ def _record_statement(
             lease_owner=sa.null(),
             lease_expiry=sa.null(),
             started=sa.null(),
-            update_time=now,
+            update_time=sa.bindparam("now"),
         )
     )
+
+
+# Built once: building them for every batch cost as much as executing them.
+_RECORD_ONE = _record_statement(sa.bindparam("provider"), messages.c.id == sa.bindparam("mid"))
+_RECORD_ALIKE = _record_statement(sa.null(), messages.c.id.in_(sa.bindparam("mids", expanding=True)))
+_RECORD_PROVIDER = (
+    messages.update().where(messages.c.id == sa.bindparam("mid")).values(provider_id=sa.bindparam("provider"))
+)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------
@@ -590,6 +593,18 @@ class Event:
     reason: str = ""
 
 
+_MOVE = (
+    messages.update()
+    .where(messages.c.id.in_(sa.bindparam("mids", expanding=True)))
+    .values(
+        state=sa.bindparam("to"),
+        reason=sa.bindparam("why"),
+        last_error=sa.bindparam("error"),
+        update_time=sa.bindparam("now"),
+    )
+)
+
+
 def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) -> tuple[set[str], set[str]]:
     """Move the messages the events name as each event's kind says, in bulk; returns the campaign
     ids whose messages changed, and the provider ids no message has."""
@@ -640,9 +655,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
     for (to, why, error), mids in alike.items():
         for start in range(0, len(mids), 2000):
             conn.execute(
-                messages.update()
-                .where(messages.c.id.in_(mids[start : start + 2000]))
-                .values(state=to, reason=why, last_error=error, update_time=now)
+                _MOVE, {"to": to, "why": why, "error": error, "now": now, "mids": mids[start : start + 2000]}
             )
     if outcomes:
         conn.execute(
