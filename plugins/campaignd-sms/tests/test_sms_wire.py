@@ -122,3 +122,16 @@ def test_anything_else_is_left_to_the_codec() -> None:
     assert smpp._usual_receipt(deliver_sm(b"STOP", esm_class=0)) is None
     usual = b"id:12 sub:1 dlvrd:1 submit date:x done date:y stat:DELIVRD err:0 text:hello"
     assert smpp._usual_receipt(deliver_sm(usual)) == ("12", "DELIVRD", "0")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([0x00, 0x04, 0x44]))
+def test_no_deliver_sm_makes_the_reader_raise(body: bytes, esm_class: int) -> None:
+    """Whatever a deliver_sm holds, reading it as a receipt gives a receipt or None, never an
+    exception (which would end the session)."""
+    for pdu in (
+        struct.pack("!IIII", 16 + len(body), 5, 0, 1) + body,
+        deliver_sm(body[:254], esm_class=esm_class),
+    ):
+        smpp._usual_receipt(pdu)
+        smpp._read_receipt(pdu)

@@ -461,28 +461,32 @@ def _read_with_codec(pdu: bytes, sequence: int) -> Deliver:
     )
 
 
-def _receipt_parts(pdu: bytes) -> tuple[int, int, int, int, int, bytes, str, int] | None:
-    """(end of source, end of destination, esm_class, start of the short message, its
-    length, the text's bytes, receipted_message_id, message_state) of a deliver_sm that is
-    a delivery receipt; None for anything else or a PDU this cannot read."""
+# A deliver_sm's mandatory fields up to its short message: service_type, source (TON, NPI,
+# address), destination (TON, NPI, address), esm_class, protocol_id, priority_flag,
+# schedule_delivery_time, validity_period, registered_delivery, replace_if_present_flag,
+# data_coding, sm_default_msg_id and sm_length, in one match.
+_DELIVER_HEAD = re.compile(
+    rb"[^\x00]*\x00..([^\x00]*)\x00..([^\x00]*)\x00(.)..[^\x00]*\x00[^\x00]*\x00....(.)", re.DOTALL
+)
+
+
+def _receipt_parts(pdu: bytes) -> tuple[bytes, bytes, int, bytes, str, int] | None:
+    """(source, destination, esm_class, the text's bytes, receipted_message_id, message_state)
+    of a deliver_sm that is a delivery receipt; None for anything else or a PDU this cannot
+    read."""
+    head = _DELIVER_HEAD.match(pdu, 16)
+    if head is None:
+        return None
+    esm_class = head[3][0]
+    if (esm_class & 0b00111100) != 0b00000100:
+        return None
+    start = head.end()
+    at = start + head[4][0]
+    if at > len(pdu):
+        return None
+    data = pdu[start:at]
+    receipted, state = "", 0
     try:
-        at = pdu.index(0, 16) + 3  # service_type, then source_addr_ton and _npi
-        source_end = pdu.index(0, at)
-        at = source_end + 3  # destination_addr_ton and _npi
-        destination_end = pdu.index(0, at)
-        at = destination_end + 1
-        esm_class = pdu[at]
-        if (esm_class & 0b00111100) != 0b00000100:
-            return None
-        at = pdu.index(0, at + 3)  # protocol_id, priority_flag, schedule_delivery_time
-        at = pdu.index(0, at + 1)  # validity_period
-        length = pdu[at + 5]  # registered_delivery, replace_if_present, data_coding, default_msg_id
-        start = at + 6
-        if start + length > len(pdu):
-            return None
-        data = pdu[start : start + length]
-        at = start + length
-        receipted, state = "", 0
         while at + 4 <= len(pdu):
             tag, size = struct.unpack_from("!HH", pdu, at)
             value = pdu[at + 4 : at + 4 + size]
@@ -493,9 +497,9 @@ def _receipt_parts(pdu: bytes) -> tuple[int, int, int, int, int, bytes, str, int
                 state = value[0]
             elif tag == MESSAGE_PAYLOAD and not data:
                 data = value
-    except (ValueError, IndexError, struct.error):
+    except struct.error:
         return None
-    return source_end, destination_end, esm_class, start, length, data, receipted, state
+    return head[1], head[2], esm_class, data, receipted, state
 
 
 def _read_receipt(pdu: bytes) -> Deliver | None:
@@ -504,12 +508,16 @@ def _read_receipt(pdu: bytes) -> Deliver | None:
     parts = _receipt_parts(pdu)
     if parts is None:
         return None
-    source_end, destination_end, esm_class, _, _, data, receipted, state = parts
-    source_start = pdu.index(0, 16) + 3
-    source = pdu[source_start:source_end].decode("latin-1")
-    destination = pdu[source_end + 3 : destination_end].decode("latin-1")
+    source, destination, esm_class, data, receipted, state = parts
     # The receipt's text is ASCII (SMPP 3.4 appendix B) in any data_coding.
-    return Deliver(source, destination, esm_class, data.decode("latin-1"), receipted, state)
+    return Deliver(
+        source.decode("latin-1"),
+        destination.decode("latin-1"),
+        esm_class,
+        data.decode("latin-1"),
+        receipted,
+        state,
+    )
 
 
 # The usual receipt text (SMPP 3.4 appendix B), read in one match; anything else goes through
@@ -527,7 +535,7 @@ def _usual_receipt(pdu: bytes) -> Receipt | None:
     parts = _receipt_parts(pdu)
     if parts is None:
         return None
-    data, receipted = parts[5], parts[6]
+    data, receipted = parts[3], parts[4]
     match = _USUAL_RECEIPT.match(data)
     if match is None:
         return None
