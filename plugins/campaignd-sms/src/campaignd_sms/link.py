@@ -74,14 +74,24 @@ class SmsTransport:
             builder.build(r.message_id, r.address, encoded, next(references)) for r, encoded in messages
         ]
         call = self.receipts.begin()
+        results = []
         try:
-            answered = await self.smpp.send(submissions, gate)
-            for result, part_ids in answered:
+            for result, part_ids in await self.smpp.send(submissions, gate):
                 if result.status is SendStatus.SENT:
-                    self.receipts.sent(part_ids)
+                    if self.receipts.delivered_already(part_ids):
+                        # One write for the message instead of a result and then an event.
+                        result = SendResult(
+                            result.message_id,
+                            SendStatus.DELIVERED,
+                            provider_id=result.provider_id,
+                            parts=result.parts,
+                        )
+                    else:
+                        self.receipts.sent(part_ids)
+                results.append(result)
         finally:
             self.receipts.end(call)
-        return [result for result, _ in answered]
+        return results
 
     def delivered(self, deliver: Deliver) -> None:
         """A deliver_sm: a receipt for a part, or a reply from a recipient."""

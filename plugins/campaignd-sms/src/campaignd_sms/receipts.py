@@ -127,6 +127,19 @@ class Receipts:
                 if early is not None:
                     self._apply(early[2])
 
+    def delivered_already(self, part_ids: list[str]) -> bool:
+        """Whether every part of a message just accepted was already reported DELIVERED (the
+        receipts came before the send call returned); if so they are used up, and the message
+        needs no event: it is recorded DELIVERED at once."""
+        early = self.early
+        for part_id in part_ids:
+            waiting = early.get(part_id)
+            if waiting is None or waiting[2].stat not in DELIVERED_STATES:
+                return False
+        for part_id in part_ids:
+            del early[part_id]
+        return True
+
     def receipt(self, receipt: Receipt) -> None:
         """Apply one part's receipt."""
         if receipt.part_id in self.parts:
