@@ -253,7 +253,7 @@ class Cpu:
     def read(self) -> tuple[float, float, float, float]:
         own, children = cpu_seconds(self.daemon) if self.daemon else (0.0, 0.0)
         times = os.times()
-        return own, children, sum(cpu_seconds(self.smsc)), times.user + times.system
+        return own, children + reaped(self.daemon), sum(cpu_seconds(self.smsc)), times.user + times.system
 
     def used(self) -> tuple[float, float, float, float]:
         """(daemon, its children, SMSC, this process) since the reading made at construction."""
@@ -264,6 +264,16 @@ class Cpu:
             now[2] - self.before[2],
             now[3] - self.before[3],
         )
+
+
+def reaped(pid: int) -> float:
+    """CPU seconds of a process's children that ended and were waited for (a render worker
+    replaced during the run), which no live descendant counts any more."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def shares(cpu: tuple[float, float, float, float], seconds: float) -> str:
