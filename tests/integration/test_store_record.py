@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from campaignd.store import engine as store
-from campaignd.store import migrate
+from campaignd.lifecycle import ChannelState
+from campaignd.store import campaigns as campaign_store
+from campaignd.store import counts, migrate
+from campaignd.store import messages as store
+from campaignd.store.campaigns import CampaignRecord, ChannelRecord
 from campaignd.store.db import create_engine
-from campaignd.store.schema import campaigns, channels, messages
+from campaignd.store.schema import messages
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 LATER = NOW + dt.timedelta(seconds=60)
@@ -50,36 +53,13 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     """A migrated database with one campaign of two sms channels, "together" and "alone"."""
     engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     migrate.upgrade(engine)
+    channels = [
+        ChannelRecord(channel_id, "sms", ChannelState.RUNNING, {}, [], 0.0, NOW)
+        for channel_id in ("together", "alone")
+    ]
+    record = CampaignRecord("c", "c", {}, {}, "UTC", {}, False, 1, NOW, NOW, channels=channels)
     with engine.begin() as conn:
-        conn.execute(
-            campaigns.insert().values(
-                id="c",
-                display_name="c",
-                labels={},
-                audience={},
-                time_zone="UTC",
-                guard={},
-                archived=False,
-                state="running",
-                version=1,
-                create_time=NOW,
-                update_time=NOW,
-            )
-        )
-        for position, channel_id in enumerate(("together", "alone")):
-            conn.execute(
-                channels.insert().values(
-                    campaign_id="c",
-                    channel_id=channel_id,
-                    position=position,
-                    type="sms",
-                    state="running",
-                    content={},
-                    transports=[],
-                    rate_limit=0.0,
-                    state_time=NOW,
-                )
-            )
+        campaign_store.insert(conn, record)
     yield engine
     engine.dispose()
 
@@ -103,7 +83,7 @@ def lease(engine: sa.Engine, channel_id: str, count: int) -> list[int]:
     ]
     with engine.begin() as conn:
         conn.execute(messages.insert(), rows)
-        store.add_counts(conn, "c", channel_id, {"sending": count})
+        counts.add_counts(conn, "c", channel_id, {"sending": count})
         return list(
             conn.execute(
                 sa.select(messages.c.id).where(messages.c.channel_id == channel_id).order_by(messages.c.id)
@@ -146,9 +126,9 @@ def test_a_result_is_written_alike_with_others_of_its_shape_or_alone(engine: sa.
     assert started == started_alone == len(results) - 10
     assert written(engine, "together") == written(engine, "alone")
     with engine.connect() as conn:
-        counts = store.read_counts(conn, "c")
-    assert {s: n for (c, s), n in counts.items() if c == "together"} == {
-        s: n for (c, s), n in counts.items() if c == "alone"
+        by_state = counts.read_counts(conn, "c")
+    assert {s: n for (c, s), n in by_state.items() if c == "together"} == {
+        s: n for (c, s), n in by_state.items() if c == "alone"
     }
     rows = written(engine, "together")
     assert {k: rows[0][k] for k in ("state", "provider_id", "parts", "transport", "attempts", "started")} == {
