@@ -36,7 +36,7 @@ from aiosmpplib import NPI, TON, BindTransceiver, DeliverSmResp, PhoneNumber, Su
 from google.protobuf import struct_pb2
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from audience import Daemon, Profiler, RssSampler, database, machine
+from audience import Daemon, Profiler, RssSampler, cpu_seconds, database, machine
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
@@ -64,6 +64,11 @@ AREAS = (415, 212, 312, 617, 206, 303, 404, 512, 602, 702, 305, 713, 215, 480, 6
 def phone(i: int) -> str:
     """The i-th recipient's number: +1 AAA 555 NNNN, ten thousand per area code."""
     return f"+1{AREAS[i // 10_000]}555{i % 10_000:04d}"
+
+
+def load() -> str:
+    """The 1-, 5- and 15-minute load averages."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def free_port() -> int:
@@ -195,7 +200,7 @@ async def bare_loop(port: int, parts: int, window: int) -> float:
 # -- the daemon -------------------------------------------------------------------------------------
 
 
-def configure(daemon: Daemon, url: str, port: int, window: int, concurrency: int) -> None:
+def configure(daemon: Daemon, url: str, port: int, window: int, concurrency: int, batch_size: int) -> None:
     database_section = f'[database]\nurl = "{url}"\n' if url else ""
     daemon.config_path.write_text(
         "[daemon]\n"
@@ -203,7 +208,7 @@ def configure(daemon: Daemon, url: str, port: int, window: int, concurrency: int
         f'runtime_directory = "{daemon.runtime_dir}"\n'
         '[log]\nformat = "json"\nlevel = "warning"\n'
         + database_section
-        + "[engine]\nbatch_size = 500\n"
+        + f"[engine]\nbatch_size = {batch_size}\n"
         + "[transports.smsc]\n"
         + 'type = "sms"\n'
         + f"concurrency = {concurrency}\n"
@@ -237,8 +242,55 @@ def import_contacts(channel: grpc.Channel, n: int) -> None:
         raise RuntimeError(f"imported {result.created} of {n} contacts: {result}")
 
 
-def run_campaign(daemon: Daemon, n: int, profiler: Profiler) -> tuple[float, float]:
-    """(seconds from LaunchCampaign returning to every message SENT, then to every one DELIVERED)."""
+class Cpu:
+    """CPU seconds used by the daemon, its child processes, the SMSC and this process, between
+    two readings."""
+
+    def __init__(self, daemon: int, smsc: int) -> None:
+        self.daemon, self.smsc = daemon, smsc
+        self.before = self.read()
+
+    def read(self) -> tuple[float, float, float, float]:
+        own, children = cpu_seconds(self.daemon) if self.daemon else (0.0, 0.0)
+        times = os.times()
+        return own, children + reaped(self.daemon), sum(cpu_seconds(self.smsc)), times.user + times.system
+
+    def used(self) -> tuple[float, float, float, float]:
+        """(daemon, its children, SMSC, this process) since the reading made at construction."""
+        now = self.read()
+        return (
+            now[0] - self.before[0],
+            now[1] - self.before[1],
+            now[2] - self.before[2],
+            now[3] - self.before[3],
+        )
+
+
+def reaped(pid: int) -> float:
+    """CPU seconds of a process's children that ended and were waited for (a render worker
+    replaced during the run), which no live descendant counts any more."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def shares(cpu: tuple[float, float, float, float], seconds: float) -> str:
+    """CPU use of each process as a share of one core over `seconds`."""
+    names = ("daemon", "render workers", "SMSC", "bench client")
+    return ", ".join(
+        f"{name} {used / seconds:.0%}"
+        for name, used in zip(names, cpu, strict=True)
+        if used or name == "SMSC"
+    )
+
+
+def run_campaign(
+    daemon: Daemon, n: int, profiler: Profiler, smsc: int
+) -> tuple[float, float, tuple[float, float, float, float]]:
+    """(seconds from LaunchCampaign returning to every message SENT, then to every one DELIVERED,
+    CPU seconds used by each process until every message was SENT)."""
     with grpc.insecure_channel(daemon.address) as channel:
         stub = svc_grpc.CampaignServiceStub(channel)
         content = struct_pb2.Struct()
@@ -255,19 +307,25 @@ def run_campaign(daemon: Daemon, n: int, profiler: Profiler) -> tuple[float, flo
                 svc.LaunchCampaignRequest(name="campaigns/bench", attestation=attestation), timeout=600
             )
             launched = time.perf_counter()
-            all_sent, delivered = watch(stub, n)
-    return all_sent - launched, delivered - all_sent
+            cpu = Cpu(daemon.pid, smsc)
+            all_sent, delivered, used = watch(stub, n, cpu)
+    return all_sent - launched, delivered - all_sent, used
 
 
-def watch(stub: svc_grpc.CampaignServiceStub, n: int) -> tuple[float, float]:
-    """(when every message was SENT, when every one was DELIVERED), by WatchCampaign."""
+def watch(
+    stub: svc_grpc.CampaignServiceStub, n: int, cpu: Cpu
+) -> tuple[float, float, tuple[float, float, float, float]]:
+    """(when every message was SENT, when every one was DELIVERED, CPU used until the first), by
+    WatchCampaign."""
     all_sent = 0.0
+    used = (0.0, 0.0, 0.0, 0.0)
     for update in stub.WatchCampaign(svc.WatchCampaignRequest(name="campaigns/bench"), timeout=3600):
         totals = update.report.totals
         if not all_sent and totals.sent + totals.delivered + totals.failed >= n:
             all_sent = time.perf_counter()
+            used = cpu.used()
         if totals.delivered >= n:
-            return all_sent, time.perf_counter()
+            return all_sent, time.perf_counter(), used
         if totals.failed:
             raise RuntimeError(f"{totals.failed} messages failed: {update.report}")
     raise RuntimeError("the watch ended before the campaign did")
@@ -278,6 +336,7 @@ def main() -> int:
     parser.add_argument("--recipients", type=int, default=100_000, help=f"at most {len(AREAS) * 10_000:,}")
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=500, help="the daemon's [engine] batch_size")
     parser.add_argument("--profile", type=pathlib.Path, help="py-spy the daemon while it sends")
     args = parser.parse_args()
     n = args.recipients
@@ -286,16 +345,21 @@ def main() -> int:
     port = free_port()
     smsc = multiprocessing.Process(target=run_smsc, args=(port,), daemon=True)
     smsc.start()
+    assert smsc.pid is not None
     time.sleep(0.5)
     try:
+        cpu = Cpu(0, smsc.pid)
         bare = asyncio.run(bare_loop(port, parts, args.window))
+        _, _, smsc_cpu, own_cpu = cpu.used()
         print(
-            f"bare aiosmpplib-codec loop, window {args.window}: {bare:,.0f} parts/s ({parts:,} parts)",
+            f"bare aiosmpplib-codec loop, window {args.window}: {bare:,.0f} parts/s ({parts:,} parts); "
+            f"CPU: bare loop {own_cpu * bare / parts:.0%}, SMSC {smsc_cpu * bare / parts:.0%}; "
+            f"load average {load()}",
             flush=True,
         )
         with database("sqlite", keep=False) as url, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             daemon = Daemon(pathlib.Path(tmp), url)
-            configure(daemon, url, port, args.window, args.concurrency)
+            configure(daemon, url, port, args.window, args.concurrency, args.batch_size)
             daemon.start()
             sampler = RssSampler(daemon.pid)
             sampler.start()
@@ -304,7 +368,9 @@ def main() -> int:
                     import_contacts(channel, n)
                 if args.profile:
                     args.profile.mkdir(parents=True, exist_ok=True)
-                sending, receipts = run_campaign(daemon, n, Profiler(args.profile, daemon.pid))
+                sending, receipts, used = run_campaign(
+                    daemon, n, Profiler(args.profile, daemon.pid), smsc.pid
+                )
                 rss = sampler.high_water_kb() / 1024
             finally:
                 daemon.stop()
@@ -314,6 +380,11 @@ def main() -> int:
             f"[sqlite] {n:,} recipients, {parts:,} parts (1 GSM-7 / 3 GSM-7 / 2 UCS-2 by thirds): "
             f"{rate:,.0f} parts/s launch -> last SENT; {rate / bare:.2f} x the bare loop; "
             f"every receipt applied {receipts:.1f} s after the last SENT; daemon peak RSS {rss:.0f} MB",
+            flush=True,
+        )
+        print(
+            f"CPU while sending (share of one core): {shares(used, sending)}; daemon CPU per message "
+            f"{used[0] / n * 1e6:.0f} us (render workers {used[1] / n * 1e6:.0f} us); load average {load()}",
             flush=True,
         )
     finally:

@@ -44,3 +44,9 @@ def test_an_unusable_transport_fails_over_to_the_next() -> None:
 def test_nothing_usable_routes_nowhere() -> None:
     """With every transport down, no recipient gets one."""
     assert set(route(ADDRESSES[:100], [(A, 50), (B, 50)], lambda _: False)) == {None}
+
+
+def test_a_single_transport_takes_every_recipient_while_usable() -> None:
+    """With one transport every recipient goes to it, and to none while it is unusable."""
+    assert [t.name if t else None for t in route(ADDRESSES[:100], [(A, 100)], lambda _: True)] == ["a"] * 100
+    assert route(ADDRESSES[:100], [(A, 100)], lambda _: False) == [None] * 100

@@ -6,13 +6,19 @@ import itertools
 from typing import Any
 
 import smpp34
-from campaignd_sms.encoding import GSM_BASIC, GSM_EXTENSION, Concatenation, Encoding, encode, is_gsm7
+from campaignd_sms.encoding import (
+    _TO_SEPTETS,
+    GSM_BASIC,
+    GSM_EXTENSION,
+    Concatenation,
+    Encoding,
+    encode,
+    is_gsm7,
+)
 from campaignd_sms.settings import parse_sender
-from campaignd_sms.smpp import build
+from campaignd_sms.smpp import Builder, submit_sm
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from campaignd.plugin import Recipient
 
 # The compiled smpp34 module declares its constants to no type checker.
 SAR_SEGMENT_SEQNUM: int = smpp34.TLV_SAR_SEGMENT_SEQNUM  # type: ignore[attr-defined]
@@ -28,10 +34,8 @@ TEXTS = st.one_of(
 def wire(text: str, concatenation: Concatenation) -> list[Any]:
     """The submit_sm PDUs of `text`, read back with smpp34's codec."""
     encoded = encode(text)
-    submission = build(
-        Recipient(1, "+14155550100", {}, 1), encoded, parse_sender("Shop"), concatenation, 7, 1
-    )
-    return [smpp34.decode(pdu(n)) for n, pdu in enumerate(submission.pdus, start=1)]
+    submission = Builder(parse_sender("Shop"), concatenation, 1).build(1, "+14155550100", encoded, 7)
+    return [smpp34.decode(submit_sm(n, body)) for n, body in enumerate(submission.parts, start=1)]
 
 
 @settings(max_examples=150, deadline=None)
@@ -85,6 +89,17 @@ def test_sar_has_the_same_parts(text: str) -> None:
     if len(pdus) > 1:
         numbers = [next(t.as_int() for t in p.tlvs if t.tag == SAR_SEGMENT_SEQNUM) for p in pdus]
         assert numbers == list(range(1, len(pdus) + 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(TEXTS, st.text(st.characters(max_codepoint=127), max_size=400)))
+def test_plain_ascii_is_encoded_as_any_gsm_text(text: str) -> None:
+    """The shortcut for plain ASCII texts gives the same septets as the character table."""
+    encoded = encode(text)
+    if is_gsm7(text):
+        assert b"".join(encoded.parts) == text.translate(_TO_SEPTETS).encode("latin-1")
+    else:
+        assert encoded.encoding is Encoding.UCS2
 
 
 def test_known_sizes() -> None:

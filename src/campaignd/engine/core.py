@@ -51,6 +51,9 @@ from campaignd.store.db import Database, Fault, storage_fault
 log = logs.get("campaignd.engine")
 Key = tuple[str, str]  # (campaign id, channel id)
 RATE_WINDOW = 10  # seconds over which this daemon's send rate is measured, for its metrics
+# Seconds a worker reuses the time zones of its channel's waiting messages: reading them scans
+# every waiting message, which before each lease made a large channel's sending quadratic.
+ZONES_FOR = 5.0
 
 
 @dataclasses.dataclass
@@ -100,10 +103,10 @@ class _StartMarks:
 
     Marks are written in groups: one write marks every message asked for meanwhile, plus a few
     of the next ones in the batch's order: twice as many as were asked for during the last
-    write, or what this call sends in HORIZON seconds at its pace so far, at most MAX_AHEAD. At
-    full speed a send rarely waits for a write, and writes stay few; at low speed nothing is
-    marked early. A message marked but not sent is handed back unstarted and unmarked; only a crash in between
-    leaves it in doubt.
+    write, or what this call sends in HORIZON seconds at its pace so far (at first, the pace of
+    the channel's previous call), at most MAX_AHEAD. At full speed a send rarely waits for a
+    write, and writes stay few; at low speed nothing is marked early. A message marked but not
+    sent is handed back unstarted and unmarked; only a crash in between leaves it in doubt.
     """
 
     # Measured with bench/email_throughput.py: 50 ms cost a fifth of the throughput in send
@@ -111,7 +114,9 @@ class _StartMarks:
     MAX_AHEAD = 200
     HORIZON = 0.25
 
-    def __init__(self, write: Callable[[list[int]], Awaitable[set[int]]], ids: Sequence[int]) -> None:
+    def __init__(
+        self, write: Callable[[list[int]], Awaitable[set[int]]], ids: Sequence[int], pace: float = 0.0
+    ) -> None:
         self._write = write
         self._order = list(ids)
         self._members = set(self._order)
@@ -120,9 +125,18 @@ class _StartMarks:
         self._lost: set[int] = set()  # no longer leased by this daemon: never to be sent by it
         self._wanted: dict[int, None] = {}
         self._writing: asyncio.Task[bool] | None = None
-        self._ahead = 0
+        # Without it, every call began marking one message at a time and took a dozen writes
+        # to reach its pace.
+        self._ahead = min(self.MAX_AHEAD, int(pace * self.HORIZON))
         self._asked = 0
         self._first_ask = 0.0
+
+    @property
+    def pace(self) -> float:
+        """Sends asked for per second so far (0 before the second)."""
+        if self._asked < 2:
+            return 0.0
+        return (self._asked - 1) / max(0.1, time.monotonic() - self._first_ask)
 
     async def mark(self, message_id: int | None) -> bool:
         """True once `message_id` is marked started; None (a plugin that does not name the
@@ -130,18 +144,19 @@ class _StartMarks:
         self._asked += 1
         if self._asked == 1:
             self._first_ask = time.monotonic()
-        targets = [message_id] if message_id in self._members else self._order
-        while True:
-            missing = [m for m in targets if m not in self._marked and m not in self._lost]
-            if not missing:
-                break
-            self._wanted.update(dict.fromkeys(missing))
-            if self._writing is None:
-                self._writing = asyncio.ensure_future(self._flush())
-            if not await asyncio.shield(self._writing):
+        if message_id not in self._marked:  # usually it is: marked ahead
+            targets = [message_id] if message_id in self._members else self._order
+            while True:
+                missing = [m for m in targets if m not in self._marked and m not in self._lost]
+                if not missing:
+                    break
+                self._wanted.update(dict.fromkeys(missing))
+                if self._writing is None:
+                    self._writing = asyncio.ensure_future(self._flush())
+                if not await asyncio.shield(self._writing):
+                    return False
+            if any(m in self._lost for m in targets):
                 return False
-        if any(m in self._lost for m in targets):
-            return False
         if self._writing is None and len(self._marked) - self._asked < self._ahead // 2:
             self._writing = asyncio.ensure_future(self._flush())
         return True
@@ -170,9 +185,7 @@ class _StartMarks:
         finally:
             # The pace over at least 100 ms: the first sends of a call, admitted together, say
             # little about how fast the rest will go.
-            elapsed = max(0.1, time.monotonic() - self._first_ask)
-            pace = (self._asked - 1) / elapsed
-            self._ahead = min(self.MAX_AHEAD, max(2 * (self._asked - asked), int(pace * self.HORIZON)))
+            self._ahead = min(self.MAX_AHEAD, max(2 * (self._asked - asked), int(self.pace * self.HORIZON)))
             self._writing = None
 
 
@@ -272,6 +285,9 @@ class Engine:
         self._stopping = False
         self._running_since: dict[Key, float] = {}
         self._reopens: dict[Key, dt.datetime] = {}
+        self._zones: dict[Key, tuple[float, list[str | None]]] = {}
+        # (campaign name, channel id) -> sends per second its last plugin call asked for
+        self._paces: dict[tuple[str, str], float] = {}
         self._guard_base: dict[Key, tuple[int, int]] = {}
         self._types: dict[Key, str] = {}
         self._chores: set[asyncio.Future[None]] = set()
@@ -436,6 +452,8 @@ class Engine:
         for key in set(self._running_since) - active:
             self._running_since.pop(key, None)
             self._reopens.pop(key, None)
+            self._zones.pop(key, None)
+            self._paces.pop((f"campaigns/{key[0]}", key[1]), None)
         self._publish_metrics(active)
         for channel_type, depth in (await self.db.read(count_store.queue_depths)).items():
             metrics.QUEUE_DEPTH.labels(channel_type).set(depth)
@@ -509,6 +527,7 @@ class Engine:
         if channel is None:
             return
         info = ChannelInfo(record.name, channel_id, channel.type, channel.content)
+        self._zones.pop(key, None)
         # Several batches in flight, so that the provider is kept busy while one batch's results
         # are written and the next batch is leased.
         lanes = [
@@ -631,8 +650,10 @@ class Engine:
         """Send a batch, through the channel's transports (`targets`) when its type has them."""
         if targets is None:
             seconds = _allowance(len(recipients), [gate.limiter], config)
-            marking = _MarkingGate(gate, gate, self._marks(recipients))
+            marks = self._marks(info, recipients)
+            marking = _MarkingGate(gate, gate, marks)
             results = await self.plugins.send(info.type, info, recipients, marking, seconds)
+            self._paces[info.campaign, info.channel_id] = marks.pace
             outcomes = self._outcomes(batch, results, config)
             started = [r for r in results if r.status != SendStatus.NOT_STARTED]
             fatal = (
@@ -668,11 +689,13 @@ class Engine:
     ) -> list[SendResult]:
         try:
             async with self.transports.use(transport) as opened:
-                through = _MarkingGate(TransportGate(gate, opened.limiter), gate, self._marks(recipients))
+                marks = self._marks(info, recipients)
+                through = _MarkingGate(TransportGate(gate, opened.limiter), gate, marks)
                 seconds = _allowance(len(recipients), [opened.limiter, gate.limiter], config)
                 results = await self.plugins.send(
                     info.type, info, recipients, through, seconds, transport=transport, client=opened.client
                 )
+                self._paces[info.campaign, info.channel_id] = marks.pace
         except TransportOpenError as exc:
             self.transports.rest(transport.name, str(exc))
             return [
@@ -686,8 +709,9 @@ class Engine:
             self.transports.rest(transport.name, next(r.error for r in started if r.transport_down))
         return results
 
-    def _marks(self, recipients: Sequence[Recipient]) -> _StartMarks:
-        return _StartMarks(self._mark_writer.mark, [r.message_id for r in recipients])
+    def _marks(self, info: ChannelInfo, recipients: Sequence[Recipient]) -> _StartMarks:
+        pace = self._paces.get((info.campaign, info.channel_id), 0.0)
+        return _StartMarks(self._mark_writer.mark, [r.message_id for r in recipients], pace)
 
     async def _write_marks(self, ids: list[int]) -> set[int]:
         return await self.db.write(functools.partial(message_store.mark_started, owner=self.owner, ids=ids))
@@ -696,7 +720,10 @@ class Engine:
         window = row.send_window or self.plugins.default_window(row.type)
         if window is None:
             return None
-        zones = await self.db.read(message_store.queued_zones, *key)
+        read_at, zones = self._zones.get(key, (0.0, []))
+        if not read_at or self.clock.monotonic() - read_at > ZONES_FOR:
+            zones = await self.db.read(message_store.queued_zones, *key)
+            self._zones[key] = (self.clock.monotonic(), zones)
         now = self.clock.now()
         campaign_zone = ZoneInfo(row.time_zone or "UTC")
         open_zones = [z for z in zones if window.is_open(ZoneInfo(z) if z else campaign_zone, now)]
@@ -742,10 +769,16 @@ class Engine:
         for message in batch:
             result = by_id.get(message.id)
             attempt = message.attempts + 1
+            # A message handed back unsent keeps the transport of its last real attempt.
+            through = via.get(message.id)
             if result is None:
                 outcomes.append(
                     message_store.Outcome(
-                        message.id, "failed", error="the plugin gave no result", reason="no_result"
+                        message.id,
+                        "failed",
+                        error="the plugin gave no result",
+                        reason="no_result",
+                        transport=through,
                     )
                 )
             elif result.status == SendStatus.NOT_STARTED or (
@@ -771,6 +804,7 @@ class Engine:
                         reason=result.reason,
                         next_attempt_time=now + dt.timedelta(seconds=max(0.0, delay)),
                         outcome=result.outcome,
+                        transport=through,
                     )
                 )
             elif result.status == SendStatus.RETRY:
@@ -781,6 +815,7 @@ class Engine:
                         error=result.error,
                         reason="retries_exhausted",
                         outcome=result.outcome,
+                        transport=through,
                     )
                 )
             else:
@@ -798,13 +833,10 @@ class Engine:
                         parts=max(1, result.parts),
                         outcome=result.outcome,
                         talk_time=result.talk_time,
+                        transport=through,
                     )
                 )
-        # A message handed back unsent keeps the transport of its last real attempt.
-        return [
-            dataclasses.replace(o, transport=via[o.id]) if o.id in via and o.state != "queued" else o
-            for o in outcomes
-        ]
+        return outcomes
 
     async def _record(self, key: Key, outcomes: list[message_store.Outcome]) -> None:
         campaign_id, channel_id = key

@@ -148,6 +148,9 @@ def route(
     None where no transport is usable."""
     if not targets:
         return [None] * len(addresses)
+    if len(targets) == 1:  # every address to it: no need to hash them
+        only = targets[0][0]
+        return [only if usable(only.name) else None] * len(addresses)
     bounds = []
     total = 0
     for transport, percent in targets:

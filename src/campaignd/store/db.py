@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -139,6 +140,10 @@ class Database:
         self._writer = (
             engine.execution_options(sqlite_begin="IMMEDIATE") if self.dialect == "sqlite" else engine
         )
+        # SQLite has one writer at a time. The daemon's own writers take turns here rather than
+        # in SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms between tries: a write
+        # queued behind another waited several times as long as the other took.
+        self._write_turn = threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="campaignd-db")
         self.fault: Fault | None = None
         self._listeners: list[Callable[[Fault | None, Fault | None], None]] = []
@@ -193,7 +198,7 @@ class Database:
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) in one write transaction, committed on return."""
-        with self._writer.begin() as conn:
+        with self._write_turn, self._writer.begin() as conn:
             return fn(conn, *args)
 
     def read_sync(self, fn: Callable[..., T], *args: Any) -> T:

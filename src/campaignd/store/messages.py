@@ -218,13 +218,19 @@ def mark_started(conn: Connection, *, owner: str, ids: Sequence[int]) -> set[int
     `owner` (only those may be sent: the others' lease expired and they went to another fate)."""
     if not ids:
         return set()
-    statement = (
-        messages.update()
-        .where(messages.c.id.in_(list(ids)), messages.c.lease_owner == owner, messages.c.state == SENDING)
-        .values(started=True)
-        .returning(messages.c.id)
+    return set(conn.execute(_MARK_STARTED, {"ids": list(ids), "owner": owner}).scalars())
+
+
+_MARK_STARTED = (
+    messages.update()
+    .where(
+        messages.c.id.in_(sa.bindparam("ids", expanding=True)),
+        messages.c.lease_owner == sa.bindparam("owner"),
+        messages.c.state == SENDING,
     )
-    return {r.id for r in conn.execute(statement)}
+    .values(started=True)
+    .returning(messages.c.id)
+)
 
 
 def renew(conn: Connection, *, owner: str, ids: Sequence[int], expiry: dt.datetime) -> None:
@@ -276,12 +282,63 @@ def record(
         return 0
     check_moves((ours[o.id], o.state) for o in valid)
     started = [o for o in valid if o.state != "queued" and o.attempted]
-    conn.execute(
+    rows = [
+        {
+            "mid": o.id,
+            "provider": o.provider_id or None,
+            "new_state": o.state,
+            "error": o.error or None,
+            "why": o.reason or None,
+            "next_at": o.next_attempt_time,
+            "via": o.transport,
+            # Only a send says how many parts it took; one part is the default and not stored.
+            "n_parts": o.parts if o.state != "queued" and o.parts != 1 else None,
+            "said": o.outcome or None,
+            "talk": o.talk_time,
+            # A message handed back unstarted was not attempted; an ambiguous one was counted.
+            "tried": 0 if o.state == "queued" or not o.attempted or ours[o.id] != SENDING else 1,
+        }
+        for o in valid
+    ]
+    # Rows alike but for their id and provider id (a batch of SENT messages takes a few shapes)
+    # are written with one statement per shape over their ids, and their provider ids with two
+    # parameters a row: per row, SQLAlchemy's handling of a dozen parameters cost more than the
+    # update itself. The other rows are written one parameter set per row.
+    shapes: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        shape = (row["provider"] is None, *[row[key] for key in _RECORD_SHAPE])
+        shapes.setdefault(shape, []).append(row)
+    singles = []
+    for group in shapes.values():
+        if len(group) < RECORD_ALIKE:
+            singles += group
+            continue
+        values = {key: group[0][key] for key in _RECORD_SHAPE}
+        ids = [row["mid"] for row in group]
+        for start in range(0, len(ids), 2000):
+            conn.execute(_RECORD_ALIKE, {**values, "now": now, "mids": ids[start : start + 2000]})
+        if group[0]["provider"] is not None:
+            providers = [{"mid": row["mid"], "provider": row["provider"]} for row in group]
+            conn.execute(_RECORD_PROVIDER, providers)
+    if singles:
+        conn.execute(_RECORD_ONE, [{**row, "now": now} for row in singles])
+    deltas = Counter(o.state for o in valid)
+    deltas.subtract(Counter(ours[o.id] for o in valid))
+    add_counts(conn, campaign_id, channel_id, deltas)
+    return len(started)
+
+
+RECORD_ALIKE = 8  # rows of one shape that are written together
+_RECORD_SHAPE = ("new_state", "error", "why", "next_at", "via", "n_parts", "said", "talk", "tried")
+
+
+def _record_statement(provider: sa.ColumnElement[Any], where: sa.ColumnElement[bool]) -> sa.Update:
+    return (
         messages.update()
-        .where(messages.c.id == sa.bindparam("mid"))
+        .where(where)
         .values(
             state=sa.bindparam("new_state"),
-            provider_id=sa.bindparam("provider"),
+            provider_id=provider,
             last_error=sa.bindparam("error"),
             reason=sa.bindparam("why"),
             next_attempt_time=sa.bindparam("next_at"),
@@ -290,34 +347,21 @@ def record(
             outcome=sa.func.coalesce(sa.bindparam("said", type_=sa.String), messages.c.outcome),
             talk_time=sa.bindparam("talk", type_=sa.Float),
             attempts=messages.c.attempts + sa.bindparam("tried"),
-            lease_owner=None,
-            lease_expiry=None,
-            started=None,
-            update_time=now,
-        ),
-        [
-            {
-                "mid": o.id,
-                "new_state": o.state,
-                "provider": o.provider_id or None,
-                "error": o.error or None,
-                "why": o.reason or None,
-                "next_at": o.next_attempt_time,
-                "via": o.transport,
-                # Only a send says how many parts it took; one part is the default and not stored.
-                "n_parts": o.parts if o.state != "queued" and o.parts != 1 else None,
-                "said": o.outcome or None,
-                "talk": o.talk_time,
-                # A message handed back unstarted was not attempted; an ambiguous one was counted.
-                "tried": 0 if o.state == "queued" or not o.attempted or ours[o.id] != SENDING else 1,
-            }
-            for o in valid
-        ],
+            # NULL in the statement rather than a parameter of every row
+            lease_owner=sa.null(),
+            lease_expiry=sa.null(),
+            started=sa.null(),
+            update_time=sa.bindparam("now"),
+        )
     )
-    deltas = Counter(o.state for o in valid)
-    deltas.subtract(Counter(ours[o.id] for o in valid))
-    add_counts(conn, campaign_id, channel_id, deltas)
-    return len(started)
+
+
+# Built once: building them for every batch cost as much as executing them.
+_RECORD_ONE = _record_statement(sa.bindparam("provider"), messages.c.id == sa.bindparam("mid"))
+_RECORD_ALIKE = _record_statement(sa.null(), messages.c.id.in_(sa.bindparam("mids", expanding=True)))
+_RECORD_PROVIDER = (
+    messages.update().where(messages.c.id == sa.bindparam("mid")).values(provider_id=sa.bindparam("provider"))
+)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------
@@ -632,6 +676,18 @@ class Event:
     reason: str = ""
 
 
+_MOVE = (
+    messages.update()
+    .where(messages.c.id.in_(sa.bindparam("mids", expanding=True)))
+    .values(
+        state=sa.bindparam("to"),
+        reason=sa.bindparam("why"),
+        last_error=sa.bindparam("error"),
+        update_time=sa.bindparam("now"),
+    )
+)
+
+
 def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) -> tuple[set[str], set[str]]:
     """Move the messages the events name as each event's kind says, in bulk; returns the campaign
     ids whose messages changed, and the provider ids no message has."""
@@ -649,7 +705,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
         )
         for row in found:
             rows.setdefault(row.provider_id, []).append(row)
-    moves: dict[int, dict[str, Any]] = {}
+    moves: dict[int, tuple[str, str | None, str | None]] = {}  # id -> (state, reason, last_error)
     steps: set[tuple[str, str]] = set()
     outcomes: dict[int, str] = {}
     states: dict[int, str] = {}
@@ -660,12 +716,11 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
         for row in rows.get(event.provider_id, ()):
             state = states.get(row.id, row.state)
             if state in frm:
-                moves[row.id] = {
-                    "mid": row.id,
-                    "new_state": to,
-                    "why": (event.reason or event.kind)[:63] if to == "failed" else None,
-                    "error": event.detail or None,
-                }
+                moves[row.id] = (
+                    to,
+                    (event.reason or event.kind)[:63] if to == "failed" else None,
+                    event.detail or None,
+                )
                 states[row.id] = to
                 steps.add((state, to))
                 counter = deltas.setdefault((row.campaign_id, row.channel_id), Counter())
@@ -677,19 +732,17 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
             else:
                 continue
             touched.add(row.campaign_id)
-    if moves:
-        check_moves(steps)
-        conn.execute(
-            messages.update()
-            .where(messages.c.id == sa.bindparam("mid"))
-            .values(
-                state=sa.bindparam("new_state"),
-                reason=sa.bindparam("why"),
-                last_error=sa.bindparam("error"),
-                update_time=now,
-            ),
-            list(moves.values()),
-        )
+    check_moves(steps)
+    # Moves alike (a batch of receipts: every one DELIVERED) are one statement over their ids,
+    # rather than one set of parameters per message.
+    alike: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for mid, move in moves.items():
+        alike.setdefault(move, []).append(mid)
+    for (to, why, error), mids in alike.items():
+        for start in range(0, len(mids), 2000):
+            conn.execute(
+                _MOVE, {"to": to, "why": why, "error": error, "now": now, "mids": mids[start : start + 2000]}
+            )
     if outcomes:
         conn.execute(
             messages.update()

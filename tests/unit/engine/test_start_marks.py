@@ -87,6 +87,26 @@ def test_a_slow_sender_marks_nothing_ahead() -> None:
     asyncio.run(run())
 
 
+def test_a_call_starts_at_the_pace_of_the_channels_previous_call() -> None:
+    """Given the previous call's pace, the first write already marks what the call will send
+    within HORIZON at that pace (at most MAX_AHEAD), so a fast channel's calls do not begin with
+    a write per send; without it, the first write marks one message."""
+
+    async def run() -> None:
+        fast, fresh = Store(), Store()
+        marks = _StartMarks(fast.write, list(range(1000)), pace=400.0)
+        assert await marks.mark(0)
+        assert len(fast.writes[0]) == 1 + int(400.0 * _StartMarks.HORIZON)
+        assert await _StartMarks(fresh.write, list(range(1000))).mark(0)
+        assert fresh.writes == [[0]]
+        for message_id in range(1, 500):
+            assert await marks.mark(message_id)
+        assert marks.pace > 0
+        assert len(fast.writes) < 20
+
+    asyncio.run(run())
+
+
 def test_a_message_whose_lease_was_lost_is_not_admitted() -> None:
     """A message the database no longer leases to this daemon is refused; the others go on."""
 

@@ -3,7 +3,6 @@ receipts and opt-out replies. Configuration and behaviour: docs/sms.md."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -236,8 +235,8 @@ async def _send(
                 )
             )
             continue
-        sends.append(client.send(recipient, encoded, sender, concatenation, gate))
-    results.extend(await asyncio.gather(*sends))
+        sends.append((recipient, encoded))
+    results.extend(await client.send(sends, sender, concatenation, gate))
     return results
 
 

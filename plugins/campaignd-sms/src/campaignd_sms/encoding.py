@@ -11,7 +11,8 @@ carries as two 16-bit units (UTF-16).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 # GSM 03.38 default alphabet, code by code; 0x1B is the escape to the extension table.
 GSM_BASIC = (
@@ -52,8 +53,7 @@ class Encoding(enum.StrEnum):
         return 0 if self is Encoding.GSM7 else 8
 
 
-@dataclass(frozen=True)
-class Encoded:
+class Encoded(NamedTuple):
     """A text as it goes on the wire: its encoding and the payload of each part (without any
     concatenation header). GSM-7 payloads are unpacked: one septet per byte, as SMPP carries
     them with data_coding 0."""
@@ -76,9 +76,24 @@ _TO_SEPTETS = {ord(c): chr(code) for c, code in _BASIC_CODES.items()} | {
 }
 
 
+# ASCII characters that are one septet each (every printable one but ` and the extension
+# table's), and their septets: most texts are only these, and are encoded by bytes.translate.
+_PLAIN = re.compile(r"[\n\r -Z_a-z]*")
+_PLAIN_SEPTETS = bytes(_BASIC_CODES.get(chr(byte), 0) for byte in range(256))
+
+
 def is_gsm7(text: str) -> bool:
     """Whether every character of `text` is in the GSM 03.38 alphabet or its extension table."""
     return _GSM_CHARS.issuperset(text)
+
+
+def _septets(text: str) -> bytes | None:
+    """The unpacked GSM-7 septets of `text`, or None when it is not in GSM-7."""
+    if _PLAIN.fullmatch(text):
+        return text.encode("ascii").translate(_PLAIN_SEPTETS)
+    if is_gsm7(text):
+        return text.translate(_TO_SEPTETS).encode("latin-1")
+    return None
 
 
 def _split(data: bytes, single: int, part: int, *, ucs2: bool) -> tuple[bytes, ...]:
@@ -103,9 +118,9 @@ def _split(data: bytes, single: int, part: int, *, ucs2: bool) -> tuple[bytes, .
 
 def encode(text: str) -> Encoded:
     """Encode `text` in GSM-7 when it can be, else UCS-2, split into parts."""
-    if is_gsm7(text):
-        data = text.translate(_TO_SEPTETS).encode("latin-1")
-        return Encoded(text, Encoding.GSM7, _split(data, GSM7_SINGLE, GSM7_PART, ucs2=False))
+    septets = _septets(text)
+    if septets is not None:
+        return Encoded(text, Encoding.GSM7, _split(septets, GSM7_SINGLE, GSM7_PART, ucs2=False))
     # Sizes in bytes: two per UCS-2 unit.
     data = text.encode("utf-16-be")
     return Encoded(text, Encoding.UCS2, _split(data, UCS2_SINGLE * 2, UCS2_PART * 2, ucs2=True))

@@ -3,6 +3,9 @@ reports back, turned into events."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from campaignd.plugin import (
     EventSink,
     Gate,
@@ -17,7 +20,7 @@ from campaignd_sms.encoding import Concatenation, Encoded
 from campaignd_sms.kannel import Kannel
 from campaignd_sms.receipts import EventQueue, Receipt, Receipts, e164, parse_receipt, reply_kind
 from campaignd_sms.settings import Sender, SmppSettings
-from campaignd_sms.smpp import Deliver, Link, build
+from campaignd_sms.smpp import Builder, Deliver, Link
 
 
 class SmsTransport:
@@ -33,7 +36,7 @@ class SmsTransport:
         self.kannel: Kannel | None = None
         if self.kind == "smpp":
             self.smpp_settings = SmppSettings.from_options(transport.options)
-            self.smpp = Link(self.smpp_settings, transport.concurrency, self.delivered)
+            self.smpp = Link(self.smpp_settings, transport.concurrency, self.delivered, self.receipts.receipt)
         else:
             self.kannel = Kannel(transport, self)
 
@@ -51,18 +54,44 @@ class SmsTransport:
         await self.events.close()
 
     async def send(
-        self, recipient: Recipient, encoded: Encoded, sender: Sender, concatenation: Concatenation, gate: Gate
-    ) -> SendResult:
-        """Send one message; SENT with the provider's id of its first part."""
+        self,
+        messages: Sequence[tuple[Recipient, Encoded]],
+        sender: Sender,
+        concatenation: Concatenation,
+        gate: Gate,
+    ) -> list[SendResult]:
+        """Send messages, each SENT with the provider's id of its first part."""
         if self.kannel is not None:
-            return await self.kannel.send(recipient, encoded, sender, gate)
+            kannel = self.kannel
+            return list(
+                await asyncio.gather(*(kannel.send(r, encoded, sender, gate) for r, encoded in messages))
+            )
         assert self.smpp is not None
         registered = 1 if self.smpp_settings.registered_delivery else 0
-        submission = build(recipient, encoded, sender, concatenation, next(self.smpp.references), registered)
-        result, part_ids = await self.smpp.send(submission, gate)
-        if result.status is SendStatus.SENT:
-            self.receipts.sent(part_ids)
-        return result
+        builder = Builder(sender, concatenation, registered)
+        references = self.smpp.references
+        submissions = [
+            builder.build(r.message_id, r.address, encoded, next(references)) for r, encoded in messages
+        ]
+        call = self.receipts.begin()
+        results = []
+        try:
+            for result, part_ids in await self.smpp.send(submissions, gate):
+                if result.status is SendStatus.SENT:
+                    if self.receipts.delivered_already(part_ids):
+                        # One write for the message instead of a result and then an event.
+                        result = SendResult(
+                            result.message_id,
+                            SendStatus.DELIVERED,
+                            provider_id=result.provider_id,
+                            parts=result.parts,
+                        )
+                    else:
+                        self.receipts.sent(part_ids)
+                results.append(result)
+        finally:
+            self.receipts.end(call)
+        return results
 
     def delivered(self, deliver: Deliver) -> None:
         """A deliver_sm: a receipt for a part, or a reply from a recipient."""

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from campaignd.plugin import EventKind, EventSink, InboundEvent
 
@@ -46,8 +47,7 @@ def e164(number: str) -> str:
     return f"+{digits}" if digits else number
 
 
-@dataclass(frozen=True)
-class Receipt:
+class Receipt(NamedTuple):
     """A delivery receipt for one part: the SMSC's id of the part, its final state and error."""
 
     part_id: str
@@ -80,45 +80,84 @@ class _Message:
 
 class Receipts:
     """Turns part receipts into message events: a message is DELIVERED once every part is, and
-    FAILED at its first failed part. A receipt may come before its part is known (before the
-    submit_sm_resp was read): it waits up to `hold` seconds for it."""
+    FAILED at its first failed part.
+
+    A send call makes its parts known when it returns, just before the daemon records the
+    results, so that a receipt does not reach the daemon before its message's provider id. A
+    receipt that comes before its part is known waits for it: until every send call in progress
+    when it came has returned, and `hold` seconds at least. One whose part never became known
+    answers a message sent before this process started: it is reported under its part id, the
+    provider id of a one-part message (or of the first part)."""
 
     def __init__(self, out: EventQueue, *, hold: float = 30.0, limit: int = 1_000_000) -> None:
         self.out = out
         self.hold = hold
         self.limit = limit
         self.parts: OrderedDict[str, _Message] = OrderedDict()
-        self.early: OrderedDict[str, tuple[float, Receipt]] = OrderedDict()
+        # part id -> (when it came, the newest send call then, the receipt), in arrival order
+        self.early: OrderedDict[str, tuple[float, int, Receipt]] = OrderedDict()
+        self.calls = itertools.count(1)
+        self.newest_call = 0
+        self.calls_in_progress: set[int] = set()
+        self.next_expiry = 0.0
+
+    def begin(self) -> int:
+        """A send call starts; returns its number, for `end`."""
+        call = self.newest_call = next(self.calls)
+        self.calls_in_progress.add(call)
+        return call
+
+    def end(self, call: int) -> None:
+        """A send call returned (its parts were made known with `sent`)."""
+        self.calls_in_progress.discard(call)
 
     def sent(self, part_ids: list[str]) -> None:
         """A message was accepted as these parts; the first part's id is its provider id."""
         if not part_ids:
             return
         message = _Message(part_ids[0], set(part_ids))
+        parts = self.parts
         for part_id in part_ids:
-            self.parts[part_id] = message
-        while len(self.parts) > self.limit:
-            self.parts.popitem(last=False)
+            parts[part_id] = message
+        while len(parts) > self.limit:
+            parts.popitem(last=False)
+        if self.early:
+            for part_id in part_ids:
+                early = self.early.pop(part_id, None)
+                if early is not None:
+                    self._apply(early[2])
+
+    def delivered_already(self, part_ids: list[str]) -> bool:
+        """Whether every part of a message just accepted was already reported DELIVERED (the
+        receipts came before the send call returned); if so they are used up, and the message
+        needs no event: it is recorded DELIVERED at once."""
+        early = self.early
         for part_id in part_ids:
-            early = self.early.pop(part_id, None)
-            if early is not None:
-                self._apply(early[1])
+            waiting = early.get(part_id)
+            if waiting is None or waiting[2].stat not in DELIVERED_STATES:
+                return False
+        for part_id in part_ids:
+            del early[part_id]
+        return True
 
     def receipt(self, receipt: Receipt) -> None:
         """Apply one part's receipt."""
-        self._expire()
         if receipt.part_id in self.parts:
             self._apply(receipt)
-        else:
-            self.early[receipt.part_id] = (time.monotonic(), receipt)
+            return
+        now = time.monotonic()
+        # Looked at once a second: a receipt per part comes, and nearly all wait a moment.
+        if now >= self.next_expiry:
+            self.next_expiry = now + 1.0
+            self._expire()
+        self.early[receipt.part_id] = (now, self.newest_call, receipt)
 
     def _expire(self) -> None:
-        # A receipt whose part never became known answers a message sent before this process
-        # started: its part id is the provider id of a one-part message (or the first part).
         cutoff = time.monotonic() - self.hold
+        oldest_call = min(self.calls_in_progress, default=self.newest_call + 1)
         while self.early:
-            part_id, (seen, receipt) = next(iter(self.early.items()))
-            if seen > cutoff:
+            part_id, (seen, newest_call, receipt) = next(iter(self.early.items()))
+            if seen > cutoff or newest_call >= oldest_call:
                 break
             del self.early[part_id]
             self._report(part_id, receipt)
