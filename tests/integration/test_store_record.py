@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from campaignd.lifecycle import ChannelState
+from campaignd.model import Audience, CampaignRecord, ChannelRecord, Guard
 from campaignd.store import campaigns as campaign_store
 from campaignd.store import counts, migrate
 from campaignd.store import messages as store
-from campaignd.store.campaigns import CampaignRecord, ChannelRecord
 from campaignd.store.db import create_engine
 from campaignd.store.schema import messages
 
@@ -54,10 +54,10 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     migrate.upgrade(engine)
     channels = [
-        ChannelRecord(channel_id, "sms", ChannelState.RUNNING, {}, [], 0.0, NOW)
+        ChannelRecord(channel_id, "sms", ChannelState.RUNNING, {}, (), 0.0, NOW)
         for channel_id in ("together", "alone")
     ]
-    record = CampaignRecord("c", "c", {}, {}, "UTC", {}, False, 1, NOW, NOW, channels=channels)
+    record = CampaignRecord("c", "c", {}, Audience(), "UTC", Guard(), False, 1, NOW, NOW, channels=channels)
     with engine.begin() as conn:
         campaign_store.insert(conn, record)
     yield engine
