@@ -458,7 +458,8 @@ def test_a_queued_campaign_waits_for_the_slot(daemon_factory: DaemonFactory, tmp
             time.sleep(0.05)
         assert len(states) > 10, "the first campaign ran too briefly to watch the second wait"
         assert set(states) == {(pb.Channel.RUNNING, pb.Channel.QUEUED)}
-        assert sink_log(second_sink) == []
+        # The slot is taken as the first completes, so the second may already be sending by now:
+        # that nothing of it went out while the first ran is checked on the sends' times below.
         wait_until(lambda: client.channel_state(second.name) == pb.Channel.COMPLETED, 20, "the second")
         first_history, second_history = client.history(first.name), client.history(second.name)
     completed = next(e for e in first_history if e.operation == "complete")
