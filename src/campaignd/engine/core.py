@@ -80,6 +80,11 @@ class ChannelGate:
             await self.limiter.acquire(weight)
         return self.open
 
+    async def ready(self, weight: float = 1.0) -> None:
+        """Wait until the rate would let `weight` units go, taking nothing."""
+        if self.limiter is not None:
+            await self.limiter.ready(weight)
+
 
 class TransportGate:
     """A channel's gate for sends through one transport: the transport's rate, then the channel's."""
@@ -95,6 +100,12 @@ class TransportGate:
         if self.limiter is not None:
             await self.limiter.acquire(weight)
         return await self.channel.admit(weight)
+
+    async def ready(self, weight: float = 1.0) -> None:
+        """As ChannelGate.ready, for both rates."""
+        if self.limiter is not None:
+            await self.limiter.ready(weight)
+        await self.channel.ready(weight)
 
 
 class _StartMarks:
@@ -234,12 +245,15 @@ class _MarkingGate:
 
     async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
         """As ChannelGate.admit, and the message is marked started before the answer is yes."""
-        if not await self.inner.admit(weight):
+        if not self.channel.open:
             return False
+        # Wait for the rate first, so that a slow send is not marked long before it starts...
+        await self.inner.ready(weight)
         if not await self.marks.mark(message_id):
             return False
-        # Marking awaited a write: a pause may have closed the gate meanwhile.
-        if not self.channel.open:
+        # ...but take the tokens last: a mark that waited for a write would otherwise send late
+        # on an early token, and a server would see more than the rate in some second.
+        if not await self.inner.admit(weight):
             return False
         self.channel.started.add()
         return True

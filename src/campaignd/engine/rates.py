@@ -70,6 +70,12 @@ class RateLimiter:
         self._log.append((now, weight))
         self._in_window += weight
 
+    async def ready(self, weight: float = 1.0) -> None:
+        """Wait until `weight` units could go, without counting them: `acquire` still must."""
+        # The wait is for time to pass, not for another task, so a sleep is the right tool.
+        while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(math.nextafter(wait, math.inf))
+
     async def acquire(self, weight: float = 1.0) -> None:
         """Wait until `weight` units may go, then count them."""
         async with self._lock:

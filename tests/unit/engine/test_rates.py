@@ -121,6 +121,23 @@ def test_acquire_waits_in_real_time() -> None:
     assert asyncio.run(run()) >= 0.5
 
 
+def test_ready_waits_for_the_rate_but_takes_nothing() -> None:
+    """ready() returns when a send could go and leaves the unit for acquire(): twenty ready()
+    calls at 20/s return at once, and twenty acquire() calls after them still go at once."""
+
+    async def run() -> float:
+        limiter = RateLimiter(20)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(20):
+            await limiter.ready()
+        await asyncio.gather(*(limiter.acquire() for _ in range(20)))
+        assert limiter.delay() > 0.5  # the window is full now
+        return loop.time() - started
+
+    assert asyncio.run(run()) < 0.2
+
+
 def test_rejects_non_positive_rates() -> None:
     """A rate of zero or less is a programming error, refused at once."""
     with pytest.raises(ValueError, match="positive"):
