@@ -152,6 +152,12 @@ class Measured:
     server_cpu: float = 0.0  # the measured server process's CPU, in cores
     client_cpu: float = 0.0  # the client process's
 
+    @property
+    def cpu_per_call(self) -> float:
+        """CPU seconds the server process spent per call: steadier than rates on a loaded machine
+        (while sending, the daemon's includes the sending)."""
+        return self.server_cpu / self.rate if self.rate else 0.0
+
 
 def load_average() -> float:
     return os.getloadavg()[0]
@@ -273,7 +279,7 @@ def measure(
         print(
             f"   {phase:7} {server:6} {callers:2} callers: {m.rate:7,.0f} calls/s  "
             f"p50 {m.p50 * 1e3:6.2f} ms  p99 {m.p99 * 1e3:6.2f} ms  max {m.max * 1e3:6.1f} ms  "
-            f"CPU server {m.server_cpu:.2f} client {m.client_cpu:.2f}  "
+            f"CPU server {m.server_cpu:.2f} ({m.cpu_per_call * 1e6:4.0f} us/call) client {m.client_cpu:.2f}  "
             f"load {m.load:.1f}" + (f"  campaign {rate:,.0f} msg/s" if progress else ""),
             flush=True,
         )
@@ -333,6 +339,12 @@ def summary(results: list[Measured], seconds: float) -> str:
                 f"{', '.join(f'{p:.1f}' for p in p99)} ms; bare p99 "
                 f"{', '.join(f'{b.p99 * 1e3:.1f}' for b in bare)} ms"
             )
+            if phase == "idle":
+                lines.append(
+                    f"   {'':7} {'':2}          CPU per call: daemon "
+                    f"{statistics.median(d.cpu_per_call for d in daemon) * 1e6:.0f} us, bare "
+                    f"{statistics.median(b.cpu_per_call for b in bare) * 1e6:.0f} us (medians)"
+                )
     sending = find("sending", "daemon", 1)
     if sending:
         worst = max(m.p99 for m in sending) * 1e3

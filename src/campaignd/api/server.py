@@ -5,17 +5,24 @@ from __future__ import annotations
 import os
 import pathlib
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from campaignd.api.auth import Authenticator
 from campaignd.api.interceptors import CallInterceptor
 from campaignd.config import Settings
+
+if TYPE_CHECKING:
+    from campaignd.api.interceptors import GenericHandler
+
+Servicer = TypeVar("Servicer")
 
 
 class SocketInUseError(Exception):
@@ -32,19 +39,31 @@ class ApiServer:
             ("grpc.max_send_message_length", settings.grpc.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = aio.server(interceptors=[CallInterceptor(authenticator)], options=options)
+        self.server = aio.server(options=options)
+        self._registrar = _Registrar(self.server, CallInterceptor(authenticator))
         self.health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self._service_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        self._service_names: list[str] = []
+        self.add_service(
+            health_pb2_grpc.add_HealthServicer_to_server,
+            self.health,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        )
         self.tcp_port: int | None = None
 
-    def add_service(self, full_name: str) -> None:
-        """Record a service (already added to `self.server`) for health and reflection."""
+    def add_service(
+        self, add_to_server: Callable[[Servicer, Any], None], servicer: Servicer, full_name: str
+    ) -> None:
+        """Serve a service through its generated `add_..._to_server` function, every method
+        behind the call interceptor, and name it in health and reflection."""
+        add_to_server(servicer, self._registrar)
         self._service_names.append(full_name)
 
     async def start(self) -> None:
         """Bind the listeners and start serving; health reports NOT_SERVING until `set_serving`."""
-        reflection.enable_server_reflection([*self._service_names, reflection.SERVICE_NAME], self.server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection_aio.ReflectionServicer([*self._service_names, reflection.SERVICE_NAME]),
+            self._registrar,
+        )
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         path = self.settings.socket_path
         _prepare_socket_path(path)
@@ -82,6 +101,24 @@ class ApiServer:
     def services(self) -> Sequence[str]:
         """Full names of the services served."""
         return tuple(self._service_names)
+
+
+class _Registrar:
+    """What the generated `add_..._to_server` functions register with: each method handler
+    wrapped by the call interceptor, once, then given to the server."""
+
+    def __init__(self, server: aio.Server, interceptor: CallInterceptor) -> None:
+        self.server = server
+        self.interceptor = interceptor
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[GenericHandler]) -> None:
+        self.server.add_generic_rpc_handlers([self.interceptor.generic(h) for h in handlers])
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
+        wrapped = {name: self.interceptor.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        # Typed without this method, which grpc.aio servers have (grpc >= 1.63).
+        server: Any = self.server
+        server.add_registered_method_handlers(service, wrapped)
 
 
 def _prepare_socket_path(path: pathlib.Path) -> None:

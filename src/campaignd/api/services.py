@@ -54,16 +54,17 @@ class Services:
             else None
         )
         tokens = PageTokens(database.read_sync(keys.get, keys.PAGE_TOKENS))
-        campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
+        api.add_service(
+            campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server,
             CampaignService(self.campaigns, settings, self.engine, self.transports, tokens, self.recorder),
-            api.server,
+            campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
         )
-        api.add_service(campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name)
         self.contacts = ContactManager(database, lambda: settings().audience.default_region)
-        contact_service_pb2_grpc.add_ContactServiceServicer_to_server(
-            ContactService(self.contacts, settings, tokens), api.server
+        api.add_service(
+            contact_service_pb2_grpc.add_ContactServiceServicer_to_server,
+            ContactService(self.contacts, settings, tokens),
+            contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name,
         )
-        api.add_service(contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name)
 
     def close(self) -> None:
         """End the watch streams, so that shutdown does not wait on them; stop the import workers."""

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -126,8 +127,13 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
 def _sqlite_on_begin(connection: Connection) -> None:
     # BEGIN IMMEDIATE for writers: a deferred transaction that later writes can fail with
     # "database is locked" instead of waiting, which would turn a race into an error.
-    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-    connection.exec_driver_sql(f"BEGIN {mode}")
+    statement = f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'DEFERRED')}"
+    # On the driver's connection: through exec_driver_sql, the BEGIN of a one-query read cost
+    # about as much as the query. Its errors are wrapped as SQLAlchemy's own, for storage_fault.
+    try:
+        connection.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
 class Database:
