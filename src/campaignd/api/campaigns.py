@@ -13,7 +13,7 @@ from typing import Any
 from grpc import aio
 from sqlalchemy.engine import Connection
 
-from campaignd import errors
+from campaignd import errors, loops
 from campaignd.api import convert
 from campaignd.api.auth import current_principal
 from campaignd.api.convert import Violations, campaign_id_from_name
@@ -91,8 +91,11 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         transports: Transports,
         tokens: convert.PageTokens,
         recorder: EventRecorder | None = None,
+        home: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.manager = manager
+        # The main event loop: the plugins and their transports run there, not on the API's.
+        self.home = home
         self.recorder = recorder or EventRecorder(manager.db, manager.hub, manager.clock)
         self.tokens = tokens
         self.settings = settings
@@ -450,13 +453,16 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             *(self._render(info, recipient, templates_only=True) for recipient in recipients)
         )
         try:
-            results = await send_once(
-                self.plugins,
-                self.transports,
-                info,
-                channel.transports,
-                recipients,
-                self.settings().engine.sending_timeout,
+            results = await loops.run_on(
+                self.home,
+                send_once(
+                    self.plugins,
+                    self.transports,
+                    info,
+                    channel.transports,
+                    recipients,
+                    self.settings().engine.sending_timeout,
+                ),
             )
         except PluginCallError as exc:
             raise ApiError(Code.UNAVAILABLE, "PLUGIN_ERROR", str(exc)) from None
@@ -507,7 +513,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         INVALID_ARGUMENT naming the content (and the field, when known) when a template fails or
         goes over a limit, or (unless `templates_only`, then None) on another content problem."""
         try:
-            return await self.plugins.render(info, recipient)
+            return await loops.run_on(self.home, self.plugins.render(info, recipient))
         except ValueError as exc:
             if templates_only and not isinstance(exc, TemplateError):
                 return None

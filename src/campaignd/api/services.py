@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from campaignd import loops
 from campaignd.api.campaigns import CampaignService
 from campaignd.api.contacts import ContactService
 from campaignd.api.convert import PageTokens
@@ -56,7 +57,9 @@ class Services:
         tokens = PageTokens(database.read_sync(keys.get, keys.PAGE_TOKENS))
         api.add_service(
             campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server,
-            CampaignService(self.campaigns, settings, self.engine, self.transports, tokens, self.recorder),
+            CampaignService(
+                self.campaigns, settings, self.engine, self.transports, tokens, self.recorder, loops.current()
+            ),
             campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
         )
         self.contacts = ContactManager(database, lambda: settings().audience.default_region)
@@ -67,7 +70,8 @@ class Services:
         )
 
     def close(self) -> None:
-        """End the watch streams, so that shutdown does not wait on them; stop the import workers."""
+        """End the watch streams, so that shutdown does not wait on them; stop the import workers.
+        On the API's event loop, whose the import workers' timers are."""
         self.hub.close()
         self.contacts.close()
 

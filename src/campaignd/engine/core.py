@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from campaignd import logs, metrics
+from campaignd import logs, loops, metrics
 from campaignd.campaigns import CampaignManager
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
@@ -280,6 +280,8 @@ class Engine:
         # may predate a Pause or Stop must not reopen a gate that call closed.
         self._holds = 0
         self._holds_at_read = 0
+        # The engine's state belongs to this loop; the API calls hold and wake from its own.
+        self._loop = loops.current()
         database.on_fault(self._storage_changed)
 
     def _storage_changed(self, fault: Fault | None, ended: Fault | None) -> None:
@@ -307,17 +309,16 @@ class Engine:
             log.exception("could not pause the channel", campaign=key[0], channel=key[1])
 
     def rate(self, campaign_id: str, channel_id: str) -> float:
-        """Messages this daemon finished per second for a channel over the last 10 seconds."""
+        """Messages this daemon finished per second for a channel over the last 10 seconds.
+        Callable from any thread: it only reads (`_record` drops what is older)."""
         key = (campaign_id, channel_id)
-        recent = self._finished.get(key)
+        recent = list(self._finished.get(key, ()))
         if not recent:
             return 0.0
         now = self.clock.monotonic()
-        while recent and recent[0][0] < now - RATE_WINDOW:
-            recent.popleft()
         # Early on, divide by the time the channel has run, not by the whole window.
         span = min(RATE_WINDOW, max(1.0, now - self._running_since.get(key, now - RATE_WINDOW)))
-        return sum(n for _, n in recent) / span
+        return sum(n for t, n in recent if t >= now - RATE_WINDOW) / span
 
     def window_reopens(self, campaign_id: str, channel_id: str) -> dt.datetime | None:
         """When a channel waiting for its send window can send again, if it is waiting."""
@@ -329,8 +330,8 @@ class Engine:
         return self.settings().engine
 
     def wake(self) -> None:
-        """Run a tick now, e.g. after a launch or resume."""
-        self._wake.set()
+        """Run a tick now, e.g. after a launch or resume; from any thread."""
+        loops.soon_on(self._loop, self._wake.set)
 
     @contextlib.asynccontextmanager
     async def hold(self, campaign_id: str, channel_id: str = "") -> AsyncIterator[None]:
@@ -338,24 +339,33 @@ class Engine:
 
         The gates close before the state changes, so no send starts after the call returns; while
         held, no tick reopens them. If the state did not change, the next tick reopens them.
+        From the API's event loop, the gates close on the engine's, between two of its steps: a
+        plugin starts a send in the step in which its gate said yes, so none starts after.
         """
         hold = (campaign_id, channel_id or "*")
+        await loops.call_on(self._loop, functools.partial(self._close, hold))
+        try:
+            yield
+        finally:
+            loops.soon_on(self._loop, functools.partial(self._release, hold))
+
+    def _close(self, hold: tuple[str, str]) -> None:
         self._held.add(hold)
         self._holds += 1
         for key, gate in self._gates.items():
             if self._is_held(key):
                 gate.open = False
-        try:
-            yield
-        finally:
-            self._held.discard(hold)
-            self.wake()
+
+    def _release(self, hold: tuple[str, str]) -> None:
+        self._held.discard(hold)
+        self._wake.set()
 
     def _is_held(self, key: Key) -> bool:
         return (key[0], "*") in self._held or key in self._held
 
     async def run(self) -> None:
         """Tick until stopped."""
+        self._loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
                 await self.tick()
@@ -882,9 +892,11 @@ class Engine:
         await self._kept(key, functools.partial(self.db.write, write))
         finished = [o for o in outcomes if o.state not in ("queued", "cancelled")]
         if finished:
-            self._finished.setdefault(key, collections.deque()).append(
-                (self.clock.monotonic(), len(finished))
-            )
+            recent = self._finished.setdefault(key, collections.deque())
+            now = self.clock.monotonic()
+            recent.append((now, len(finished)))
+            while recent[0][0] < now - RATE_WINDOW:
+                recent.popleft()
             channel_type = self._types.get(key, "")
             for (state, via), n in collections.Counter((o.state, o.transport) for o in finished).items():
                 metrics.MESSAGES.labels(channel_type, via or "default", state).inc(n)
