@@ -224,6 +224,10 @@ def bare_server(workdir: pathlib.Path, message: pb.Campaign) -> Iterator[tuple[s
         socket_path.parent.rmdir()
 
 
+class CampaignFinishedError(Exception):
+    """The campaign finished before a measurement made while it sends did."""
+
+
 class Progress:
     """Messages the campaign has finished, read from its report."""
 
@@ -245,7 +249,8 @@ def measure(
     progress: Progress | None,
     total: int,
 ) -> list[Measured]:
-    """One measurement per server, bare first, with `callers` callers."""
+    """One measurement per server, bare first, with `callers` callers; CampaignFinishedError (and the
+    measurements of the others left out too) when the campaign ended during one."""
     results = []
     for server, (target, pid) in servers.items():
         before = progress.done() if progress else (0, 0)
@@ -258,9 +263,9 @@ def measure(
             after = progress.done()
             rate = (after[0] - before[0]) / (time.perf_counter() - sent_at)
             if after[0] >= total or after[1] != pb.Campaign.RUNNING:
-                raise RuntimeError(
+                raise CampaignFinishedError(
                     f"the campaign stopped sending during a measurement ({after[0]:,} of {total:,} "
-                    "done): run with more --recipients or fewer --seconds"
+                    "done), which is left out: run with more --recipients or fewer --seconds"
                 )
         m = Measured(
             phase,
@@ -396,11 +401,14 @@ def run(args: argparse.Namespace) -> int:
                     if args.profile:
                         args.profile.mkdir(parents=True, exist_ok=True)
                     with profiler.during("sending"):
-                        for _ in range(args.rounds):
-                            for callers in (1, 20):
-                                results += measure(
-                                    "sending", servers, callers, args.seconds, progress, args.recipients
-                                )
+                        try:
+                            for _ in range(args.rounds):
+                                for callers in (1, 20):
+                                    results += measure(
+                                        "sending", servers, callers, args.seconds, progress, args.recipients
+                                    )
+                        except CampaignFinishedError as exc:
+                            print(f"   {exc}", flush=True)
         finally:
             if node is not None:
                 node.stop()
