@@ -21,6 +21,12 @@ from campaignd import loops
 from campaignd.api.auth import Authenticator
 from campaignd.api.interceptors import CallInterceptor
 from campaignd.config import Settings
+from campaignd.v1 import (
+    campaign_service_pb2,
+    campaign_service_pb2_grpc,
+    contact_service_pb2,
+    contact_service_pb2_grpc,
+)
 
 if TYPE_CHECKING:
     from campaignd.api.interceptors import GenericHandler
@@ -49,11 +55,28 @@ class ApiServer:
         self._health: health_aio.HealthServicer | None = None
         self.tcp_port: int | None = None
 
-    def add_service(
+    def add_servicers(
+        self,
+        campaigns: campaign_service_pb2_grpc.CampaignServiceServicer,
+        contacts: contact_service_pb2_grpc.ContactServiceServicer,
+    ) -> None:
+        """Serve CampaignService and ContactService through these servicers, from `start` on."""
+        self._add(
+            campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server,
+            campaigns,
+            campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
+        )
+        self._add(
+            contact_service_pb2_grpc.add_ContactServiceServicer_to_server,
+            contacts,
+            contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name,
+        )
+
+    def _add(
         self, add_to_server: Callable[[Servicer, Any], None], servicer: Servicer, full_name: str
     ) -> None:
-        """Serve a service, from `start` on, through its generated `add_..._to_server` function,
-        every method behind the call interceptor, and name it in health and reflection."""
+        # Registered in `_start`, on the API's loop, through the generated add_..._to_server
+        # function, every method behind the call interceptor.
         self._services.append((add_to_server, servicer, full_name))
 
     async def start(self) -> None:
