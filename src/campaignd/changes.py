@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+
+from campaignd import loops
 
 
 class ChangeHub:
-    """Per-campaign wake-ups; a watcher subscribes before it reads, so no change slips between."""
+    """Per-campaign wake-ups; a watcher subscribes before it reads, so no change slips between.
+
+    Watchers wait on the API's event loop while the engine publishes from the main one: an event
+    is set on the loop of the watcher that made it."""
 
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+        self._events: dict[str, tuple[asyncio.Event, asyncio.AbstractEventLoop | None]] = {}
+        self._lock = threading.Lock()
         self.closed = False
 
     def subscribe(self, campaign_id: str) -> asyncio.Event:
         """The event that the next change of `campaign_id` sets."""
-        return self._events.setdefault(campaign_id, asyncio.Event())
+        with self._lock:
+            event, _ = self._events.setdefault(campaign_id, (asyncio.Event(), loops.current()))
+        return event
 
     def publish(self, campaign_id: str) -> None:
         """Wake everyone waiting on `campaign_id`."""
-        event = self._events.pop(campaign_id, None)
-        if event is not None:
-            event.set()
+        with self._lock:
+            entry = self._events.pop(campaign_id, None)
+        if entry is not None:
+            event, loop = entry
+            loops.soon_on(loop, event.set)
 
     async def wait(self, event: asyncio.Event, seconds: float) -> bool:
         """Wait for `event` up to `seconds`; True when it was set."""
@@ -31,7 +42,8 @@ class ChangeHub:
 
     def close(self) -> None:
         """Wake every watcher for good, so streams end at shutdown."""
-        self.closed = True
-        for event in self._events.values():
-            event.set()
-        self._events.clear()
+        with self._lock:
+            self.closed = True
+            entries, self._events = list(self._events.values()), {}
+        for event, loop in entries:
+            loops.soon_on(loop, event.set)

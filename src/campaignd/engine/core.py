@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Connection
 
-from campaignd import logs, metrics
+from campaignd import logs, loops, metrics
 from campaignd.campaigns import CampaignManager
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
@@ -310,6 +310,8 @@ class Engine:
         # may predate a Pause or Stop must not reopen a gate that call closed.
         self._holds = 0
         self._holds_at_read = 0
+        # The engine's state belongs to this loop; the API calls hold and wake from its own.
+        self._loop = loops.current()
         database.on_fault(self._storage_changed)
 
     def _storage_changed(self, fault: Fault | None, ended: Fault | None) -> None:
@@ -353,8 +355,8 @@ class Engine:
         return self.settings().engine
 
     def wake(self) -> None:
-        """Run a tick now, e.g. after a launch or resume."""
-        self._wake.set()
+        """Run a tick now, e.g. after a launch or resume; from any thread."""
+        loops.soon_on(self._loop, self._wake.set)
 
     @contextlib.asynccontextmanager
     async def hold(self, campaign_id: str, channel_id: str = "") -> AsyncIterator[None]:
@@ -362,24 +364,33 @@ class Engine:
 
         The gates close before the state changes, so no send starts after the call returns; while
         held, no tick reopens them. If the state did not change, the next tick reopens them.
+        From the API's event loop, the gates close on the engine's, between two of its steps: a
+        plugin starts a send in the step in which its gate said yes, so none starts after.
         """
         hold = (campaign_id, channel_id or "*")
+        await loops.call_on(self._loop, functools.partial(self._close, hold))
+        try:
+            yield
+        finally:
+            loops.soon_on(self._loop, functools.partial(self._release, hold))
+
+    def _close(self, hold: tuple[str, str]) -> None:
         self._held.add(hold)
         self._holds += 1
         for key, gate in self._gates.items():
             if self._is_held(key):
                 gate.open = False
-        try:
-            yield
-        finally:
-            self._held.discard(hold)
-            self.wake()
+
+    def _release(self, hold: tuple[str, str]) -> None:
+        self._held.discard(hold)
+        self._wake.set()
 
     def _is_held(self, key: Key) -> bool:
         return (key[0], "*") in self._held or key in self._held
 
     async def run(self) -> None:
         """Tick until stopped."""
+        self._loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
                 await self.tick()

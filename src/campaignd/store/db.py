@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from campaignd import logs
+from campaignd import logs, loops
 
 T = TypeVar("T")
 log = logs.get("campaignd.store")
@@ -33,6 +34,9 @@ class Fault:
     cause: str
     since: float  # time.monotonic()
     detail: str = ""  # the driver's message, for the log only
+
+
+Listener = Callable[[Fault | None, Fault | None], None]
 
 
 def storage_fault(exc: BaseException) -> str | None:
@@ -127,8 +131,13 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
 def _sqlite_on_begin(connection: Connection) -> None:
     # BEGIN IMMEDIATE for writers: a deferred transaction that later writes can fail with
     # "database is locked" instead of waiting, which would turn a race into an error.
-    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-    connection.exec_driver_sql(f"BEGIN {mode}")
+    statement = f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'DEFERRED')}"
+    # On the driver's connection: through exec_driver_sql, the BEGIN of a one-query read cost
+    # about as much as the query. Its errors are wrapped as SQLAlchemy's own, for storage_fault.
+    try:
+        connection.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
 class Database:
@@ -146,23 +155,36 @@ class Database:
         self._write_turn = threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="campaignd-db")
         self.fault: Fault | None = None
-        self._listeners: list[Callable[[Fault | None, Fault | None], None]] = []
+        self._listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
         self._prober: asyncio.Task[None] | None = None
+        # Both event loops (the API's and the main one) use the database and may notice a fault;
+        # the probe runs on the one the database was opened on.
+        self._fault_lock = threading.Lock()
+        self._home = loops.current()
 
-    def on_fault(self, listener: Callable[[Fault | None, Fault | None], None]) -> None:
+    def on_fault(self, listener: Listener) -> None:
         """Call `listener(fault, None)` when a storage fault begins and `listener(None, ended)`
-        when the database can be written again."""
-        self._listeners.append(listener)
+        when the database can be written again, on the event loop it was registered from."""
+        self._listeners.append((listener, loops.current()))
+
+    def _tell(self, fault: Fault | None, ended: Fault | None) -> None:
+        for listener, loop in self._listeners:
+            loops.soon_on(loop, functools.partial(listener, fault, ended))
 
     def _noticed(self, exc: BaseException) -> None:
         cause = storage_fault(exc)
-        if cause is None or self.fault is not None:
+        if cause is None:
             return
-        detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0:1]
-        self.fault = Fault(cause, time.monotonic(), detail[0] if detail else "")
+        with self._fault_lock:
+            if self.fault is not None:
+                return
+            detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0:1]
+            self.fault = Fault(cause, time.monotonic(), detail[0] if detail else "")
         log.error("the database cannot be used", cause=cause, error=self.fault.detail)
-        for listener in self._listeners:
-            listener(self.fault, None)
+        self._tell(self.fault, None)
+        loops.soon_on(self._home, self._start_probing)
+
+    def _start_probing(self) -> None:
         self._prober = asyncio.ensure_future(self._probe_until_writable())
 
     def _probe_sync(self) -> None:
@@ -187,14 +209,14 @@ class Database:
             except Exception as exc:  # any failure means: not yet
                 log.debug("the database is still unavailable", error=str(exc).splitlines()[0])
                 continue
-            ended, self.fault = self.fault, None
+            with self._fault_lock:
+                ended, self.fault = self.fault, None
             log.warning(
                 "the database can be written again",
                 cause=ended.cause,
                 seconds=round(time.monotonic() - ended.since, 1),
             )
-            for listener in self._listeners:
-                listener(None, ended)
+            self._tell(None, ended)
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) in one write transaction, committed on return."""
