@@ -391,15 +391,18 @@ def run(args: argparse.Namespace) -> int:
                     servers = {"bare": bare, "daemon": (daemon.address, daemon.pid)}
                     if node is not None:
                         servers["api-node"] = (node.address, node.pid)
-                    for _ in range(args.rounds if args.phase != "sending" else 0):
-                        for callers in (1, 20):
-                            results += measure("idle", servers, callers, args.seconds, None, args.recipients)
-                    if args.phase == "idle":
-                        return report(results, args.seconds)
-                    launch(channel, progress)
                     profiler = Profiler(args.profile, daemon.pid)
                     if args.profile:
                         args.profile.mkdir(parents=True, exist_ok=True)
+                    with profiler.during("idle"):
+                        for _ in range(args.rounds if args.phase != "sending" else 0):
+                            for callers in (1, 20):
+                                results += measure(
+                                    "idle", servers, callers, args.seconds, None, args.recipients
+                                )
+                    if args.phase == "idle":
+                        return report(results, args.seconds)
+                    launch(channel, progress)
                     with profiler.during("sending"):
                         try:
                             for _ in range(args.rounds):
