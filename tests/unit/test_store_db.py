@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import sqlite3
+import threading
 from typing import Any
 
 import pytest
@@ -56,5 +58,51 @@ def test_a_read_sees_one_snapshot_while_a_write_commits(tmp_path: pathlib.Path) 
         assert (
             database.read_sync(lambda conn: conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one()) == 2
         )
+    finally:
+        database.close()
+
+
+def test_read_here_runs_on_the_calling_thread_and_sees_committed_writes(tmp_path: pathlib.Path) -> None:
+    """On SQLite, read_here runs the read on the caller's thread (no worker thread), on a
+    connection it keeps, and each read is a transaction of its own that sees what was committed."""
+    database = Database(create_engine(f"sqlite:///{tmp_path / 'here.db'}"))
+    try:
+        database.write_sync(lambda conn: conn.exec_driver_sql("CREATE TABLE t (n INTEGER)"))
+
+        def count(conn: sa.Connection) -> tuple[int, int]:
+            return threading.get_ident(), conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one()
+
+        async def reads() -> list[tuple[int, int]]:
+            first = await database.read_here(count)
+            database.write_sync(lambda conn: conn.exec_driver_sql("INSERT INTO t VALUES (1)"))
+            return [first, await database.read_here(count)]
+
+        assert asyncio.run(reads()) == [(threading.get_ident(), 0), (threading.get_ident(), 1)]
+        assert len(database._kept) == 1
+    finally:
+        database.close()
+
+
+def test_read_here_hands_a_busy_read_to_a_worker_thread(tmp_path: pathlib.Path) -> None:
+    """A read_here that finds SQLite busy is run again by a worker thread, and is no storage
+    fault; another error is raised as it is."""
+    database = Database(create_engine(f"sqlite:///{tmp_path / 'busy.db'}"))
+    caller = threading.get_ident()
+
+    def busy_here(conn: sa.Connection) -> int:
+        if threading.get_ident() == caller:
+            locked = sqlite3.OperationalError("database is locked")
+            locked.sqlite_errorname = "SQLITE_BUSY"
+            raise sa.exc.OperationalError("SELECT 1", None, locked)
+        return threading.get_ident()
+
+    def broken(conn: sa.Connection) -> int:
+        raise ValueError("not a storage fault")
+
+    try:
+        assert asyncio.run(database.read_here(busy_here)) != caller
+        assert database.fault is None
+        with pytest.raises(ValueError, match="not a storage fault"):
+            asyncio.run(database.read_here(broken))
     finally:
         database.close()

@@ -195,7 +195,7 @@ class CampaignManager:
 
     async def get(self, campaign_id: str) -> CampaignRecord:
         """The campaign, or NOT_FOUND."""
-        record = await self.db.read(store.get, campaign_id)
+        record = await self.db.read_here(store.get, campaign_id)
         if record is None:
             raise errors.not_found(f"campaigns/{campaign_id}")
         return record

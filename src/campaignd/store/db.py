@@ -25,6 +25,8 @@ from campaignd import logs, loops
 T = TypeVar("T")
 log = logs.get("campaignd.store")
 PROBE_INTERVAL = (0.25, 5.0)  # seconds between probes of a faulty database: first, at most
+# How long `read_here` lets SQLite wait for a lock before it hands the read to a worker thread.
+HERE_BUSY_MS = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +163,10 @@ class Database:
         # the probe runs on the one the database was opened on.
         self._fault_lock = threading.Lock()
         self._home = loops.current()
+        # The connections of `read_here`, one per thread that uses it, closed by `close`.
+        self._here = threading.local()
+        self._kept: list[Connection] = []
+        self._kept_lock = threading.Lock()
 
     def on_fault(self, listener: Listener) -> None:
         """Call `listener(fault, None)` when a storage fault begins and `listener(None, ended)`
@@ -246,6 +252,41 @@ class Database:
             self._noticed(exc)
             raise
 
+    async def read_here(self, fn: Callable[..., T], *args: Any) -> T:
+        """A short read (a row or a few, by key) run on this thread, without a worker thread's
+        round trip: on SQLite, where a reader in WAL mode does not wait for writers, in a read
+        transaction on a connection this thread keeps; on a database server, `read`.
+
+        It spares the caller's event loop two thread hand-offs, each a wait for the GIL while
+        other threads send. SQLite still busy after HERE_BUSY_MS (a rare WAL recovery) hands the
+        read to `read`; a disk that stalls holds up this thread, as it would every writer."""
+        if self.dialect != "sqlite":
+            return await self.read(fn, *args)
+        try:
+            conn = self._here_connection()
+            with conn.begin():
+                return fn(conn, *args)
+        except sa.exc.OperationalError as exc:
+            if storage_fault(exc) != "database is locked":
+                self._noticed(exc)
+                raise
+        except Exception as exc:
+            self._noticed(exc)
+            raise
+        return await self.read(fn, *args)
+
+    def _here_connection(self) -> Connection:
+        conn: Connection | None = getattr(self._here, "conn", None)
+        if conn is None or conn.invalidated or conn.closed:
+            conn = self.engine.connect()
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={HERE_BUSY_MS}")
+            # Not left in a transaction by the PRAGMA: each read opens its own.
+            conn.commit()
+            with self._kept_lock:
+                self._kept.append(conn)
+            self._here.conn = conn
+        return conn
+
     def close(self) -> None:
         """Wait for running queries, then release every connection."""
         if self._prober is not None and not self._prober.done():
@@ -253,4 +294,11 @@ class Database:
             with contextlib.suppress(RuntimeError):
                 self._prober.get_loop().call_soon_threadsafe(self._prober.cancel)
         self._pool.shutdown(wait=True)
+        with self._kept_lock:
+            kept, self._kept = self._kept, []
+        for conn in kept:
+            # Not back to the pool: their busy timeout is `read_here`'s own.
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
         self.engine.dispose()
