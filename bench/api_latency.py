@@ -1,7 +1,7 @@
 """API latency benchmark: unary calls idle and while a campaign sends at full speed.
 
     .venv/bin/python bench/api_latency.py [--recipients N] [--seconds S] [--rounds R]
-                                          [--backend sqlite|postgresql] [--profile DIR]
+                                          [--backend sqlite|postgresql] [--profile DIR [--gil]]
 
 In one run:
 1. starts `smtp-sink` on a free loopback port and the real daemon (one email transport to the
@@ -21,7 +21,8 @@ In one run:
 The client is a process of its own (`grpc.aio`, one channel, the callers as tasks), so its CPU
 is not in the measured process. It prints calls/s, p50 and p99 of each measurement, leading with
 the ratios daemon / bare server, and the CPU model and load average of the machine.
-With --profile DIR, py-spy records the daemon during the measurements while it sends.
+With --profile DIR, py-spy records the daemon during the measurements, idle and while it sends
+(with --gil, only the thread holding the GIL, by thread).
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
                     servers = {"bare": bare, "daemon": (daemon.address, daemon.pid)}
                     if node is not None:
                         servers["api-node"] = (node.address, node.pid)
-                    profiler = Profiler(args.profile, daemon.pid)
+                    profiler = Profiler(args.profile, daemon.pid, gil=args.gil)
                     if args.profile:
                         args.profile.mkdir(parents=True, exist_ok=True)
                     with profiler.during("idle"):
@@ -461,7 +462,10 @@ def main() -> int:
         help="also measure an API-only daemon on the same database (the process-split option)",
     )
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument("--profile", type=pathlib.Path, help="py-spy the daemon while it sends")
+    parser.add_argument("--profile", type=pathlib.Path, help="py-spy the daemon, idle and while it sends")
+    parser.add_argument(
+        "--gil", action="store_true", help="with --profile: sample only the thread holding the GIL"
+    )
     args = parser.parse_args()
     if args.mode == "bare":
         asyncio.run(serve_bare(args.socket, pb.Campaign.FromString(pathlib.Path(args.message).read_bytes())))
