@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import pathlib
 import signal
@@ -88,6 +89,9 @@ class Daemon:
                 update.add_done_callback(health_updates.discard)
 
         database.on_fault(storage_changed)
+        # What the start built lives as long as the process: out of the collector's full passes,
+        # which otherwise walk it every few seconds while a campaign sends, holding the GIL.
+        gc.freeze()
         log.info(
             "serving",
             metrics_port=metrics_port,
