@@ -22,6 +22,7 @@ from campaignd.model import (
     SendWindow,
     TransportShare,
 )
+from campaignd.store.db import driver_row
 from campaignd.store.schema import api_requests, campaign_events, campaigns, channels
 
 
@@ -126,6 +127,20 @@ def get(conn: Connection, campaign_id: str, *, for_update: bool = False) -> Camp
     return _campaign(
         rows[0], [_channel(r, prefix) for r in rows if r._mapping[prefix + "channel_id"] is not None]
     )
+
+
+# What changes with every write of a campaign or of one of its channels (store.save is the only
+# such write, always with the next version and a new update time).
+Stamp = tuple[Any, ...]
+_STAMP = sa.select(campaigns.c.version, campaigns.c.update_time).where(campaigns.c.id == sa.bindparam("id"))
+
+
+def stamp(conn: Connection, campaign_id: str) -> Stamp | None:
+    """The campaign's stamp, None when there is no such campaign: its version and update time (a
+    campaign deleted and created again under the same id starts at version 1 again, but not at
+    the same time), as the driver gives them, to be compared only with another stamp. One
+    indexed row read through the driver: a few microseconds."""
+    return driver_row(conn, _STAMP, id=campaign_id)
 
 
 def _campaign_values(record: CampaignRecord) -> dict[str, Any]:

@@ -142,6 +142,33 @@ def _sqlite_on_begin(connection: Connection) -> None:
         raise sa.exc.DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
+# Statements compiled for `driver_row`, by the statement's id and the dialect; the statement is
+# kept in the value, so that its id is not reused.
+_COMPILED: dict[tuple[int, str], tuple[Any, str, tuple[str, ...] | None]] = {}
+
+
+def driver_row(conn: Connection, statement: sa.Select[Any], **params: Any) -> tuple[Any, ...] | None:
+    """The first row of `statement` (a constant of its module), run on the driver's own
+    connection in `conn`'s transaction: for a tiny query on a hot path, where SQLAlchemy's
+    execution costs many times what the database does. The values are the driver's, unconverted;
+    errors are SQLAlchemy's, as storage_fault expects."""
+    key = (id(statement), conn.dialect.name)
+    found = _COMPILED.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=conn.dialect)
+        positions = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+        found = _COMPILED[key] = (statement, compiled.string, positions)
+    _, sql, positions = found
+    # Named parameters for psycopg, in their order for SQLite's question marks.
+    values: Any = params if positions is None else tuple(params[name] for name in positions)
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        row = conn.connection.driver_connection.execute(sql, values).fetchone()  # type: ignore[union-attr]
+    except dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, values, exc, dbapi.Error) from exc
+    return tuple(row) if row is not None else None
+
+
 class Database:
     """Runs blocking SQL in worker threads so the event loop never waits on the database."""
 
