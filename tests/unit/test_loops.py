@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
+import resource
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -137,3 +140,32 @@ def test_a_hold_from_the_api_loop_closes_the_gate_on_the_engines_loop_first(
         asyncio.run(pause())
     finally:
         database.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the nice level is a thread's own on Linux only")
+def test_serving_first_raises_only_the_calling_threads_priority_as_far_as_allowed() -> None:
+    """serve_first lowers the calling thread's nice level by API_PRIORITY when the process may
+    (CAP_SYS_NICE, or RLIMIT_NICE far enough), to what RLIMIT_NICE allows when that is less, and
+    otherwise leaves it; the other threads keep theirs."""
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[tuple[int, int | None, int]] = []
+
+    def api() -> None:
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        set_to = loops.serve_first()
+        seen.append((before, set_to, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+
+    thread = threading.Thread(target=api)
+    thread.start()
+    thread.join()
+    [(before, set_to, after)] = seen
+    assert before == here
+    assert after == (set_to if set_to is not None else before)
+    allowed = 20 - resource.getrlimit(resource.RLIMIT_NICE)[0]
+    if os.geteuid() == 0:  # CAP_SYS_NICE
+        assert set_to == max(-20, here - loops.API_PRIORITY)
+    elif allowed < here:
+        assert set_to == max(allowed, here - loops.API_PRIORITY)
+    else:
+        assert set_to is None
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here

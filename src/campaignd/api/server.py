@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from campaignd import loops
+from campaignd import logs, loops
 from campaignd.api.auth import Authenticator
 from campaignd.api.interceptors import CallInterceptor
 from campaignd.config import Settings
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from campaignd.api.interceptors import GenericHandler
 
 Servicer = TypeVar("Servicer")
+log = logs.get("campaignd.api")
 
 
 class SocketInUseError(Exception):
@@ -96,6 +97,9 @@ class ApiServer:
 
     @staticmethod
     def _serve(loop: asyncio.AbstractEventLoop) -> None:
+        # Before gRPC starts its threads, which inherit it.
+        nice = loops.serve_first()
+        log.debug("the API's thread", nice=nice)
         asyncio.set_event_loop(loop)
         try:
             loop.run_forever()

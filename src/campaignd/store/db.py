@@ -182,7 +182,9 @@ class Database:
         # in SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms between tries: a write
         # queued behind another waited several times as long as the other took.
         self._write_turn = threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="campaignd-db")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="campaignd-db", initializer=loops.serve_as_the_process
+        )
         self.fault: Fault | None = None
         self._listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
         self._prober: asyncio.Task[None] | None = None
