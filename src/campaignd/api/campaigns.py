@@ -20,6 +20,7 @@ from campaignd.api.convert import Violations, campaign_id_from_name
 from campaignd.api.errors import streaming, unary
 from campaignd.audience.contacts import ContactFieldError, normalise_email, normalise_phone
 from campaignd.campaigns import Caller, CampaignManager
+from campaignd.cluster.node import Cluster, SingleNode
 from campaignd.config import Settings
 from campaignd.engine.core import Engine
 from campaignd.engine.events import EventRecorder
@@ -91,6 +92,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         transports: Transports,
         tokens: convert.PageTokens,
         recorder: EventRecorder | None = None,
+        node: Cluster | SingleNode | None = None,
     ) -> None:
         self.manager = manager
         self.recorder = recorder or EventRecorder(manager.db, manager.hub, manager.clock)
@@ -98,6 +100,11 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         self.settings = settings
         self.engine = engine
         self.transports = transports
+        if node is None:
+            node = SingleNode(settings)
+            node.attach(engine, transports)
+        # Whose gates Pause and Stop close: this daemon's, or every member's of its cluster.
+        self.node = node
         self.watchers = 0
 
     @property
@@ -239,12 +246,13 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
                 before_commit=before_commit,
             )
 
+        if operation in (Operation.PAUSE, Operation.STOP):
+            # The barrier: the gates close (on every member of a cluster) before the state
+            # changes and stay closed after.
+            async with self.node.hold(campaign_id, request.channel_id):
+                return _campaign(await transition())
         if self.engine is None:
             return _campaign(await transition())
-        if operation in (Operation.PAUSE, Operation.STOP):
-            # The barrier: the gates close before the state changes and stay closed after.
-            async with self.engine.hold(campaign_id, request.channel_id):
-                return _campaign(await transition())
         data = await transition()
         self.engine.wake()
         return _campaign(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from campaignd.api.campaigns import CampaignService
+from campaignd.api.cluster import ClusterService
 from campaignd.api.contacts import ContactService
 from campaignd.api.convert import PageTokens
 from campaignd.api.server import ApiServer
@@ -12,6 +13,7 @@ from campaignd.audience.service import ContactManager
 from campaignd.campaigns import CampaignManager
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
+from campaignd.cluster.node import open_node
 from campaignd.config import Settings
 from campaignd.engine.core import Engine
 from campaignd.engine.events import EventRecorder
@@ -23,6 +25,8 @@ from campaignd.store.db import Database
 from campaignd.v1 import (
     campaign_service_pb2,
     campaign_service_pb2_grpc,
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
     contact_service_pb2,
     contact_service_pb2_grpc,
 )
@@ -43,19 +47,26 @@ class Services:
         )
         self.plugins.renderer = self.renderer
         self.hub = ChangeHub()
+        # One daemon alone (SQLite), or a member of a cluster on PostgreSQL.
+        self.node = open_node(database, settings, self.hub)
         self.campaigns = CampaignManager(database, self.plugins, self.hub)
         self.recorder = EventRecorder(database, self.hub)
         self.transports = Transports(
-            self.plugins, self.recorder, lambda: settings().engine.transport_rest, Clock()
+            self.plugins, self.recorder, lambda: settings().engine.transport_rest, Clock(), self.node.share
         )
         self.engine = (
-            Engine(database, self.plugins, self.campaigns, self.hub, settings, self.transports)
+            Engine(
+                database, self.plugins, self.campaigns, self.hub, settings, self.transports, role=self.node
+            )
             if settings().engine.enabled
             else None
         )
+        self.node.attach(self.engine, self.transports)
         tokens = PageTokens(database.read_sync(keys.get, keys.PAGE_TOKENS))
         campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
-            CampaignService(self.campaigns, settings, self.engine, self.transports, tokens, self.recorder),
+            CampaignService(
+                self.campaigns, settings, self.engine, self.transports, tokens, self.recorder, self.node
+            ),
             api.server,
         )
         api.add_service(campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name)
@@ -64,6 +75,10 @@ class Services:
             ContactService(self.contacts, settings, tokens), api.server
         )
         api.add_service(contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name)
+        cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
+            ClusterService(self.node, tokens), api.server
+        )
+        api.add_service(cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name)
 
     def close(self) -> None:
         """End the watch streams, so that shutdown does not wait on them; stop the import workers."""
