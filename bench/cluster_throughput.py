@@ -38,11 +38,10 @@ from collections.abc import Iterator
 
 import grpc
 import sqlalchemy as sa
-from google.protobuf import struct_pb2
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from audience import Daemon, cpu_seconds, database, machine
-from email_throughput import HTML, TEXT, import_contacts, smtp_sink
+from email_throughput import import_contacts, personalised_campaign, smtp_sink
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
@@ -152,21 +151,7 @@ def launch_and_watch(daemon: Daemon, n: int) -> None:
     """Create, launch and watch the campaign until every message is SENT."""
     with grpc.insecure_channel(daemon.address) as channel:
         stub = svc_grpc.CampaignServiceStub(channel)
-        content = struct_pb2.Struct()
-        content.update(
-            {
-                "subject": "Hello {{ contact.first_name }}, news from {{ contact.city }}",
-                "from_address": "news@example.org",
-                "from_name": "The Example News",
-                "text": TEXT,
-                "html": HTML,
-            }
-        )
-        campaign = pb.Campaign(
-            display_name="cluster throughput",
-            audience=pb.Audience(target_lists=["lists/readers"]),
-            channels=[pb.Channel(channel_id="mail", type="email", content=content)],
-        )
+        campaign = personalised_campaign("cluster throughput")
         stub.CreateCampaign(svc.CreateCampaignRequest(campaign_id="bench", campaign=campaign), timeout=30)
         attestation = pb.ConsentAttestation(accepted_by="bench@example.org", terms_version="1")
         stub.LaunchCampaign(
