@@ -187,6 +187,45 @@ def test_pause_on_a_member_that_does_not_lead_stops_every_member(
 
 
 @pytest.mark.slow
+def test_a_pause_waits_for_a_frozen_member_to_lapse_and_it_sends_nothing_after(
+    daemon_factory: DaemonFactory, pg_url: str, server: StampingSmtpServer
+) -> None:
+    """Pause while a member is frozen (SIGSTOP): the call returns once the frozen member's lease
+    lapsed (within the lease, tolerance 2 s for a loaded machine), and the member is removed;
+    woken, it rejoins under a new id and starts no transaction, nor does any other, until Resume."""
+    daemons = _cluster(daemon_factory, pg_url, server, 2, rate=200, batch=50)
+    name = _launch(daemons[0], 3000)
+    frozen = daemons[1]
+    _wait(lambda: any(t.port == server.ports[1] for t in server.transactions()), 120, "both to send")
+    before = _member_of(frozen, daemons[0])
+    assert before is not None
+    frozen.signal(signal.SIGSTOP)
+    try:
+        asked = time.monotonic()
+        with daemons[0].channel() as channel:
+            Client(channel).pause(name)
+        returned, took = time.time(), time.monotonic() - asked
+    finally:
+        frozen.signal(signal.SIGCONT)
+    assert took <= LEASE + 2.0, f"the pause took {took:.1f} s"
+    _wait(lambda: _member_of(frozen, daemons[0]) is not None, 30, "the frozen member to rejoin")
+    rejoined = _member_of(frozen, daemons[0])
+    assert rejoined is not None
+    assert rejoined.name != before.name
+    time.sleep(2.0)
+    late = [t for t in server.transactions() if t.started > returned]
+    assert late == [], f"{len(late)} transactions started after Pause returned"
+    with daemons[1].channel() as channel:
+        Client(channel).resume(name)
+    _wait(lambda: _state(daemons[0], name) == pb.Campaign.COMPLETED, 300, "completion")
+    received = _received(server.transactions())
+    assert max(received.values()) == 1, "a recipient was sent twice"
+    totals = _report(daemons[0], name).totals
+    assert totals.sent + totals.failed == 3000
+    assert set(totals.failed_by_reason) <= {"ambiguous"}
+
+
+@pytest.mark.slow
 def test_kill_9_of_the_leader_hands_the_lead_on_within_its_lease(
     daemon_factory: DaemonFactory, pg_url: str, server: StampingSmtpServer
 ) -> None:

@@ -20,6 +20,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from campaignd import logs
 from campaignd.errors import ApiError, Code
 from campaignd.store import cluster as store
@@ -81,7 +83,16 @@ class Barrier:
         while True:
             if time.monotonic() - told >= ASK_AGAIN:
                 told = time.monotonic()
-                await self.bus.send(message)
+                try:
+                    await self.bus.send(message)
+                except (psycopg.Error, OSError) as exc:
+                    if not before:
+                        return  # the state changed already; the others' next tick sees it
+                    raise ApiError(
+                        Code.UNAVAILABLE,
+                        "STORAGE_UNAVAILABLE",
+                        "the database cannot be used: the database connection was lost",
+                    ) from exc
             senders = await self.db.read(store.senders)
             waiting = {m for m in senders if m != self.membership.id and m not in acks}
             lapsed = {m for m in waiting if not senders[m]}
