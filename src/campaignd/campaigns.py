@@ -23,8 +23,11 @@ from campaignd.clock import Clock
 from campaignd.errors import ApiError, Code, FieldViolation
 from campaignd.lifecycle import Allowed, ChannelState, Operation, Refused
 from campaignd.plugin.manager import Plugins
-from campaignd.store import audience as audience_store
 from campaignd.store import campaigns as store
+from campaignd.store import lists as list_store
+from campaignd.store import messages as message_store
+from campaignd.store import resolution
+from campaignd.store import segments as segment_store
 from campaignd.store.campaigns import CampaignFilter, CampaignRecord, ChannelRecord, Event
 from campaignd.store.db import Database
 
@@ -314,7 +317,7 @@ class CampaignManager:
             decision = lifecycle.decide_delete((c.state for c in record.channels), force)
             if isinstance(decision, Refused):
                 raise _refusal(decision)
-            audience_store.delete_messages(conn, campaign_id)
+            message_store.delete_messages(conn, campaign_id)
             store.delete(conn, campaign_id)
             return None
 
@@ -490,12 +493,12 @@ class CampaignManager:
 
     def resolve(
         self, conn: Connection, record: CampaignRecord, channel: ChannelRecord, *, freeze: bool
-    ) -> audience_store.AudienceCounts:
+    ) -> resolution.AudienceCounts:
         """Resolve one channel's recipients (§3.5 step 3); with `freeze`, write them as QUEUED messages."""
         declared = self.plugins.types.get(channel.type)
         address = declared.address if declared is not None else "email"
         when = (record.id, channel.channel_id, self.clock.now()) if freeze else None
-        return audience_store.resolve(
+        return resolution.resolve(
             conn, _audience(conn, record, channel), address=address, channel_type=channel.type, freeze=when
         )
 
@@ -619,19 +622,19 @@ def _missing_audience(conn: Connection, audience: dict[str, list[str]]) -> list[
     problems = []
     for key in ("target_lists", "exclude_lists"):
         for index, name in enumerate(audience.get(key, [])):
-            if not audience_store.list_exists(conn, name.removeprefix("lists/")):
+            if not list_store.list_exists(conn, name.removeprefix("lists/")):
                 problems.append(FieldViolation(f"campaign.audience.{key}[{index}]", f"{name} does not exist"))
     for key in ("target_segments", "exclude_segments"):
         for index, name in enumerate(audience.get(key, [])):
-            if audience_store.get_segment(conn, name.removeprefix("segments/")) is None:
+            if segment_store.get_segment(conn, name.removeprefix("segments/")) is None:
                 problems.append(FieldViolation(f"campaign.audience.{key}[{index}]", f"{name} does not exist"))
     return problems
 
 
-def _audience(conn: Connection, record: CampaignRecord, channel: ChannelRecord) -> audience_store.Audience:
+def _audience(conn: Connection, record: CampaignRecord, channel: ChannelRecord) -> resolution.Audience:
     if channel.remarketing is not None:
         source = channel.remarketing
-        return audience_store.Audience(
+        return resolution.Audience(
             remarketing=(
                 source["campaign"].removeprefix("campaigns/"),
                 source["channel_id"],
@@ -642,7 +645,7 @@ def _audience(conn: Connection, record: CampaignRecord, channel: ChannelRecord) 
     def segment_filters(names: list[str]) -> list[filters.Filter]:
         found = []
         for name in names:
-            row = audience_store.get_segment(conn, name.removeprefix("segments/"))
+            row = segment_store.get_segment(conn, name.removeprefix("segments/"))
             if row is not None:
                 found.append(filters.parse(row.filter))
         return found
@@ -651,7 +654,7 @@ def _audience(conn: Connection, record: CampaignRecord, channel: ChannelRecord) 
         k: [n.removeprefix("lists/") for n in record.audience.get(k, [])]
         for k in ("target_lists", "exclude_lists")
     }
-    return audience_store.Audience(
+    return resolution.Audience(
         target_lists=lists["target_lists"],
         target_filters=segment_filters(record.audience.get("target_segments", [])),
         exclude_lists=lists["exclude_lists"],

@@ -15,13 +15,13 @@ import sqlalchemy as sa
 from campaignd import __version__, logs, metrics
 from campaignd.api.auth import Authenticator
 from campaignd.api.server import ApiServer, SocketInUseError
-from campaignd.api.services import Services
 from campaignd.config import ConfigError, Problem, Settings, load
 from campaignd.http import HttpListener
 from campaignd.plugin.manager import PluginError, Plugins
 from campaignd.sdnotify import Notifier, watchdog_interval
 from campaignd.store import migrate
 from campaignd.store.db import Database, Fault, create_engine
+from campaignd.wiring import Components
 
 log = logs.get("campaignd.daemon")
 
@@ -47,16 +47,16 @@ class Daemon:
         plugins = load_plugins(self.settings)
         database = open_database(self.settings, migrate_schema=self.settings.daemon.migrate_on_start)
         api = ApiServer(self.settings, self.authenticator)
-        services = Services(api, database, lambda: self.settings, plugins)
+        components = Components(api, database, lambda: self.settings, plugins)
         try:
             # A cluster member joins before it answers: a Pause must reach it from the start.
-            await services.node.start()
+            await components.node.start()
         except Exception as exc:
             database.close()
             raise StartupError(f"cannot join the cluster: {str(exc).strip()}", EXIT_TRANSIENT) from None
 
         async def abandon(message: str, status: int) -> StartupError:
-            await services.node.stop()
+            await components.node.stop()
             database.close()
             return StartupError(message, status)
 
@@ -72,7 +72,7 @@ class Daemon:
             raise await abandon(problem, EXIT_CONFIG) from None
         http = None
         if self.settings.http.address:
-            http = HttpListener(self.settings.http, plugins, services.recorder)
+            http = HttpListener(self.settings.http, plugins, components.recorder)
             try:
                 await http.start()
             except OSError as exc:
@@ -81,7 +81,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(services)))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(components)))
         metrics_port = metrics.serve(self.settings.metrics.address) if self.settings.metrics.address else None
         await api.set_serving(True)
 
@@ -105,14 +105,14 @@ class Daemon:
         )
         self.notifier.ready(f"serving on {self.settings.socket_path}")
         watchdog = asyncio.ensure_future(self._watchdog())
-        engine = services.engine
+        engine = components.engine
         engine_task = asyncio.ensure_future(engine.run()) if engine is not None else None
         await self._stop.wait()
 
         self.notifier.stopping()
         log.info("stopping", grace_seconds=self.settings.daemon.shutdown_timeout)
         await api.set_serving(False)
-        services.close()
+        components.close()
         grace = self.settings.daemon.shutdown_timeout
         # No new calls and no new leases; sends in flight finish and are recorded within the bound.
         await asyncio.gather(api.stop(grace), engine.stop(grace) if engine is not None else asyncio.sleep(0))
@@ -120,9 +120,9 @@ class Daemon:
             engine_task.cancel()
         if http is not None:
             await http.stop()
-        await services.transports.close()
-        await services.node.stop()
-        await asyncio.get_running_loop().run_in_executor(None, services.renderer.close)
+        await components.transports.close()
+        await components.node.stop()
+        await asyncio.get_running_loop().run_in_executor(None, components.renderer.close)
         watchdog.cancel()
         await asyncio.get_running_loop().run_in_executor(None, database.close)
         self.notifier.close()
@@ -136,12 +136,12 @@ class Daemon:
         self._stopping = True
         self._stop.set()
 
-    async def _reload(self, services: Services) -> None:
+    async def _reload(self, components: Components) -> None:
         self.notifier.reloading()
         try:
             new = load(self.config_path)
             if new.plugins == self.settings.plugins:
-                await services.reconfigure(new)
+                await components.reconfigure(new)
             self.authenticator.set_tokens(new.auth.tokens)
         except ConfigError as exc:
             log.error("reload failed; keeping the running settings", problems=[str(p) for p in exc.problems])

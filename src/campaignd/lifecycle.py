@@ -326,8 +326,9 @@ MESSAGE_TRANSITIONS: Final[Mapping[MessageState, frozenset[MessageState]]] = Map
         # An assumption is only a default: a late receipt still counts.
         _M.ASSUMED_DELIVERED: frozenset({_M.DELIVERED, _M.FAILED, _M.OPTED_OUT}),
         # Retry-failed takes a message back. An `ambiguous` failure (its sender's lease expired)
-        # also takes the result that sender kept through a storage fault and wrote later.
-        _M.FAILED: frozenset({_M.QUEUED, _M.SENT, _M.DELIVERED, _M.RETRYING}),
+        # also takes the result that sender kept through a storage fault and wrote later, or is
+        # CANCELLED when that result was a retry and the channel was stopped or failed meanwhile.
+        _M.FAILED: frozenset({_M.QUEUED, _M.SENT, _M.DELIVERED, _M.RETRYING, _M.CANCELLED}),
         _M.DELIVERED: frozenset({_M.OPTED_OUT}),
         _M.OPTED_OUT: frozenset(),
         # Only a restart of a restartable channel type takes a cancelled message back, or leaves it
@@ -346,6 +347,19 @@ MESSAGE_DONE_STATES: Final = MESSAGE_FINAL_STATES | {_M.SENT}
 """Final or post-send: a channel whose messages are all here is COMPLETED (§3.1)."""
 
 
+_MESSAGE_SOURCES: Final[Mapping[MessageState, frozenset[MessageState]]] = MappingProxyType(
+    {
+        to: frozenset(frm for frm, targets in MESSAGE_TRANSITIONS.items() if to in targets)
+        for to in MessageState
+    }
+)
+
+
 def message_can_move(frm: MessageState, to: MessageState) -> bool:
     """Whether a message may move from `frm` to `to`."""
     return to in MESSAGE_TRANSITIONS[frm]
+
+
+def message_sources(to: MessageState) -> frozenset[MessageState]:
+    """The states from which a message may move to `to`."""
+    return _MESSAGE_SOURCES[to]

@@ -1,13 +1,17 @@
-"""A small client for tests: builds requests, reads error details, reaches into the database."""
+"""A small client for tests: builds requests, reads error details, imports contacts, waits for a
+campaign, reaches into the database."""
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import pytest
 import sqlalchemy as sa
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
@@ -50,8 +54,17 @@ def failure(error: grpc.RpcError) -> Failure:
     return Failure(error.code(), error.details() or "", reason, metadata, fields)
 
 
+def expect_failure(call: Callable[..., Any], code: grpc.StatusCode) -> Failure:
+    """Make a call that must fail with `code`; what it said."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    found = failure(caught.value)
+    assert found.code == code, found
+    return found
+
+
 def content(**values: Any) -> struct_pb2.Struct:
-    """A channel content Struct."""
+    """A Struct of `values`: a channel's content, a contact's attributes."""
     struct = struct_pb2.Struct()
     struct.update(values)
     return struct
@@ -134,6 +147,38 @@ class Client:
         """StopCampaign."""
         return self.stub.StopCampaign(svc.StopCampaignRequest(name=name, channel_id=channel_id))
 
+    def channel_state(self, name: str) -> int:
+        """The state of the campaign's first channel."""
+        return self.get(name).channels[0].state
+
+    def report(self, name: str) -> pb.CampaignReport:
+        """GetCampaignReport."""
+        return self.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=name))
+
+    def messages(self, name: str, *states: pb.Message.State.ValueType) -> list[pb.Message]:
+        """Every message of the campaign (in `states`, when given), over all pages."""
+        found: list[pb.Message] = []
+        token = ""
+        while True:
+            page = self.stub.ListMessages(
+                svc.ListMessagesRequest(parent=name, states=states, page_size=1000, page_token=token)
+            )
+            found.extend(page.messages)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    def suppressed(self, address: str, channel_type: str) -> bool:
+        """Whether CheckSuppression says `address` is suppressed for `channel_type`."""
+        request = cs.CheckSuppressionRequest(address=address, channel_type=channel_type)
+        return self.contacts.CheckSuppression(request).suppressed
+
+    def finished(self, name: str, seconds: float = 120) -> pb.Campaign:
+        """The campaign once it has ended: COMPLETED, FAILED or STOPPED."""
+        ended = (pb.Campaign.COMPLETED, pb.Campaign.FAILED, pb.Campaign.STOPPED)
+        wait_until(lambda: self.get(name).state in ended, seconds, f"{name} to end")
+        return self.get(name)
+
     def count(self, **filters: Any) -> int:
         """How many campaigns ListCampaigns returns, over all pages."""
         total, token = 0, ""
@@ -154,6 +199,24 @@ def ensure_list(stub: cs_grpc.ContactServiceStub, list_id: str) -> None:
     except grpc.RpcError as error:
         if error.code() != grpc.StatusCode.ALREADY_EXISTS:
             raise
+
+
+def import_contacts(
+    stub: cs_grpc.ContactServiceStub, list_id: str, rows: Sequence[cs.ContactRow]
+) -> cs.ImportContactsResponse:
+    """Import `rows` into `lists/{list_id}` (created unless it exists), 1,000 rows a message."""
+    ensure_list(stub, list_id)
+    requests = [cs.ImportContactsRequest(options=cs.ImportOptions(list=f"lists/{list_id}"))]
+    requests += [cs.ImportContactsRequest(rows=rows[i : i + 1000]) for i in range(0, len(rows), 1000)]
+    return stub.ImportContacts(iter(requests), timeout=300)
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float = 120, what: str = "") -> None:
+    """Poll until `predicate` holds; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def force_state(database_url: str, name: str, state: str) -> None:

@@ -7,52 +7,23 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
-from tests.conftest import new_pg_database
-from tests.integration.campaign_client import Client, channel, failure
-from tests.integration.conftest import DaemonProcess
-
-# The engine is off: these tests check what launch freezes, so launched channels must stay QUEUED.
-CONFIG = (
-    '[plugins]\nload = ["campaignd.testing.channels"]\n[audience]\ndefault_region = "US"\n'
-    "[engine]\nenabled = false\n"
-)
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def daemon(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DaemonProcess]:
-    """One daemon per database for the module."""
-    workdir = tmp_path_factory.mktemp("audience")
-    if request.param == "sqlite":
-        process = DaemonProcess(workdir, CONFIG)
-        process.start()
-        yield process
-        process.cleanup()
-        return
-    with new_pg_database(request.getfixturevalue("pg_admin"), "campaignd_audience") as url:
-        process = DaemonProcess(workdir, f'{CONFIG}[database]\nurl = "{url}"\n')
-        process.start()
-        yield process
-        process.cleanup()
+from tests.integration.campaign_client import Client, channel, content, expect_failure
+from tests.integration.conftest import API_ONLY, DaemonProcess, DatabaseDaemon
 
 
 @pytest.fixture(scope="module")
-def client(daemon: DaemonProcess) -> Iterator[Client]:
-    """A client for both services."""
-    with daemon.channel() as channel_:
-        yield Client(channel_)
-
-
-def _attrs(**values: Any) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(values)
-    return struct
+def daemon(tmp_path_factory: pytest.TempPathFactory, module_database_url: str) -> Iterator[DaemonProcess]:
+    """One daemon per database for the module. Its engine is off: these tests check what launch
+    freezes, so launched channels must stay QUEUED."""
+    config = API_ONLY + '[audience]\ndefault_region = "US"\n'
+    with DatabaseDaemon(
+        tmp_path_factory.mktemp("audience"), config, module_database_url
+    ).running() as process:
+        yield process
 
 
 def _import(client: Client, rows: list[cs.ContactRow], **options: Any) -> cs.ImportContactsResponse:
@@ -66,14 +37,6 @@ def _list(client: Client, list_id: str) -> str:
         cs.CreateListRequest(list_id=list_id, list=cs.ContactList(display_name=list_id))
     )
     return f"lists/{list_id}"
-
-
-def _expect(call: Any, code: grpc.StatusCode) -> Any:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    found = failure(caught.value)
-    assert found.code == code, found
-    return found
 
 
 def _addresses(
@@ -108,7 +71,7 @@ def test_resolution_set_algebra(client: Client) -> None:
             contact_id=f"{prefix}5",
             email="five@example.org",
             phone="+12025550105",
-            attributes=_attrs(churned=True),
+            attributes=content(churned=True),
         ),
         cs.ContactRow(contact_id=f"{prefix}6", email="Six@Example.org", phone="+12025550106"),
     ]
@@ -174,7 +137,7 @@ def test_launch_refuses_lists_and_segments_that_do_not_exist(client: Client) -> 
             )
         )
     )
-    found = _expect(lambda: client.launch(campaign.name), grpc.StatusCode.FAILED_PRECONDITION)
+    found = expect_failure(lambda: client.launch(campaign.name), grpc.StatusCode.FAILED_PRECONDITION)
     assert found.reason == "VALIDATION_FAILED"
     assert sorted(found.fields) == [
         "campaign.audience.exclude_segments[0]",
@@ -247,9 +210,9 @@ def test_import_rejects_bad_rows_and_applies_good_ones_whole(client: Client) -> 
         cs.ContactRow(contact_id="imp-bad-phone", email="phone@example.org", phone="12"),
         cs.ContactRow(contact_id="imp-bad-zone", email="zone@example.org", time_zone="Mars/Base"),
         cs.ContactRow(contact_id="imp-nothing"),
-        cs.ContactRow(email="good@example.org", attributes=_attrs(plan="pro")),  # same email: an update
+        cs.ContactRow(email="good@example.org", attributes=content(plan="pro")),  # same email: an update
         cs.ContactRow(contact_id="BAD ID", email="id@example.org"),
-        cs.ContactRow(contact_id="imp-attr", email="attr@example.org", attributes=_attrs(**{"bad key": 1})),
+        cs.ContactRow(contact_id="imp-attr", email="attr@example.org", attributes=content(**{"bad key": 1})),
     ]
     result = _import(client, rows)
     assert (result.created, result.updated, result.rejected) == (1, 1, 6)
@@ -265,7 +228,7 @@ def test_import_rejects_bad_rows_and_applies_good_ones_whole(client: Client) -> 
     assert (good.email, good.phone, good.time_zone) == ("good@example.org", "+12025550401", "Europe/Paris")
     assert good.attributes["plan"] == "pro"
     for bad in ("imp-bad-email", "imp-bad-phone", "imp-bad-zone", "imp-attr"):
-        _expect(
+        expect_failure(
             lambda b=bad: client.contacts.GetContact(cs.GetContactRequest(name=f"contacts/{b}")),
             grpc.StatusCode.NOT_FOUND,
         )
@@ -273,7 +236,7 @@ def test_import_rejects_bad_rows_and_applies_good_ones_whole(client: Client) -> 
 
 def test_import_into_a_missing_list_writes_nothing(client: Client) -> None:
     """An import whose options name a list that does not exist is refused before any row is written."""
-    _expect(
+    expect_failure(
         lambda: _import(client, [cs.ContactRow(email="never@example.org")], list="lists/nope"),
         grpc.StatusCode.NOT_FOUND,
     )
@@ -284,14 +247,14 @@ def test_import_into_a_missing_list_writes_nothing(client: Client) -> None:
 def test_segment_filters_are_checked_at_creation(client: Client) -> None:
     """Nonsense and injection attempts are refused with the position; a good filter lists its contacts."""
     for text in ['email = "x" OR', "attributes.a'b = 1", "nope = 1", "email = ", '(email = "a"']:
-        found = _expect(
+        found = expect_failure(
             lambda t=text: client.contacts.CreateSegment(
                 cs.CreateSegmentRequest(segment=cs.Segment(display_name="bad", filter=t))
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
         assert found.fields == ["segment.filter"]
-    _import(client, [cs.ContactRow(email="seg@example.org", attributes=_attrs(score=42))])
+    _import(client, [cs.ContactRow(email="seg@example.org", attributes=content(score=42))])
     injected = client.contacts.ListContacts(cs.ListContactsRequest(filter='email = "x\' OR 1=1 --"'))
     assert list(injected.contacts) == []
     matched = client.contacts.ListContacts(cs.ListContactsRequest(filter="attributes.score >= 40"))
@@ -319,7 +282,7 @@ def test_suppressions_round_trip(client: Client) -> None:
         cs.CheckSuppressionRequest(address="round@trip.org", channel_type="test-email")
     )
     assert not again.suppressed
-    found = _expect(
+    found = expect_failure(
         lambda: client.contacts.AddSuppressions(
             cs.AddSuppressionsRequest(
                 suppressions=[cs.Suppression(address="nope", reason=cs.Suppression.MANUAL)]
@@ -336,7 +299,7 @@ def test_contacts_crud_and_email_uniqueness(client: Client) -> None:
         cs.CreateContactRequest(contact_id="crud", contact=cs.Contact(email="Crud@Example.org"))
     )
     assert created.email == "crud@example.org"
-    found = _expect(
+    found = expect_failure(
         lambda: client.contacts.CreateContact(
             cs.CreateContactRequest(contact=cs.Contact(email="crud@example.org"))
         ),
@@ -352,7 +315,7 @@ def test_contacts_crud_and_email_uniqueness(client: Client) -> None:
         )
     )
     assert (updated.email, updated.phone) == ("crud@example.org", "+442079460000")
-    found = _expect(
+    found = expect_failure(
         lambda: client.contacts.UpdateContact(
             cs.UpdateContactRequest(
                 contact=cs.Contact(name="contacts/crud"),

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.conftest import DaemonFactory, DaemonProcess
+from tests.integration.conftest import API_ONLY, DaemonFactory, DaemonProcess
 
 ADMIN_ENV = "CAMPAIGND_TEST_ADMIN_TOKEN"
 CALL_TIMEOUT = 10.0
@@ -228,8 +228,8 @@ def auth_config(
     client_ca_line = f'client_ca_file = "{pki.ca_file}"\n' if client_ca else ""
     return (
         f'[log]\nlevel = "{log_level}"\nformat = "json"\n'
-        '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
-        '[grpc]\ntcp_address = "127.0.0.1:0"\n'
+        + API_ONLY
+        + '[grpc]\ntcp_address = "127.0.0.1:0"\n'
         f'[grpc.tls]\ncert_file = "{pki.server_cert_file}"\nkey_file = "{pki.server_key_file}"\n'
         + client_ca_line
         + "[[auth.tokens]]\n"

@@ -3,94 +3,37 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import pathlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 
-from campaignd.store.schema import metadata
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
-from tests.conftest import new_pg_database
 from tests.integration.campaign_client import ATTESTATION, Client, Failure, channel, content, failure
-from tests.integration.conftest import DaemonFactory, DaemonProcess
-
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database for the module's daemon: a SQLite file, then a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'campaignd.db'}"
-        return
-    with new_pg_database(request.getfixturevalue("pg_admin"), "campaignd_bad") as url:
-        yield url
-
-
-class DatabaseDaemon(DaemonProcess):
-    """A daemon on the database at `database_url`, which the tests read to see it unchanged."""
-
-    def __init__(self, workdir: pathlib.Path, database_url: str) -> None:
-        super().__init__(workdir, f'{PLUGINS}[database]\nurl = "{database_url}"\n')
-        self.database_url = database_url
+from tests.integration.conftest import API_ONLY, DaemonFactory, DatabaseDaemon
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[DatabaseDaemon]:
+def daemon(tmp_path_factory: pytest.TempPathFactory, module_database_url: str) -> Iterator[DatabaseDaemon]:
     """One API-only daemon for the module, on each database in turn."""
-    process = DatabaseDaemon(tmp_path_factory.mktemp("bad"), database_url)
-    process.start()
-    yield process
-    process.cleanup()
-
-
-@pytest.fixture(scope="module")
-def client(daemon: DaemonProcess) -> Iterator[Client]:
-    """A client on the daemon's Unix socket."""
-    with daemon.channel() as channel_:
-        yield Client(channel_)
-
-
-_engines: dict[str, sa.Engine] = {}
-
-
-# The cluster's membership: a daemon on PostgreSQL renews its heartbeat there every second,
-# whatever the calls it answers.
-HEARTBEATS = frozenset({"cluster_members", "cluster_leader"})
-
-
-def database_digest(url: str) -> str:
-    """A digest of every row of every table of the database at `url` but the heartbeats (rows
-    sorted, so the order the database returns them in does not matter)."""
-    engine = _engines.get(url)
-    if engine is None:
-        engine = _engines[url] = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    digest = hashlib.sha256()
-    with engine.connect() as conn:
-        for table in (t for t in metadata.sorted_tables if t.name not in HEARTBEATS):
-            for row in sorted(repr(tuple(r)) for r in conn.execute(sa.select(table))):
-                digest.update(f"{table.name}:{row}\n".encode())
-    return digest.hexdigest()
+    with DatabaseDaemon(tmp_path_factory.mktemp("bad"), API_ONLY, module_database_url).running() as process:
+        yield process
 
 
 def refused(daemon: DatabaseDaemon, call: Callable[[], Any]) -> Failure:
     """Make a call that must be refused with INVALID_ARGUMENT and must change nothing."""
-    url = daemon.database_url
-    before = database_digest(url)
+    before = daemon.digest()
     with pytest.raises(grpc.RpcError) as caught:
         call()
     found = failure(caught.value)
     assert found.code == grpc.StatusCode.INVALID_ARGUMENT, found
     assert found.reason == "INVALID_ARGUMENT", found
-    assert database_digest(url) == before
+    assert daemon.digest() == before
     return found
 
 

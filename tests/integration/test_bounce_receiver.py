@@ -19,15 +19,14 @@ from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import Client
 from tests.integration.conftest import DaemonFactory
-from tests.integration.test_email import (
+from tests.integration.email_campaigns import (
     ENV,
     FAST,
-    _email_channel,
-    _finished,
-    _import,
-    _port,
-    _readers,
-    _transport,
+    email_channel,
+    email_transport,
+    free_port,
+    import_people,
+    readers,
 )
 
 
@@ -85,24 +84,24 @@ def test_dsns_and_complaints_by_mail_bounce_suppress_and_survive_junk(daemon_fac
     """A hard DSN fails and suppresses, a delayed one only counts, an ARF report is a complaint
     found by Message-ID; junk and forged VERP tokens are counted and change nothing."""
     inbox = Envelopes()
-    relay = Controller(inbox, hostname="127.0.0.1", port=_port())
+    relay = Controller(inbox, hostname="127.0.0.1", port=free_port())
     relay.start()
     try:
-        bounce_port = _port()
+        bounce_port = free_port()
         options = (
             '[http]\naddress = "127.0.0.1:0"\n[channel_types.email]\n'
             'unsubscribe_secret = { env = "TEST_UNSUBSCRIBE_SECRET" }\n'
             f'bounce_domain = "bounces.example.org"\nbounce_listen = "127.0.0.1:{bounce_port}"\n'
         )
-        daemon = daemon_factory(FAST + options + _transport("a", relay.port), env=ENV).start()
-        _import(daemon, _readers(4))
+        daemon = daemon_factory(FAST + options + email_transport("a", relay.port), env=ENV).start()
+        import_people(daemon, readers(4))
         with daemon.channel() as channel:
             client = Client(channel)
             campaign = client.create(
-                _email_channel({"a": 100}), audience=pb.Audience(target_lists=["lists/readers"])
+                email_channel({"a": 100}), audience=pb.Audience(target_lists=["lists/readers"])
             )
             client.launch(campaign.name)
-            assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
+            assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
             messages = {
                 m.address: m
                 for m in client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name)).messages

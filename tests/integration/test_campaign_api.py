@@ -16,46 +16,23 @@ from campaignd.lifecycle import Allowed, ChannelState, Operation, Refused
 from campaignd.testing.channels import SEMANTICS
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
-from tests.conftest import new_pg_database
-from tests.integration.campaign_client import ATTESTATION, Client, channel, failure, force_state, future
-from tests.integration.conftest import DaemonProcess
-
-# The engine is off (an API-only daemon): these tests drive the lifecycle alone.
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database for the module's daemon: a SQLite file, then a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'campaignd.db'}"
-        return
-    with new_pg_database(request.getfixturevalue("pg_admin"), "campaignd_api") as url:
-        yield url
+from tests.integration.campaign_client import (
+    ATTESTATION,
+    Client,
+    channel,
+    expect_failure,
+    force_state,
+    future,
+)
+from tests.integration.conftest import API_ONLY, DaemonProcess, DatabaseDaemon
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[DaemonProcess]:
-    """One daemon for the whole module, on each database in turn."""
-    process = DaemonProcess(tmp_path_factory.mktemp("api"), f'{PLUGINS}[database]\nurl = "{database_url}"\n')
-    process.start()
-    yield process
-    process.cleanup()
-
-
-@pytest.fixture(scope="module")
-def client(daemon: DaemonProcess) -> Iterator[Client]:
-    """A client on the daemon's Unix socket."""
-    with daemon.channel() as channel_:
-        yield Client(channel_)
-
-
-def _expect_failure(call: Callable[[], Any], code: grpc.StatusCode) -> Any:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    found = failure(caught.value)
-    assert found.code == code, found
-    return found
+def daemon(tmp_path_factory: pytest.TempPathFactory, module_database_url: str) -> Iterator[DatabaseDaemon]:
+    """One API-only daemon for the whole module, on each database in turn: these tests drive the
+    lifecycle alone."""
+    with DatabaseDaemon(tmp_path_factory.mktemp("api"), API_ONLY, module_database_url).running() as process:
+        yield process
 
 
 # -- the whole transition table ------------------------------------------------------------------
@@ -130,14 +107,14 @@ def _expected(state: ChannelState, op: Operation, type_: str) -> lifecycle.Decis
 @pytest.mark.parametrize("op", OPERATOR_OPERATIONS, ids=str)
 @pytest.mark.parametrize("state", list(ChannelState), ids=str)
 def test_transition_table_through_the_api(
-    client: Client, database_url: str, state: ChannelState, op: Operation, type_: str
+    client: Client, module_database_url: str, state: ChannelState, op: Operation, type_: str
 ) -> None:
     """Each state x operation does what the lifecycle table says, or is refused with its reason, no change."""
-    campaign = _reach(client, database_url, state, type_)
+    campaign = _reach(client, module_database_url, state, type_)
     history_before = client.history(campaign.name)
     expected = _expected(state, op, type_)
     if isinstance(expected, Refused):
-        found = _expect_failure(lambda: _call(client, op, campaign), grpc.StatusCode.FAILED_PRECONDITION)
+        found = expect_failure(lambda: _call(client, op, campaign), grpc.StatusCode.FAILED_PRECONDITION)
         assert found.reason == expected.reason.value
         after = client.get(campaign.name)
         assert after.etag == campaign.etag
@@ -154,7 +131,7 @@ def test_transition_table_through_the_api(
         return
     _call(client, op, campaign)
     if op is Operation.DELETE:
-        _expect_failure(lambda: client.get(campaign.name), grpc.StatusCode.NOT_FOUND)
+        expect_failure(lambda: client.get(campaign.name), grpc.StatusCode.NOT_FOUND)
         return
     after = client.get(campaign.name)
     target = expected.target or state
@@ -179,7 +156,7 @@ def test_campaign_wide_pause_acts_on_every_channel_where_legal(client: Client) -
     paused = client.pause(campaign.name)
     assert [c.state for c in paused.channels] == [pb.Channel.PAUSED, pb.Channel.PAUSED, pb.Channel.DRAFT]
     assert paused.state == pb.Campaign.PAUSED
-    found = _expect_failure(lambda: client.pause(campaign.name), grpc.StatusCode.FAILED_PRECONDITION)
+    found = expect_failure(lambda: client.pause(campaign.name), grpc.StatusCode.FAILED_PRECONDITION)
     assert found.reason == "NOTHING_TO_DO"
 
 
@@ -189,7 +166,7 @@ def test_one_channel_operation_leaves_the_others(client: Client) -> None:
     launched = client.launch(campaign.name, "b")
     assert [c.state for c in launched.channels] == [pb.Channel.DRAFT, pb.Channel.QUEUED]
     assert launched.state == pb.Campaign.QUEUED
-    found = _expect_failure(lambda: client.pause(campaign.name, "nope"), grpc.StatusCode.NOT_FOUND)
+    found = expect_failure(lambda: client.pause(campaign.name, "nope"), grpc.StatusCode.NOT_FOUND)
     assert "channels/nope" in found.message
 
 
@@ -200,7 +177,7 @@ def test_sms_like_channel_restarts_and_email_like_does_not(client: Client) -> No
     client.stop(campaign.name)
     restarted = client.stub.RestartCampaign(svc.RestartCampaignRequest(name=campaign.name))
     assert [c.state for c in restarted.channels] == [pb.Channel.STOPPED, pb.Channel.RUNNING]
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.RestartCampaign(
             svc.RestartCampaignRequest(name=campaign.name, channel_id="mail")
         ),
@@ -236,7 +213,7 @@ def test_descriptive_fields_change_in_any_state(client: Client) -> None:
         )
     )
     assert (renamed.display_name, dict(renamed.labels)) == ("Renamed", {"k": "v"})
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.UpdateCampaign(
             svc.UpdateCampaignRequest(
                 campaign=pb.Campaign(name=campaign.name, audience=pb.Audience(target_lists=["lists/y"])),
@@ -254,7 +231,7 @@ def test_descriptive_fields_change_in_any_state(client: Client) -> None:
 def test_launch_without_attestation_is_refused_and_runs_nothing(client: Client) -> None:
     """LaunchCampaign without a consent attestation is INVALID_ARGUMENT and the campaign stays DRAFT."""
     campaign = client.create()
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.LaunchCampaign(svc.LaunchCampaignRequest(name=campaign.name)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -272,7 +249,7 @@ def test_launch_reports_every_problem_at_once(client: Client) -> None:
             )
         )
     )
-    found = _expect_failure(lambda: client.launch(campaign.name), grpc.StatusCode.FAILED_PRECONDITION)
+    found = expect_failure(lambda: client.launch(campaign.name), grpc.StatusCode.FAILED_PRECONDITION)
     assert found.reason == "VALIDATION_FAILED"
     assert sorted(found.fields) == [
         "campaign.audience",
@@ -304,7 +281,7 @@ def test_stale_etag_is_aborted_and_changes_nothing(client: Client) -> None:
         )
     )
     assert renamed.etag != campaign.etag
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.UpdateCampaign(
             svc.UpdateCampaignRequest(
                 campaign=pb.Campaign(name=campaign.name, display_name="Third", etag=campaign.etag),
@@ -314,7 +291,7 @@ def test_stale_etag_is_aborted_and_changes_nothing(client: Client) -> None:
         grpc.StatusCode.ABORTED,
     )
     assert found.reason == "ETAG_MISMATCH"
-    _expect_failure(lambda: client.launch(campaign.name, etag=campaign.etag), grpc.StatusCode.ABORTED)
+    expect_failure(lambda: client.launch(campaign.name, etag=campaign.etag), grpc.StatusCode.ABORTED)
     assert client.get(campaign.name).display_name == "Second"
     assert client.launch(campaign.name, etag=renamed.etag).state == pb.Campaign.QUEUED
 
@@ -375,7 +352,7 @@ def test_pagination_walks_every_campaign_once_newest_first(client: Client) -> No
             break
     assert seen == list(reversed(made))
     first = client.stub.ListCampaigns(svc.ListCampaignsRequest(page_size=3, labels={"page": "walk"}))
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.ListCampaigns(
             svc.ListCampaignsRequest(page_size=3, page_token=first.next_page_token)
         ),
@@ -400,7 +377,7 @@ def test_list_filters_by_state_type_and_archive(client: Client) -> None:
     client.stub.ArchiveCampaign(svc.ArchiveCampaignRequest(name=draft.name))
     assert draft.name not in names()
     assert draft.name in names(show_archived=True)
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.ArchiveCampaign(svc.ArchiveCampaignRequest(name=queued.name)),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
@@ -426,15 +403,15 @@ def test_duplicate_makes_a_draft_copy(client: Client) -> None:
 def test_delete_needs_force_after_draft_and_is_refused_while_sending(client: Client) -> None:
     """A stopped campaign is deleted only with force; a queued one not even with force."""
     stopped = client.stop(client.launch(client.create().name).name)
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.DeleteCampaign(svc.DeleteCampaignRequest(name=stopped.name)),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert found.reason == "FORCE_REQUIRED"
     client.stub.DeleteCampaign(svc.DeleteCampaignRequest(name=stopped.name, force=True))
-    _expect_failure(lambda: client.get(stopped.name), grpc.StatusCode.NOT_FOUND)
+    expect_failure(lambda: client.get(stopped.name), grpc.StatusCode.NOT_FOUND)
     queued = client.launch(client.create().name)
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.DeleteCampaign(svc.DeleteCampaignRequest(name=queued.name, force=True)),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
@@ -459,7 +436,7 @@ def test_add_channel_and_remarketing_source(client: Client) -> None:
     ]
     assert added.channels[1].remarketing.outcomes == ["failed"]
     missing = pb.RemarketingSource(campaign=campaign.name, channel_id="ghost", outcomes=["failed"])
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.AddChannel(
             svc.AddChannelRequest(
                 name=campaign.name, channel=pb.Channel(channel_id="x", type="test-sms", remarketing=missing)
@@ -528,7 +505,7 @@ def test_bad_create_names_the_field_and_writes_nothing(
     fields = dict(fields)
     request_fields = {k: fields.pop(k) for k in ("campaign_id", "request_id") if k in fields}
     campaign = pb.Campaign(display_name=fields.pop("display_name", "Bad"), **fields)
-    found = _expect_failure(
+    found = expect_failure(
         lambda: client.stub.CreateCampaign(svc.CreateCampaignRequest(campaign=campaign, **request_fields)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -605,7 +582,7 @@ def test_bad_requests_name_the_field_and_change_nothing(client: Client) -> None:
     """Malformed names, unknown enums, oversized strings, missing fields: INVALID_ARGUMENT, no change."""
     campaign = client.create()
     for case, call, path in _bad_calls(client, campaign.name):
-        found = _expect_failure(call, grpc.StatusCode.INVALID_ARGUMENT)
+        found = expect_failure(call, grpc.StatusCode.INVALID_ARGUMENT)
         assert path in found.fields, (case, found)
     after = client.get(campaign.name)
     assert after.etag == campaign.etag
@@ -616,7 +593,7 @@ def test_oversized_content_is_refused(client: Client) -> None:
     """Channel content over 256 KiB is refused before anything is stored."""
     big = channel(text="x")
     big.content.update({"note": "y" * 300_000})
-    found = _expect_failure(lambda: client.create(big), grpc.StatusCode.INVALID_ARGUMENT)
+    found = expect_failure(lambda: client.create(big), grpc.StatusCode.INVALID_ARGUMENT)
     assert "campaign.channels[0].content" in found.fields
 
 

@@ -14,7 +14,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -24,11 +24,11 @@ from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import cluster_service_pb2 as cl
 from campaignd.v1 import cluster_service_pb2_grpc as cl_grpc
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import ATTESTATION, Client
+from tests.integration.campaign_client import ATTESTATION, Client, wait_until
 from tests.integration.conftest import DaemonFactory, DaemonProcess
+from tests.integration.ctl import ok
+from tests.integration.email_campaigns import ENV, UNSUBSCRIBE, email_channel, import_people, readers
 from tests.integration.stamping_smtp import StampingSmtpServer, Transaction
-from tests.integration.test_ctl import ok
-from tests.integration.test_email import ENV, UNSUBSCRIBE, _email_channel, _import, _readers
 
 INTERVAL, LEASE = 0.5, 3.0  # [cluster] heartbeat_interval and heartbeat_lease of these daemons
 
@@ -66,8 +66,8 @@ def _cluster(
         config = _config(pg_url, server.ports[i], **options)  # type: ignore[arg-type]
         daemons.append(daemon_factory(config, env=ENV, name=f"member{i}").start())
         if i == 0:
-            _wait(lambda: _leader(daemons) is daemons[0], 30, "the first daemon to lead")
-    _wait(lambda: len(_live(daemons[0])) == count, 30, f"{count} live members")
+            wait_until(lambda: _leader(daemons) is daemons[0], 30, "the first daemon to lead")
+    wait_until(lambda: len(_live(daemons[0])) == count, 30, f"{count} live members")
     return daemons
 
 
@@ -97,24 +97,16 @@ def _leader(daemons: list[DaemonProcess]) -> DaemonProcess | None:
     )
 
 
-def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def _launch(daemon: DaemonProcess, recipients: int, list_id: str = "readers") -> str:
     """Import `recipients` contacts into a list and launch an email campaign to it; its name."""
-    rows = _readers(recipients)
+    rows = readers(recipients)
     for row in rows:
         row.email = row.email.replace("reader", f"{list_id}-")
-    _import(daemon, rows, list_id)
+    import_people(daemon, rows, list_id)
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = client.create(
-            _email_channel({"relay": 100}), audience=pb.Audience(target_lists=[f"lists/{list_id}"])
+            email_channel({"relay": 100}), audience=pb.Audience(target_lists=[f"lists/{list_id}"])
         )
         client.launch(campaign.name)
     return campaign.name
@@ -159,7 +151,7 @@ def test_pause_on_a_member_that_does_not_lead_stops_every_member(
         by_port = collections.Counter(t.port for t in server.transactions())
         return all(by_port[port] >= 300 for port in server.ports)
 
-    _wait(everyone_sends, 180, "every daemon to send")
+    wait_until(everyone_sends, 180, "every daemon to send")
     follower = next(d for d in daemons if d is not _leader(daemons))
     asked = time.time()
     with follower.channel() as channel:
@@ -178,7 +170,7 @@ def test_pause_on_a_member_that_does_not_lead_stops_every_member(
 
     with daemons[2].channel() as channel:
         Client(channel).resume(name)
-    _wait(lambda: _state(daemons[1], name) == pb.Campaign.COMPLETED, 300, "completion")
+    wait_until(lambda: _state(daemons[1], name) == pb.Campaign.COMPLETED, 300, "completion")
     received = _received(server.transactions())
     assert len(received) == 20_000
     assert max(received.values()) == 1, "a recipient was sent twice"
@@ -196,7 +188,7 @@ def test_a_pause_waits_for_a_frozen_member_to_lapse_and_it_sends_nothing_after(
     daemons = _cluster(daemon_factory, pg_url, server, 2, rate=200, batch=50)
     name = _launch(daemons[0], 3000)
     frozen = daemons[1]
-    _wait(lambda: any(t.port == server.ports[1] for t in server.transactions()), 120, "both to send")
+    wait_until(lambda: any(t.port == server.ports[1] for t in server.transactions()), 120, "both to send")
     before = _member_of(frozen, daemons[0])
     assert before is not None
     frozen.signal(signal.SIGSTOP)
@@ -208,7 +200,7 @@ def test_a_pause_waits_for_a_frozen_member_to_lapse_and_it_sends_nothing_after(
     finally:
         frozen.signal(signal.SIGCONT)
     assert took <= LEASE + 2.0, f"the pause took {took:.1f} s"
-    _wait(lambda: _member_of(frozen, daemons[0]) is not None, 30, "the frozen member to rejoin")
+    wait_until(lambda: _member_of(frozen, daemons[0]) is not None, 30, "the frozen member to rejoin")
     rejoined = _member_of(frozen, daemons[0])
     assert rejoined is not None
     assert rejoined.name != before.name
@@ -217,7 +209,7 @@ def test_a_pause_waits_for_a_frozen_member_to_lapse_and_it_sends_nothing_after(
     assert late == [], f"{len(late)} transactions started after Pause returned"
     with daemons[1].channel() as channel:
         Client(channel).resume(name)
-    _wait(lambda: _state(daemons[0], name) == pb.Campaign.COMPLETED, 300, "completion")
+    wait_until(lambda: _state(daemons[0], name) == pb.Campaign.COMPLETED, 300, "completion")
     received = _received(server.transactions())
     assert max(received.values()) == 1, "a recipient was sent twice"
     totals = _report(daemons[0], name).totals
@@ -234,7 +226,7 @@ def test_kill_9_of_the_leader_hands_the_lead_on_within_its_lease(
     is sent twice; only sends the dead leader had started may be ambiguous."""
     daemons = _cluster(daemon_factory, pg_url, server, 3, rate=300)
     name = _launch(daemons[1], 3000)
-    _wait(lambda: len(server.transactions()) >= 500, 120, "the first sends")
+    wait_until(lambda: len(server.transactions()) >= 500, 120, "the first sends")
     leader = _leader(daemons)
     assert leader is not None
     assert leader.proc is not None
@@ -244,23 +236,25 @@ def test_kill_9_of_the_leader_hands_the_lead_on_within_its_lease(
     leader.proc.kill()
     killed = time.monotonic()
     leader.proc.wait(10)
-    _wait(lambda: _leader(survivors) is not None, 30, "a new leader")
+    wait_until(lambda: _leader(survivors) is not None, 30, "a new leader")
     took = time.monotonic() - killed
     assert took <= LEASE + INTERVAL + 1.5, f"the lead passed on after {took:.1f} s"
 
     # Only the leader starts scheduled channels: this one starts, so someone leads.
-    _import(survivors[0], _readers(20), "later")
+    import_people(survivors[0], readers(20), "later")
     with survivors[0].channel() as channel:
         client = Client(channel)
         later = client.create(
-            _email_channel({"relay": 100}), audience=pb.Audience(target_lists=["lists/later"])
+            email_channel({"relay": 100}), audience=pb.Audience(target_lists=["lists/later"])
         )
         when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
         request = svc.ScheduleCampaignRequest(name=later.name, attestation=ATTESTATION)
         request.schedule_time.FromDatetime(when)
         client.stub.ScheduleCampaign(request)
-    _wait(lambda: _state(survivors[1], later.name) == pb.Campaign.COMPLETED, 120, "the scheduled campaign")
-    _wait(lambda: _state(survivors[1], name) == pb.Campaign.COMPLETED, 300, "completion")
+    wait_until(
+        lambda: _state(survivors[1], later.name) == pb.Campaign.COMPLETED, 120, "the scheduled campaign"
+    )
+    wait_until(lambda: _state(survivors[1], name) == pb.Campaign.COMPLETED, 300, "completion")
 
     received = _received(server.transactions())
     assert max(received.values()) == 1, "a recipient was sent twice"
@@ -283,7 +277,7 @@ def test_a_member_stopped_past_its_lease_sends_nothing_it_had_leased(
     victim = daemons[1]
     assert victim.proc is not None
     victim_port = server.ports[1]
-    _wait(lambda: any(t.port == victim_port for t in server.transactions()), 120, "the member to send")
+    wait_until(lambda: any(t.port == victim_port for t in server.transactions()), 120, "the member to send")
     member = _member_of(victim, daemons[0])
     assert member is not None
     database = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -303,17 +297,17 @@ def test_a_member_stopped_past_its_lease_sends_nothing_it_had_leased(
             victim.signal(signal.SIGCONT)
             time.sleep(0.1)
         assert held, "the member never held a lease when stopped"
-        _wait(lambda: _member_of(victim, daemons[0]) is None, 3 * LEASE, "the stopped member to lapse")
+        wait_until(lambda: _member_of(victim, daemons[0]) is None, 3 * LEASE, "the stopped member to lapse")
         time.sleep(1.0)
     finally:
         victim.signal(signal.SIGCONT)
         database.dispose()
     woke = time.time()
-    _wait(lambda: _member_of(victim, daemons[0]) is not None, 30, "the member to rejoin")
+    wait_until(lambda: _member_of(victim, daemons[0]) is not None, 30, "the member to rejoin")
     rejoined = _member_of(victim, daemons[0])
     assert rejoined is not None
     assert rejoined.name != member.name
-    _wait(lambda: _state(daemons[0], name) == pb.Campaign.COMPLETED, 300, "completion")
+    wait_until(lambda: _state(daemons[0], name) == pb.Campaign.COMPLETED, 300, "completion")
 
     transactions = server.transactions()
     from_victim_after = [t for t in transactions if t.port == victim_port and t.started > stopped]
@@ -338,7 +332,7 @@ def test_a_transport_rate_holds_for_the_whole_cluster(
     together they reach at least half the rate."""
     daemons = _cluster(daemon_factory, pg_url, server, 2, rate=200, concurrency=8)
     name = _launch(daemons[0], 2400)
-    _wait(lambda: _state(daemons[1], name) == pb.Campaign.COMPLETED, 300, "completion")
+    wait_until(lambda: _state(daemons[1], name) == pb.Campaign.COMPLETED, 300, "completion")
     transactions = server.transactions()
     starts = [t.started for t in transactions]
     assert len(transactions) == 2400
@@ -361,12 +355,12 @@ def test_a_watcher_on_one_daemon_sees_the_progress_another_daemon_sends(
     daemon_factory(_config(pg_url, server.ports[0], rate=100, batch=10), env=ENV, name="sender").start()
     api_only = _config(pg_url, server.ports[1], rate=100, sends=False)
     watched = daemon_factory(api_only, env=ENV, name="api").start()
-    _wait(lambda: len(_live(watched)) == 2, 30, "two members")
-    rows = _readers(1000)
-    _import(watched, rows)
+    wait_until(lambda: len(_live(watched)) == 2, 30, "two members")
+    rows = readers(1000)
+    import_people(watched, rows)
     with watched.channel() as channel:
         campaign = Client(channel).create(
-            _email_channel({"relay": 100}), audience=pb.Audience(target_lists=["lists/readers"])
+            email_channel({"relay": 100}), audience=pb.Audience(target_lists=["lists/readers"])
         )
     updates: list[tuple[float, svc.WatchCampaignResponse]] = []
 
@@ -382,7 +376,7 @@ def test_a_watcher_on_one_daemon_sees_the_progress_another_daemon_sends(
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    _wait(lambda: bool(updates), 30, "the first snapshot")
+    wait_until(lambda: bool(updates), 30, "the first snapshot")
     with watched.channel() as channel:
         Client(channel).launch(campaign.name)
     watcher.join(300)
@@ -453,6 +447,6 @@ def test_members_list_each_other_and_a_leader_that_stops_hands_on_at_once(
     assert _leader([first, second]) is first
     stopped = time.monotonic()
     assert first.stop() == 0
-    _wait(lambda: _leader([second]) is second, 10, "the other daemon to lead")
+    wait_until(lambda: _leader([second]) is second, 10, "the other daemon to lead")
     assert time.monotonic() - stopped < LEASE
     assert len(_members(second).members) == 1

@@ -8,49 +8,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.integration.conftest import DaemonFactory, DaemonProcess
+from tests.integration.ctl import CLEAN_ENV, CTL, ctl_at, ok, run_ctl
 from tests.integration.test_auth import start_tls_daemon, write_pki
 
-# The engine is off (an API-only daemon): these tests drive the lifecycle alone.
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 ATTESTATION = ("--accepted-by", "alice@example.com", "--terms-version", "2024-05")
-# Variables that would point campaignctl somewhere other than the daemon under test.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
-
-
-def run_ctl(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run campaignctl with `args` and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "campaignd.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**CLEAN_ENV, **(env or {})},
-        check=False,
-    )
-
-
-def ctl_at(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run campaignctl against `daemon`'s socket."""
-    return run_ctl("--socket", str(daemon.socket_path), *args)
-
-
-def ok(daemon: DaemonProcess, *args: str) -> str:
-    """Run campaignctl, require exit 0, return stdout."""
-    result = ctl_at(daemon, *args)
-    assert result.returncode == 0, f"{args}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def state_of(daemon: DaemonProcess, name: str) -> str:
@@ -79,9 +48,9 @@ def create_demo(daemon: DaemonProcess, campaign_id: str = "spring") -> None:
 
 
 @pytest.fixture
-def plugged(daemon_factory: DaemonFactory) -> DaemonProcess:
-    """A running daemon with the test channel types loaded."""
-    return daemon_factory(PLUGINS).start().ensure_lists("demo")
+def plugged(plugged: DaemonProcess) -> DaemonProcess:
+    """The API-only daemon with the test channel types, and lists/demo for its campaigns to target."""
+    return plugged.ensure_lists("demo")
 
 
 @pytest.mark.slow
@@ -309,7 +278,7 @@ def test_delete_and_duplicate(plugged: DaemonProcess) -> None:
 def start_watch(daemon: DaemonProcess, *args: str) -> subprocess.Popen[str]:
     """`campaignctl watch` in the background, its output in pipes."""
     return subprocess.Popen(
-        [sys.executable, "-m", "campaignd.cli", "--socket", str(daemon.socket_path), "watch", *args],
+        [*CTL, "--socket", str(daemon.socket_path), "watch", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

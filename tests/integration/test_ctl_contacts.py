@@ -8,44 +8,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from campaignd.cli import connection, csv_import
 from campaignd.cli import main as entry
-from tests.integration.conftest import DaemonFactory, DaemonProcess
+from tests.integration.conftest import DaemonProcess
+from tests.integration.ctl import ctl_at, ok
 
-# The engine is off (an API-only daemon): these tests drive the lifecycle alone.
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
-# Variables that would point campaignctl somewhere other than the daemon under test.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
 TEN_MB = 10 * 1024 * 1024
-
-
-def ctl_at(daemon: DaemonProcess, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run campaignctl against `daemon`'s socket and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "campaignd.cli", "--socket", str(daemon.socket_path), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=CLEAN_ENV,
-        check=False,
-    )
-
-
-def ok(daemon: DaemonProcess, *args: str, stdin: str | None = None) -> str:
-    """Run campaignctl, require exit 0, return stdout."""
-    result = ctl_at(daemon, *args, stdin=stdin)
-    assert result.returncode == 0, f"{args}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def contacts_by_email(daemon: DaemonProcess, *args: str) -> dict[str, dict[str, Any]]:
@@ -57,12 +31,6 @@ def contacts_by_email(daemon: DaemonProcess, *args: str) -> dict[str, dict[str, 
 def summary(stdout: str) -> dict[str, str]:
     """The `Key: value` lines of the import summary."""
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in stdout.splitlines())}
-
-
-@pytest.fixture
-def plugged(daemon_factory: DaemonFactory) -> DaemonProcess:
-    """A running daemon with the test channel types loaded."""
-    return daemon_factory(PLUGINS).start()
 
 
 # ---------------------------------------------------------------------------------------------

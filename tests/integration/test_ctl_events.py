@@ -7,10 +7,9 @@ import pathlib
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from tests.integration.campaign_client import Client
-from tests.integration.conftest import DaemonFactory
-from tests.integration.test_ctl import ctl_at
-from tests.integration.test_engine import FAST, PLUGINS
-from tests.integration.test_record_events import _sent
+from tests.integration.conftest import TEST_CHANNELS, DaemonFactory
+from tests.integration.ctl import ctl_at
+from tests.integration.sending import FAST, sent_campaign
 
 
 def test_events_record_forwards_a_file_and_report_shows_engagement(
@@ -18,9 +17,9 @@ def test_events_record_forwards_a_file_and_report_shows_engagement(
 ) -> None:
     """Events from a JSON lines file are recorded once; the report's engagement table counts them;
     a bad line is exit 2 with nothing sent, a refused event exit 1."""
-    daemon = daemon_factory(PLUGINS + FAST).start()
+    daemon = daemon_factory(TEST_CHANNELS + FAST).start()
     with daemon.channel() as channel:
-        campaign, (a, b) = _sent(Client(channel), "relayed", 2)
+        campaign, (a, b) = sent_campaign(Client(channel), "relayed", 2)
     lines = [
         {"eventId": "w1", "kind": "OPENED", "message": a.name},
         {

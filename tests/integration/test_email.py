@@ -7,18 +7,11 @@ back to check personalisation and headers.
 from __future__ import annotations
 
 import collections
-import contextlib
 import email
 import email.policy
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -29,138 +22,23 @@ from google.protobuf import field_mask_pb2
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
-from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import Client, content, ensure_list
-from tests.integration.conftest import DaemonFactory, DaemonProcess
-
-FAST = "[engine]\ntick_interval = 0.05\nretry_delay = 0.2\nsending_timeout = 10.0\ntransport_rest = 2.0\n"
-UNSUBSCRIBE = (
-    "[channel_types.email]\n"
-    'unsubscribe_url = "https://news.example.org/u?m={message}&t={token}"\n'
-    'unsubscribe_secret = { env = "TEST_UNSUBSCRIBE_SECRET" }\n'
+from tests.integration.campaign_client import Client, wait_until
+from tests.integration.conftest import DaemonFactory
+from tests.integration.ctl import ctl_at
+from tests.integration.email_campaigns import (
+    ENV,
+    FAST,
+    UNSUBSCRIBE,
+    Inbox,
+    Server,
+    email_channel,
+    email_transport,
+    free_port,
+    import_people,
+    readers,
+    recipient,
 )
-ENV = {"TEST_UNSUBSCRIBE_SECRET": "an-unsubscribe-secret-of-some-length"}
-
-
-@dataclass
-class Inbox:
-    """An aiosmtpd handler that keeps every message it accepts, with when it arrived."""
-
-    messages: list[tuple[float, bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd
-        with self.lock:
-            self.messages.append((time.time(), bytes(envelope.content)))
-        return "250 2.0.0 queued"
-
-    def parsed(self) -> list[EmailMessage]:
-        with self.lock:
-            raw = [data for _, data in self.messages]
-        return [email.message_from_bytes(data, policy=email.policy.default) for data in raw]
-
-    def __len__(self) -> int:
-        with self.lock:
-            return len(self.messages)
-
-
-def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """One SMTP server on loopback."""
-
-    inbox: Inbox
-    controller: Controller
-    port: int
-
-    def stop(self) -> None:
-        self.controller.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[Callable[..., Server]]:
-    """Start aiosmtpd servers; all are stopped at the end."""
-    started: list[Server] = []
-
-    def start(**options: Any) -> Server:
-        inbox = Inbox()
-        port = _port()
-        controller = Controller(inbox, hostname="127.0.0.1", port=port, **options)
-        controller.start()
-        server = Server(inbox, controller, port)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        # A server the test stopped itself raises here.
-        with contextlib.suppress(AssertionError, RuntimeError):
-            server.stop()
-
-
-def _transport(name: str, port: int, extra: str = "") -> str:
-    options = f'host = "127.0.0.1", port = {port}, security = "none"{extra}'
-    return f'[transports.{name}]\ntype = "email"\nconcurrency = 4\noptions = {{ {options} }}\n'
-
-
-def _import(daemon: DaemonProcess, rows: list[cs.ContactRow], list_id: str = "readers") -> None:
-    with daemon.channel() as channel:
-        stub = cs_grpc.ContactServiceStub(channel)
-        ensure_list(stub, list_id)
-        requests = [cs.ImportContactsRequest(options=cs.ImportOptions(list=f"lists/{list_id}"))]
-        requests += [cs.ImportContactsRequest(rows=rows[i : i + 1000]) for i in range(0, len(rows), 1000)]
-        stub.ImportContacts(iter(requests), timeout=300)
-
-
-def _readers(count: int) -> list[cs.ContactRow]:
-    rows = []
-    for i in range(count):
-        row = cs.ContactRow(email=f"reader{i:05d}@example.org")
-        row.attributes.update({"first_name": f"Name{i:05d}", "city": "Oslo"})
-        rows.append(row)
-    return rows
-
-
-def _email_channel(shares: dict[str, int] | None = None, rate: float = 0, **overrides: Any) -> pb.Channel:
-    values = {
-        "subject": "Hello {{ contact.first_name }}",
-        "from_address": "news@example.org",
-        "from_name": "Example News",
-        "text": "Dear {{ contact.first_name }} of {{ contact.city }}.\nUnsubscribe: {{ unsubscribe_url }}\n",
-        "html": "<p>Dear <b>{{ contact.first_name }}</b></p>",
-    }
-    values.update(overrides)
-    return pb.Channel(
-        channel_id="mail",
-        type="email",
-        content=content(**values),
-        transports=[pb.TransportShare(transport=t, percent=p) for t, p in (shares or {}).items()],
-        rate_limit=rate,
-    )
-
-
-def _wait(predicate: Callable[[], bool], seconds: float = 120, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _finished(client: Client, name: str) -> pb.Campaign:
-    ended = (pb.Campaign.COMPLETED, pb.Campaign.FAILED, pb.Campaign.STOPPED)
-    _wait(lambda: client.get(name).state in ended, what=f"{name} to end")
-    return client.get(name)
-
-
-def _recipient(message: EmailMessage) -> str:
-    return str(message["To"]).strip("<>")
 
 
 @pytest.mark.slow
@@ -169,25 +47,27 @@ def test_ten_thousand_across_two_transports_split_seventy_thirty(
 ) -> None:
     """Every recipient gets one correct, personalised message; the split is within 2 points of 70/30."""
     a, b = smtp(), smtp()
-    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", a.port) + _transport("b", b.port), env=ENV)
+    daemon = daemon_factory(
+        FAST + UNSUBSCRIBE + email_transport("a", a.port) + email_transport("b", b.port), env=ENV
+    )
     daemon.start()
-    _import(daemon, _readers(10_000))
+    import_people(daemon, readers(10_000))
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = client.create(
-            _email_channel({"a": 70, "b": 30}), audience=pb.Audience(target_lists=["lists/readers"])
+            email_channel({"a": 70, "b": 30}), audience=pb.Audience(target_lists=["lists/readers"])
         )
         client.launch(campaign.name)
-        assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
+        assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
     received_a, received_b = a.inbox.parsed(), b.inbox.parsed()
     assert len(received_a) + len(received_b) == 10_000
     assert abs(len(received_a) / 10_000 - 0.70) <= 0.02
-    recipients = [_recipient(m) for m in received_a + received_b]
+    recipients = [recipient(m) for m in received_a + received_b]
     assert len(set(recipients)) == 10_000
     message_ids = set()
     for message in received_a + received_b:
-        number = _recipient(message)[len("reader") : len("reader") + 5]
+        number = recipient(message)[len("reader") : len("reader") + 5]
         assert message["Subject"] == f"Hello Name{number}"
         text = message.get_body(preferencelist=("plain",))
         html = message.get_body(preferencelist=("html",))
@@ -212,22 +92,24 @@ def test_a_transport_that_goes_down_fails_over_to_the_other(
 ) -> None:
     """Stopping one server mid-campaign moves its recipients to the other; everyone is reached, none fails."""
     a, b = smtp(), smtp()
-    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", a.port) + _transport("b", b.port), env=ENV)
+    daemon = daemon_factory(
+        FAST + UNSUBSCRIBE + email_transport("a", a.port) + email_transport("b", b.port), env=ENV
+    )
     daemon.start()
-    _import(daemon, _readers(2000))
+    import_people(daemon, readers(2000))
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = client.create(
-            _email_channel({"a": 50, "b": 50}, rate=400), audience=pb.Audience(target_lists=["lists/readers"])
+            email_channel({"a": 50, "b": 50}, rate=400), audience=pb.Audience(target_lists=["lists/readers"])
         )
         client.launch(campaign.name)
-        _wait(lambda: len(b.inbox) >= 200, what="b to receive 200")
+        wait_until(lambda: len(b.inbox) >= 200, what="b to receive 200")
         b.stop()
         at_stop = len(b.inbox)
-        ended = _finished(client, campaign.name)
+        ended = client.finished(campaign.name)
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
     assert ended.state == pb.Campaign.COMPLETED
-    reached = {_recipient(m) for m in a.inbox.parsed() + b.inbox.parsed()}
+    reached = {recipient(m) for m in a.inbox.parsed() + b.inbox.parsed()}
     assert len(reached) == 2000
     assert report.totals.failed == 0
     assert len(b.inbox) == at_stop
@@ -240,21 +122,21 @@ def test_injection_through_attributes_and_content_adds_no_header(
 ) -> None:
     """CR/LF in an attribute, the subject template and the from name cannot add a header."""
     a = smtp()
-    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", a.port), env=ENV).start()
+    daemon = daemon_factory(FAST + UNSUBSCRIBE + email_transport("a", a.port), env=ENV).start()
     row = cs.ContactRow(email="victim@example.org")
     row.attributes.update({"first_name": "Eve\r\nBcc: spy@example.org\r\nX-Injected: yes"})
-    _import(daemon, [row])
+    import_people(daemon, [row])
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = client.create(
-            _email_channel(
+            email_channel(
                 subject="Hi {{ contact.first_name }}\r\nX-Subject-Injected: yes",
                 from_name="News\r\nX-From-Injected: yes",
             ),
             audience=pb.Audience(target_lists=["lists/readers"]),
         )
         client.launch(campaign.name)
-        assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
+        assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
     [message] = a.inbox.parsed()
     headers = {k.lower() for k in message}
     assert not headers & {"bcc", "x-injected", "x-subject-injected", "x-from-injected"}
@@ -268,12 +150,12 @@ def test_send_test_message_in_draft_and_per_transport_rate(
 ) -> None:
     """A test send arrives personalised; a transport's rate holds over any second at the server."""
     a = smtp()
-    transport = _transport("a", a.port).replace("concurrency = 4", "concurrency = 4\nrate = 100")
+    transport = email_transport("a", a.port).replace("concurrency = 4", "concurrency = 4\nrate = 100")
     daemon = daemon_factory(FAST + UNSUBSCRIBE + transport, env=ENV).start()
-    _import(daemon, _readers(300))
+    import_people(daemon, readers(300))
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(_email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
+        campaign = client.create(email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
         reply = client.stub.SendTestMessage(
             svc.SendTestMessageRequest(
                 name=campaign.name,
@@ -282,13 +164,13 @@ def test_send_test_message_in_draft_and_per_transport_rate(
             )
         )
         assert [r.accepted for r in reply.results] == [True, True]
-        parsed = {_recipient(m): m for m in a.inbox.parsed()}
+        parsed = {recipient(m): m for m in a.inbox.parsed()}
         assert parsed["reader00007@example.org"]["Subject"] == "Hello Name00007"
         assert str(parsed["nobody@example.org"]["Subject"]).strip() == "Hello"
         assert client.get(campaign.name).channels[0].state == pb.Channel.DRAFT
         a.inbox.messages.clear()
         client.launch(campaign.name)
-        assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
+        assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
     times = sorted(t for t, _ in a.inbox.messages)
     assert len(times) == 300
     # Arrivals lag the starts by a little; allow 10 % over the limit for that, no more.
@@ -307,16 +189,18 @@ def test_refused_authentication_fails_the_channel_with_the_reply(
         return AuthResult(success=False, handled=False)
 
     a = smtp(authenticator=refuse, auth_require_tls=False)
-    transport = _transport("a", a.port, ', username = "campaignd", password = { env = "TEST_SMTP_PASSWORD" }')
+    transport = email_transport(
+        "a", a.port, ', username = "campaignd", password = { env = "TEST_SMTP_PASSWORD" }'
+    )
     daemon = daemon_factory(
         FAST + UNSUBSCRIBE + transport, env={**ENV, "TEST_SMTP_PASSWORD": "wrong"}
     ).start()
-    _import(daemon, _readers(20))
+    import_people(daemon, readers(20))
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(_email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
+        campaign = client.create(email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
         client.launch(campaign.name)
-        ended = _finished(client, campaign.name)
+        ended = client.finished(campaign.name)
     assert ended.state == pb.Campaign.FAILED
     assert ended.channels[0].error.code == "TRANSPORT_FAILED"
     assert "535" in ended.channels[0].error.message
@@ -328,21 +212,21 @@ def test_email_semantics_stop_is_final_and_editing_scheduled_returns_to_draft(
 ) -> None:
     """SPEC §6.3 for email, decided by the plugin: restart refused, a scheduled edit goes back to DRAFT."""
     a = smtp()
-    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", a.port), env=ENV).start()
-    _import(daemon, _readers(50))
+    daemon = daemon_factory(FAST + UNSUBSCRIBE + email_transport("a", a.port), env=ENV).start()
+    import_people(daemon, readers(50))
     with daemon.channel() as channel:
         client = Client(channel)
         audience = pb.Audience(target_lists=["lists/readers"])
-        scheduled = client.create(_email_channel(), audience=audience)
+        scheduled = client.create(email_channel(), audience=audience)
         client.schedule(scheduled.name)
         edited = client.stub.UpdateCampaign(
             svc.UpdateCampaignRequest(
-                campaign=pb.Campaign(name=scheduled.name, channels=[_email_channel(subject="Changed")]),
+                campaign=pb.Campaign(name=scheduled.name, channels=[email_channel(subject="Changed")]),
                 update_mask=field_mask_pb2.FieldMask(paths=["channels"]),
             )
         )
         assert edited.channels[0].state == pb.Channel.DRAFT
-        stopped = client.create(_email_channel(rate=5), audience=audience)
+        stopped = client.create(email_channel(rate=5), audience=audience)
         client.launch(stopped.name)
         client.stop(stopped.name)
         with pytest.raises(grpc.RpcError) as refused:
@@ -356,23 +240,23 @@ def test_reload_moves_a_transport_to_another_server(
 ) -> None:
     """SIGHUP with a changed transport: later messages go to the new server, without a restart."""
     first, second = smtp(), smtp()
-    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", first.port), env=ENV).start()
-    _import(daemon, _readers(10))
+    daemon = daemon_factory(FAST + UNSUBSCRIBE + email_transport("a", first.port), env=ENV).start()
+    import_people(daemon, readers(10))
     with daemon.channel() as channel:
         client = Client(channel)
         audience = pb.Audience(target_lists=["lists/readers"])
-        before = client.create(_email_channel(), audience=audience)
+        before = client.create(email_channel(), audience=audience)
         client.launch(before.name)
-        _finished(client, before.name)
-        daemon.write_config(FAST + UNSUBSCRIBE + _transport("a", second.port))
+        client.finished(before.name)
+        daemon.write_config(FAST + UNSUBSCRIBE + email_transport("a", second.port))
         daemon.signal(signal.SIGHUP)
-        _wait(lambda: any(e.get("event") == "reloaded" for e in daemon.log_events()), 30, "the reload")
-        after = client.create(_email_channel(), audience=audience)
+        wait_until(lambda: any(e.get("event") == "reloaded" for e in daemon.log_events()), 30, "the reload")
+        after = client.create(email_channel(), audience=audience)
         client.launch(after.name)
-        assert _finished(client, after.name).state == pb.Campaign.COMPLETED
+        assert client.finished(after.name).state == pb.Campaign.COMPLETED
     assert len(first.inbox) == 10
     assert len(second.inbox) == 10
-    assert collections.Counter(_recipient(m) for m in second.inbox.parsed()).most_common(1)[0][1] == 1
+    assert collections.Counter(recipient(m) for m in second.inbox.parsed()).most_common(1)[0][1] == 1
 
 
 @pytest.mark.slow
@@ -381,25 +265,25 @@ def test_a_reload_that_removes_the_transports_pauses_the_channel(
 ) -> None:
     """Its transports gone from the config, the channel waits PAUSED; configured again, resume ends it."""
     a = smtp()
-    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", a.port), env=ENV).start()
-    _import(daemon, _readers(200))
+    daemon = daemon_factory(FAST + UNSUBSCRIBE + email_transport("a", a.port), env=ENV).start()
+    import_people(daemon, readers(200))
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = client.create(
-            _email_channel({"a": 100}, rate=50), audience=pb.Audience(target_lists=["lists/readers"])
+            email_channel({"a": 100}, rate=50), audience=pb.Audience(target_lists=["lists/readers"])
         )
         client.launch(campaign.name)
-        _wait(lambda: len(a.inbox) >= 20, 30, "the first messages")
+        wait_until(lambda: len(a.inbox) >= 20, 30, "the first messages")
         daemon.write_config(FAST + UNSUBSCRIBE)
         daemon.signal(signal.SIGHUP)
-        _wait(lambda: client.get(campaign.name).state == pb.Campaign.PAUSED, 30, "the pause")
+        wait_until(lambda: client.get(campaign.name).state == pb.Campaign.PAUSED, 30, "the pause")
         assert "no configured transport: a" in client.history(campaign.name)[-1].reason
-        daemon.write_config(FAST + UNSUBSCRIBE + _transport("a", a.port))
+        daemon.write_config(FAST + UNSUBSCRIBE + email_transport("a", a.port))
         daemon.signal(signal.SIGHUP)
         time.sleep(1)
         client.resume(campaign.name)
-        assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
-    assert {_recipient(m) for m in a.inbox.parsed()} == {f"reader{i:05d}@example.org" for i in range(200)}
+        assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
+    assert {recipient(m) for m in a.inbox.parsed()} == {f"reader{i:05d}@example.org" for i in range(200)}
 
 
 @pytest.mark.slow
@@ -407,12 +291,12 @@ def test_messages_wait_while_the_only_transport_is_down(
     daemon_factory: DaemonFactory, smtp: Callable[..., Server]
 ) -> None:
     """A relay that is down loses nobody: messages wait unattempted and go out once it is back."""
-    port = _port()
-    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", port), env=ENV).start()
-    _import(daemon, _readers(50))
+    port = free_port()
+    daemon = daemon_factory(FAST + UNSUBSCRIBE + email_transport("a", port), env=ENV).start()
+    import_people(daemon, readers(50))
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(_email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
+        campaign = client.create(email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
         client.launch(campaign.name)
         time.sleep(5)  # two and a half rest periods of the transport
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
@@ -423,7 +307,7 @@ def test_messages_wait_while_the_only_transport_is_down(
         controller = Controller(inbox, hostname="127.0.0.1", port=port)
         controller.start()
         try:
-            assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
+            assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
         finally:
             controller.stop()
         messages = client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name, page_size=100))
@@ -436,11 +320,11 @@ def test_preview_renders_a_contacts_message_without_sending(
 ) -> None:
     """PreviewMessage shows the personalised message as it would be sent; nothing is sent."""
     a = smtp()
-    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", a.port), env=ENV).start()
-    _import(daemon, _readers(5))
+    daemon = daemon_factory(FAST + UNSUBSCRIBE + email_transport("a", a.port), env=ENV).start()
+    import_people(daemon, readers(5))
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(_email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
+        campaign = client.create(email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
         reply = client.stub.PreviewMessage(
             svc.PreviewMessageRequest(
                 name=campaign.name, channel_id="mail", address="Reader00003@example.org"
@@ -456,12 +340,6 @@ def test_preview_renders_a_contacts_message_without_sending(
     assert parsed["To"] == "reader00003@example.org"
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(a.inbox) == 0
-    ctl = [sys.executable, "-m", "campaignd.cli", "--socket", str(daemon.socket_path)]
-    shown = subprocess.run(
-        [*ctl, "preview", campaign.name, "--channel", "mail", "reader00001@example.org"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = ctl_at(daemon, "preview", campaign.name, "--channel", "mail", "reader00001@example.org")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("Hello Name00001\n")

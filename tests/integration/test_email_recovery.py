@@ -10,24 +10,19 @@ from collections.abc import Callable
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import Client
+from tests.integration.campaign_client import Client, wait_until
 from tests.integration.conftest import DaemonFactory
-from tests.integration.test_email import (
+from tests.integration.email_campaigns import (
     ENV,
     FAST,
     UNSUBSCRIBE,
     Server,
-    _email_channel,
-    _finished,
-    _import,
-    _readers,
-    _recipient,
-    _transport,
-    _wait,
-    smtp,
+    email_channel,
+    email_transport,
+    import_people,
+    readers,
+    recipient,
 )
-
-__all__ = ["smtp"]  # the fixture, used by name
 
 
 def test_email_suppressed_or_deleted_after_launch_is_opted_out_not_sent(
@@ -38,13 +33,11 @@ def test_email_suppressed_or_deleted_after_launch_is_opted_out_not_sent(
     server = smtp()
     # Four batches of 50 in flight share 50/s: the last 120 are leased only after about 5 s.
     engine = FAST + "batch_size = 50\n"
-    daemon = daemon_factory(engine + UNSUBSCRIBE + _transport("relay", server.port), env=ENV).start()
-    _import(daemon, _readers(600))
+    daemon = daemon_factory(engine + UNSUBSCRIBE + email_transport("relay", server.port), env=ENV).start()
+    import_people(daemon, readers(600))
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(
-            _email_channel(rate=50), audience=pb.Audience(target_lists=["lists/readers"])
-        )
+        campaign = client.create(email_channel(rate=50), audience=pb.Audience(target_lists=["lists/readers"]))
         client.launch(campaign.name)
         messages = client.stub.ListMessages(
             svc.ListMessagesRequest(parent=campaign.name, page_size=1000)
@@ -67,7 +60,7 @@ def test_email_suppressed_or_deleted_after_launch_is_opted_out_not_sent(
         deleted = {m.address: m.contact for m in late[60:]}
         for contact in deleted.values():
             client.contacts.DeleteContact(cs.DeleteContactRequest(name=contact))
-        assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
+        assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
         final = {
             m.address: m
             for m in client.stub.ListMessages(
@@ -75,7 +68,7 @@ def test_email_suppressed_or_deleted_after_launch_is_opted_out_not_sent(
             ).messages
         }
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
-    inbox = {_recipient(m) for m in server.inbox.parsed()}
+    inbox = {recipient(m) for m in server.inbox.parsed()}
     assert not inbox & suppressed
     assert not inbox & set(deleted)
     assert {(final[a].state, final[a].reason) for a in suppressed} == {(pb.Message.OPTED_OUT, "suppressed")}
@@ -92,12 +85,12 @@ def test_email_kill_9_sends_everyone_once_but_the_ambiguous(
     `ambiguous` and reached it at most once, and the guard never paused the channel."""
     server = smtp()
     engine = FAST.replace("sending_timeout = 10.0", "sending_timeout = 3.0") + "batch_size = 50\n"
-    daemon = daemon_factory(engine + UNSUBSCRIBE + _transport("relay", server.port), env=ENV).start()
-    _import(daemon, _readers(2000))
+    daemon = daemon_factory(engine + UNSUBSCRIBE + email_transport("relay", server.port), env=ENV).start()
+    import_people(daemon, readers(2000))
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = client.create(
-            _email_channel(rate=200), audience=pb.Audience(target_lists=["lists/readers"])
+            email_channel(rate=200), audience=pb.Audience(target_lists=["lists/readers"])
         )
         client.launch(campaign.name)
     for _ in range(3):
@@ -106,13 +99,13 @@ def test_email_kill_9_sends_everyone_once_but_the_ambiguous(
         def more_sent(b: int = before) -> bool:
             return len(server.inbox) > b + 150
 
-        _wait(more_sent, what="sends before the kill")
+        wait_until(more_sent, what="sends before the kill")
         daemon.signal(signal.SIGKILL)
         daemon.wait(10)
         daemon.start()
     with daemon.channel() as channel:
         client = Client(channel)
-        assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
+        assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
         messages: list[pb.Message] = []
         token = ""
         while True:
@@ -124,7 +117,7 @@ def test_email_kill_9_sends_everyone_once_but_the_ambiguous(
             if not token:
                 break
         history = client.history(campaign.name)
-    received = collections.Counter(_recipient(m) for m in server.inbox.parsed())
+    received = collections.Counter(recipient(m) for m in server.inbox.parsed())
     sent = {m.address for m in messages if m.state == pb.Message.SENT}
     ambiguous = {m.address for m in messages if m.state == pb.Message.FAILED and m.reason == "ambiguous"}
     assert len(sent) + len(ambiguous) == 2000

@@ -18,7 +18,14 @@ from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import Client
 from tests.integration.conftest import DaemonFactory
-from tests.integration.test_email import ENV, FAST, UNSUBSCRIBE, _email_channel, _finished, _import, _readers
+from tests.integration.email_campaigns import (
+    ENV,
+    FAST,
+    UNSUBSCRIBE,
+    email_channel,
+    import_people,
+    readers,
+)
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
@@ -70,12 +77,12 @@ def test_smtp_sink_receives_every_message_once(
     """2,000 personalised messages through smtp-sink: every recipient once, all recorded SENT."""
     port, dump = smtp_sink()
     daemon = daemon_factory(FAST + UNSUBSCRIBE + _sink_transport(port), env=ENV).start()
-    _import(daemon, _readers(2000))
+    import_people(daemon, readers(2000))
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(_email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
+        campaign = client.create(email_channel(), audience=pb.Audience(target_lists=["lists/readers"]))
         client.launch(campaign.name)
-        assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
+        assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
     assert report.totals.sent == 2000
     recipients = []
@@ -95,16 +102,16 @@ def test_smtp_sink_soft_and_hard_rejections(
     engine = FAST.replace("[engine]\n", "[engine]\nmax_attempts = 2\nguard_min_sends = 1000\n")
     transports = _sink_transport(soft).replace("sink", "soft") + _sink_transport(hard).replace("sink", "hard")
     daemon = daemon_factory(engine + UNSUBSCRIBE + transports, env=ENV).start()
-    _import(daemon, _readers(20))
+    import_people(daemon, readers(20))
     with daemon.channel() as channel:
         client = Client(channel)
         audience = pb.Audience(target_lists=["lists/readers"])
-        deferred = client.create(_email_channel({"soft": 100}), audience=audience)
-        rejected = client.create(_email_channel({"hard": 100}), audience=audience)
+        deferred = client.create(email_channel({"soft": 100}), audience=audience)
+        rejected = client.create(email_channel({"hard": 100}), audience=audience)
         client.launch(deferred.name)
         client.launch(rejected.name)
-        _finished(client, deferred.name)
-        _finished(client, rejected.name)
+        client.finished(deferred.name)
+        client.finished(rejected.name)
         soft_report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=deferred.name))
         hard_messages = client.stub.ListMessages(svc.ListMessagesRequest(parent=rejected.name))
     assert soft_report.totals.failed == 20

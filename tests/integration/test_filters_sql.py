@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects import postgresql
 
-from campaignd.audience.filters import FilterError, compile, parse
+from campaignd.audience.filters import FilterError, parse
 from campaignd.store.db import UTCDateTime, create_engine
+from campaignd.store.filters import compile
 
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")

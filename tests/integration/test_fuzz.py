@@ -34,12 +34,11 @@ from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
 from tests.conftest import new_pg_database
 from tests.integration.campaign_client import ATTESTATION, Client, failure, future
-from tests.integration.test_bad_input import DatabaseDaemon, database_digest
+from tests.integration.conftest import API_ONLY, DatabaseDaemon
 
 DATABASE = os.environ.get("CAMPAIGND_FUZZ_DATABASE", "sqlite")
 EXAMPLES = int(os.environ.get("CAMPAIGND_FUZZ_EXAMPLES", "40"))
 HEALTH_EVERY = 25
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 SERVICES = [
@@ -464,7 +463,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def daemon(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[DatabaseDaemon]:
     """An API-only daemon (no engine, so only calls change the database), with resources that
     valid-shaped requests name."""
-    process = DatabaseDaemon(tmp_path_factory.mktemp("fuzz"), database_url)
+    process = DatabaseDaemon(tmp_path_factory.mktemp("fuzz"), API_ONLY, database_url)
     process.start()
     with process.channel() as channel_:
         client = Client(channel_)
@@ -528,8 +527,7 @@ def _call(channel_: grpc.Channel, path: str, method: descriptor.MethodDescriptor
 def _check(daemon: DatabaseDaemon, tally: Tally, method: descriptor.MethodDescriptor, request: Any) -> None:
     """Make one call and check the answer: OK, or a documented refusal that changed nothing."""
     path = f"/{method.containing_service.full_name}/{method.name}"
-    url = daemon.database_url
-    before = database_digest(url)
+    before = daemon.digest()
     tally.inputs += 1
     with daemon.channel() as channel_:
         try:
@@ -543,7 +541,7 @@ def _check(daemon: DatabaseDaemon, tally: Tally, method: descriptor.MethodDescri
             # An import stream refused partway has applied the messages before the bad one and says
             # how many rows (documented in api.md); every other refusal changes nothing.
             if found.metadata.get("applied_rows", "0") == "0":
-                assert database_digest(url) == before, (path, "a refused call changed the database")
+                assert daemon.digest() == before, (path, "a refused call changed the database")
             tally.refused += 1
     if tally.inputs % HEALTH_EVERY == 0:
         _healthy(daemon, tally)

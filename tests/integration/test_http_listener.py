@@ -23,20 +23,16 @@ from campaignd.v1 import resources_pb2 as pb
 from tests.integration.browser import browser
 from tests.integration.campaign_client import Client, failure
 from tests.integration.conftest import DaemonFactory, DaemonProcess
-from tests.integration.test_email import (
+from tests.integration.email_campaigns import (
     ENV,
     FAST,
     Server,
-    _email_channel,
-    _finished,
-    _import,
-    _readers,
-    _recipient,
-    _transport,
-    smtp,
+    email_channel,
+    email_transport,
+    import_people,
+    readers,
+    recipient,
 )
-
-__all__ = ["smtp"]  # the fixture, imported for the tests here
 
 LISTENER = (
     '[http]\naddress = "127.0.0.1:0"\n'
@@ -77,16 +73,16 @@ def sent(
 ) -> tuple[DaemonProcess, pb.Campaign, dict[str, EmailMessage]]:
     """A daemon with the listener on, and a finished email campaign to `count` readers."""
     server = smtp()
-    daemon = daemon_factory(FAST + LISTENER + _transport("a", server.port), env=ENV).start()
-    _import(daemon, _readers(count))
+    daemon = daemon_factory(FAST + LISTENER + email_transport("a", server.port), env=ENV).start()
+    import_people(daemon, readers(count))
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = client.create(
-            _email_channel({"a": 100}, **content), audience=pb.Audience(target_lists=["lists/readers"])
+            email_channel({"a": 100}, **content), audience=pb.Audience(target_lists=["lists/readers"])
         )
         client.launch(campaign.name)
-        assert _finished(client, campaign.name).state == pb.Campaign.COMPLETED
-    return daemon, campaign, {_recipient(m): m for m in server.inbox.parsed()}
+        assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
+    return daemon, campaign, {recipient(m): m for m in server.inbox.parsed()}
 
 
 def links(message: EmailMessage) -> tuple[str, list[str]]:
@@ -152,12 +148,12 @@ def test_pixels_clicks_and_one_click_unsubscribes_are_counted(
             request = cs.CheckSuppressionRequest(address=address, channel_type="email")
             return client.contacts.CheckSuppression(request).suppressed
 
-        assert [suppressed(_recipient(m)) for m in (r0, r1, r2, r3)] == [False, False, True, False]
+        assert [suppressed(recipient(m)) for m in (r0, r1, r2, r3)] == [False, False, True, False]
         outcomes = {
             m.address: m.outcome
             for m in client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name)).messages
         }
-        assert outcomes[_recipient(r2)] == "unsubscribed"
+        assert outcomes[recipient(r2)] == "unsubscribed"
 
 
 def test_listener_off_by_default_and_tracking_needs_it(daemon_factory: DaemonFactory) -> None:
@@ -166,7 +162,7 @@ def test_listener_off_by_default_and_tracking_needs_it(daemon_factory: DaemonFac
     assert not [e for e in daemon.log_events() if e.get("event") == "http listening"]
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(_email_channel(track=True, unsubscribe_url="https://news.example.org/u"))
+        campaign = client.create(email_channel(track=True, unsubscribe_url="https://news.example.org/u"))
         with pytest.raises(grpc.RpcError) as raised:
             client.launch(campaign.name)
         problem = failure(raised.value)
@@ -204,7 +200,7 @@ def test_the_confirmation_page_in_a_real_browser(
     assert (tmp_path / "unsubscribe-page.png").stat().st_size > 1000
     with daemon.channel() as channel:
         client = Client(channel)
-        check = cs.CheckSuppressionRequest(address=_recipient(message), channel_type="email")
+        check = cs.CheckSuppressionRequest(address=recipient(message), channel_type="email")
         assert client.contacts.CheckSuppression(check).suppressed
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
         assert report.totals.unsubscribed == 1

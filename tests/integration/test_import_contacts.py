@@ -17,14 +17,13 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
-from google.protobuf import field_mask_pb2, struct_pb2
+from google.protobuf import field_mask_pb2
 from grpc_status import rpc_status
 
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
-from tests.conftest import new_pg_database
-from tests.integration.campaign_client import failure
-from tests.integration.conftest import DaemonProcess
+from tests.integration.campaign_client import content, failure
+from tests.integration.conftest import DaemonProcess, DatabaseDaemon
 
 CONFIG = '[audience]\ndefault_region = "US"\n[engine]\nenabled = false\n'
 # More rows than the daemon applies in one transaction, so that rows around them fall in
@@ -32,23 +31,11 @@ CONFIG = '[audience]\ndefault_region = "US"\n[engine]\nenabled = false\n'
 FILLER = 1500
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The daemon's database URL: a SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('import-db') / 'campaignd.db'}"
-        return
-    with new_pg_database(request.getfixturevalue("pg_admin"), "campaignd_import") as url:
-        yield url
-
-
 @pytest.fixture(scope="module")
-def daemon(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+def daemon(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """One daemon per database for the module."""
-    process = DaemonProcess(tmp_path_factory.mktemp("import"), f'{CONFIG}[database]\nurl = "{database}"\n')
-    process.start()
-    yield process
-    process.cleanup()
+    with DatabaseDaemon(tmp_path_factory.mktemp("import"), CONFIG, module_database_url).running() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +43,6 @@ def stub(daemon: DaemonProcess) -> Iterator[cs_grpc.ContactServiceStub]:
     """A ContactService client."""
     with daemon.channel() as channel:
         yield cs_grpc.ContactServiceStub(channel)
-
-
-def _attrs(**values: Any) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(values)
-    return struct
 
 
 def _stream(
@@ -130,10 +111,10 @@ def _outcome(
 def _by_email_scenario(tag: str) -> list[cs.ContactRow]:
     return [
         cs.ContactRow(
-            contact_id=f"{tag}-a", email=f"{tag}-a@example.org", attributes=_attrs(plan="free", n=1)
+            contact_id=f"{tag}-a", email=f"{tag}-a@example.org", attributes=content(plan="free", n=1)
         ),
         # The same address in capitals: updates contact a, merging the attributes.
-        cs.ContactRow(email=f"{tag}-A@EXAMPLE.org", attributes=_attrs(plan="pro")),
+        cs.ContactRow(email=f"{tag}-A@EXAMPLE.org", attributes=content(plan="pro")),
         # Contact a's address with another id: rejected.
         cs.ContactRow(contact_id=f"{tag}-other", email=f"{tag}-a@example.org"),
         # A new address with contact a's id: rejected.
@@ -256,14 +237,14 @@ def _failing_insert(database: str, email: str) -> Iterator[None]:
 
 
 def test_a_database_failure_mid_import_reports_the_rows_written(
-    stub: cs_grpc.ContactServiceStub, database: str
+    stub: cs_grpc.ContactServiceStub, module_database_url: str
 ) -> None:
     """When the database refuses a write halfway, the call fails with INTERNAL carrying
     applied_rows and the counts of the rows written, and those are exactly the rows before the
     failed transaction."""
     tag = f"d{uuid.uuid4().hex[:8]}"
     rows = _fillers(tag, 2500)
-    with _failing_insert(database, rows[1700].email), pytest.raises(grpc.RpcError) as caught:
+    with _failing_insert(module_database_url, rows[1700].email), pytest.raises(grpc.RpcError) as caught:
         stub.ImportContacts(_stream(rows, per_message=500))
     found = failure(caught.value)
     assert found.code == grpc.StatusCode.INTERNAL
@@ -322,8 +303,10 @@ def test_rows_with_nan_or_infinity_are_rejected_and_the_rest_applied(
     ]
     rows = _fillers(tag, FILLER)
     for number, (name, value) in enumerate(bad):
-        rows.append(cs.ContactRow(email=f"{tag}-bad{number}@example.org", attributes=_attrs(**{name: value})))
-    rows.append(cs.ContactRow(email=f"{tag}-good@example.org", attributes=_attrs(score=1.5)))
+        rows.append(
+            cs.ContactRow(email=f"{tag}-bad{number}@example.org", attributes=content(**{name: value}))
+        )
+    rows.append(cs.ContactRow(email=f"{tag}-good@example.org", attributes=content(score=1.5)))
     reply = stub.ImportContacts(_stream(rows))
     assert (reply.created, reply.updated, reply.rejected) == (FILLER + 1, 0, 3)
     assert [(r.index, r.field, r.reason) for r in reply.rejected_rows] == [
@@ -341,7 +324,7 @@ def test_create_and_update_contact_refuse_nan_attributes(stub: cs_grpc.ContactSe
     with pytest.raises(grpc.RpcError) as caught:
         stub.CreateContact(
             cs.CreateContactRequest(
-                contact_id=tag, contact=cs.Contact(email=f"{tag}@example.org", attributes=_attrs(v=math.nan))
+                contact_id=tag, contact=cs.Contact(email=f"{tag}@example.org", attributes=content(v=math.nan))
             )
         )
     found = failure(caught.value)
@@ -353,7 +336,7 @@ def test_create_and_update_contact_refuse_nan_attributes(stub: cs_grpc.ContactSe
     with pytest.raises(grpc.RpcError) as caught:
         stub.UpdateContact(
             cs.UpdateContactRequest(
-                contact=cs.Contact(name=f"contacts/{tag}", attributes=_attrs(v=math.inf)),
+                contact=cs.Contact(name=f"contacts/{tag}", attributes=content(v=math.inf)),
                 update_mask=field_mask_pb2.FieldMask(paths=["attributes"]),
             )
         )

@@ -13,13 +13,12 @@ import google.api
 import pytest
 
 from campaignd.v1 import campaign_service_pb2, campaign_service_pb2_grpc, resources_pb2
-from tests.integration.conftest import DaemonFactory
+from tests.integration.conftest import API_ONLY, DaemonFactory
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 INTEROP_DIR = REPO / "tests" / "interop"
 PROTO_DIR = REPO / "proto"
 # The engine is off (an API-only daemon): the client drives the lifecycle alone.
-CONFIG = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 NPM_CI_TIMEOUT = 600.0
 CLIENT_TIMEOUT = 120.0
 
@@ -69,7 +68,7 @@ def _steps(stdout: str) -> dict[str, dict[str, Any]]:
 
 def test_node_client_drives_the_lifecycle(node_client: list[str], daemon_factory: DaemonFactory) -> None:
     """Node creates (idempotently), launches, pauses, resumes, stops, is refused, reads history."""
-    daemon = daemon_factory(CONFIG).start().ensure_lists("interop")
+    daemon = daemon_factory(API_ONLY).start().ensure_lists("interop")
     include_dirs = [str(PROTO_DIR), str(googleapis_include_dir())]
     result = subprocess.run(
         [*node_client, daemon.address, *include_dirs],

@@ -32,10 +32,9 @@ from campaignd.testing.channels import SEMANTICS
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.conftest import DaemonFactory, DaemonProcess
+from tests.integration.conftest import API_ONLY, DaemonFactory, DaemonProcess
 
 # The engine is off (an API-only daemon): the model covers the lifecycle alone.
-CONFIG = '[plugins]\nload = ["campaignd.testing.channels"]\n[engine]\nenabled = false\n'
 TYPES = sorted(SEMANTICS)
 RPC_TIMEOUT = 10.0
 MAX_LIVE_CAMPAIGNS = 3
@@ -588,7 +587,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 @pytest.fixture
 def machine_daemon(daemon_factory: DaemonFactory) -> Iterator[DaemonProcess]:
     """One daemon with the test channel types for the whole state machine run."""
-    daemon = daemon_factory(CONFIG).start().ensure_lists("x")
+    daemon = daemon_factory(API_ONLY).start().ensure_lists("x")
     with daemon.channel() as channel:
         LifecycleMachine.stub = Stub(channel)
         try:
@@ -669,9 +668,9 @@ def test_concurrent_clients_never_make_a_forbidden_history(
     backend: str, daemon_factory: DaemonFactory, request: pytest.FixtureRequest
 ) -> None:
     """400 racing pause/resume/stop/launch calls from 8 clients leave only legal, unbroken histories."""
-    config = CONFIG
+    config = API_ONLY
     if backend == "postgresql":
-        config = f'[database]\nurl = "{request.getfixturevalue("pg_url")}"\n' + CONFIG
+        config = f'[database]\nurl = "{request.getfixturevalue("pg_url")}"\n' + API_ONLY
     daemon = daemon_factory(config).start().ensure_lists("x")
     with daemon.channel() as channel:
         stub = Stub(channel)

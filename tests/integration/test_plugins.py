@@ -13,26 +13,19 @@ import grpc
 import pytest
 
 from campaignd.v1 import campaign_service_pb2 as svc
+from campaignd.v1 import contact_service_pb2 as cs
+from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import Client, content, failure
-from tests.integration.conftest import DaemonFactory, DaemonProcess
+from tests.integration.campaign_client import Client, content, failure, import_contacts
+from tests.integration.conftest import TEST_CHANNELS, DaemonFactory, DaemonProcess
+from tests.integration.ctl import ctl_at
 
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n'
 FAST = "[engine]\ntick_interval = 0.05\nsending_timeout = 2.0\nbatch_size = 20\n"
-
-
-def _ctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "campaignd.cli", "--socket", str(daemon.socket_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture
 def running(daemon_factory: DaemonFactory) -> Iterator[tuple[DaemonProcess, Client]]:
-    daemon = daemon_factory(PLUGINS + FAST).start().ensure_lists("people")
+    daemon = daemon_factory(TEST_CHANNELS + FAST).start().ensure_lists("people")
     with daemon.channel() as channel:
         yield daemon, Client(channel)
 
@@ -58,11 +51,11 @@ def test_list_channel_types_names_plugins_versions_and_capabilities(
     assert email.distribution_version
     assert email.uses_transports
     assert not email.restartable
-    table = _ctl(daemon, "channels")
+    table = ctl_at(daemon, "channels")
     assert table.returncode == 0, table.stderr
     assert "test-sms" in table.stdout
     assert "campaignd-email" in table.stdout
-    as_json = json.loads(_ctl(daemon, "--json", "channels").stdout)
+    as_json = json.loads(ctl_at(daemon, "--json", "channels").stdout)
     assert {t["name"] for t in as_json["channel_types"]} == set(by_name)
 
 
@@ -108,7 +101,7 @@ def test_transport_config_problems_stop_the_start_with_their_key_paths(
 ) -> None:
     """A transport of an unknown type, unknown options and a missing secret: exit 2, every problem named."""
     config = (
-        PLUGINS
+        TEST_CHANNELS
         + '[transports.relay]\ntype = "email"\noptions = { host = "127.0.0.1", colour = "blue", '
         + 'password = { env = "NO_SUCH_VARIABLE_SET" } }\n'
         + '[transports.other]\ntype = "fax"\n'
@@ -151,20 +144,9 @@ def test_a_channel_naming_an_unknown_transport_is_refused(running: tuple[DaemonP
 
 
 def _people(daemon: DaemonProcess, count: int) -> None:
-    from campaignd.v1 import contact_service_pb2 as cs
-    from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
-
     with daemon.channel() as channel:
-        stub = cs_grpc.ContactServiceStub(channel)
         rows = [cs.ContactRow(email=f"p{i}@example.org") for i in range(count)]
-        stub.ImportContacts(
-            iter(
-                [
-                    cs.ImportContactsRequest(options=cs.ImportOptions(list="lists/people")),
-                    cs.ImportContactsRequest(rows=rows),
-                ]
-            )
-        )
+        import_contacts(cs_grpc.ContactServiceStub(channel), "people", rows)
 
 
 def _wait_channels(

@@ -7,11 +7,10 @@ import grpc
 import pytest
 
 from campaignd.v1 import campaign_service_pb2 as svc
-from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import Client, failure
-from tests.integration.conftest import DaemonFactory
-from tests.integration.test_engine import FAST, PLUGINS, _campaign, _people, _state, _wait
+from tests.integration.campaign_client import Client, failure, wait_until
+from tests.integration.conftest import TEST_CHANNELS, DaemonFactory
+from tests.integration.sending import FAST, double_campaign, sent_campaign
 
 E = svc.MessageEvent
 APPLIED, DUPLICATE, REFUSED = (
@@ -21,29 +20,16 @@ APPLIED, DUPLICATE, REFUSED = (
 )
 
 
-def _sent(client: Client, list_id: str, count: int) -> tuple[pb.Campaign, list[pb.Message]]:
-    campaign = _campaign(client, _people(client, list_id, count))
-    client.launch(campaign.name)
-    _wait(lambda: _state(client, campaign.name) == pb.Channel.COMPLETED, 30, "the campaign")
-    messages = client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name)).messages
-    return campaign, sorted(messages, key=lambda m: m.address)
-
-
-def _suppressed(client: Client, address: str) -> bool:
-    request = cs.CheckSuppressionRequest(address=address, channel_type="test-email")
-    return client.contacts.CheckSuppression(request).suppressed
-
-
 def test_events_are_applied_once_counted_and_suppress(
     daemon_factory: DaemonFactory, database_url: str
 ) -> None:
     """Opens, clicks per link, bounces, complaints and unsubscribes count exactly; repeats and
     unknown messages change nothing; hard bounces, complaints and unsubscribes are suppressed and
     a later campaign skips them (on SQLite and PostgreSQL)."""
-    daemon = daemon_factory(PLUGINS + FAST + f'[database]\nurl = "{database_url}"\n').start()
+    daemon = daemon_factory(TEST_CHANNELS + FAST + f'[database]\nurl = "{database_url}"\n').start()
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign, (a, b, c, d, e) = _sent(client, "engaged", 5)
+        campaign, (a, b, c, d, e) = sent_campaign(client, "engaged", 5)
         who = E.Recipient(campaign=campaign.name, channel_id="main", address=d.address)
         events = [
             E(event_id="o1", kind=E.OPENED, message=a.name),
@@ -99,11 +85,12 @@ def test_events_are_applied_once_counted_and_suppress(
         assert (after[c.address].state, after[c.address].reason) == (pb.Message.FAILED, "bounced")
         assert after[e.address].state == pb.Message.SENT  # a soft bounce leaves it
         assert after[b.address].outcome == "unsubscribed"
-        assert [_suppressed(client, m.address) for m in (a, b, c, d, e)] == [False, True, True, True, False]
+        suppressed = [client.suppressed(m.address, "test-email") for m in (a, b, c, d, e)]
+        assert suppressed == [False, True, True, True, False]
 
-        later = _campaign(client, "lists/engaged")
+        later = double_campaign(client, "lists/engaged")
         client.launch(later.name)
-        _wait(lambda: _state(client, later.name) == pb.Channel.COMPLETED, 30, "the later campaign")
+        wait_until(lambda: client.channel_state(later.name) == pb.Channel.COMPLETED, 30, "the later campaign")
         sent_to = {
             m.address for m in client.stub.ListMessages(svc.ListMessagesRequest(parent=later.name)).messages
         }
@@ -136,10 +123,10 @@ def test_malformed_events_are_refused_whole(
     daemon_factory: DaemonFactory, event: svc.MessageEvent, field: str
 ) -> None:
     """A malformed event makes the request INVALID_ARGUMENT naming its field; nothing is recorded."""
-    daemon = daemon_factory(PLUGINS + FAST).start()
+    daemon = daemon_factory(TEST_CHANNELS + FAST).start()
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign, messages = _sent(client, "malformed", 1)
+        campaign, messages = sent_campaign(client, "malformed", 1)
         good = E(event_id="good", kind=E.OPENED, message=messages[0].name)
         with pytest.raises(grpc.RpcError) as raised:
             client.stub.RecordEvents(svc.RecordEventsRequest(events=[good, event]))

@@ -7,7 +7,6 @@ Mounting a tmpfs needs root; the tests and CI run as root.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import os
@@ -20,35 +19,18 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import Client
-from tests.integration.conftest import DaemonFactory, DaemonProcess
+from tests.integration.campaign_client import Client, wait_until
+from tests.integration.conftest import TEST_CHANNELS, DaemonFactory, DaemonProcess
+from tests.integration.sending import double_campaign, fast_engine, import_list, sink_counts
 
-PLUGINS = '[plugins]\nload = ["campaignd.testing.channels"]\n'
-ENGINE = (
-    "[engine]\ntick_interval = 0.05\nretry_delay = 0.2\nsending_timeout = 5.0\nbatch_size = 50\n"
-    "storage_pause_after = 1.0\n"
-)
+ENGINE = fast_engine(sending_timeout=5.0) + "storage_pause_after = 1.0\n"
 RECIPIENTS = 4000
-
-
-def _wait(predicate: Callable[[], bool], seconds: float = 90.0, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _received(sink: pathlib.Path) -> collections.Counter[str]:
-    if not sink.exists():
-        return collections.Counter()
-    return collections.Counter(line.split(" ", 1)[1] for line in sink.read_text().splitlines())
 
 
 def _health(daemon: DaemonProcess) -> int:
@@ -60,24 +42,8 @@ def _health(daemon: DaemonProcess) -> int:
 def _launch(daemon: DaemonProcess, sink: pathlib.Path) -> str:
     with daemon.channel() as channel:
         client = Client(channel)
-        client.contacts.CreateList(
-            cs.CreateListRequest(list_id="many", list=cs.ContactList(display_name="m"))
-        )
         rows = [cs.ContactRow(email=f"p{i}@faults.example.org") for i in range(RECIPIENTS)]
-        requests = [cs.ImportContactsRequest(options=cs.ImportOptions(list="lists/many"))]
-        requests += [cs.ImportContactsRequest(rows=rows[i : i + 1000]) for i in range(0, len(rows), 1000)]
-        client.contacts.ImportContacts(iter(requests))
-        content = struct_pb2.Struct()
-        content.update({"text": "hello", "sink": str(sink), "delay_ms": 4})
-        campaign = client.stub.CreateCampaign(
-            svc.CreateCampaignRequest(
-                campaign=pb.Campaign(
-                    display_name="Faults",
-                    audience=pb.Audience(target_lists=["lists/many"]),
-                    channels=[pb.Channel(channel_id="main", type="test-email", content=content)],
-                )
-            )
-        )
+        campaign = double_campaign(client, import_list(client, "many", rows), sink=str(sink), delay_ms=4)
         client.launch(campaign.name)
         return campaign.name
 
@@ -103,26 +69,26 @@ def _check_outage_then_recovery(
     """While the fault lasts: NOT_SERVING, writes refused UNAVAILABLE with `cause`, nothing sent.
     After `restore`: SERVING, the channel PAUSED by the system with the cause; resumed, it
     completes with every recipient sent exactly once and nobody failed."""
-    _wait(lambda: _health(daemon) == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
+    wait_until(lambda: _health(daemon) == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
     error = _write_refused(daemon)
     assert error.code() == grpc.StatusCode.UNAVAILABLE, error
     assert cause in (error.details() or ""), error.details()
     time.sleep(0.5)  # sends already admitted finish
-    during = sum(_received(sink).values())
+    during = sum(sink_counts(sink).values())
     time.sleep(1.5)
-    assert sum(_received(sink).values()) == during, "sends went on while results could not be written"
+    assert sum(sink_counts(sink).values()) == during, "sends went on while results could not be written"
     restore()
-    _wait(lambda: _health(daemon) == health_pb2.HealthCheckResponse.SERVING, what="SERVING again")
+    wait_until(lambda: _health(daemon) == health_pb2.HealthCheckResponse.SERVING, what="SERVING again")
     with daemon.channel() as channel:
         client = Client(channel)
-        _wait(lambda: client.get(name).channels[0].state == pb.Channel.PAUSED, what="the pause")
+        wait_until(lambda: client.get(name).channels[0].state == pb.Channel.PAUSED, what="the pause")
         pause = [e for e in client.history(name) if e.operation == "guard_pause"]
         assert [e.cause for e in pause] == [pb.CampaignEvent.SYSTEM]
         assert cause in pause[0].reason
         client.resume(name)
-        _wait(lambda: client.get(name).channels[0].state == pb.Channel.COMPLETED, what="completion")
+        wait_until(lambda: client.get(name).channels[0].state == pb.Channel.COMPLETED, what="completion")
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=name))
-    received = _received(sink)
+    received = sink_counts(sink)
     assert report.totals.sent == RECIPIENTS
     assert report.totals.failed == 0
     assert len(received) == RECIPIENTS
@@ -165,11 +131,11 @@ def test_a_full_disk_loses_no_result_and_pauses_until_resumed(
     had; with room again it writes them, the channel is PAUSED (cause SYSTEM), and resumed it
     sends everyone exactly once, nobody failed."""
     sink = tmp_path / "received"
-    daemon = daemon_factory(PLUGINS + ENGINE)
+    daemon = daemon_factory(TEST_CHANNELS + ENGINE)
     with _tmpfs(daemon.workdir / "state", "48m") as state:
         daemon.start()
         name = _launch(daemon, sink)
-        _wait(lambda: sum(_received(sink).values()) > 300, what="the first sends")
+        wait_until(lambda: sum(sink_counts(sink).values()) > 300, what="the first sends")
         filler = _fill(state)
         _check_outage_then_recovery(daemon, name, sink, "database or disk is full", filler.unlink)
         daemon.stop()
@@ -242,9 +208,9 @@ def test_a_cut_postgresql_connection_loses_no_result(
     try:
         proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         sink = tmp_path / "received"
-        daemon = daemon_factory(PLUGINS + ENGINE + f'[database]\nurl = "{proxied}"\n').start()
+        daemon = daemon_factory(TEST_CHANNELS + ENGINE + f'[database]\nurl = "{proxied}"\n').start()
         name = _launch(daemon, sink)
-        _wait(lambda: sum(_received(sink).values()) > 300, what="the first sends")
+        wait_until(lambda: sum(sink_counts(sink).values()) > 300, what="the first sends")
         proxy.cut()
         _check_outage_then_recovery(daemon, name, sink, "the database connection was lost", proxy.restore)
         daemon.stop()

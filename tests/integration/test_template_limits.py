@@ -16,26 +16,19 @@ import pytest
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration import test_email
-from tests.integration.campaign_client import Client
+from tests.hostile_templates import GIGABYTE, NESTED_LOOPS
+from tests.integration.campaign_client import Client, wait_until
 from tests.integration.conftest import DaemonFactory
-from tests.integration.test_email import (
+from tests.integration.email_campaigns import (
     ENV,
     FAST,
     UNSUBSCRIBE,
     Server,
-    _email_channel,
-    _import,
-    _readers,
-    _transport,
-    _wait,
+    email_channel,
+    email_transport,
+    import_people,
+    readers,
 )
-
-smtp = test_email.smtp  # the fixture that starts aiosmtpd servers
-
-# 93 characters that would render for hours on the event loop (99,999² iterations).
-NESTED_LOOPS = "{% for a in range(99999) %}{% for b in range(99999) %}{% set c = b %}{% endfor %}{% endfor %}"
-GIGABYTE = "{{ 'x'.ljust(10**9) }}"
 
 
 def _rss_mb(pid: int) -> float:
@@ -77,13 +70,13 @@ def test_hostile_previews_are_refused_while_other_calls_and_the_watchdog_go_on(
     notify, notify_path = watchdog
     server = smtp()
     env = {**ENV, "NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"}
-    daemon = daemon_factory(FAST + UNSUBSCRIBE + _transport("a", server.port), env=env).start()
-    _import(daemon, _readers(3))
+    daemon = daemon_factory(FAST + UNSUBSCRIBE + email_transport("a", server.port), env=env).start()
+    import_people(daemon, readers(3))
     assert daemon.proc is not None
     with daemon.channel() as channel:
         client = Client(channel)
-        loops = client.create(_email_channel(subject="Hi " + NESTED_LOOPS))
-        big = client.create(_email_channel(text=GIGABYTE))
+        loops = client.create(email_channel(subject="Hi " + NESTED_LOOPS))
+        big = client.create(email_channel(text=GIGABYTE))
         rss_before = _rss_mb(daemon.proc.pid)
         pings: list[float] = []
         latencies: list[float] = []
@@ -140,13 +133,13 @@ def test_a_test_send_whose_template_overruns_sends_nothing(
     """SendTestMessage renders every address first: one runaway render answers INVALID_ARGUMENT
     naming the field, and no address gets a message."""
     server = smtp()
-    config = FAST + UNSUBSCRIBE + _transport("a", server.port) + "[templates]\ntimeout = 0.3\n"
+    config = FAST + UNSUBSCRIBE + email_transport("a", server.port) + "[templates]\ntimeout = 0.3\n"
     daemon = daemon_factory(config, env=ENV).start()
-    _import(daemon, _readers(3))
+    import_people(daemon, readers(3))
     with daemon.channel() as channel:
         client = Client(channel)
         text = "{% if contact.first_name == 'Name00002' %}" + NESTED_LOOPS + "{% endif %}Hello"
-        campaign = client.create(_email_channel(text=text))
+        campaign = client.create(email_channel(text=text))
         with pytest.raises(grpc.RpcError) as refused:
             client.stub.SendTestMessage(
                 svc.SendTestMessageRequest(
@@ -171,22 +164,22 @@ def test_messages_whose_template_overruns_fail_and_the_guard_pauses_the_channel(
         FAST
         + "batch_size = 20\nbatches_in_flight = 1\nguard_min_sends = 20\n"
         + UNSUBSCRIBE
-        + _transport("a", server.port)
+        + email_transport("a", server.port)
         + "[templates]\ntimeout = 0.3\n"
     )
     daemon = daemon_factory(config, env=ENV).start()
-    rows = _readers(200)
+    rows = readers(200)
     for n, row in enumerate(rows):
         row.attributes.update({"slow": n % 5 == 0})
-    _import(daemon, rows)
+    import_people(daemon, rows)
     with daemon.channel() as channel:
         client = Client(channel)
         text = "{% if contact.slow %}" + NESTED_LOOPS + "{% endif %}Dear {{ contact.first_name }}"
         campaign = client.create(
-            _email_channel(text=text), audience=pb.Audience(target_lists=["lists/readers"])
+            email_channel(text=text), audience=pb.Audience(target_lists=["lists/readers"])
         )
         client.launch(campaign.name)
-        _wait(lambda: client.get(campaign.name).channels[0].state == pb.Channel.PAUSED, 120, "the guard")
+        wait_until(lambda: client.get(campaign.name).channels[0].state == pb.Channel.PAUSED, 120, "the guard")
         last = client.history(campaign.name)[-1]
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
         failed = client.stub.ListMessages(

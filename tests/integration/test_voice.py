@@ -20,9 +20,17 @@ from google.protobuf import field_mask_pb2
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import ATTESTATION, Client, content, failure, future
+from tests.hostile_templates import NESTED_LOOPS
+from tests.integration.campaign_client import (
+    ATTESTATION,
+    Client,
+    content,
+    failure,
+    future,
+    import_contacts,
+    wait_until,
+)
 from tests.integration.conftest import DaemonFactory, DaemonProcess
-from tests.integration.test_email import _import
 
 FAST = "[engine]\ntick_interval = 0.05\nsending_timeout = 60.0\ntransport_rest = 2.0\nbatch_size = 50\n"
 
@@ -106,27 +114,6 @@ def voice_channel(
     )
 
 
-def wait(predicate: Callable[[], bool], seconds: float = 120, what: str = "") -> None:
-    """Poll until `predicate` holds."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def finished(client: Client, name: str, seconds: float = 120) -> pb.Campaign:
-    """The campaign once it has ended."""
-    ended = (pb.Campaign.COMPLETED, pb.Campaign.FAILED, pb.Campaign.STOPPED)
-    wait(lambda: client.get(name).state in ended, seconds, f"{name} to end")
-    return client.get(name)
-
-
-def messages(client: Client, name: str) -> list[pb.Message]:
-    """Every message of a campaign."""
-    return list(client.stub.ListMessages(svc.ListMessagesRequest(parent=name, page_size=1000)).messages)
-
-
 def launch(
     daemon: DaemonProcess,
     client: Client,
@@ -136,7 +123,7 @@ def launch(
     zone: str = "",
 ) -> str:
     """Import `rows` into a list and launch a campaign on it; its name."""
-    _import(daemon, rows, list_id)
+    import_contacts(client.contacts, list_id, rows)
     campaign = client.create(
         channel, audience=pb.Audience(target_lists=[f"lists/{list_id}"]), time_zone=zone or daytime_zone()
     )
@@ -171,8 +158,8 @@ def test_answered_calls_play_the_prompt_and_are_delivered(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt), phones(3), "answered")
-        assert finished(client, name).state == pb.Campaign.COMPLETED
-        found = messages(client, name)
+        assert client.finished(name).state == pb.Campaign.COMPLETED
+        found = client.messages(name)
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=name))
     assert [m.state for m in found] == [pb.Message.DELIVERED] * 3
     assert {m.outcome for m in found} == {"answered"}
@@ -215,9 +202,9 @@ def test_busy_and_no_answer_are_retried_then_fail_and_503_fails_at_once(
             for first, via in ((0, "busy"), (10, "silent"), (20, "unavailable"))
         }
         for name in names.values():
-            assert finished(client, name).state == pb.Campaign.COMPLETED
+            assert client.finished(name).state == pb.Campaign.COMPLETED
         elapsed = time.monotonic() - started
-        found = {via: messages(client, name) for via, name in names.items()}
+        found = {via: client.messages(name) for via, name in names.items()}
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=names["busy"]))
     for via, outcome in (("busy", "busy"), ("silent", "no_answer")):
         for message in found[via]:
@@ -247,8 +234,8 @@ def test_thirty_calls_never_exceed_the_concurrency(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt), phones(30), "thirty")
-        assert finished(client, name).state == pb.Campaign.COMPLETED
-        found = messages(client, name)
+        assert client.finished(name).state == pb.Campaign.COMPLETED
+        found = client.messages(name)
     assert [m.state for m in found] == [pb.Message.DELIVERED] * 30
     screen = peer.stop()
     assert invites(screen) == 30
@@ -268,7 +255,7 @@ def test_the_call_rate_is_held(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt), phones(20), "paced")
-        assert finished(client, name).state == pb.Campaign.COMPLETED
+        assert client.finished(name).state == pb.Campaign.COMPLETED
     peer.stop()
     invited = peer.invite_times()
     assert len(invited) == 20
@@ -296,15 +283,15 @@ def test_stop_lets_answered_calls_finish_dials_nothing_new_and_is_final(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt), phones(10), "stopped")
-        wait(lambda: sink.heard() >= 2, 30, "two calls to be answered")
+        wait_until(lambda: sink.heard() >= 2, 30, "two calls to be answered")
         client.stop(name)
-        assert finished(client, name).state == pb.Campaign.STOPPED
-        wait(
-            lambda: all(m.state != pb.Message.SENDING for m in messages(client, name)),
+        assert client.finished(name).state == pb.Campaign.STOPPED
+        wait_until(
+            lambda: all(m.state != pb.Message.SENDING for m in client.messages(name)),
             30,
             "the calls in progress to end",
         )
-        found = messages(client, name)
+        found = client.messages(name)
         with pytest.raises(grpc.RpcError) as refused:
             client.stub.RestartCampaign(svc.RestartCampaignRequest(name=name))
     delivered = [m for m in found if m.state == pb.Message.DELIVERED]
@@ -347,11 +334,11 @@ def test_a_killed_baresip_is_restarted_and_its_calls_end_timed_out(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt), phones(6), "killed")
-        wait(lambda: sink.heard() >= 2, 30, "two calls to be answered")
+        wait_until(lambda: sink.heard() >= 2, 30, "two calls to be answered")
         [first] = baresip_children(daemon)
         os.kill(first, signal.SIGKILL)
-        assert finished(client, name).state == pb.Campaign.COMPLETED
-        found = messages(client, name)
+        assert client.finished(name).state == pb.Campaign.COMPLETED
+        found = client.messages(name)
         [second] = baresip_children(daemon)
     assert second != first
     timed_out = [m for m in found if m.state == pb.Message.FAILED]
@@ -375,8 +362,8 @@ def test_an_unreachable_trunk_fails_the_channel_with_the_reason(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt, ring_timeout=2), phones(6), "nowhere")
-        campaign = finished(client, name)
-        found = messages(client, name)
+        campaign = client.finished(name)
+        found = client.messages(name)
     assert campaign.state == pb.Campaign.FAILED
     error = campaign.channels[0].error
     assert error.code == "TRANSPORT_FAILED"
@@ -402,8 +389,8 @@ def test_a_refused_registration_fails_the_channel_with_the_reason(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt), phones(3), "refused")
-        campaign = finished(client, name)
-        found = messages(client, name)
+        campaign = client.finished(name)
+        found = client.messages(name)
     assert campaign.state == pb.Campaign.FAILED
     assert "refused registration: 403 Forbidden" in campaign.channels[0].error.message
     assert [m.state for m in found] == [pb.Message.CANCELLED] * 3
@@ -426,15 +413,11 @@ def test_a_personalised_text_prompt_is_spoken_once_per_distinct_text(
         client = Client(grpc_channel)
         channel = voice_channel(text="Hello {{ contact.first_name }}, your parcel has arrived.")
         name = launch(daemon, client, channel, rows, "spoken")
-        assert finished(client, name).state == pb.Campaign.COMPLETED
-        found = messages(client, name)
+        assert client.finished(name).state == pb.Campaign.COMPLETED
+        found = client.messages(name)
     assert [m.outcome for m in found] == ["answered"] * 3
     assert sink.with_sound() == 3
     assert len(list(cache.glob("*.wav"))) == 2, "one file per distinct text"
-
-
-# 93 characters that would render for hours (99,999² iterations) on the event loop.
-NESTED_LOOPS = "{% for a in range(99999) %}{% for b in range(99999) %}{% set c = b %}{% endfor %}{% endfor %}"
 
 
 def test_a_text_prompt_over_the_template_time_limit_fails_only_its_call(
@@ -462,8 +445,8 @@ def test_a_text_prompt_over_the_template_time_limit_fails_only_its_call(
             client.stub.PreviewMessage(
                 svc.PreviewMessageRequest(name=name, channel_id="call", address="+14155550001"), timeout=30
             )
-        assert finished(client, name).state == pb.Campaign.COMPLETED
-        found = {m.address: m for m in messages(client, name)}
+        assert client.finished(name).state == pb.Campaign.COMPLETED
+        found = {m.address: m for m in client.messages(name)}
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "the text template took longer than the limit of 0.3 s" in (refused.value.details() or "")
     slow = found["+14155550001"]
@@ -541,12 +524,12 @@ def test_a_baresip_that_cannot_be_restarted_fails_the_channel(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt), phones(4), "broken")
-        wait(lambda: sink.heard() >= 1, 30, "the first call to be answered")
+        wait_until(lambda: sink.heard() >= 1, 30, "the first call to be answered")
         broken.touch()
         [first] = baresip_children(daemon)
         os.kill(first, signal.SIGKILL)
-        campaign = finished(client, name)
-        found = messages(client, name)
+        campaign = client.finished(name)
+        found = client.messages(name)
     assert campaign.state == pb.Campaign.FAILED
     error = campaign.channels[0].error
     assert error.code == "TRANSPORT_FAILED"
@@ -594,13 +577,13 @@ def test_busy_recipients_are_called_again_by_a_remarketing_channel(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         first = launch(daemon, client, voice_channel(prompt, "busy", max_attempts=1), phones(2), "first")
-        assert finished(client, first).state == pb.Campaign.COMPLETED
+        assert client.finished(first).state == pb.Campaign.COMPLETED
         again = voice_channel(prompt, "answering")
         again.remarketing.CopyFrom(pb.RemarketingSource(campaign=first, channel_id="call", outcomes=["busy"]))
         second = client.create(again, time_zone=daytime_zone())
         client.launch(second.name)
-        assert finished(client, second.name).state == pb.Campaign.COMPLETED
-        found = messages(client, second.name)
+        assert client.finished(second.name).state == pb.Campaign.COMPLETED
+        found = client.messages(second.name)
     assert sorted(m.address for m in found) == ["+14155550000", "+14155550001"]
     assert [m.outcome for m in found] == ["answered", "answered"]
     answering.stop()
@@ -617,8 +600,8 @@ def test_a_call_is_hung_up_at_its_longest_duration(
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
         name = launch(daemon, client, voice_channel(prompt, max_call_duration=1.5), phones(1), "long")
-        assert finished(client, name).state == pb.Campaign.COMPLETED
-        [message] = messages(client, name)
+        assert client.finished(name).state == pb.Campaign.COMPLETED
+        [message] = client.messages(name)
     assert (message.state, message.outcome) == (pb.Message.DELIVERED, "answered")
     talk = message.talk_time.ToTimedelta().total_seconds()
     assert 1.4 <= talk <= 3.0, f"hung up after {talk} s; the longest is 1.5 s"
@@ -633,9 +616,9 @@ def test_a_test_call_and_a_preview_reach_the_operator_before_launch(
     PreviewMessage shows the words a contact would hear, calling nobody."""
     peer = peers("answer.xml", rtp_sink=sink.port)
     daemon = daemon_factory(FAST + transport("trunk", peer.trunk)).start()
-    _import(daemon, phones(1), "draft")
     with daemon.channel() as grpc_channel:
         client = Client(grpc_channel)
+        import_contacts(client.contacts, "draft", phones(1))
         channel = voice_channel(text="Hello {{ contact.first_name }}, this is a test.")
         campaign = client.create(channel, audience=pb.Audience(target_lists=["lists/draft"]))
         preview = client.stub.PreviewMessage(

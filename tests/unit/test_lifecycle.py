@@ -35,6 +35,7 @@ from campaignd.lifecycle import (
     decide_unarchive,
     derive_campaign_state,
     message_can_move,
+    message_sources,
 )
 
 D, SC, Q, R, P, C, ST, F = (
@@ -422,6 +423,8 @@ EXPECTED_MESSAGE_MOVES = {
     (M.FAILED, M.SENT),
     (M.FAILED, M.DELIVERED),
     (M.FAILED, M.RETRYING),
+    # A kept result that retries an ambiguous failure on a channel stopped meanwhile.
+    (M.FAILED, M.CANCELLED),
     (M.CANCELLED, M.QUEUED),
     # A restart leaves out numbers suppressed since the launch.
     (M.CANCELLED, M.OPTED_OUT),
@@ -433,6 +436,12 @@ MESSAGE_PAIRS = list(itertools.product(MessageState, MessageState))
 def test_message_moves(frm: MessageState, to: MessageState) -> None:
     """A message may make exactly the moves of §3.3."""
     assert message_can_move(frm, to) is ((frm, to) in EXPECTED_MESSAGE_MOVES)
+
+
+@pytest.mark.parametrize("to", list(MessageState), ids=[s.name for s in MessageState])
+def test_message_sources_are_the_moves_into_a_state(to: MessageState) -> None:
+    """The states a message may come to `to` from are exactly those whose moves include it."""
+    assert message_sources(to) == {frm for frm in MessageState if (frm, to) in EXPECTED_MESSAGE_MOVES}
 
 
 def test_message_transitions_cover_every_state() -> None:
@@ -449,7 +458,7 @@ def test_final_messages_have_no_exits_but_retry() -> None:
         M.DELIVERED: {M.OPTED_OUT},
         M.OPTED_OUT: frozenset(),
         M.CANCELLED: {M.QUEUED, M.OPTED_OUT},
-        M.FAILED: {M.QUEUED, M.SENT, M.DELIVERED, M.RETRYING},
+        M.FAILED: {M.QUEUED, M.SENT, M.DELIVERED, M.RETRYING, M.CANCELLED},
         M.ASSUMED_DELIVERED: {M.DELIVERED, M.FAILED, M.OPTED_OUT},
     }
 

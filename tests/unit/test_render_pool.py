@@ -13,10 +13,7 @@ import pytest
 
 from campaignd.plugin import Recipient, TemplateError, TemplateSet
 from campaignd.rendering.pool import RenderPool
-
-# Python-level loops that would run for hours: the worker's own alarm interrupts them.
-# Loops that write nothing: they hit the time limit whatever the machine's speed, never the memory one.
-NESTED_LOOPS = "{% for a in range(99999) %}{% for b in range(99999) %}{% set c = b %}{% endfor %}{% endfor %}"
+from tests.hostile_templates import NESTED_LOOPS
 
 
 @pytest.fixture

@@ -37,9 +37,11 @@ from campaignd.plugin import (
     TemplateError,
 )
 from campaignd.plugin.manager import PluginCallError, Plugins
-from campaignd.store import audience as audience_store
-from campaignd.store import engine as engine_store
+from campaignd.store import channels as channel_store
+from campaignd.store import contacts as contact_store
+from campaignd.store import counts as count_store
 from campaignd.store import events as event_store
+from campaignd.store import messages as message_store
 from campaignd.store.campaigns import CampaignFilter, CampaignRecord, ChannelRecord
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
@@ -145,26 +147,24 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         v.text("channel_type", request.channel_type, max_length=63)
         for key, label in request.labels.items():
             v.text(f"labels[{key[:70]}]", key + label, max_length=126)
-        size = convert.page_size(v, "page_size", request.page_size, 50, self.settings().limits.max_page_size)
         selection = CampaignFilter(
             frozenset(states),
             request.channel_type,
             dict(sorted(request.labels.items())),
             request.show_archived,
         )
-        position = self.tokens.decode(v, "page_token", request.page_token, selection)
+        page = self.tokens.page(v, request, selection, 50, self.settings().limits.max_page_size)
         v.raise_if_any()
         after = None
-        if position is not None:
-            after = (dt.datetime.fromisoformat(str(position["t"])), str(position["i"]))
-        records = await self.manager.list_campaigns(selection, after, size + 1)
-        response = svc.ListCampaignsResponse(campaigns=[convert.campaign_message(r) for r in records[:size]])
-        if len(records) > size:
-            last = records[size - 1]
-            response.next_page_token = self.tokens.encode(
-                {"t": last.create_time.isoformat(), "i": last.id}, selection
-            )
-        return response
+        if page.position is not None:
+            after = (dt.datetime.fromisoformat(str(page.position["t"])), str(page.position["i"]))
+        records = await self.manager.list_campaigns(selection, after, page.limit)
+        shown, next_token = page.result(
+            records, lambda last: {"t": last.create_time.isoformat(), "i": last.id}
+        )
+        return svc.ListCampaignsResponse(
+            campaigns=[convert.campaign_message(r) for r in shown], next_page_token=next_token
+        )
 
     @unary
     async def UpdateCampaign(self, request: svc.UpdateCampaignRequest, context: Context) -> pb.Campaign:
@@ -319,7 +319,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             return
         for channel in chosen:
             limit = engine.slots.get(channel.type)
-            holders = engine_store.slot_holders(conn, channel.type) - {record.id}
+            holders = channel_store.slot_holders(conn, channel.type) - {record.id}
             if limit is not None and len(holders) >= limit:
                 raise errors.failed_precondition(
                     "NO_SLOT",
@@ -353,7 +353,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         def requeue(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             now = self.manager.clock.now()
             for channel in chosen:
-                audience_store.requeue_for_restart(conn, record.id, channel.channel_id, channel.type, now)
+                message_store.requeue_for_restart(conn, record.id, channel.channel_id, channel.type, now)
 
         return await self._transition(
             "RestartCampaign", Operation.RESTART, request, reason=request.reason, before_commit=requeue
@@ -376,7 +376,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         def move(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             now = self.manager.clock.now()
             for channel in chosen:
-                audience_store.move_messages(
+                message_store.move_messages(
                     conn, record.id, channel.channel_id, [s.value for s in frm], to.value, now
                 )
 
@@ -532,7 +532,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         its `kind`, with the fields of the contact that has it, if any; negative message ids."""
         normalised = _test_addresses(addresses, kind, self.settings().audience.default_region, field)
         contacts = await self.manager.db.read(
-            lambda conn: engine_store.contacts_by_address(conn, kind, normalised)
+            lambda conn: contact_store.contacts_by_address(conn, kind, normalised)
         )
         return [
             Recipient(-(index + 1), address, contacts.get(address, {}), 1)
@@ -574,9 +574,9 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         # update of a watch.
         by_transport, parts, outcomes = await self.manager.db.read(
             lambda conn: (
-                engine_store.transport_counts(conn, campaign_id),
-                engine_store.part_counts(conn, campaign_id),
-                engine_store.outcome_counts(conn, campaign_id),
+                message_store.transport_counts(conn, campaign_id),
+                message_store.part_counts(conn, campaign_id),
+                message_store.outcome_counts(conn, campaign_id),
             )
         )
         for channel in report.channels:
@@ -608,10 +608,10 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             dict[str, event_store.Engagement],
         ]:
             record = self.manager.load(conn, campaign_id)
-            counts = audience_store.message_counts(conn, campaign_id)
+            counts = count_store.read_counts(conn, campaign_id)
             # The reasons take a pass over the failed messages; most updates of a watch have none.
             failed = any(n for (_, state), n in counts.items() if state == "failed")
-            reasons = audience_store.failure_reasons(conn, campaign_id) if failed else {}
+            reasons = message_store.failure_reasons(conn, campaign_id) if failed else {}
             return record, counts, reasons, event_store.engagement(conn, campaign_id)
 
         record, counts, reasons, engaged = await self.manager.db.read(read)
@@ -636,29 +636,27 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             if value in pb.Message.State.values() and value != pb.Message.STATE_UNSPECIFIED
         )
         selection = (campaign_id, request.channel_id, tuple(states), request.reason)
-        size = convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
-        position = self.tokens.decode(v, "page_token", request.page_token, selection)
+        page = self.tokens.page(v, request, selection, 100, self.settings().limits.max_page_size)
         v.raise_if_any()
 
-        def read(conn: Connection) -> list[Any]:
+        def read(conn: Connection) -> list[message_store.MessageRow]:
             record = self.manager.load(conn, campaign_id)
             if request.channel_id and record.channel(request.channel_id) is None:
                 raise errors.not_found(f"{record.name}/channels/{request.channel_id}")
-            return audience_store.list_messages(
+            return message_store.list_messages(
                 conn,
                 campaign_id,
                 channel_id=request.channel_id,
                 states=states,
                 reason=request.reason,
-                after=int(position["a"]) if position else 0,
-                limit=size + 1,
+                after=int(page.position["a"]) if page.position else 0,
+                limit=page.limit,
             )
 
-        rows = await self.manager.db.read(read)
-        response = svc.ListMessagesResponse(messages=[_message(campaign_id, r) for r in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = self.tokens.encode({"a": rows[size - 1].id}, selection)
-        return response
+        shown, next_token = page.result(await self.manager.db.read(read), lambda last: {"a": last.id})
+        return svc.ListMessagesResponse(
+            messages=[_message(campaign_id, r) for r in shown], next_page_token=next_token
+        )
 
     @unary
     async def ListCampaignHistory(
@@ -666,15 +664,14 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     ) -> svc.ListCampaignHistoryResponse:
         v = Violations()
         campaign_id = campaign_id_from_name(request.parent, "parent")
-        size = convert.page_size(v, "page_size", request.page_size, 100, self.settings().limits.max_page_size)
-        position = self.tokens.decode(v, "page_token", request.page_token, campaign_id)
+        page = self.tokens.page(v, request, campaign_id, 100, self.settings().limits.max_page_size)
         v.raise_if_any()
-        after = int(position["a"]) if position is not None else 0
-        events = await self.manager.history(campaign_id, after, size + 1)
-        response = svc.ListCampaignHistoryResponse(events=[convert.event_message(e) for e in events[:size]])
-        if len(events) > size:
-            response.next_page_token = self.tokens.encode({"a": events[size - 1].sequence}, campaign_id)
-        return response
+        after = int(page.position["a"]) if page.position is not None else 0
+        events = await self.manager.history(campaign_id, after, page.limit)
+        shown, next_token = page.result(events, lambda last: {"a": last.sequence})
+        return svc.ListCampaignHistoryResponse(
+            events=[convert.event_message(e) for e in shown], next_page_token=next_token
+        )
 
     @streaming
     async def WatchCampaign(
@@ -911,7 +908,7 @@ def _live(
         progress.window_reopens_time.FromDatetime(reopens)
 
 
-def _message(campaign_id: str, row: Any) -> pb.Message:
+def _message(campaign_id: str, row: message_store.MessageRow) -> pb.Message:
     message = pb.Message(
         name=f"campaigns/{campaign_id}/channels/{row.channel_id}/messages/{row.id}",
         contact=f"contacts/{row.contact_id}" if row.contact_id else "",

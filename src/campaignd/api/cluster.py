@@ -48,16 +48,17 @@ class ClusterService(cl_grpc.ClusterServiceServicer):
         self, request: cl.ListClusterMembersRequest, context: Context
     ) -> cl.ListClusterMembersResponse:
         v = Violations()
-        maximum = self.node.settings().limits.max_page_size
-        limit = convert.page_size(v, "page_size", request.page_size, 100, maximum)
-        position = self.tokens.decode(v, "page_token", request.page_token, PAGES)
+        page = self.tokens.page(v, request, PAGES, 100, self.node.settings().limits.max_page_size)
         v.raise_if_any()
         view = await self.node.view()
-        after = str(position["a"]) if position is not None else ""
-        page = [m for m in view.members if m.id > after]
-        response = cl.ListClusterMembersResponse(
-            members=[member_message(m, view) for m in page[:limit]], answered_by=f"clusterMembers/{view.me}"
+        after = str(page.position["a"]) if page.position is not None else ""
+        shown, next_token = page.result([m for m in view.members if m.id > after][: page.limit], _position)
+        return cl.ListClusterMembersResponse(
+            members=[member_message(m, view) for m in shown],
+            next_page_token=next_token,
+            answered_by=f"clusterMembers/{view.me}",
         )
-        if len(page) > limit:
-            response.next_page_token = self.tokens.encode({"a": page[limit - 1].id}, PAGES)
-        return response
+
+
+def _position(member: Member) -> dict[str, str | int]:
+    return {"a": member.id}

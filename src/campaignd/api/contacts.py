@@ -22,7 +22,9 @@ from campaignd.audience.importing import ImportResult, ImportSession, Rejection,
 from campaignd.audience.service import SUPPRESSION_REASONS, ContactManager, new_id
 from campaignd.config import Settings
 from campaignd.errors import FieldViolation
-from campaignd.store.audience import ContactRecord
+from campaignd.store.contacts import ContactRecord
+from campaignd.store.segments import SegmentRow
+from campaignd.store.suppressions import SuppressionRow
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 
@@ -105,11 +107,8 @@ class ContactService(cs_grpc.ContactServiceServicer):
         self.tokens = tokens
         self.settings = settings
 
-    def _page(
-        self, v: Violations, size: int, token: str, selection: Any
-    ) -> tuple[int, dict[str, str | int] | None]:
-        limit = convert.page_size(v, "page_size", size, 100, self.settings().limits.max_page_size)
-        return limit, self.tokens.decode(v, "page_token", token, selection)
+    def _page(self, v: Violations, request: convert.PagedRequest, selection: Any) -> convert.Page:
+        return self.tokens.page(v, request, selection, 100, self.settings().limits.max_page_size)
 
     # -- contacts -------------------------------------------------------------------------------
 
@@ -180,17 +179,15 @@ class ContactService(cs_grpc.ContactServiceServicer):
         except filters.FilterError as exc:
             v.add("filter", str(exc))
         list_id = convert.id_from_name(request.list, "lists", "list") if request.list else ""
-        limit, position = self._page(v, request.page_size, request.page_token, (request.filter, list_id))
+        page = self._page(v, request, (request.filter, list_id))
         v.raise_if_any()
         records = await self.manager.list_contacts(
-            parsed, list_id, int(position["a"]) if position else 0, limit + 1
+            parsed, list_id, int(page.position["a"]) if page.position else 0, page.limit
         )
-        response = cs.ListContactsResponse(contacts=[contact_message(r) for r in records[:limit]])
-        if len(records) > limit:
-            response.next_page_token = self.tokens.encode(
-                {"a": records[limit - 1].pk}, (request.filter, list_id)
-            )
-        return response
+        shown, next_token = page.result(records, lambda last: {"a": last.pk})
+        return cs.ListContactsResponse(
+            contacts=[contact_message(r) for r in shown], next_page_token=next_token
+        )
 
     @unary
     async def ImportContacts(
@@ -268,13 +265,11 @@ class ContactService(cs_grpc.ContactServiceServicer):
     @unary
     async def ListLists(self, request: cs.ListListsRequest, context: Context) -> cs.ListListsResponse:
         v = Violations()
-        limit, position = self._page(v, request.page_size, request.page_token, "lists")
+        page = self._page(v, request, "lists")
         v.raise_if_any()
-        rows = await self.manager.list_lists(str(position["a"]) if position else "", limit + 1)
-        response = cs.ListListsResponse(lists=[_list_message(*r) for r in rows[:limit]])
-        if len(rows) > limit:
-            response.next_page_token = self.tokens.encode({"a": rows[limit - 1][0]}, "lists")
-        return response
+        rows = await self.manager.list_lists(str(page.position["a"]) if page.position else "", page.limit)
+        shown, next_token = page.result(rows, lambda last: {"a": last[0]})
+        return cs.ListListsResponse(lists=[_list_message(*r) for r in shown], next_page_token=next_token)
 
     @unary
     async def DeleteList(self, request: cs.DeleteListRequest, context: Context) -> cs.DeleteListResponse:
@@ -345,13 +340,13 @@ class ContactService(cs_grpc.ContactServiceServicer):
         self, request: cs.ListSegmentsRequest, context: Context
     ) -> cs.ListSegmentsResponse:
         v = Violations()
-        limit, position = self._page(v, request.page_size, request.page_token, "segments")
+        page = self._page(v, request, "segments")
         v.raise_if_any()
-        rows = await self.manager.list_segments(str(position["a"]) if position else "", limit + 1)
-        response = cs.ListSegmentsResponse(segments=[_segment_message(r) for r in rows[:limit]])
-        if len(rows) > limit:
-            response.next_page_token = self.tokens.encode({"a": rows[limit - 1].id}, "segments")
-        return response
+        rows = await self.manager.list_segments(str(page.position["a"]) if page.position else "", page.limit)
+        shown, next_token = page.result(rows, lambda last: {"a": last.id})
+        return cs.ListSegmentsResponse(
+            segments=[_segment_message(r) for r in shown], next_page_token=next_token
+        )
 
     @unary
     async def DeleteSegment(
@@ -430,15 +425,19 @@ class ContactService(cs_grpc.ContactServiceServicer):
         elif request.reason:
             reason = cs.Suppression.Reason.Name(request.reason).lower()
         selection = (address, request.channel_type, reason)
-        limit, position = self._page(v, request.page_size, request.page_token, selection)
+        page = self._page(v, request, selection)
         v.raise_if_any()
         rows = await self.manager.list_suppressions(
-            address, request.channel_type or None, reason, int(position["b"]) if position else None, limit + 1
+            address,
+            request.channel_type or None,
+            reason,
+            int(page.position["b"]) if page.position else None,
+            page.limit,
         )
-        response = cs.ListSuppressionsResponse(suppressions=[_suppression_message(r) for r in rows[:limit]])
-        if len(rows) > limit:
-            response.next_page_token = self.tokens.encode({"b": rows[limit - 1].id}, selection)
-        return response
+        shown, next_token = page.result(rows, lambda last: {"b": last.id})
+        return cs.ListSuppressionsResponse(
+            suppressions=[_suppression_message(r) for r in shown], next_page_token=next_token
+        )
 
     @unary
     async def CheckSuppression(
@@ -490,7 +489,7 @@ def _list_message(list_id: str, display_name: str, created: Any, members: int) -
     )
 
 
-def _segment_message(row: Any) -> cs.Segment:
+def _segment_message(row: SegmentRow) -> cs.Segment:
     return cs.Segment(
         name=f"segments/{row.id}",
         display_name=row.display_name,
@@ -499,7 +498,7 @@ def _segment_message(row: Any) -> cs.Segment:
     )
 
 
-def _suppression_message(row: Any) -> cs.Suppression:
+def _suppression_message(row: SuppressionRow) -> cs.Suppression:
     return cs.Suppression(
         name=f"suppressions/{row.id}",
         address=row.address,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -10,12 +11,13 @@ import json
 import math
 import re
 import zoneinfo
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from campaignd.campaigns import MAX_CHANNELS
+from campaignd.engine.windows import HHMM
 from campaignd.errors import FieldViolation, invalid_argument
 from campaignd.lifecycle import ChannelState, MessageState
 from campaignd.plugin.manager import Plugins
@@ -27,7 +29,6 @@ ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
 LIST_NAME = re.compile(r"lists/[a-z][a-z0-9-]{0,62}")
 SEGMENT_NAME = re.compile(r"segments/[a-z][a-z0-9-]{0,62}")
-HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 TRANSPORT = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
@@ -460,6 +461,42 @@ def page_size(v: Violations, path: str, value: int, default: int, maximum: int) 
 
 
 MAX_PAGE_TOKEN = 1000
+_Row = TypeVar("_Row")
+
+
+class PagedRequest(Protocol):
+    """A List request: the page it asks for."""
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def page_token(self) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """The page a List call answers: how many rows it shows, and where the page before it ended
+    (None on the first page)."""
+
+    size: int
+    position: Mapping[str, str | int] | None
+    selection: Any
+    tokens: PageTokens
+
+    @property
+    def limit(self) -> int:
+        """How many rows to read: one more than the page shows tells whether another follows."""
+        return self.size + 1
+
+    def result(
+        self, rows: Sequence[_Row], position: Callable[[_Row], Mapping[str, str | int]]
+    ) -> tuple[Sequence[_Row], str]:
+        """The rows (read with `limit`) the page shows, and the next page's token ("" on the last
+        page), which holds `position` of the last row shown."""
+        if len(rows) <= self.size:
+            return rows, ""
+        return rows[: self.size], self.tokens.encode(position(rows[self.size - 1]), self.selection)
 
 
 class PageTokens:
@@ -471,6 +508,12 @@ class PageTokens:
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:16]
+
+    def page(self, v: Violations, request: PagedRequest, selection: Any, default: int, maximum: int) -> Page:
+        """The page `request` asks for with the filters `selection`; a bad `page_size` or
+        `page_token` is recorded in v."""
+        size = page_size(v, "page_size", request.page_size, default, maximum)
+        return Page(size, self.decode(v, "page_token", request.page_token, selection), selection, self)
 
     def encode(self, position: Mapping[str, str | int], selection: Any) -> str:
         """A token for the next page, bound to the filters it was made with."""

@@ -16,6 +16,14 @@ from grpc_reflection.v1alpha import reflection
 from campaignd.api.auth import Authenticator
 from campaignd.api.interceptors import CallInterceptor
 from campaignd.config import Settings
+from campaignd.v1 import (
+    campaign_service_pb2,
+    campaign_service_pb2_grpc,
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
+    contact_service_pb2,
+    contact_service_pb2_grpc,
+)
 
 
 class SocketInUseError(Exception):
@@ -38,9 +46,25 @@ class ApiServer:
         self._service_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         self.tcp_port: int | None = None
 
-    def add_service(self, full_name: str) -> None:
-        """Record a service (already added to `self.server`) for health and reflection."""
-        self._service_names.append(full_name)
+    def add_servicers(
+        self,
+        campaigns: campaign_service_pb2_grpc.CampaignServiceServicer,
+        contacts: contact_service_pb2_grpc.ContactServiceServicer,
+        cluster: cluster_service_pb2_grpc.ClusterServiceServicer,
+    ) -> None:
+        """Serve CampaignService, ContactService and ClusterService through these servicers."""
+        campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, self.server)
+        self._service_names.append(
+            campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
+        )
+        contact_service_pb2_grpc.add_ContactServiceServicer_to_server(contacts, self.server)
+        self._service_names.append(
+            contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name
+        )
+        cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, self.server)
+        self._service_names.append(
+            cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name
+        )
 
     async def start(self) -> None:
         """Bind the listeners and start serving; health reports NOT_SERVING until `set_serving`."""

@@ -9,7 +9,6 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -27,11 +26,16 @@ from campaignd.audience.importing import (
 )
 from campaignd.clock import Clock
 from campaignd.errors import FieldViolation
-from campaignd.store import audience as store
 from campaignd.store import campaigns as requests_store
-from campaignd.store import schema
-from campaignd.store.audience import ContactRecord
+from campaignd.store import contacts as contact_store
+from campaignd.store import lists as list_store
+from campaignd.store import segments as segment_store
+from campaignd.store import suppressions as suppression_store
+from campaignd.store.contacts import ContactRecord
 from campaignd.store.db import Database
+from campaignd.store.lists import ListRow
+from campaignd.store.segments import SegmentRow
+from campaignd.store.suppressions import SuppressionRow
 
 SUPPRESSION_REASONS = frozenset({"unsubscribed", "bounced", "complained", "opted_out", "manual"})
 # The method under which CreateContact's answers are stored by request_id.
@@ -85,7 +89,7 @@ class ContactManager:
                 stored = requests_store.stored_response(conn, CREATE_CONTACT, request_id)
                 if stored is not None:
                     return stored
-            if store.get_contact(conn, contact_id) is not None:
+            if contact_store.get_contact(conn, contact_id) is not None:
                 raise errors.already_exists(f"contacts/{contact_id}")
             self._email_free(conn, normal.email, None)
             now = self.clock.now()
@@ -95,7 +99,7 @@ class ContactManager:
                 "create_time": now,
                 "update_time": now,
             }
-            data = encode(store.insert_contact(conn, values))
+            data = encode(contact_store.insert_contact(conn, values))
             if request_id:
                 requests_store.store_response(conn, CREATE_CONTACT, request_id, data, now)
             return data
@@ -119,7 +123,7 @@ class ContactManager:
     def _email_free(self, conn: Connection, email: str | None, owner: int | None) -> None:
         if email is None:
             return
-        holder = store.contact_by_email(conn, email)
+        holder = contact_store.contact_by_email(conn, email)
         if holder is not None and holder.pk != owner:
             raise errors.ApiError(
                 errors.Code.ALREADY_EXISTS,
@@ -130,7 +134,7 @@ class ContactManager:
 
     async def get(self, contact_id: str) -> ContactRecord:
         """The contact, or NOT_FOUND."""
-        record = await self.db.read(store.get_contact, contact_id)
+        record = await self.db.read(contact_store.get_contact, contact_id)
         if record is None:
             raise errors.not_found(f"contacts/{contact_id}")
         return record
@@ -140,7 +144,7 @@ class ContactManager:
         normal = self._normal_or_invalid(row, "contact")
 
         def work(conn: Connection) -> ContactRecord:
-            record = store.get_contact(conn, contact_id)
+            record = contact_store.get_contact(conn, contact_id)
             if record is None:
                 raise errors.not_found(f"contacts/{contact_id}")
             values = {name: getattr(normal, name) for name in mask}
@@ -148,7 +152,7 @@ class ContactManager:
             if "email" in mask:
                 self._email_free(conn, normal.email, record.pk)
             values["update_time"] = self.clock.now()
-            store.update_contact(conn, record.pk, values)
+            contact_store.update_contact(conn, record.pk, values)
             return dataclasses.replace(record, **values)
 
         return await self.db.write(work)
@@ -157,10 +161,10 @@ class ContactManager:
         """Delete a contact and its memberships."""
 
         def work(conn: Connection) -> None:
-            record = store.get_contact(conn, contact_id)
+            record = contact_store.get_contact(conn, contact_id)
             if record is None:
                 raise errors.not_found(f"contacts/{contact_id}")
-            store.delete_contact(conn, record.pk)
+            contact_store.delete_contact(conn, record.pk)
 
         await self.db.write(work)
 
@@ -170,10 +174,9 @@ class ContactManager:
         """A page of contacts."""
 
         def read(conn: Connection) -> list[ContactRecord]:
-            if list_id and not store.list_exists(conn, list_id):
+            if list_id and not list_store.list_exists(conn, list_id):
                 raise errors.not_found(f"lists/{list_id}")
-            clause = filters.compile(where, schema.contacts) if where is not None else None
-            return store.list_contacts(conn, clause, list_id, after=after, limit=limit)
+            return contact_store.list_contacts(conn, where, list_id, after=after, limit=limit)
 
         return await self.db.read(read)
 
@@ -181,7 +184,7 @@ class ContactManager:
 
     async def check_list(self, list_id: str) -> None:
         """NOT_FOUND unless the list exists."""
-        if not await self.db.read(store.list_exists, list_id):
+        if not await self.db.read(list_store.list_exists, list_id):
             raise errors.not_found(f"lists/{list_id}")
 
     def start_import(self, decode: Decode, match_on: str, list_id: str) -> ImportSession:
@@ -208,8 +211,8 @@ class ContactManager:
         before it committed, the outcome does not depend on where the chunks begin and end.
         """
         now = self.clock.now()
-        loaded = store.existing_contacts(conn, "email", {r[2] for r in rows if r[2]})
-        loaded.update(store.existing_contacts(conn, "contact_id", {r[1] for r in rows if r[1]}))
+        loaded = contact_store.existing_contacts(conn, "email", {r[2] for r in rows if r[2]})
+        loaded.update(contact_store.existing_contacts(conn, "contact_id", {r[1] for r in rows if r[1]}))
         working: dict[str, _Working] = {}
         for record in loaded.values():
             working[record.contact_id] = _Working.of(record)
@@ -261,33 +264,33 @@ class ContactManager:
             if w.pk is not None and originals[w.contact_id] and w.email != originals[w.contact_id]
         ]
         if moved:
-            store.clear_emails(conn, moved)
-        store.update_contacts(conn, [w.changes() for w in changed])
-        store.insert_contacts(conn, [working[c].new_row() for c in created_ids], now)
+            contact_store.clear_emails(conn, moved)
+        contact_store.update_contacts(conn, [w.changes() for w in changed])
+        contact_store.insert_contacts(conn, [working[c].new_row() for c in created_ids], now)
         if list_id:
-            store.add_created_to_list(conn, list_id, created_ids)
-            store.add_members(conn, list_id, sorted(w.pk for w in changed if w.pk is not None))
+            list_store.add_created_to_list(conn, list_id, created_ids)
+            list_store.add_members(conn, list_id, sorted(w.pk for w in changed if w.pk is not None))
         return created, updated, rejected
 
     # -- lists ----------------------------------------------------------------------------------
 
-    async def create_list(self, list_id: str, display_name: str) -> tuple[str, str, dt.datetime, int]:
+    async def create_list(self, list_id: str, display_name: str) -> ListRow:
         """A new, empty list."""
         now = self.clock.now()
 
         def work(conn: Connection) -> None:
-            if store.list_exists(conn, list_id):
+            if list_store.list_exists(conn, list_id):
                 raise errors.already_exists(f"lists/{list_id}")
-            store.insert_list(conn, list_id, display_name, now)
+            list_store.insert_list(conn, list_id, display_name, now)
 
         await self.db.write(work)
-        return list_id, display_name, now, 0
+        return ListRow(list_id, display_name, now, 0)
 
-    async def list_lists(self, after: str, limit: int) -> list[tuple[str, str, dt.datetime, int]]:
+    async def list_lists(self, after: str, limit: int) -> list[ListRow]:
         """A page of lists with their member counts."""
 
-        def read(conn: Connection) -> list[tuple[str, str, dt.datetime, int]]:
-            return store.list_lists(conn, after=after, limit=limit)
+        def read(conn: Connection) -> list[ListRow]:
+            return list_store.list_lists(conn, after=after, limit=limit)
 
         return await self.db.read(read)
 
@@ -295,7 +298,7 @@ class ContactManager:
         """Delete a list (its contacts stay)."""
 
         def work(conn: Connection) -> None:
-            if not store.delete_list(conn, list_id):
+            if not list_store.delete_list(conn, list_id):
                 raise errors.not_found(f"lists/{list_id}")
 
         await self.db.write(work)
@@ -304,9 +307,9 @@ class ContactManager:
         """Add or remove members; returns (changed, unchanged). Unknown contacts are INVALID_ARGUMENT."""
 
         def work(conn: Connection) -> tuple[int, int]:
-            if not store.list_exists(conn, list_id):
+            if not list_store.list_exists(conn, list_id):
                 raise errors.not_found(f"lists/{list_id}")
-            found = store.existing_contacts(conn, "contact_id", contact_ids)
+            found = contact_store.existing_contacts(conn, "contact_id", contact_ids)
             missing = [i for i, c in enumerate(contact_ids) if c not in found]
             if missing:
                 raise errors.invalid_argument(
@@ -317,7 +320,9 @@ class ContactManager:
                 )
             pks = sorted({c.pk for c in found.values()})
             changed = (
-                store.add_members(conn, list_id, pks) if add else store.remove_members(conn, list_id, pks)
+                list_store.add_members(conn, list_id, pks)
+                if add
+                else list_store.remove_members(conn, list_id, pks)
             )
             return changed, len(pks) - changed
 
@@ -325,32 +330,32 @@ class ContactManager:
 
     # -- segments -------------------------------------------------------------------------------
 
-    async def create_segment(self, segment_id: str, display_name: str, text: str) -> sa.Row[Any]:
+    async def create_segment(self, segment_id: str, display_name: str, text: str) -> SegmentRow:
         """A new segment; its filter was parsed by the caller."""
         now = self.clock.now()
 
-        def work(conn: Connection) -> sa.Row[Any]:
-            if store.get_segment(conn, segment_id) is not None:
+        def work(conn: Connection) -> SegmentRow:
+            if segment_store.get_segment(conn, segment_id) is not None:
                 raise errors.already_exists(f"segments/{segment_id}")
-            store.insert_segment(conn, segment_id, display_name, text, now)
-            row = store.get_segment(conn, segment_id)
+            segment_store.insert_segment(conn, segment_id, display_name, text, now)
+            row = segment_store.get_segment(conn, segment_id)
             assert row is not None
             return row
 
         return await self.db.write(work)
 
-    async def get_segment(self, segment_id: str) -> sa.Row[Any]:
+    async def get_segment(self, segment_id: str) -> SegmentRow:
         """The segment, or NOT_FOUND."""
-        row = await self.db.read(store.get_segment, segment_id)
+        row = await self.db.read(segment_store.get_segment, segment_id)
         if row is None:
             raise errors.not_found(f"segments/{segment_id}")
         return row
 
-    async def list_segments(self, after: str, limit: int) -> list[sa.Row[Any]]:
+    async def list_segments(self, after: str, limit: int) -> list[SegmentRow]:
         """A page of segments."""
 
-        def read(conn: Connection) -> list[sa.Row[Any]]:
-            return store.list_segments(conn, after=after, limit=limit)
+        def read(conn: Connection) -> list[SegmentRow]:
+            return segment_store.list_segments(conn, after=after, limit=limit)
 
         return await self.db.read(read)
 
@@ -358,7 +363,7 @@ class ContactManager:
         """Delete a segment."""
 
         def work(conn: Connection) -> None:
-            if not store.delete_segment(conn, segment_id):
+            if not segment_store.delete_segment(conn, segment_id):
                 raise errors.not_found(f"segments/{segment_id}")
 
         await self.db.write(work)
@@ -381,7 +386,7 @@ class ContactManager:
             unique.setdefault((row["address"], row["channel_type"]), {**row, "create_time": now})
 
         def work(conn: Connection) -> int:
-            return store.add_suppressions(conn, list(unique.values()))
+            return suppression_store.add_suppressions(conn, list(unique.values()))
 
         added = await self.db.write(work)
         return added, len(given) - added
@@ -390,26 +395,26 @@ class ContactManager:
         """Remove one suppression."""
 
         def work(conn: Connection) -> None:
-            if not store.remove_suppression(conn, suppression_id):
+            if not suppression_store.remove_suppression(conn, suppression_id):
                 raise errors.not_found(f"suppressions/{suppression_id}")
 
         await self.db.write(work)
 
     async def list_suppressions(
         self, address: str, channel_type: str | None, reason: str, before: int | None, limit: int
-    ) -> list[sa.Row[Any]]:
+    ) -> list[SuppressionRow]:
         """A page of suppressions, newest first."""
 
-        def read(conn: Connection) -> list[sa.Row[Any]]:
-            return store.list_suppressions(
+        def read(conn: Connection) -> list[SuppressionRow]:
+            return suppression_store.list_suppressions(
                 conn, address=address, channel_type=channel_type, reason=reason, before=before, limit=limit
             )
 
         return await self.db.read(read)
 
-    async def check(self, address: str, channel_type: str) -> list[sa.Row[Any]]:
+    async def check(self, address: str, channel_type: str) -> list[SuppressionRow]:
         """The suppressions that apply to `address` on `channel_type`."""
-        return await self.db.read(store.suppressions_for, address, channel_type)
+        return await self.db.read(suppression_store.suppressions_for, address, channel_type)
 
 
 @dataclasses.dataclass

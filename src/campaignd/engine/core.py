@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from campaignd import logs, metrics
@@ -43,9 +42,13 @@ from campaignd.errors import ApiError, internal_message, new_error_id
 from campaignd.lifecycle import ChannelState, Operation
 from campaignd.plugin import ChannelInfo, Recipient, SendResult, SendStatus, Transport
 from campaignd.plugin.manager import PluginCallError, Plugins, TransportOpenError
-from campaignd.store import engine as store
-from campaignd.store.audience import move_messages
+from campaignd.store import channels as channel_store
+from campaignd.store import contacts as contact_store
+from campaignd.store import counts as count_store
+from campaignd.store import locks
+from campaignd.store import messages as message_store
 from campaignd.store.campaigns import CampaignRecord, ChannelRecord
+from campaignd.store.channels import ChannelRow
 from campaignd.store.db import Database, Fault, storage_fault
 
 log = logs.get("campaignd.engine")
@@ -55,7 +58,7 @@ RATE_WINDOW = 10.0  # seconds over which the current send rate is measured (SPEC
 
 @dataclasses.dataclass
 class _BatchOutcome:
-    outcomes: list[store.Outcome]
+    outcomes: list[message_store.Outcome]
     fatal: str  # when every transport of the channel failed fatally: why
 
 
@@ -435,7 +438,10 @@ class Engine:
         expired = (
             await self.db.write(
                 functools.partial(
-                    store.expire_leases, now=now, keep_owner=self.owner, max_attempts=self.config.max_attempts
+                    message_store.expire_leases,
+                    now=now,
+                    keep_owner=self.owner,
+                    max_attempts=self.config.max_attempts,
                 )
             )
             if leads
@@ -453,11 +459,11 @@ class Engine:
             self.hub.publish(campaign_id)
         receipts = [t.name for t in self.plugins.types.values() if "receipts" in t.capabilities]
         cutoff = now - dt.timedelta(seconds=self.config.assume_delivered_after)
-        assumed = await self.db.write(store.assume_delivered, cutoff, receipts, now) if leads else {}
+        assumed = await self.db.write(message_store.assume_delivered, cutoff, receipts, now) if leads else {}
         for campaign_id, _ in assumed:
             self.hub.publish(campaign_id)
         self._holds_at_read = self._holds
-        rows = await self.db.read(store.channels_in, ["scheduled", "queued", "running", "paused"])
+        rows = await self.db.read(channel_store.channels_in, ["scheduled", "queued", "running", "paused"])
         # A paused campaign keeps its slot: resuming it must not put two on one channel type.
         running_types: dict[str, set[str]] = {}
         for row in rows:
@@ -493,10 +499,12 @@ class Engine:
             self._running_since.pop(key, None)
             self._reopens.pop(key, None)
         self._publish_metrics(active)
-        for channel_type, depth in (await self.db.read(store.queue_depths)).items():
+        for channel_type, depth in (await self.db.read(count_store.queue_depths)).items():
             metrics.QUEUE_DEPTH.labels(channel_type).set(depth)
 
-    async def _tend(self, row: Any, key: Key, now: dt.datetime, running_types: dict[str, set[str]]) -> None:
+    async def _tend(
+        self, row: ChannelRow, key: Key, now: dt.datetime, running_types: dict[str, set[str]]
+    ) -> None:
         leads = self.role.leads()
         if leads and row.state == "scheduled" and row.schedule_time is not None and row.schedule_time <= now:
             await self._start(row)
@@ -520,16 +528,15 @@ class Engine:
         holders = running.get(channel_type, set())
         return limit is None or campaign_id in holders or len(holders) < limit
 
-    async def _activate(self, row: Any) -> bool:
+    async def _activate(self, row: ChannelRow) -> bool:
         limit = self.config.slots.get(row.type)
 
         def take_slot(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             if limit is None:
                 return
-            if conn.dialect.name == "postgresql":
-                # Daemons activating at once queue here per channel type, so the count below is exact.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": f"slot:{row.type}"})
-            if len(store.slot_holders(conn, row.type) - {record.id}) >= limit:
+            # Daemons activating at once queue here per channel type, so the count below is exact.
+            locks.slot_lock(conn, row.type)
+            if len(channel_store.slot_holders(conn, row.type) - {record.id}) >= limit:
                 raise _NoSlotError
 
         try:
@@ -544,7 +551,7 @@ class Engine:
         except _NoSlotError:
             return False
 
-    async def _start(self, row: Any) -> None:
+    async def _start(self, row: ChannelRow) -> None:
         def resolve(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             # Checked again as at launch: the plugins' options or the transports may have changed
             # since it was scheduled. A channel that no longer validates fails VALIDATION_FAILED.
@@ -567,7 +574,7 @@ class Engine:
             await self.fail(row.campaign_id, row.channel_id, exc.reason, exc.message)
         self.wake()
 
-    async def _keep_running(self, key: Key, row: Any) -> None:
+    async def _keep_running(self, key: Key, row: ChannelRow) -> None:
         if key not in self._running_since:
             # The guard judges the sends since the channel (re)started running, so that a resumed
             # channel is not paused again at once for the failures it was paused for.
@@ -590,7 +597,7 @@ class Engine:
         worker = self._workers.get(key)
         if worker is not None and not worker.done():
             return
-        remaining = await self.db.read(store.unfinished, *key)
+        remaining = await self.db.read(count_store.unfinished, *key)
         if remaining == 0:
             if await self.campaigns.system_transition(
                 *key, Operation.COMPLETE, cause="system", reason="every message is done"
@@ -604,7 +611,7 @@ class Engine:
 
     # -- a worker ---------------------------------------------------------------------------------
 
-    async def _work(self, key: Key, row: Any, gate: ChannelGate) -> None:
+    async def _work(self, key: Key, row: ChannelRow, gate: ChannelGate) -> None:
         campaign_id, channel_id = key
         record = await self.campaigns.get(campaign_id)
         channel = record.channel(channel_id)
@@ -626,7 +633,7 @@ class Engine:
     async def _lane(
         self,
         key: Key,
-        row: Any,
+        row: ChannelRow,
         gate: ChannelGate,
         record: CampaignRecord,
         channel: ChannelRecord,
@@ -645,7 +652,7 @@ class Engine:
             expiry = now + dt.timedelta(seconds=config.sending_timeout)
             batch = await self.db.write(
                 functools.partial(
-                    store.lease,
+                    message_store.lease,
                     campaign_id=campaign_id,
                     channel_id=channel_id,
                     owner=self.owner,
@@ -659,7 +666,7 @@ class Engine:
             if not batch:
                 return
             fields = await self.db.read(
-                store.contact_fields, [m.contact for m in batch if m.contact is not None]
+                contact_store.contact_fields, [m.contact for m in batch if m.contact is not None]
             )
             recipients = [
                 Recipient(m.id, m.address, fields.get(m.contact or 0, {}), m.attempts + 1) for m in batch
@@ -671,7 +678,7 @@ class Engine:
                 await self._record(
                     key,
                     [
-                        store.Outcome(m.id, "failed", error=str(exc)[:2000], reason="plugin_error")
+                        message_store.Outcome(m.id, "failed", error=str(exc)[:2000], reason="plugin_error")
                         for m in batch
                     ],
                 )
@@ -723,7 +730,7 @@ class Engine:
         self,
         info: ChannelInfo,
         targets: list[tuple[Transport, int]] | None,
-        batch: list[store.Leased],
+        batch: list[message_store.Leased],
         recipients: list[Recipient],
         gate: ChannelGate,
         config: EngineSettings,
@@ -791,15 +798,15 @@ class Engine:
 
     async def _write_marks(self, ids: list[int]) -> set[int]:
         return await self.db.write(
-            functools.partial(store.mark_started, owner=self.owner, ids=ids, live=self.role.fencing)
+            functools.partial(message_store.mark_started, owner=self.owner, ids=ids, live=self.role.fencing)
         )
 
-    async def _open_zones(self, key: Key, row: Any) -> list[str | None] | None:
+    async def _open_zones(self, key: Key, row: ChannelRow) -> list[str | None] | None:
         window_record = row.send_window or self.plugins.default_window(row.type)
         if not window_record:
             return None
         window = SendWindow.from_record(window_record)
-        zones = await self.db.read(store.queued_zones, *key)
+        zones = await self.db.read(message_store.queued_zones, *key)
         now = self.clock.now()
         campaign_zone = ZoneInfo(row.time_zone or "UTC")
         open_zones = [z for z in zones if window.is_open(ZoneInfo(z) if z else campaign_zone, now)]
@@ -819,7 +826,7 @@ class Engine:
             try:
                 await self.db.write(
                     functools.partial(
-                        store.renew, owner=self.owner, ids=ids, expiry=expiry, live=self.role.fencing
+                        message_store.renew, owner=self.owner, ids=ids, expiry=expiry, live=self.role.fencing
                     )
                 )
             except Exception as exc:
@@ -829,14 +836,14 @@ class Engine:
 
     def _outcomes(
         self,
-        batch: list[store.Leased],
+        batch: list[message_store.Leased],
         results: Iterable[SendResult],
         config: EngineSettings,
         *,
         via: dict[int, str] | None = None,
         transports: bool = False,
         failover: bool = False,
-    ) -> list[store.Outcome]:
+    ) -> list[message_store.Outcome]:
         """What to record for each message. Through `transports`, a message its transport could not
         reach was never handed over: it waits again, unattempted, until a transport is usable; one
         whose transport failed fatally waits for another transport when there is one (`failover`)."""
@@ -849,14 +856,16 @@ class Engine:
             attempt = message.attempts + 1
             if result is None:
                 outcomes.append(
-                    store.Outcome(message.id, "failed", error="the plugin gave no result", reason="no_result")
+                    message_store.Outcome(
+                        message.id, "failed", error="the plugin gave no result", reason="no_result"
+                    )
                 )
             elif result.status == SendStatus.NOT_STARTED or (
                 transports
                 and result.status == SendStatus.RETRY
                 and (result.transport_down or (result.fatal and failover))
             ):
-                outcomes.append(store.Outcome(message.id, "queued"))
+                outcomes.append(message_store.Outcome(message.id, "queued"))
             elif result.status == SendStatus.RETRY and (
                 result.retry_delay is not None or attempt < config.max_attempts
             ):
@@ -867,7 +876,7 @@ class Engine:
                     else config.retry_delay * 2 ** (attempt - 1)
                 )
                 outcomes.append(
-                    store.Outcome(
+                    message_store.Outcome(
                         message.id,
                         "retrying",
                         error=result.error,
@@ -878,7 +887,7 @@ class Engine:
                 )
             elif result.status == SendStatus.RETRY:
                 outcomes.append(
-                    store.Outcome(
+                    message_store.Outcome(
                         message.id,
                         "failed",
                         error=result.error,
@@ -892,7 +901,7 @@ class Engine:
                 )
                 reason = result.reason or ("rejected" if state == "failed" else "")
                 outcomes.append(
-                    store.Outcome(
+                    message_store.Outcome(
                         message.id,
                         state,
                         result.provider_id,
@@ -909,7 +918,7 @@ class Engine:
             for o in outcomes
         ]
 
-    async def _record(self, key: Key, outcomes: list[store.Outcome]) -> None:
+    async def _record(self, key: Key, outcomes: list[message_store.Outcome]) -> None:
         campaign_id, channel_id = key
 
         def write(conn: Connection) -> None:
@@ -935,7 +944,7 @@ class Engine:
                 else o
                 for o in outcomes
             ]
-            store.record(
+            message_store.record(
                 conn, campaign_id, channel_id, self.owner, final, self.clock.now(), live=self.role.fencing
             )
 
@@ -1016,12 +1025,12 @@ class Engine:
     async def _finished_counts(self, key: Key, *, exact: bool = True) -> tuple[int, int]:
         """(failed, finished) messages of a channel, leaving out ambiguous sends (whose failure
         is the daemon's, not the provider's); with `exact` false, counting them (no query)."""
-        counts = await self.db.read(store.read_counts, key[0])
+        counts = await self.db.read(count_store.read_counts, key[0])
         mine = {state: n for (channel_id, state), n in counts.items() if channel_id == key[1]}
         failed = mine.get("failed", 0)
         finished = failed + sum(mine.get(s, 0) for s in ("sent", "delivered", "assumed_delivered"))
         if exact and failed:
-            ambiguous = await self.db.read(store.ambiguous_failures, *key)
+            ambiguous = await self.db.read(message_store.ambiguous_failures, *key)
             failed, finished = failed - ambiguous, finished - ambiguous
         return failed, finished
 
@@ -1034,7 +1043,7 @@ class Engine:
 
         def cancel_waiting(conn: Connection, record: CampaignRecord, chosen: list[ChannelRecord]) -> None:
             # FAILED is final: what still waits will never be sent, and says why.
-            move_messages(
+            message_store.move_messages(
                 conn,
                 campaign_id,
                 channel_id,

@@ -14,10 +14,10 @@ from campaignd import logs
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
 from campaignd.plugin import EventKind, InboundEvent, MessageEvent
-from campaignd.store import engine as store
 from campaignd.store import events as event_store
-from campaignd.store.audience import add_suppressions, remove_opt_out
+from campaignd.store import messages as message_store
 from campaignd.store.db import Database
+from campaignd.store.suppressions import add_suppressions, remove_opt_out
 
 log = logs.get("campaignd.events")
 
@@ -65,12 +65,12 @@ class EventRecorder:
 
         def write(conn: Connection) -> tuple[set[str], list[tuple[str, InboundEvent]]]:
             about_messages = [
-                store.Event(e.provider_id, e.kind.value, e.detail, e.reason)
+                message_store.Event(e.provider_id, e.kind.value, e.detail, e.reason)
                 for _, e in events
                 if e.provider_id
             ]
             touched, unknown = (
-                store.apply_events(conn, about_messages, now) if about_messages else (set(), set())
+                message_store.apply_events(conn, about_messages, now) if about_messages else (set(), set())
             )
             unmatched = [(t, e) for t, e in events if e.provider_id in unknown and e.kind in _RECEIPTS]
             suppress = []
@@ -81,7 +81,7 @@ class EventRecorder:
                     suppress.append(_suppression(event, channel_type, now))
                 if event.kind is EventKind.OPTED_OUT and not event.provider_id:
                     # A reply answers the last message the number got on this channel type.
-                    opted = store.opt_out_latest(conn, event.address, channel_type, event.detail, now)
+                    opted = message_store.opt_out_latest(conn, event.address, channel_type, event.detail, now)
                     if opted is not None:
                         touched.add(opted[0])
                 elif event.kind is EventKind.OPTED_IN:

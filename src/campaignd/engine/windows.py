@@ -8,11 +8,14 @@ belongs to the day it starts on).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
 ALL_DAYS = frozenset(range(1, 8))
+# A window's start_time or end_time, as requests, stored records and plugins' defaults write it.
+HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 
 @dataclass(frozen=True)

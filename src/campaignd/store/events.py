@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from campaignd.store.engine import EVENT_MOVES, add_counts
+from campaignd.store.counts import add_counts
+from campaignd.store.messages import EVENT_MOVES, moving
 from campaignd.store.schema import channels, message_events, messages
+from campaignd.store.sql import dialect_insert
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,8 @@ def record(
     """Store the event and apply it to its message: a receipt moves its state (as inbound events
     from transports do), an unsubscribe or complaint becomes its outcome. False, changing
     nothing, when the event id was recorded meanwhile (by a concurrent call)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     inserted = conn.execute(
-        dialect.insert(message_events)
+        dialect_insert(conn, message_events)
         .values(
             event_id=event_id,
             campaign_id=target.campaign_id,
@@ -146,7 +146,7 @@ def record(
     if move and target.state in frm:
         moved = conn.execute(
             messages.update()
-            .where(messages.c.id == target.id, messages.c.state == target.state)
+            .where(messages.c.id == target.id, moving([target.state], to))
             .values(
                 state=to,
                 reason=kind if to == "failed" else None,

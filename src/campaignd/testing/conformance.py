@@ -40,8 +40,8 @@ except ImportError as exc:  # the kit ships in the package, pytest does not
         "campaignd.testing.conformance is a pytest test kit: install pytest to use it (pip install pytest)"
     ) from exc
 
-from campaignd.api.convert import HHMM
 from campaignd.config import NAME_PATTERN, ConfigError, Settings, parse
+from campaignd.engine.windows import HHMM
 from campaignd.plugin import (
     ChannelInfo,
     ChannelSemantics,

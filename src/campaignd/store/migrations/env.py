@@ -5,10 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Engine
 
+from campaignd.store.locks import migration_lock
 from campaignd.store.schema import metadata
-
-# Any number takes the lock; it only has to be the same in every campaignd process.
-_MIGRATION_LOCK = 0x63616D70
 
 
 def run_migrations_online() -> None:
@@ -22,9 +20,8 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
-            if connection.dialect.name == "postgresql":
-                # Several daemons may start at once with migrate_on_start; one migrates, the rest wait.
-                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            # Several daemons may start at once with migrate_on_start; one migrates, the rest wait.
+            migration_lock(connection)
             context.run_migrations()
 
 

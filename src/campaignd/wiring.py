@@ -1,4 +1,4 @@
-"""Which services the daemon serves, and what they share."""
+"""The composition root: the parts of one daemon, built once and wired together."""
 
 from __future__ import annotations
 
@@ -22,18 +22,10 @@ from campaignd.plugin.manager import Plugins
 from campaignd.rendering.pool import RenderPool
 from campaignd.store import keys
 from campaignd.store.db import Database
-from campaignd.v1 import (
-    campaign_service_pb2,
-    campaign_service_pb2_grpc,
-    cluster_service_pb2,
-    cluster_service_pb2_grpc,
-    contact_service_pb2,
-    contact_service_pb2_grpc,
-)
 
 
-class Services:
-    """The servicers of one daemon and the state they share."""
+class Components:
+    """The parts of one daemon below its listeners, and the servicers they answer through."""
 
     def __init__(
         self, api: ApiServer, database: Database, settings: Callable[[], Settings], plugins: Plugins
@@ -62,23 +54,15 @@ class Services:
             else None
         )
         self.node.attach(self.engine, self.transports)
+        self.contacts = ContactManager(database, lambda: settings().audience.default_region)
         tokens = PageTokens(database.read_sync(keys.get, keys.PAGE_TOKENS))
-        campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
+        api.add_servicers(
             CampaignService(
                 self.campaigns, settings, self.engine, self.transports, tokens, self.recorder, self.node
             ),
-            api.server,
+            ContactService(self.contacts, settings, tokens),
+            ClusterService(self.node, tokens),
         )
-        api.add_service(campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name)
-        self.contacts = ContactManager(database, lambda: settings().audience.default_region)
-        contact_service_pb2_grpc.add_ContactServiceServicer_to_server(
-            ContactService(self.contacts, settings, tokens), api.server
-        )
-        api.add_service(contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name)
-        cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
-            ClusterService(self.node, tokens), api.server
-        )
-        api.add_service(cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name)
 
     def close(self) -> None:
         """End the watch streams, so that shutdown does not wait on them; stop the import workers."""

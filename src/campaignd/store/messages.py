@@ -1,4 +1,4 @@
-"""Named queries of the sending engine: leases, results, sweeps, and per-state counters.
+"""Named queries on messages: leases, results, sweeps, operators' moves, reads, inbound events.
 
 A lease marks messages SENDING with an owner and an expiry that the live owner renews; a lease
 skips, as OPTED_OUT, messages whose address was suppressed or whose contact was deleted since the
@@ -6,11 +6,13 @@ launch. The owner marks a message `started` before handing it to its channel plu
 back the ones it did not start. SENDING messages whose lease ran out belonged to an owner that
 died: those never started go back to QUEUED; whether the started ones went out is unknown, so
 they fail as `ambiguous` and are never sent again, unless their channel chose to resend them
-(SPEC §8). Every change of a message's state moves the channel's counters in the same transaction.
+(SPEC §8). Every change of a message's state is one `lifecycle.MESSAGE_TRANSITIONS` allows
+(`moving`, `check_moves`) and moves the channel's counters in the same transaction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from campaignd.lifecycle import MessageState, message_sources
 from campaignd.store.cluster import live_owner
+from campaignd.store.counts import add_counts
 from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages, suppressions
 
 SENDING = "sending"
@@ -37,6 +40,27 @@ class Leased:
     time_zone: str | None
     attempts: int
     contact: int | None
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A message as ListMessages shows it."""
+
+    id: int
+    channel_id: str
+    contact_id: str | None  # None once the contact was deleted, or for a message without one
+    address: str
+    state: str
+    attempts: int
+    transport: str | None
+    provider_id: str | None
+    last_error: str | None
+    reason: str | None
+    outcome: str | None
+    parts: int | None  # None: one, or none if never sent
+    talk_time: float | None
+    create_time: dt.datetime
+    update_time: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -56,48 +80,28 @@ class Outcome:
     talk_time: float | None = None  # seconds an answered call lasted
 
 
-# -- counters -------------------------------------------------------------------------------------
+# -- moves ----------------------------------------------------------------------------------------
 
 
-def add_counts(conn: Connection, campaign_id: str, channel_id: str, deltas: Mapping[str, int]) -> None:
-    """Move the channel's per-state counters by `deltas`."""
-    rows = [
-        {"campaign_id": campaign_id, "channel_id": channel_id, "state": state, "n": n}
-        for state, n in sorted(deltas.items())
-        if n
-    ]
-    if not rows:
-        return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(channel_counts)
-    statement = statement.on_conflict_do_update(
-        index_elements=["campaign_id", "channel_id", "state"],
-        set_={"n": channel_counts.c.n + statement.excluded.n},
-    )
-    for row in rows:
-        conn.execute(statement, row)
+class IllegalMoveError(RuntimeError):
+    """A move of a message that `lifecycle.MESSAGE_TRANSITIONS` does not allow: a bug, never a
+    client's doing; the transaction that tried it writes nothing."""
 
 
-def read_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
-    """Messages per (channel id, state) of a campaign, from the counters."""
-    rows = conn.execute(
-        sa.select(channel_counts.c.channel_id, channel_counts.c.state, channel_counts.c.n).where(
-            channel_counts.c.campaign_id == campaign_id, channel_counts.c.n != 0
-        )
-    )
-    return {(r.channel_id, r.state): int(r.n) for r in rows}
+def check_moves(moves: Iterable[tuple[str, str]]) -> None:
+    """Raise IllegalMoveError unless the lifecycle allows each (from state, to state) move.
+    Staying in a state (a result that refines an `ambiguous` failure) is no move."""
+    for frm, to in set(moves):
+        if frm != to and MessageState(frm) not in message_sources(MessageState(to)):
+            raise IllegalMoveError(f"a message cannot move from {frm} to {to}")
 
 
-def unfinished(conn: Connection, campaign_id: str, channel_id: str) -> int:
-    """Messages of a channel that still need the engine: queued, sending or retrying."""
-    total = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(channel_counts.c.n), 0)).where(
-            channel_counts.c.campaign_id == campaign_id,
-            channel_counts.c.channel_id == channel_id,
-            channel_counts.c.state.in_(["queued", SENDING, "retrying"]),
-        )
-    ).scalar_one()
-    return int(total)
+def moving(frm: Iterable[str], to: str) -> sa.ColumnElement[bool]:
+    """The WHERE condition of an UPDATE that moves messages in states `frm` to `to`; raises
+    IllegalMoveError, before anything is written, when the lifecycle forbids one of the moves."""
+    states = sorted(set(frm))
+    check_moves((state, to) for state in states)
+    return messages.c.state == states[0] if len(states) == 1 else messages.c.state.in_(states)
 
 
 # -- leases ---------------------------------------------------------------------------------------
@@ -129,7 +133,7 @@ def lease(
         where = [
             messages.c.campaign_id == campaign_id,
             messages.c.channel_id == channel_id,
-            messages.c.state == state,
+            moving([state], SENDING),
         ]
         if state == "retrying":
             where.append(messages.c.next_attempt_time <= now)
@@ -203,7 +207,7 @@ def _opt_out(
         ids = [mid for mid, why in reasons.items() if why == reason]
         conn.execute(
             messages.update()
-            .where(messages.c.id.in_(ids))
+            .where(messages.c.id.in_(ids), moving([SENDING], "opted_out"))
             .values(state="opted_out", reason=reason, lease_owner=None, lease_expiry=None, update_time=now)
         )
     add_counts(conn, campaign_id, channel_id, {SENDING: -len(reasons), "opted_out": len(reasons)})
@@ -243,6 +247,9 @@ def renew(
         )
 
 
+# -- results --------------------------------------------------------------------------------------
+
+
 def record(
     conn: Connection,
     campaign_id: str,
@@ -279,6 +286,7 @@ def record(
     valid = [o for o in outcomes if o.id in ours and (ours[o.id] == SENDING or o.state != "queued")]
     if not valid:
         return 0
+    check_moves((ours[o.id], o.state) for o in valid)
     started = [o for o in valid if o.state != "queued" and o.attempted]
     conn.execute(
         messages.update()
@@ -332,7 +340,7 @@ def _move_matching(
 ) -> dict[tuple[str, str], int]:
     """Move every message in state `frm` matching `where` to `to` in one statement, with the
     counters of each channel; returns how many moved per (campaign id, channel id)."""
-    matching = [messages.c.state == frm, *where]
+    matching = [moving([frm], to), *where]
     found = conn.execute(
         sa.select(messages.c.campaign_id, messages.c.channel_id, sa.func.count())
         .where(*matching)
@@ -419,27 +427,87 @@ def assume_delivered(
     return _move_matching(conn, stale, "sent", "assumed_delivered", {"update_time": now})
 
 
-def channels_in(conn: Connection, states: Iterable[str]) -> list[sa.Row[Any]]:
-    """(campaign_id, channel_id, type, state, schedule_time, send_window, rate_limit) of channels in
-    these states, with the campaign's time zone and guard settings, oldest state change first."""
-    query = (
-        sa.select(
-            channels.c.campaign_id,
-            channels.c.channel_id,
-            channels.c.type,
-            channels.c.state,
-            channels.c.schedule_time,
-            channels.c.send_window,
-            channels.c.rate_limit,
-            channels.c.state_time,
-            campaigns.c.time_zone,
-            campaigns.c.guard,
-        )
-        .join(campaigns, campaigns.c.id == channels.c.campaign_id)
-        .where(channels.c.state.in_(list(states)))
-        .order_by(channels.c.state_time)
+# -- operators ------------------------------------------------------------------------------------
+
+
+def move_messages(
+    conn: Connection,
+    campaign_id: str,
+    channel_id: str,
+    frm: Sequence[str],
+    to: str,
+    now: dt.datetime,
+    *,
+    reason: str | None = None,
+) -> int:
+    """Move a channel's messages in states `frm` to `to` (stop, restart, retry, a failed channel),
+    with `reason` when given; returns how many."""
+    moved = 0
+    for state in frm:
+        n = conn.execute(
+            messages.update()
+            .where(
+                messages.c.campaign_id == campaign_id,
+                messages.c.channel_id == channel_id,
+                moving([state], to),
+            )
+            .values(
+                state=to,
+                update_time=now,
+                next_attempt_time=None,
+                **({"reason": reason} if reason is not None else {}),
+            )
+        ).rowcount
+        add_counts(conn, campaign_id, channel_id, {state: -n, to: n})
+        moved += n
+    return moved
+
+
+def requeue_for_restart(
+    conn: Connection, campaign_id: str, channel_id: str, channel_type: str, now: dt.datetime
+) -> tuple[int, int]:
+    """Restart a stopped channel: its CANCELLED messages that were never attempted queue again,
+    except those whose address was suppressed since (for the type, or for every type), which
+    become OPTED_OUT. Returns (queued, opted out)."""
+
+    def mine(to: str) -> list[sa.ColumnElement[bool]]:
+        return [
+            messages.c.campaign_id == campaign_id,
+            messages.c.channel_id == channel_id,
+            moving(["cancelled"], to),
+            messages.c.attempts == 0,
+        ]
+
+    suppressed = sa.exists().where(
+        suppressions.c.address == messages.c.address,
+        suppressions.c.channel_type.in_([channel_type, ""]),
     )
-    return list(conn.execute(query))
+    opted_out = conn.execute(
+        messages.update()
+        .where(*mine("opted_out"), suppressed)
+        .values(state="opted_out", reason="suppressed", update_time=now)
+    ).rowcount
+    queued = conn.execute(
+        messages.update()
+        .where(*mine("queued"))
+        .values(state="queued", update_time=now, next_attempt_time=None)
+    ).rowcount
+    add_counts(
+        conn,
+        campaign_id,
+        channel_id,
+        {"cancelled": -(queued + opted_out), "queued": queued, "opted_out": opted_out},
+    )
+    return queued, opted_out
+
+
+def delete_messages(conn: Connection, campaign_id: str) -> None:
+    """Delete a campaign's messages and their counters."""
+    conn.execute(messages.delete().where(messages.c.campaign_id == campaign_id))
+    conn.execute(channel_counts.delete().where(channel_counts.c.campaign_id == campaign_id))
+
+
+# -- reads ----------------------------------------------------------------------------------------
 
 
 def queued_zones(conn: Connection, campaign_id: str, channel_id: str) -> list[str | None]:
@@ -456,28 +524,54 @@ def queued_zones(conn: Connection, campaign_id: str, channel_id: str) -> list[st
     return [r.time_zone for r in rows]
 
 
-def contact_fields(conn: Connection, pks: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Contacts by row id, as dicts for rendering."""
-    found: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(pks), 5000):
-        rows = conn.execute(sa.select(contacts).where(contacts.c.id.in_(pks[start : start + 5000])))
-        for r in rows:
-            found[r.id] = {
-                "contact_id": r.contact_id,
-                "email": r.email,
-                "phone": r.phone,
-                "time_zone": r.time_zone,
-                "attributes": r.attributes,
-            }
+def failure_reasons(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
+    """FAILED messages per (channel id, reason)."""
+    found: dict[tuple[str, str], int] = {}
+    # One query per channel, so that (campaign, channel, state) leads the index to the failed
+    # messages alone instead of a pass over the whole campaign.
+    channel_ids = conn.execute(
+        sa.select(channel_counts.c.channel_id)
+        .where(channel_counts.c.campaign_id == campaign_id, channel_counts.c.state == "failed")
+        .where(channel_counts.c.n > 0)
+    ).scalars()
+    for channel_id in list(channel_ids):
+        rows = conn.execute(
+            sa.select(messages.c.reason, sa.func.count())
+            .where(
+                messages.c.campaign_id == campaign_id,
+                messages.c.channel_id == channel_id,
+                messages.c.state == "failed",
+            )
+            .group_by(messages.c.reason)
+        )
+        found.update({(channel_id, r[0] or ""): int(r[1]) for r in rows})
     return found
 
 
-def contacts_by_address(conn: Connection, kind: str, addresses: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Contacts by their email address or phone number (`kind`), as dicts for rendering."""
-    column = contacts.c.email if kind == "email" else contacts.c.phone
-    rows = conn.execute(sa.select(contacts.c.id, column.label("key")).where(column.in_(list(addresses))))
-    by_pk = {r.id: r.key for r in rows}
-    return {by_pk[pk]: fields for pk, fields in contact_fields(conn, list(by_pk)).items()}
+_MESSAGE_COLUMNS = [f.name for f in dataclasses.fields(MessageRow) if f.name != "contact_id"]
+
+
+def list_messages(
+    conn: Connection,
+    campaign_id: str,
+    *,
+    channel_id: str,
+    states: Sequence[str],
+    reason: str,
+    after: int,
+    limit: int,
+) -> list[MessageRow]:
+    """Messages of a campaign in row order after `after`, with the given filters."""
+    shown = [messages.c[name] for name in _MESSAGE_COLUMNS]
+    query = sa.select(*shown, contacts.c.contact_id).outerjoin(contacts, contacts.c.id == messages.c.contact)
+    query = query.where(messages.c.campaign_id == campaign_id, messages.c.id > after)
+    if channel_id:
+        query = query.where(messages.c.channel_id == channel_id)
+    if states:
+        query = query.where(messages.c.state.in_(list(states)))
+    if reason:
+        query = query.where(messages.c.reason == reason)
+    return [MessageRow(**r._mapping) for r in conn.execute(query.order_by(messages.c.id).limit(limit))]
 
 
 def transport_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str, str], int]:
@@ -513,34 +607,8 @@ def outcome_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str], 
     return {(r[0], r[1]): int(r[2]) for r in rows}
 
 
-def queue_depths(conn: Connection) -> dict[str, int]:
-    """Messages waiting (queued or retrying) in running channels, per channel type."""
-    rows = conn.execute(
-        sa.select(channels.c.type, sa.func.sum(channel_counts.c.n))
-        .join(
-            channels,
-            sa.and_(
-                channels.c.campaign_id == channel_counts.c.campaign_id,
-                channels.c.channel_id == channel_counts.c.channel_id,
-            ),
-        )
-        .where(channels.c.state == "running", channel_counts.c.state.in_(["queued", "retrying"]))
-        .group_by(channels.c.type)
-    )
-    return {r[0]: int(r[1] or 0) for r in rows}
-
-
-def slot_holders(conn: Connection, channel_type: str) -> set[str]:
-    """Campaigns holding a slot of `channel_type`: with such a channel RUNNING or PAUSED."""
-    rows = conn.execute(
-        sa.select(channels.c.campaign_id)
-        .where(channels.c.type == channel_type, channels.c.state.in_(["running", "paused"]))
-        .distinct()
-    )
-    return {r.campaign_id for r in rows}
-
-
 # -- inbound events -------------------------------------------------------------------------------
+
 
 # Which states an event may move a message from, and to which state.
 EVENT_MOVES: Mapping[str, tuple[tuple[str, ...], str]] = {
@@ -579,6 +647,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
         for row in found:
             rows.setdefault(row.provider_id, []).append(row)
     moves: dict[int, dict[str, Any]] = {}
+    steps: set[tuple[str, str]] = set()
     outcomes: dict[int, str] = {}
     states: dict[int, str] = {}
     deltas: dict[tuple[str, str], Counter[str]] = {}
@@ -595,6 +664,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
                     "error": event.detail or None,
                 }
                 states[row.id] = to
+                steps.add((state, to))
                 counter = deltas.setdefault((row.campaign_id, row.channel_id), Counter())
                 counter[state] -= 1
                 counter[to] += 1
@@ -605,6 +675,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
                 continue
             touched.add(row.campaign_id)
     if moves:
+        check_moves(steps)
         conn.execute(
             messages.update()
             .where(messages.c.id == sa.bindparam("mid"))
@@ -644,7 +715,7 @@ def opt_out_latest(
         sa.select(messages.c.id, messages.c.campaign_id, messages.c.channel_id, messages.c.state)
         .where(
             messages.c.address == address,
-            messages.c.state.in_(OPTED_OUT_FROM),
+            moving(OPTED_OUT_FROM, "opted_out"),
             sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(of_type),
             messages.c.campaign_id.in_(live),
         )
@@ -655,7 +726,7 @@ def opt_out_latest(
         return None
     conn.execute(
         messages.update()
-        .where(messages.c.id == row.id)
+        .where(messages.c.id == row.id, moving([row.state], "opted_out"))
         .values(state="opted_out", outcome="opted_out", last_error=detail or None, update_time=now)
     )
     add_counts(conn, row.campaign_id, row.channel_id, {row.state: -1, "opted_out": 1})

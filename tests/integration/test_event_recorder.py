@@ -9,21 +9,20 @@ from campaignd.engine.events import EventRecorder
 from campaignd.plugin import EventKind, InboundEvent
 from campaignd.store.db import Database, create_engine
 from campaignd.v1 import campaign_service_pb2 as svc
-from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import Client
-from tests.integration.conftest import DaemonFactory
-from tests.integration.test_engine import FAST, PLUGINS, _campaign, _people, _state, _wait
+from tests.integration.campaign_client import Client, wait_until
+from tests.integration.conftest import TEST_CHANNELS, DaemonFactory
+from tests.integration.sending import FAST, double_campaign, people
 
 
 def test_receipts_move_messages_and_opt_outs_suppress_addresses(daemon_factory: DaemonFactory) -> None:
     """delivered and bounced move SENT messages by provider id; bounces and unsubscribes suppress."""
-    daemon = daemon_factory(PLUGINS + FAST).start()
+    daemon = daemon_factory(TEST_CHANNELS + FAST).start()
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = _campaign(client, _people(client, "events", 3))
+        campaign = double_campaign(client, people(client, "events", 3))
         client.launch(campaign.name)
-        _wait(lambda: _state(client, campaign.name) == pb.Channel.COMPLETED, 30, "the campaign")
+        wait_until(lambda: client.channel_state(campaign.name) == pb.Channel.COMPLETED, 30, "the campaign")
         messages = client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name)).messages
         delivered, bounced, untouched = sorted(messages, key=lambda m: m.address)
         events = [
@@ -43,14 +42,10 @@ def test_receipts_move_messages_and_opt_outs_suppress_addresses(daemon_factory: 
         }
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
 
-        def suppressed(address: str) -> bool:
-            request = cs.CheckSuppressionRequest(address=address, channel_type="test-email")
-            return client.contacts.CheckSuppression(request).suppressed
-
         assert after[delivered.address].state == pb.Message.DELIVERED
         assert (after[bounced.address].state, after[bounced.address].reason) == (pb.Message.FAILED, "bounced")
         assert after[untouched.address].state == pb.Message.SENT
         assert (report.totals.sent, report.totals.delivered, report.totals.failed) == (1, 1, 1)
-        assert suppressed(bounced.address)
-        assert suppressed("someone@events.example.org")
-        assert not suppressed(untouched.address)
+        assert client.suppressed(bounced.address, "test-email")
+        assert client.suppressed("someone@events.example.org", "test-email")
+        assert not client.suppressed(untouched.address, "test-email")

@@ -1,0 +1,26 @@
+"""Small SQL helpers the named queries share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+
+def dialect_insert(conn: Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT on `table` with the connection's dialect's ON CONFLICT clauses."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows, skipping those that collide with a unique key."""
+    if not rows:
+        return
+    # rowcount is not reliable for an executemany with ON CONFLICT on every driver, so callers
+    # count what existed before instead.
+    conn.execute(dialect_insert(conn, table).on_conflict_do_nothing(), list(rows))
