@@ -84,18 +84,25 @@ class ChannelGate:
     def open(self, value: bool) -> None:
         self._open = value
 
-    async def admit(self, weight: float = 1.0) -> bool:
-        """True when a send may start now; the caller starts it with no further await."""
+    async def admit(self, weight: float = 1.0, reserved: bool = False) -> bool:
+        """True when a send may start now; the caller starts it with no further await. With
+        `reserved`, the units held by `reserve` are taken, or given up when the gate is closed."""
         if not self.open:
+            self.release(weight, reserved)
             return False
         if self.limiter is not None:
-            await self.limiter.acquire(weight)
+            await self.limiter.acquire(weight, reserved)
         return self.open
 
-    async def ready(self, weight: float = 1.0) -> None:
-        """Wait until the rate would let `weight` units go, taking nothing."""
+    async def reserve(self, weight: float = 1.0) -> None:
+        """Wait until the rate would let `weight` units go, and hold them."""
         if self.limiter is not None:
-            await self.limiter.ready(weight)
+            await self.limiter.reserve(weight)
+
+    def release(self, weight: float = 1.0, reserved: bool = True) -> None:
+        """Give up units held by `reserve`."""
+        if reserved and self.limiter is not None:
+            self.limiter.release(weight)
 
 
 class TransportGate:
@@ -105,19 +112,35 @@ class TransportGate:
         self.channel = channel
         self.limiter = limiter
 
-    async def admit(self, weight: float = 1.0) -> bool:
+    async def admit(self, weight: float = 1.0, reserved: bool = False) -> bool:
         """As ChannelGate.admit; the channel's open check comes last, right before the send."""
         if not self.channel.open:
+            self.release(weight, reserved)
             return False
-        if self.limiter is not None:
-            await self.limiter.acquire(weight)
-        return await self.channel.admit(weight)
+        try:
+            if self.limiter is not None:
+                await self.limiter.acquire(weight, reserved)
+        except BaseException:
+            self.channel.release(weight, reserved)
+            raise
+        return await self.channel.admit(weight, reserved)
 
-    async def ready(self, weight: float = 1.0) -> None:
-        """As ChannelGate.ready, for both rates."""
+    async def reserve(self, weight: float = 1.0) -> None:
+        """As ChannelGate.reserve, for both rates."""
         if self.limiter is not None:
-            await self.limiter.ready(weight)
-        await self.channel.ready(weight)
+            await self.limiter.reserve(weight)
+        try:
+            await self.channel.reserve(weight)
+        except BaseException:
+            self.release(weight, channel=False)
+            raise
+
+    def release(self, weight: float = 1.0, reserved: bool = True, channel: bool = True) -> None:
+        """Give up units held by `reserve`."""
+        if reserved and self.limiter is not None:
+            self.limiter.release(weight)
+        if channel:
+            self.channel.release(weight, reserved)
 
 
 class _StartMarks:
@@ -259,13 +282,20 @@ class _MarkingGate:
         """As ChannelGate.admit, and the message is marked started before the answer is yes."""
         if not self.channel.open:
             return False
-        # Wait for the rate first, so that a slow send is not marked long before it starts...
-        await self.inner.ready(weight)
-        if not await self.marks.mark(message_id):
+        # The rate's units are held before the mark, so that asks come at the pace of sends and a
+        # slow channel is not marked long before it sends, and taken after it, as the last wait
+        # before the send: on a token taken before a mark that waited for a write, the send would
+        # go late and a server could see more than the rate in some second.
+        await self.inner.reserve(weight)
+        try:
+            marked = await self.marks.mark(message_id)
+        except BaseException:
+            self.inner.release(weight)
+            raise
+        if not marked:
+            self.inner.release(weight)
             return False
-        # ...but take the tokens last: a mark that waited for a write would otherwise send late
-        # on an early token, and a server would see more than the rate in some second.
-        if not await self.inner.admit(weight):
+        if not await self.inner.admit(weight, reserved=True):
             return False
         self.channel.started.add()
         return True
