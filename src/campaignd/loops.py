@@ -15,8 +15,8 @@ import os
 import resource
 import sys
 import threading
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 # How many nice levels the API's thread runs above the process (5: three times the CPU weight
@@ -65,6 +65,53 @@ def soon_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[[], object]) ->
         # Closed meanwhile: the daemon is stopping.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(fn)
+
+
+@contextlib.asynccontextmanager
+async def entered_on(
+    loop: asyncio.AbstractEventLoop | None, manager: contextlib.AbstractAsyncContextManager[T]
+) -> AsyncIterator[T]:
+    """`manager` entered and left on `loop` (whose objects it uses), its body run here. Leaving
+    it is not cancelled with the caller: what it undoes (gates held closed) must be undone."""
+    value = await run_on(loop, manager.__aenter__())
+    try:
+        yield value
+    except BaseException as exc:
+        if not await asyncio.shield(run_on(loop, manager.__aexit__(type(exc), exc, exc.__traceback__))):
+            raise
+    else:
+        await asyncio.shield(run_on(loop, manager.__aexit__(None, None, None)))
+
+
+class Sending(Protocol):
+    """What Pause and Stop need of the sending (campaigns/operations.py's `Sending`)."""
+
+    def hold(self, campaign_id: str, channel_id: str = "") -> contextlib.AbstractAsyncContextManager[None]:
+        """Close the gates of the channels for the length of the call."""
+
+    def wake(self) -> None:
+        """Make a pass now."""
+
+
+class SendingOn:
+    """A Sending used from any loop, run on `loop`, which owns it (the engine and a cluster's
+    bus are the main loop's): its hold entered and left there, between two steps of the
+    engine (a plugin starts a send in the step in which its gate said yes, so none starts after
+    the gates closed), and its wake-ups made there."""
+
+    def __init__(self, sending: Sending, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.sending = sending
+        self.loop = loop
+
+    @contextlib.asynccontextmanager
+    async def hold(self, campaign_id: str, channel_id: str = "") -> AsyncIterator[None]:
+        """The sending's hold, on its loop."""
+        async with entered_on(self.loop, self.sending.hold(campaign_id, channel_id)):
+            yield
+
+    def wake(self) -> None:
+        """The sending's wake-up, on its loop."""
+        soon_on(self.loop, self.sending.wake)
 
 
 def serve_first() -> int | None:

@@ -58,3 +58,31 @@ def test_daemon_serves_on_postgresql(daemon_factory: DaemonFactory, pg_url: str)
     serving = next(e for e in daemon.log_events() if e["event"] == "serving")
     assert serving["database"] == "postgresql"
     assert daemon.stop() == 0
+
+
+def test_the_cluster_migration_upgrades_and_downgrades(database_url: str) -> None:
+    """0012 adds the cluster's tables; downgraded to the revision before, they are gone and the
+    rest stays; upgraded again, they are back."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    config = Config()
+    config.set_main_option("script_location", str(migrate.MIGRATIONS))
+    config.attributes["engine"] = engine
+    before = ScriptDirectory.from_config(config).get_revision("0012").down_revision
+    assert isinstance(before, str)
+    cluster_tables = {"cluster_members", "cluster_leader"}
+    try:
+        migrate.upgrade(engine)
+        assert cluster_tables <= set(sa.inspect(engine).get_table_names())
+        command.downgrade(config, before)
+        tables = set(sa.inspect(engine).get_table_names())
+        assert not cluster_tables & tables
+        assert {"messages", "campaigns"} <= tables
+        assert migrate.current_revision(engine) == before
+        migrate.upgrade(engine)
+        assert cluster_tables <= set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

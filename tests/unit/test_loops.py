@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import resource
 import sys
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -117,8 +118,9 @@ class WatchedGate(ChannelGate):
 def test_a_hold_from_the_api_loop_closes_the_gate_on_the_engines_loop_first(
     other: OtherLoop, tmp_path: pathlib.Path
 ) -> None:
-    """Entering hold() from another loop returns only once the engine's own thread has closed the
-    channel's gate; while held the gate stays closed; leaving it lets the next tick decide."""
+    """Entering the hold of a Pause from another loop (through SendingOn) returns only once the
+    engine's own thread has closed the channel's gate; while held the gate stays closed; leaving
+    it, on the engine's thread too, lets the next tick decide."""
 
     async def make() -> tuple[Engine, Database]:
         return _engine(tmp_path)
@@ -127,19 +129,49 @@ def test_a_hold_from_the_api_loop_closes_the_gate_on_the_engines_loop_first(
     gate = WatchedGate(None)
     gate.open = True
     engine._gates[("c1", "email")] = gate
+    sending = loops.SendingOn(engine, other.loop)
     try:
 
         async def pause() -> None:
-            async with engine.hold("c1"):
+            async with sending.hold("c1"):
                 assert gate.open is False
                 assert gate.closed_by == other.thread.ident
                 assert await loops.call_on(other.loop, lambda: engine._is_held(("c1", "email")))
-            await asyncio.sleep(0.1)
             assert not await loops.call_on(other.loop, lambda: engine._is_held(("c1", "email")))
 
         asyncio.run(pause())
     finally:
         database.close()
+
+
+def test_a_hold_is_left_on_its_loop_even_when_the_caller_is_cancelled(other: OtherLoop) -> None:
+    """A call cancelled in the body of a hold entered through entered_on (a client that went
+    away) still has the hold left on the owning loop, to the end."""
+    events: list[tuple[str, int]] = []
+
+    @contextlib.asynccontextmanager
+    async def hold() -> AsyncIterator[None]:
+        events.append(("entered", threading.get_ident()))
+        try:
+            yield
+        finally:
+            await asyncio.sleep(0.05)
+            events.append(("left", threading.get_ident()))
+
+    async def call() -> None:
+        async with loops.entered_on(other.loop, hold()):
+            await asyncio.sleep(10)
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(call())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)
+
+    asyncio.run(cancelled())
+    assert events == [("entered", other.thread.ident), ("left", other.thread.ident)]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the nice level is a thread's own on Linux only")

@@ -24,6 +24,8 @@ from campaignd.config import Settings
 from campaignd.v1 import (
     campaign_service_pb2,
     campaign_service_pb2_grpc,
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
     contact_service_pb2,
     contact_service_pb2_grpc,
 )
@@ -60,8 +62,10 @@ class ApiServer:
         self,
         campaigns: campaign_service_pb2_grpc.CampaignServiceServicer,
         contacts: contact_service_pb2_grpc.ContactServiceServicer,
+        cluster: cluster_service_pb2_grpc.ClusterServiceServicer,
     ) -> None:
-        """Serve CampaignService and ContactService through these servicers, from `start` on."""
+        """Serve CampaignService, ContactService and ClusterService through these servicers, from
+        `start` on."""
         self._add(
             campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server,
             campaigns,
@@ -71,6 +75,11 @@ class ApiServer:
             contact_service_pb2_grpc.add_ContactServiceServicer_to_server,
             contacts,
             contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name,
+        )
+        self._add(
+            cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server,
+            cluster,
+            cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
         )
 
     def _add(

@@ -246,3 +246,35 @@ message_events = sa.Table(
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Index("ix_message_events_campaign_id_channel_id_kind", "campaign_id", "channel_id", "kind"),
 )
+
+# The daemons that share this database (PostgreSQL): each renews its row's lease every
+# [cluster] heartbeat_interval, by the database's clock. One whose lease lapsed sends nothing
+# (it fences itself first), its message leases are taken over, and it rejoins under a new id.
+cluster_members = sa.Table(
+    "cluster_members",
+    metadata,
+    sa.Column("id", sa.String(63), primary_key=True),
+    # The owner id written on its message leases: "host:pid:id".
+    sa.Column("owner", sa.String(100), nullable=False, unique=True),
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(63), nullable=False),
+    # Whether its engine sends; an API-only daemon has no gates a barrier must wait for.
+    sa.Column("sends", sa.Boolean, nullable=False),
+    # The transports it is configured with, among which rates and concurrency are shared.
+    sa.Column("transports", sa.JSON, nullable=False),
+    sa.Column("join_time", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_time", UTCDateTime, nullable=False),
+    sa.Column("lease_expiry", UTCDateTime, nullable=False),
+)
+
+# The leader's lease: one row, held by a member that renews it with its heartbeat and taken by
+# another once it lapses. The leader runs schedules, activation and the sweeps.
+cluster_leader = sa.Table(
+    "cluster_leader",
+    metadata,
+    sa.Column("name", sa.String(31), primary_key=True),
+    sa.Column("member", sa.String(63), nullable=False),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Column("lease_expiry", UTCDateTime, nullable=False),
+)
