@@ -400,9 +400,11 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 class Profiler:
     """py-spy record attached to the daemon for one phase (raw collapsed stacks)."""
 
-    def __init__(self, directory: pathlib.Path | None, pid: int) -> None:
+    def __init__(self, directory: pathlib.Path | None, pid: int, *, gil: bool = False) -> None:
         self.directory = directory
         self.pid = pid
+        # Only the thread that holds the GIL is sampled: where the process's Python time goes.
+        self.gil = gil
 
     @contextlib.contextmanager
     def during(self, name: str, *, idle: bool = False) -> Iterator[None]:
@@ -414,6 +416,8 @@ class Profiler:
         args = [py_spy, "record", "--pid", str(self.pid), "--rate", "50", "--format", "raw", "-o", str(out)]
         if idle:
             args.append("--idle")
+        if self.gil:
+            args += ["--gil", "--threads"]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # let it attach
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import pathlib
 import signal
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from campaignd import __version__, logs, metrics
+from campaignd import __version__, logs, loops, metrics
 from campaignd.api.auth import Authenticator
 from campaignd.api.server import ApiServer, SocketInUseError
 from campaignd.config import ConfigError, Problem, Settings, load
@@ -95,6 +96,9 @@ class Daemon:
                 update.add_done_callback(health_updates.discard)
 
         database.on_fault(storage_changed)
+        # What the start built lives as long as the process: out of the collector's full passes,
+        # which otherwise walk it every few seconds while a campaign sends, holding the GIL.
+        gc.freeze()
         log.info(
             "serving",
             metrics_port=metrics_port,
@@ -104,7 +108,7 @@ class Daemon:
             version=__version__,
         )
         self.notifier.ready(f"serving on {self.settings.socket_path}")
-        watchdog = asyncio.ensure_future(self._watchdog())
+        watchdog = asyncio.ensure_future(self._watchdog(api))
         engine = components.engine
         engine_task = asyncio.ensure_future(engine.run()) if engine is not None else None
         rates_task = asyncio.ensure_future(components.rates.run())
@@ -113,7 +117,7 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping", grace_seconds=self.settings.daemon.shutdown_timeout)
         await api.set_serving(False)
-        components.close()
+        await loops.call_on(api.loop, components.close)
         grace = self.settings.daemon.shutdown_timeout
         # No new calls and no new leases; sends in flight finish and are recorded within the bound.
         await asyncio.gather(api.stop(grace), engine.stop(grace) if engine is not None else asyncio.sleep(0))
@@ -160,14 +164,18 @@ class Daemon:
         log.info("reloaded", log_level=new.log.level)
         self.notifier.ready(f"serving on {self.settings.socket_path}")
 
-    async def _watchdog(self) -> None:
+    async def _watchdog(self, api: ApiServer) -> None:
         interval = watchdog_interval()
         if interval is None:
             return
-        # Pinging from the event loop means a blocked loop stops the pings, and systemd restarts us.
+        # Pinging from the main event loop, once the API's has answered too, means that either
+        # loop blocked stops the pings, and systemd restarts us.
+        loop = asyncio.get_running_loop()
         while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
+            started = loop.time()
+            if await api.alive(interval / 2):
+                self.notifier.watchdog()
+            await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
 
 
 RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics", "templates", "http", "cluster")

@@ -9,10 +9,13 @@ from typing import Literal
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_level = logging.INFO
 
 
 def configure(level: str, fmt: Literal["auto", "json", "console"] = "auto") -> None:
     """Configure structlog; callable again (on reload) to change the level or format."""
+    global _level
+    _level = _LEVELS[level]
     json_lines = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
@@ -38,3 +41,10 @@ def get(name: str) -> structlog.stdlib.BoundLogger:
     """A logger for one part of the daemon."""
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+def enabled(level: str) -> bool:
+    """Whether lines of `level` are written now: a check for paths that run on every call, where
+    even a filtered line costs binding a logger (loggers are not cached, so that a reload can
+    change the level)."""
+    return _LEVELS[level] >= _level

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from campaignd import loops
 from campaignd.api.campaigns import CampaignReplies, CampaignService
 from campaignd.api.cluster import ClusterService
 from campaignd.api.contacts import ContactService
@@ -57,11 +58,12 @@ class Components:
         )
         self.node.attach(self.engine, self.transports)
         # Pause and Stop close the gates of this daemon's engine, or of every member's.
-        self.campaigns.sending = self.node
+        self.campaigns.sending = loops.SendingOn(self.node, loops.current())
         # Run by the daemon: every daemon reports the current rate, whichever daemons send.
         self.rates = RateMeter(database)
         reports = Reports(self.campaigns, self.rates, self.engine, lambda: settings().limits.max_watchers)
-        previews = Previews(self.campaigns, self.transports, settings)
+        # The plugins and transports run on this (the main) event loop, the API on its own.
+        previews = Previews(self.campaigns, self.transports, settings, loops.current())
         self.contacts = ContactManager(database, lambda: settings().audience.default_region)
         tokens = PageTokens(database.read_sync(keys.get, keys.PAGE_TOKENS))
         api.add_servicers(
@@ -71,7 +73,8 @@ class Components:
         )
 
     def close(self) -> None:
-        """End the watch streams, so that shutdown does not wait on them; stop the import workers."""
+        """End the watch streams, so that shutdown does not wait on them; stop the import workers.
+        On the API's event loop, whose the import workers' timers are."""
         self.hub.close()
         self.contacts.close()
 

@@ -19,6 +19,7 @@ REQUIRED = {
     "ExecReload": "/bin/kill -HUP $MAINPID",
     "WatchdogSec": "30",
     "Restart": "on-failure",
+    "LimitNICE": "-5",
     "User": "campaignd",
     "Group": "campaignd",
     "DynamicUser": "no",

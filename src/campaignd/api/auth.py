@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from campaignd.config import Role, TokenSettings
@@ -49,6 +49,7 @@ class Principal:
 
 
 SYSTEM = Principal("system", "admin")
+LOCAL = Principal("local", "admin")
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=SYSTEM)
 
 
@@ -76,11 +77,12 @@ class Authenticator:
             (t.secret.read().get_secret_value().encode(), Principal(t.name, t.role)) for t in tokens
         ]
 
-    def authenticate(self, peer: str, metadata: Sequence[tuple[str, str | bytes]]) -> Principal | None:
-        """The principal, or None when a TCP caller presents no valid token."""
+    def authenticate(self, peer: str, metadata: Iterable[tuple[str, str | bytes]]) -> Principal | None:
+        """The principal, or None when a TCP caller presents no valid token; `metadata` is read
+        only for TCP callers."""
         if peer.startswith("unix:"):
             # The socket's file mode already decided who may connect.
-            return Principal("local", "admin")
+            return LOCAL
         presented = b""
         for key, value in metadata:
             if key == "authorization":

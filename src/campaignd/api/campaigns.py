@@ -13,6 +13,7 @@ from typing import Any
 from grpc import aio
 
 from campaignd.api import convert
+from campaignd.api.answers import CampaignAnswers
 from campaignd.api.auth import current_principal
 from campaignd.api.convert import Violations, campaign_id_from_name
 from campaignd.api.errors import streaming, unary
@@ -76,6 +77,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         self.recorder = recorder
         self.tokens = tokens
         self.settings = settings
+        self.answers = CampaignAnswers(manager)
 
     @property
     def plugins(self) -> Plugins:
@@ -98,8 +100,7 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
 
     @unary
     async def GetCampaign(self, request: svc.GetCampaignRequest, context: Context) -> pb.Campaign:
-        record = await self.manager.get(campaign_id_from_name(request.name))
-        return convert.campaign_message(record)
+        return await self.answers.campaign(campaign_id_from_name(request.name))
 
     @unary
     async def ListCampaigns(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
@@ -18,34 +18,34 @@ from campaignd.errors import ApiError, FieldViolation, invalid_argument
 
 log = logs.get("campaignd.api")
 Context = aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:
+    GenericHandler = grpc.GenericRpcHandler[Any, Any]
 
 
-class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+class CallInterceptor:
     """Refuses calls without a valid token (UNAUTHENTICATED) or with too small a role
-    (PERMISSION_DENIED), and logs each call at debug level."""
+    (PERMISSION_DENIED), and logs each call at debug level.
+
+    It wraps each method's handler once, when the service is registered (`wrap`, `generic`),
+    rather than as a grpc.aio interceptor, which runs a coroutine and builds a new handler for
+    every call."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        # grpc's typing covers the sync handler API only; aio handlers are typed Any here.
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        return _Call(handler_call_details.method, required_role(handler_call_details.method), self).wrap(
-            handler
-        )
+    def generic(self, handler: GenericHandler) -> GenericHandler:
+        """A generic handler whose method handlers are wrapped."""
+        return _GenericHandler(handler, self)
+
+    def wrap(self, method: str, handler: Any) -> Any:
+        """The method handler of `/package.Service/Method` with auth and logging around it."""
+        return _Call(method, required_role(method), self).wrap(handler)
 
     async def admit(self, method_role: Role | None, context: Context) -> None:
         """Abort the call unless its caller may make it."""
         if method_role is None:
             return
-        metadata = [(key, value) for key, value in context.invocation_metadata() or ()]
-        principal = self.authenticator.authenticate(context.peer(), metadata)
+        principal = self.authenticator.authenticate(context.peer(), _Metadata(context))
         if principal is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
         elif RANK[principal.role] < RANK[method_role]:
@@ -57,18 +57,51 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             current_principal.set(principal)
 
 
+class _GenericHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    def __init__(self, inner: GenericHandler, interceptor: CallInterceptor) -> None:
+        self.inner = inner
+        self.interceptor = interceptor
+        # Only methods the inner handler knows are kept, so the cache is bounded by the services.
+        self.wrapped: dict[str, Any] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method
+        wrapped = self.wrapped.get(method)
+        if wrapped is None:
+            handler = self.inner.service(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self.wrapped[method] = self.interceptor.wrap(method, handler)
+        return wrapped
+
+
+class _Metadata:
+    """A call's metadata, read only when a TCP caller's token is looked for."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def __iter__(self) -> Iterator[tuple[str, str | bytes]]:
+        return iter(self.context.invocation_metadata() or ())
+
+
 class _Call:
     def __init__(self, method: str, role: Role | None, interceptor: CallInterceptor) -> None:
         self.method = method
         self.role = role
         self.interceptor = interceptor
+        self._observers: dict[str, Any] = {}
 
     def _done(self, started: float, context: Context) -> None:
         code = context.code()
         name = code.name if isinstance(code, grpc.StatusCode) else "OK"
         seconds = time.perf_counter() - started
-        metrics.RPC_SECONDS.labels(self.method, name).observe(seconds)
-        log.debug("rpc", method=self.method, code=name, ms=round(seconds * 1000, 2))
+        observer = self._observers.get(name)
+        if observer is None:
+            observer = self._observers[name] = metrics.RPC_SECONDS.labels(self.method, name)
+        observer.observe(seconds)
+        if logs.enabled("debug"):
+            log.debug("rpc", method=self.method, code=name, ms=round(seconds * 1000, 2))
 
     def wrap(self, handler: Any) -> Any:
         """The handler with auth and logging around it, of the same kind as the original, reading

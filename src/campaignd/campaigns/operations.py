@@ -195,10 +195,27 @@ class CampaignManager:
 
     async def get(self, campaign_id: str) -> CampaignRecord:
         """The campaign, or NOT_FOUND."""
-        record = await self.db.read(store.get, campaign_id)
+        record = await self.db.read_here(store.get, campaign_id)
         if record is None:
             raise errors.not_found(f"campaigns/{campaign_id}")
         return record
+
+    async def get_if_changed(
+        self, campaign_id: str, known: store.Stamp | None
+    ) -> tuple[store.Stamp, CampaignRecord | None]:
+        """The campaign's stamp (`store.stamp`), and the campaign unless its stamp is still
+        `known`; both from one read, so that they agree. NOT_FOUND."""
+
+        def read(conn: Connection) -> tuple[store.Stamp | None, CampaignRecord | None]:
+            now = store.stamp(conn, campaign_id)
+            if now is None or now == known:
+                return now, None
+            return now, store.get(conn, campaign_id)
+
+        stamp, record = await self.db.read_here(read)
+        if stamp is None:
+            raise errors.not_found(f"campaigns/{campaign_id}")
+        return stamp, record
 
     async def list_campaigns(
         self, selection: CampaignFilter, after: tuple[dt.datetime, str] | None, limit: int

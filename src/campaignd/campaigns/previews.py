@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 
-from campaignd import errors
+from campaignd import errors, loops
 from campaignd.audience.contacts import ContactFieldError, normalise_email, normalise_phone
 from campaignd.campaigns.operations import CampaignManager
 from campaignd.config import Settings
@@ -32,11 +32,18 @@ class Previews:
     """Previews and test sends of a campaign's channels."""
 
     def __init__(
-        self, manager: CampaignManager, transports: Transports, settings: Callable[[], Settings]
+        self,
+        manager: CampaignManager,
+        transports: Transports,
+        settings: Callable[[], Settings],
+        home: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.manager = manager
         self.transports = transports
         self.settings = settings
+        # The event loop the plugins, their renderer and the transports belong to; the API calls
+        # from its own, so what uses them runs on this one (None: the caller's).
+        self.home = home
 
     async def preview(self, campaign_id: str, channel_id: str, address: str) -> Rendered:
         """The message the channel would send to `address` (with its contact's fields, if any)."""
@@ -80,13 +87,16 @@ class Previews:
             *(self._render(info, recipient, templates_only=True) for recipient in recipients)
         )
         try:
-            results = await send_once(
-                self.manager.plugins,
-                self.transports,
-                info,
-                channel.transports,
-                recipients,
-                self.settings().engine.sending_timeout,
+            results = await loops.run_on(
+                self.home,
+                send_once(
+                    self.manager.plugins,
+                    self.transports,
+                    info,
+                    channel.transports,
+                    recipients,
+                    self.settings().engine.sending_timeout,
+                ),
             )
         except PluginCallError as exc:
             raise ApiError(Code.UNAVAILABLE, "PLUGIN_ERROR", str(exc)) from None
@@ -106,7 +116,7 @@ class Previews:
         INVALID_ARGUMENT naming the content (and the field, when known) when a template fails or
         goes over a limit, or (unless `templates_only`, then None) on another content problem."""
         try:
-            return await self.manager.plugins.render(info, recipient)
+            return await loops.run_on(self.home, self.manager.plugins.render(info, recipient))
         except ValueError as exc:
             if templates_only and not isinstance(exc, TemplateError):
                 return None

@@ -167,9 +167,10 @@ class RateMeter:
             run.samples.popleft()
 
     def rate(self, campaign_id: str, channel_id: str) -> float:
-        """Sends started per second over the last RATE_WINDOW seconds, by every daemon together."""
+        """Sends started per second over the last RATE_WINDOW seconds, by every daemon together.
+        Callable from any thread: it reads a copy of the samples that `sample` appends to."""
         run = self._runs.get((campaign_id, channel_id))
-        return current_rate(run.samples, self.clock.monotonic()) if run is not None else 0.0
+        return current_rate(tuple(run.samples), self.clock.monotonic()) if run is not None else 0.0
 
     async def run(self) -> None:
         """Sample the running channels every SAMPLE_INTERVAL until cancelled."""

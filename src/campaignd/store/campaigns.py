@@ -22,6 +22,7 @@ from campaignd.model import (
     SendWindow,
     TransportShare,
 )
+from campaignd.store.db import driver_row
 from campaignd.store.schema import api_requests, campaign_events, campaigns, channels
 
 
@@ -52,22 +53,25 @@ class CampaignFilter:
     show_archived: bool = False
 
 
-def _channel(row: sa.Row[Any]) -> ChannelRecord:
+def _channel(row: sa.Row[Any], prefix: str = "") -> ChannelRecord:
+    """The channel in `row`, whose channel columns are named `prefix` + their names."""
+    m = row._mapping
+    window, again = m[prefix + "send_window"], m[prefix + "remarketing"]
     return ChannelRecord(
-        channel_id=row.channel_id,
-        type=row.type,
-        state=ChannelState(row.state),
-        content=row.content,
-        transports=tuple(TransportShare.from_json(t) for t in row.transports),
-        rate_limit=row.rate_limit,
-        state_time=row.state_time,
-        schedule_time=row.schedule_time,
-        send_window=SendWindow.from_json(row.send_window) if row.send_window is not None else None,
-        error=row.error,
-        remarketing=Remarketing.from_json(row.remarketing) if row.remarketing is not None else None,
-        audience_counts=row.audience_counts,
-        position=row.position,
-        ambiguous_sends=row.ambiguous_sends,
+        channel_id=m[prefix + "channel_id"],
+        type=m[prefix + "type"],
+        state=ChannelState(m[prefix + "state"]),
+        content=m[prefix + "content"],
+        transports=tuple(TransportShare.from_json(t) for t in m[prefix + "transports"]),
+        rate_limit=m[prefix + "rate_limit"],
+        state_time=m[prefix + "state_time"],
+        schedule_time=m[prefix + "schedule_time"],
+        send_window=SendWindow.from_json(window) if window is not None else None,
+        error=m[prefix + "error"],
+        remarketing=Remarketing.from_json(again) if again is not None else None,
+        audience_counts=m[prefix + "audience_counts"],
+        position=m[prefix + "position"],
+        ambiguous_sends=m[prefix + "ambiguous_sends"],
     )
 
 
@@ -88,19 +92,55 @@ def _campaign(row: sa.Row[Any], channel_rows: Sequence[ChannelRecord]) -> Campai
     )
 
 
+# The campaign and its channels in one query (one round trip), its channels' columns named
+# "channel_" + their names. Built once: SQLAlchemy then reuses their cache keys and compiled
+# forms, which building them on every call (GetCampaign, each batch's record) cost more than the
+# query did.
+_CHANNEL_PREFIX = "channel_"
+_CAMPAIGN = (
+    sa.select(campaigns, *(c.label(_CHANNEL_PREFIX + c.name) for c in channels.c if c.name != "campaign_id"))
+    .select_from(campaigns.outerjoin(channels, channels.c.campaign_id == campaigns.c.id))
+    .where(campaigns.c.id == sa.bindparam("id"))
+    .order_by(channels.c.position)
+)
+# Locking takes two statements: PostgreSQL, having waited for the campaign's row lock, gives
+# that row's new version but the joined rows of the statement's older snapshot, while a second
+# statement reads the channels as they are once the lock is held.
+_LOCK_CAMPAIGN = sa.select(campaigns).where(campaigns.c.id == sa.bindparam("id")).with_for_update()
+_CHANNELS = (
+    sa.select(channels).where(channels.c.campaign_id == sa.bindparam("id")).order_by(channels.c.position)
+)
+
+
 def get(conn: Connection, campaign_id: str, *, for_update: bool = False) -> CampaignRecord | None:
     """The campaign with its channels; with `for_update`, its row stays locked until commit."""
-    query = sa.select(campaigns).where(campaigns.c.id == campaign_id)
+    # SQLite writers already hold the database lock (BEGIN IMMEDIATE).
     if for_update and conn.dialect.name == "postgresql":
-        # SQLite writers already hold the database lock (BEGIN IMMEDIATE).
-        query = query.with_for_update()
-    row = conn.execute(query).one_or_none()
-    if row is None:
+        row = conn.execute(_LOCK_CAMPAIGN, {"id": campaign_id}).one_or_none()
+        if row is None:
+            return None
+        return _campaign(row, [_channel(r) for r in conn.execute(_CHANNELS, {"id": campaign_id})])
+    rows = conn.execute(_CAMPAIGN, {"id": campaign_id}).all()
+    if not rows:
         return None
-    rows = conn.execute(
-        sa.select(channels).where(channels.c.campaign_id == campaign_id).order_by(channels.c.position)
-    ).all()
-    return _campaign(row, [_channel(r) for r in rows])
+    prefix = _CHANNEL_PREFIX
+    return _campaign(
+        rows[0], [_channel(r, prefix) for r in rows if r._mapping[prefix + "channel_id"] is not None]
+    )
+
+
+# What changes with every write of a campaign or of one of its channels (store.save is the only
+# such write, always with the next version and a new update time).
+Stamp = tuple[Any, ...]
+_STAMP = sa.select(campaigns.c.version, campaigns.c.update_time).where(campaigns.c.id == sa.bindparam("id"))
+
+
+def stamp(conn: Connection, campaign_id: str) -> Stamp | None:
+    """The campaign's stamp, None when there is no such campaign: its version and update time (a
+    campaign deleted and created again under the same id starts at version 1 again, but not at
+    the same time), as the driver gives them, to be compared only with another stamp. One
+    indexed row read through the driver: a few microseconds."""
+    return driver_row(conn, _STAMP, id=campaign_id)
 
 
 def _campaign_values(record: CampaignRecord) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,11 +20,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from campaignd import logs
+from campaignd import logs, loops
 
 T = TypeVar("T")
 log = logs.get("campaignd.store")
 PROBE_INTERVAL = (0.25, 5.0)  # seconds between probes of a faulty database: first, at most
+# How long `read_here` lets SQLite wait for a lock before it hands the read to a worker thread.
+HERE_BUSY_MS = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,9 @@ class Fault:
     cause: str
     since: float  # time.monotonic()
     detail: str = ""  # the driver's message, for the log only
+
+
+Listener = Callable[[Fault | None, Fault | None], None]
 
 
 def storage_fault(exc: BaseException) -> str | None:
@@ -127,8 +133,40 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
 def _sqlite_on_begin(connection: Connection) -> None:
     # BEGIN IMMEDIATE for writers: a deferred transaction that later writes can fail with
     # "database is locked" instead of waiting, which would turn a race into an error.
-    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-    connection.exec_driver_sql(f"BEGIN {mode}")
+    statement = f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'DEFERRED')}"
+    # On the driver's connection: through exec_driver_sql, the BEGIN of a one-query read cost
+    # about as much as the query. Its errors are wrapped as SQLAlchemy's own, for storage_fault.
+    try:
+        connection.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+
+# Statements compiled for `driver_row`, by the statement's id and the dialect; the statement is
+# kept in the value, so that its id is not reused.
+_COMPILED: dict[tuple[int, str], tuple[Any, str, tuple[str, ...] | None]] = {}
+
+
+def driver_row(conn: Connection, statement: sa.Select[Any], **params: Any) -> tuple[Any, ...] | None:
+    """The first row of `statement` (a constant of its module), run on the driver's own
+    connection in `conn`'s transaction: for a tiny query on a hot path, where SQLAlchemy's
+    execution costs many times what the database does. The values are the driver's, unconverted;
+    errors are SQLAlchemy's, as storage_fault expects."""
+    key = (id(statement), conn.dialect.name)
+    found = _COMPILED.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=conn.dialect)
+        positions = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+        found = _COMPILED[key] = (statement, compiled.string, positions)
+    _, sql, positions = found
+    # Named parameters for psycopg, in their order for SQLite's question marks.
+    values: Any = params if positions is None else tuple(params[name] for name in positions)
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        row = conn.connection.driver_connection.execute(sql, values).fetchone()  # type: ignore[union-attr]
+    except dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, values, exc, dbapi.Error) from exc
+    return tuple(row) if row is not None else None
 
 
 class Database:
@@ -144,25 +182,44 @@ class Database:
         # in SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms between tries: a write
         # queued behind another waited several times as long as the other took.
         self._write_turn = threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="campaignd-db")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="campaignd-db", initializer=loops.serve_as_the_process
+        )
         self.fault: Fault | None = None
-        self._listeners: list[Callable[[Fault | None, Fault | None], None]] = []
+        self._listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
         self._prober: asyncio.Task[None] | None = None
+        # Both event loops (the API's and the main one) use the database and may notice a fault;
+        # the probe runs on the one the database was opened on.
+        self._fault_lock = threading.Lock()
+        self._home = loops.current()
+        # The connections of `read_here`, one per thread that uses it, closed by `close`.
+        self._here = threading.local()
+        self._kept: list[Connection] = []
+        self._kept_lock = threading.Lock()
 
-    def on_fault(self, listener: Callable[[Fault | None, Fault | None], None]) -> None:
+    def on_fault(self, listener: Listener) -> None:
         """Call `listener(fault, None)` when a storage fault begins and `listener(None, ended)`
-        when the database can be written again."""
-        self._listeners.append(listener)
+        when the database can be written again, on the event loop it was registered from."""
+        self._listeners.append((listener, loops.current()))
+
+    def _tell(self, fault: Fault | None, ended: Fault | None) -> None:
+        for listener, loop in self._listeners:
+            loops.soon_on(loop, functools.partial(listener, fault, ended))
 
     def _noticed(self, exc: BaseException) -> None:
         cause = storage_fault(exc)
-        if cause is None or self.fault is not None:
+        if cause is None:
             return
-        detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0:1]
-        self.fault = Fault(cause, time.monotonic(), detail[0] if detail else "")
+        with self._fault_lock:
+            if self.fault is not None:
+                return
+            detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0:1]
+            self.fault = Fault(cause, time.monotonic(), detail[0] if detail else "")
         log.error("the database cannot be used", cause=cause, error=self.fault.detail)
-        for listener in self._listeners:
-            listener(self.fault, None)
+        self._tell(self.fault, None)
+        loops.soon_on(self._home, self._start_probing)
+
+    def _start_probing(self) -> None:
         self._prober = asyncio.ensure_future(self._probe_until_writable())
 
     def _probe_sync(self) -> None:
@@ -187,14 +244,14 @@ class Database:
             except Exception as exc:  # any failure means: not yet
                 log.debug("the database is still unavailable", error=str(exc).splitlines()[0])
                 continue
-            ended, self.fault = self.fault, None
+            with self._fault_lock:
+                ended, self.fault = self.fault, None
             log.warning(
                 "the database can be written again",
                 cause=ended.cause,
                 seconds=round(time.monotonic() - ended.since, 1),
             )
-            for listener in self._listeners:
-                listener(None, ended)
+            self._tell(None, ended)
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) in one write transaction, committed on return."""
@@ -224,6 +281,41 @@ class Database:
             self._noticed(exc)
             raise
 
+    async def read_here(self, fn: Callable[..., T], *args: Any) -> T:
+        """A short read (a row or a few, by key) run on this thread, without a worker thread's
+        round trip: on SQLite, where a reader in WAL mode does not wait for writers, in a read
+        transaction on a connection this thread keeps; on a database server, `read`.
+
+        It spares the caller's event loop two thread hand-offs, each a wait for the GIL while
+        other threads send. SQLite still busy after HERE_BUSY_MS (a rare WAL recovery) hands the
+        read to `read`; a disk that stalls holds up this thread, as it would every writer."""
+        if self.dialect != "sqlite":
+            return await self.read(fn, *args)
+        try:
+            conn = self._here_connection()
+            with conn.begin():
+                return fn(conn, *args)
+        except sa.exc.OperationalError as exc:
+            if storage_fault(exc) != "database is locked":
+                self._noticed(exc)
+                raise
+        except Exception as exc:
+            self._noticed(exc)
+            raise
+        return await self.read(fn, *args)
+
+    def _here_connection(self) -> Connection:
+        conn: Connection | None = getattr(self._here, "conn", None)
+        if conn is None or conn.invalidated or conn.closed:
+            conn = self.engine.connect()
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={HERE_BUSY_MS}")
+            # Not left in a transaction by the PRAGMA: each read opens its own.
+            conn.commit()
+            with self._kept_lock:
+                self._kept.append(conn)
+            self._here.conn = conn
+        return conn
+
     def close(self) -> None:
         """Wait for running queries, then release every connection."""
         if self._prober is not None and not self._prober.done():
@@ -231,4 +323,11 @@ class Database:
             with contextlib.suppress(RuntimeError):
                 self._prober.get_loop().call_soon_threadsafe(self._prober.cancel)
         self._pool.shutdown(wait=True)
+        with self._kept_lock:
+            kept, self._kept = self._kept, []
+        for conn in kept:
+            # Not back to the pool: their busy timeout is `read_here`'s own.
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
         self.engine.dispose()
