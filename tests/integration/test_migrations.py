@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from campaignd.audience.filters import parse
 from campaignd.store import migrate
 from campaignd.store.db import create_engine
-from campaignd.store.schema import metadata
+from campaignd.store.filters import compile as compile_filter
+from campaignd.store.schema import contacts, metadata
 from tests.integration.conftest import DaemonFactory
 
 
@@ -58,3 +62,59 @@ def test_daemon_serves_on_postgresql(daemon_factory: DaemonFactory, pg_url: str)
     serving = next(e for e in daemon.log_events() if e["event"] == "serving")
     assert serving["database"] == "postgresql"
     assert daemon.stop() == 0
+
+
+ATTRIBUTES = {"plan": "pro", "score": 72.5, "tags": ["vip", 3, True], "name": "Zoë", "a": {"b": {"c": None}}}
+
+
+def test_0011_converts_attributes_and_back_with_their_data(database_url: str) -> None:
+    """0011 makes attributes jsonb on PostgreSQL and drops a messages index; downgrading undoes
+    both, and the contacts' attributes come through each way unchanged and filterable."""
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    migrate.upgrade(engine, "0010")
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            contacts.insert(),
+            [
+                {
+                    "contact_id": f"c{i}",
+                    "attributes": {**ATTRIBUTES, "i": i},
+                    "create_time": now,
+                    "update_time": now,
+                }
+                for i in range(3)
+            ],
+        )
+
+    def state(*, filtered: bool = True) -> tuple[str, bool, dict[str, dict[str, Any]], set[str]]:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            column = next(c for c in inspector.get_columns("contacts") if c["name"] == "attributes")
+            indexes = {i["name"]: i for i in inspector.get_indexes("messages")}
+            if engine.dialect.name == "postgresql":
+                # Deduplication is off exactly when the (campaign, channel, id) index is gone.
+                options = indexes["ix_messages_campaign_id_channel_id_state_id"]["dialect_options"]
+                assert (options.get("postgresql_with") == {"deduplicate_items": "off"}) != (
+                    "ix_messages_campaign_id_channel_id_id" in indexes
+                )
+            rows = conn.execute(sa.select(contacts.c.contact_id, contacts.c.attributes)).all()
+            pro = compile_filter(parse('attributes.plan = "pro" AND attributes.tags:"vip"'), contacts)
+            found = set(conn.scalars(sa.select(contacts.c.contact_id).where(pro))) if filtered else set()
+        return (
+            type(column["type"]).__name__,
+            "ix_messages_campaign_id_channel_id_id" in indexes,
+            dict(rows),
+            found,
+        )
+
+    everyone = {"c0", "c1", "c2"}
+    stored = {f"c{i}": {**ATTRIBUTES, "i": i} for i in range(3)}
+    migrate.upgrade(engine, "0011")
+    assert state() == ("JSONB" if engine.dialect.name == "postgresql" else "JSON", False, stored, everyone)
+    migrate.downgrade(engine, "0010")
+    # Filters are compiled for jsonb on PostgreSQL, so they are not run on the downgraded column.
+    assert state(filtered=False) == ("JSON", True, stored, set())
+    migrate.upgrade(engine)
+    assert state()[2:] == (stored, everyone)
+    engine.dispose()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -602,23 +603,48 @@ def list_messages(
     conn: Connection,
     campaign_id: str,
     *,
-    channel_id: str,
+    channel_ids: Sequence[str],
     states: Sequence[str],
     reason: str,
     after: int,
     limit: int,
 ) -> list[MessageRow]:
-    """Messages of a campaign in row order after `after`, with the given filters."""
+    """Messages of a campaign's channels `channel_ids` in row order after `after`, in `states`
+    (every state when empty) and with `reason` (any when empty).
+
+    Each (channel, state) is one range of the (campaign, channel, state, id) index: the page is
+    the first `limit` ids of the first `limit` of each range, so it costs the same wherever it
+    starts and however many messages the campaign has.
+    """
+    ranges = []
+    for channel_id, state in itertools.product(channel_ids, states or list(MessageState)):
+        # The state as a range ordered by (state, id): with `state = ?` and an order by id alone,
+        # PostgreSQL may walk the primary key and filter instead, reading every message of the
+        # channels and states before this one while a launch's rows are new (no visibility map).
+        where = [
+            messages.c.campaign_id == campaign_id,
+            messages.c.channel_id == channel_id,
+            sa.tuple_(messages.c.state, messages.c.id) > sa.tuple_(state, after),
+            messages.c.state <= state,
+        ]
+        if reason:
+            where.append(messages.c.reason == reason)
+        ranges.append(
+            sa.select(messages.c.id).where(*where).order_by(messages.c.state, messages.c.id).limit(limit)
+        )
+    if not ranges:
+        return []
+    # SQLite takes ORDER BY and LIMIT inside a compound SELECT only from subqueries.
+    merged = sa.union_all(*(r.subquery().select() for r in ranges)).subquery()
+    page = sa.select(merged.c.id).order_by(merged.c.id).limit(limit).subquery()
     shown = [messages.c[name] for name in _MESSAGE_COLUMNS]
-    query = sa.select(*shown, contacts.c.contact_id).outerjoin(contacts, contacts.c.id == messages.c.contact)
-    query = query.where(messages.c.campaign_id == campaign_id, messages.c.id > after)
-    if channel_id:
-        query = query.where(messages.c.channel_id == channel_id)
-    if states:
-        query = query.where(messages.c.state.in_(list(states)))
-    if reason:
-        query = query.where(messages.c.reason == reason)
-    return [MessageRow(**r._mapping) for r in conn.execute(query.order_by(messages.c.id).limit(limit))]
+    query = (
+        sa.select(*shown, contacts.c.contact_id)
+        .join(page, page.c.id == messages.c.id)
+        .outerjoin(contacts, contacts.c.id == messages.c.contact)
+        .order_by(messages.c.id)
+    )
+    return [MessageRow(**r._mapping) for r in conn.execute(query)]
 
 
 def transport_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str, str], int]:
