@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -616,35 +617,51 @@ def list_messages(
     the first `limit` ids of the first `limit` of each range, so it costs the same wherever it
     starts and however many messages the campaign has.
     """
+    if not channel_ids:
+        return []
+    query = _listing(len(channel_ids), tuple(states or MessageState), bool(reason))
+    values: dict[str, Any] = {"campaign_id": campaign_id, "after": after, "limit": limit, "reason": reason}
+    values.update((f"channel_{n}", channel_id) for n, channel_id in enumerate(channel_ids))
+    return [MessageRow(**r._mapping) for r in conn.execute(query, values)]
+
+
+@functools.lru_cache(maxsize=64)
+def _listing(channels: int, states: tuple[str, ...], reason: bool) -> sa.Select[Any]:
+    """The statement of `list_messages` for a number of channels, states and whether a reason is
+    given; built once, with the rest as bound parameters, since building its ranges costs more
+    than running them."""
     ranges = []
-    for channel_id, state in itertools.product(channel_ids, states or list(MessageState)):
+    for channel, state in itertools.product(range(channels), states):
         # The state as a range ordered by (state, id): with `state = ?` and an order by id alone,
         # PostgreSQL may walk the primary key and filter instead, reading every message of the
         # channels and states before this one while a launch's rows are new (no visibility map).
         where = [
-            messages.c.campaign_id == campaign_id,
-            messages.c.channel_id == channel_id,
-            sa.tuple_(messages.c.state, messages.c.id) > sa.tuple_(state, after),
+            messages.c.campaign_id == sa.bindparam("campaign_id"),
+            messages.c.channel_id == sa.bindparam(f"channel_{channel}"),
+            sa.tuple_(messages.c.state, messages.c.id)
+            > sa.tuple_(state, sa.bindparam("after", type_=messages.c.id.type)),
             messages.c.state <= state,
         ]
         if reason:
-            where.append(messages.c.reason == reason)
+            where.append(messages.c.reason == sa.bindparam("reason"))
         ranges.append(
-            sa.select(messages.c.id).where(*where).order_by(messages.c.state, messages.c.id).limit(limit)
+            sa.select(messages.c.id)
+            .where(*where)
+            .order_by(messages.c.state, messages.c.id)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
         )
-    if not ranges:
-        return []
     # SQLite takes ORDER BY and LIMIT inside a compound SELECT only from subqueries.
     merged = sa.union_all(*(r.subquery().select() for r in ranges)).subquery()
-    page = sa.select(merged.c.id).order_by(merged.c.id).limit(limit).subquery()
+    page = (
+        sa.select(merged.c.id).order_by(merged.c.id).limit(sa.bindparam("limit", type_=sa.Integer)).subquery()
+    )
     shown = [messages.c[name] for name in _MESSAGE_COLUMNS]
-    query = (
+    return (
         sa.select(*shown, contacts.c.contact_id)
         .join(page, page.c.id == messages.c.id)
         .outerjoin(contacts, contacts.c.id == messages.c.contact)
         .order_by(messages.c.id)
     )
-    return [MessageRow(**r._mapping) for r in conn.execute(query)]
 
 
 def transport_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str, str], int]:
