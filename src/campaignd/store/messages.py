@@ -630,6 +630,8 @@ def _listing(channels: int, states: tuple[str, ...], reason: bool) -> sa.Select[
     """The statement of `list_messages` for a number of channels, states and whether a reason is
     given; built once, with the rest as bound parameters, since building its ranges costs more
     than running them."""
+    shown = [messages.c[name] for name in _MESSAGE_COLUMNS]
+    limit = sa.bindparam("limit", type_=sa.Integer)
     ranges = []
     for channel, state in itertools.product(range(channels), states):
         # The state as a range ordered by (state, id): with `state = ?` and an order by id alone,
@@ -645,22 +647,20 @@ def _listing(channels: int, states: tuple[str, ...], reason: bool) -> sa.Select[
         if reason:
             where.append(messages.c.reason == sa.bindparam("reason"))
         ranges.append(
-            sa.select(messages.c.id)
+            sa.select(*shown, messages.c.contact)
             .where(*where)
             .order_by(messages.c.state, messages.c.id)
-            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .limit(limit)
         )
+    # Each range reads its rows whole: joined back to messages by id, a page could be planned as
+    # a merge join along the primary key while the table's statistics still say it is empty.
     # SQLite takes ORDER BY and LIMIT inside a compound SELECT only from subqueries.
     merged = sa.union_all(*(r.subquery().select() for r in ranges)).subquery()
-    page = (
-        sa.select(merged.c.id).order_by(merged.c.id).limit(sa.bindparam("limit", type_=sa.Integer)).subquery()
-    )
-    shown = [messages.c[name] for name in _MESSAGE_COLUMNS]
+    page = sa.select(merged).order_by(merged.c.id).limit(limit).subquery()
     return (
-        sa.select(*shown, contacts.c.contact_id)
-        .join(page, page.c.id == messages.c.id)
-        .outerjoin(contacts, contacts.c.id == messages.c.contact)
-        .order_by(messages.c.id)
+        sa.select(*(page.c[name] for name in _MESSAGE_COLUMNS), contacts.c.contact_id)
+        .select_from(page.outerjoin(contacts, contacts.c.id == page.c.contact))
+        .order_by(page.c.id)
     )
 
 
