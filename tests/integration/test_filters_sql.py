@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql
 from campaignd.audience.filters import FilterError, parse
 from campaignd.store.db import UTCDateTime, create_engine
 from campaignd.store.filters import compile
+from campaignd.store.schema import Address, Phone
 
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -24,10 +25,11 @@ contacts = sa.Table(
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("contact_id", sa.String(63), nullable=False, unique=True),
-    sa.Column("email", sa.String(320)),
-    sa.Column("phone", sa.String(20)),
+    # As in campaignd.store.schema: addresses in byte order and attributes as jsonb on PostgreSQL,
+    # which the compiled filters expect there.
+    sa.Column("email", Address),
+    sa.Column("phone", Phone),
     sa.Column("time_zone", sa.String(64)),
-    # As in campaignd.store.schema: jsonb on PostgreSQL, which the compiled filters expect there.
     sa.Column("attributes", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("update_time", UTCDateTime, nullable=False),

@@ -17,7 +17,7 @@ from campaignd.audience.filters import parse
 from campaignd.store import migrate
 from campaignd.store.db import create_engine
 from campaignd.store.filters import compile as compile_filter
-from campaignd.store.schema import contacts, metadata
+from campaignd.store.schema import contacts, messages, metadata, suppressions
 from tests.integration.conftest import DaemonFactory
 
 
@@ -65,56 +65,120 @@ def test_daemon_serves_on_postgresql(daemon_factory: DaemonFactory, pg_url: str)
 
 
 ATTRIBUTES = {"plan": "pro", "score": 72.5, "tags": ["vip", 3, True], "name": "Zoë", "a": {"b": {"c": None}}}
+ADDRESSES = [
+    ("contacts", "email"),
+    ("contacts", "phone"),
+    ("suppressions", "address"),
+    ("messages", "address"),
+]
 
 
-def test_0011_converts_attributes_and_back_with_their_data(database_url: str) -> None:
-    """0011 makes attributes jsonb on PostgreSQL and drops a messages index; downgrading undoes
-    both, and the contacts' attributes come through each way unchanged and filterable."""
+def test_0011_converts_and_converts_back_with_the_data(database_url: str) -> None:
+    """0011 makes attributes jsonb and addresses byte-ordered on PostgreSQL and drops a messages
+    index; downgrading undoes all of it, and the data comes through each way unchanged."""
     engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    postgresql = engine.dialect.name == "postgresql"
     migrate.upgrade(engine, "0010")
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    emails = ["a_b@example.org", "ab@example.org", "émile@example.org"]
     with engine.begin() as conn:
         conn.execute(
             contacts.insert(),
             [
                 {
                     "contact_id": f"c{i}",
+                    "email": email,
+                    "phone": f"+1202555010{i}",
                     "attributes": {**ATTRIBUTES, "i": i},
                     "create_time": now,
                     "update_time": now,
                 }
-                for i in range(3)
+                for i, email in enumerate(emails)
+            ],
+        )
+        conn.execute(
+            suppressions.insert(),
+            [
+                {
+                    "address": emails[0],
+                    "channel_type": "",
+                    "reason": "manual",
+                    "source": "t",
+                    "create_time": now,
+                }
+            ],
+        )
+        conn.execute(
+            messages.insert(),
+            [
+                {
+                    "campaign_id": "k",
+                    "channel_id": "m",
+                    "address": email,
+                    "state": "queued",
+                    "attempts": 0,
+                    "create_time": now,
+                    "update_time": now,
+                }
+                for email in emails
             ],
         )
 
-    def state(*, filtered: bool = True) -> tuple[str, bool, dict[str, dict[str, Any]], set[str]]:
+    def state(*, filtered: bool = True) -> dict[str, Any]:
         with engine.connect() as conn:
             inspector = sa.inspect(conn)
-            column = next(c for c in inspector.get_columns("contacts") if c["name"] == "attributes")
+            columns = {
+                (table, c["name"]): c["type"]
+                for table in ("contacts", "suppressions", "messages")
+                for c in inspector.get_columns(table)
+            }
             indexes = {i["name"]: i for i in inspector.get_indexes("messages")}
-            if engine.dialect.name == "postgresql":
+            if postgresql:
                 # Deduplication is off exactly when the (campaign, channel, id) index is gone.
                 options = indexes["ix_messages_campaign_id_channel_id_state_id"]["dialect_options"]
                 assert (options.get("postgresql_with") == {"deduplicate_items": "off"}) != (
                     "ix_messages_campaign_id_channel_id_id" in indexes
                 )
-            rows = conn.execute(sa.select(contacts.c.contact_id, contacts.c.attributes)).all()
             pro = compile_filter(parse('attributes.plan = "pro" AND attributes.tags:"vip"'), contacts)
-            found = set(conn.scalars(sa.select(contacts.c.contact_id).where(pro))) if filtered else set()
-        return (
-            type(column["type"]).__name__,
-            "ix_messages_campaign_id_channel_id_id" in indexes,
-            dict(rows),
-            found,
-        )
+            return {
+                "attributes": type(columns["contacts", "attributes"]).__name__,
+                "collations": {column: getattr(columns[column], "collation", None) for column in ADDRESSES},
+                "id index": "ix_messages_campaign_id_channel_id_id" in indexes,
+                "contacts": {
+                    r.contact_id: (r.email, r.phone, r.attributes)
+                    for r in conn.execute(sa.select(contacts)).all()
+                },
+                "suppressed": conn.scalars(sa.select(suppressions.c.address)).all(),
+                "messages": sorted(conn.scalars(sa.select(messages.c.address))),
+                "matching": set(conn.scalars(sa.select(contacts.c.contact_id).where(pro)))
+                if filtered
+                else None,
+            }
 
-    everyone = {"c0", "c1", "c2"}
-    stored = {f"c{i}": {**ATTRIBUTES, "i": i} for i in range(3)}
+    data = {
+        "contacts": {
+            f"c{i}": (email, f"+1202555010{i}", {**ATTRIBUTES, "i": i}) for i, email in enumerate(emails)
+        },
+        "suppressed": [emails[0]],
+        "messages": sorted(emails),
+    }
     migrate.upgrade(engine, "0011")
-    assert state() == ("JSONB" if engine.dialect.name == "postgresql" else "JSON", False, stored, everyone)
+    assert state() == {
+        "attributes": "JSONB" if postgresql else "JSON",
+        "collations": dict.fromkeys(ADDRESSES, "C" if postgresql else None),
+        "id index": False,
+        **data,
+        "matching": {"c0", "c1", "c2"},
+    }
     migrate.downgrade(engine, "0010")
     # Filters are compiled for jsonb on PostgreSQL, so they are not run on the downgraded column.
-    assert state(filtered=False) == ("JSON", True, stored, set())
+    assert state(filtered=False) == {
+        "attributes": "JSON",
+        "collations": dict.fromkeys(ADDRESSES),
+        "id index": True,
+        **data,
+        "matching": None,
+    }
     migrate.upgrade(engine)
-    assert state()[2:] == (stored, everyone)
+    assert state()["matching"] == {"c0", "c1", "c2"}
     engine.dispose()
