@@ -180,26 +180,31 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def personalised_campaign(display_name: str) -> pb.Campaign:
+    """An email campaign to lists/readers: a personalised subject, text and HTML part, ~2.4 KB sent."""
+    content = struct_pb2.Struct()
+    content.update(
+        {
+            "subject": "Hello {{ contact.first_name }}, news from {{ contact.city }}",
+            "from_address": "news@example.org",
+            "from_name": "The Example News",
+            "text": TEXT,
+            "html": HTML,
+        }
+    )
+    return pb.Campaign(
+        display_name=display_name,
+        audience=pb.Audience(target_lists=["lists/readers"]),
+        channels=[pb.Channel(channel_id="mail", type="email", content=content)],
+    )
+
+
 def run_campaign(daemon: Daemon, n: int, profiler: Profiler) -> tuple[float, float, float, float]:
     """(seconds LaunchCampaign took, messages per second from launch to the last SENT, CPU
     seconds the daemon process used meanwhile, CPU seconds its child processes used)."""
     with grpc.insecure_channel(daemon.address) as channel:
         stub = svc_grpc.CampaignServiceStub(channel)
-        content = struct_pb2.Struct()
-        content.update(
-            {
-                "subject": "Hello {{ contact.first_name }}, news from {{ contact.city }}",
-                "from_address": "news@example.org",
-                "from_name": "The Example News",
-                "text": TEXT,
-                "html": HTML,
-            }
-        )
-        campaign = pb.Campaign(
-            display_name="throughput",
-            audience=pb.Audience(target_lists=["lists/readers"]),
-            channels=[pb.Channel(channel_id="mail", type="email", content=content)],
-        )
+        campaign = personalised_campaign("throughput")
         stub.CreateCampaign(svc.CreateCampaignRequest(campaign_id="bench", campaign=campaign), timeout=30)
         attestation = pb.ConsentAttestation(accepted_by="bench@example.org", terms_version="1")
         workers = children(daemon.pid)

@@ -192,6 +192,23 @@ class EngineSettings(_Section):
     storage_pause_after: Annotated[float, Field(gt=0, le=86_400)] = 30.0
 
 
+class ClusterSettings(_Section):
+    """Several daemons on one PostgreSQL database (docs/operations.md#running-a-cluster); unused
+    on SQLite, where one daemon is the whole cluster."""
+
+    # Seconds between two renewals of this daemon's membership (and, on the leader, its lease).
+    heartbeat_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # A member whose heartbeat is older than this has stopped: its leases are taken over and
+    # barriers stop waiting for it. It fences itself (closes every gate) before that.
+    heartbeat_lease: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> ClusterSettings:
+        if self.heartbeat_lease < 3 * self.heartbeat_interval:
+            raise ValueError("heartbeat_lease must be at least 3 times heartbeat_interval")
+        return self
+
+
 class TemplateSettings(_Section):
     """Rendering message templates, in worker processes; a restart applies changes."""
 
@@ -272,6 +289,7 @@ class Settings(_Section):
     plugins: PluginSettings = PluginSettings()
     audience: AudienceSettings = AudienceSettings()
     engine: EngineSettings = EngineSettings()
+    cluster: ClusterSettings = ClusterSettings()
     templates: TemplateSettings = TemplateSettings()
     metrics: MetricsSettings = MetricsSettings()
     http: HttpSettings = HttpSettings()

@@ -49,19 +49,27 @@ class Daemon:
         api = ApiServer(self.settings, self.authenticator)
         components = Components(api, database, lambda: self.settings, plugins)
         try:
+            # A cluster member joins before it answers: a Pause must reach it from the start.
+            await components.node.start()
+        except Exception as exc:
+            database.close()
+            raise StartupError(f"cannot join the cluster: {str(exc).strip()}", EXIT_TRANSIENT) from None
+
+        async def abandon(message: str, status: int) -> StartupError:
+            await components.node.stop()
+            database.close()
+            return StartupError(message, status)
+
+        try:
             await api.start()
         except SocketInUseError as exc:
-            database.close()
-            raise StartupError(str(exc), EXIT_TRANSIENT) from None
+            raise await abandon(str(exc), EXIT_TRANSIENT) from None
         except RuntimeError as exc:
             # grpc cannot bind the TCP address (in use, or not an address of this host).
-            database.close()
-            raise StartupError(f"cannot listen: {exc}", EXIT_TRANSIENT) from None
+            raise await abandon(f"cannot listen: {exc}", EXIT_TRANSIENT) from None
         except OSError as exc:
-            database.close()
-            raise StartupError(
-                _os_problem(f"the runtime directory {self.settings.socket_path.parent}", exc), EXIT_CONFIG
-            ) from None
+            problem = _os_problem(f"the runtime directory {self.settings.socket_path.parent}", exc)
+            raise await abandon(problem, EXIT_CONFIG) from None
         http = None
         if self.settings.http.address:
             http = HttpListener(self.settings.http, plugins, components.recorder)
@@ -69,8 +77,7 @@ class Daemon:
                 await http.start()
             except OSError as exc:
                 await api.stop(0)
-                database.close()
-                raise StartupError(f"cannot listen on [http] address: {exc}", EXIT_TRANSIENT) from None
+                raise await abandon(f"cannot listen on [http] address: {exc}", EXIT_TRANSIENT) from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
@@ -116,6 +123,7 @@ class Daemon:
         if http is not None:
             await http.stop()
         await components.transports.close()
+        await components.node.stop()
         await asyncio.get_running_loop().run_in_executor(None, components.renderer.close)
         watchdog.cancel()
         await asyncio.get_running_loop().run_in_executor(None, database.close)
@@ -162,7 +170,7 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics", "templates", "http")
+RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics", "templates", "http", "cluster")
 
 
 def _restart_only_changes(old: Settings, new: Settings) -> list[str]:

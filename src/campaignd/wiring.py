@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from campaignd.api.campaigns import CampaignReplies, CampaignService
+from campaignd.api.cluster import ClusterService
 from campaignd.api.contacts import ContactService
 from campaignd.api.convert import PageTokens
 from campaignd.api.server import ApiServer
@@ -12,6 +13,7 @@ from campaignd.audience.service import ContactManager
 from campaignd.campaigns import CampaignManager, Previews, RateMeter, Reports
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
+from campaignd.cluster.node import open_node
 from campaignd.config import Settings
 from campaignd.engine.core import Engine
 from campaignd.engine.events import EventRecorder
@@ -37,19 +39,25 @@ class Components:
         )
         self.plugins.renderer = self.renderer
         self.hub = ChangeHub()
+        # One daemon alone (SQLite), or a member of a cluster on PostgreSQL.
+        self.node = open_node(database, settings, self.hub)
         self.campaigns = CampaignManager(
             database, self.plugins, self.hub, lambda: settings().engine, CampaignReplies()
         )
         self.recorder = EventRecorder(database, self.hub)
         self.transports = Transports(
-            self.plugins, self.recorder, lambda: settings().engine.transport_rest, Clock()
+            self.plugins, self.recorder, lambda: settings().engine.transport_rest, Clock(), self.node.share
         )
         self.engine = (
-            Engine(database, self.plugins, self.campaigns, self.hub, settings, self.transports)
+            Engine(
+                database, self.plugins, self.campaigns, self.hub, settings, self.transports, role=self.node
+            )
             if settings().engine.enabled
             else None
         )
-        self.campaigns.sending = self.engine
+        self.node.attach(self.engine, self.transports)
+        # Pause and Stop close the gates of this daemon's engine, or of every member's.
+        self.campaigns.sending = self.node
         # Run by the daemon: every daemon reports the current rate, whichever daemons send.
         self.rates = RateMeter(database)
         reports = Reports(self.campaigns, self.rates, self.engine, lambda: settings().limits.max_watchers)
@@ -59,6 +67,7 @@ class Components:
         api.add_servicers(
             CampaignService(self.campaigns, reports, previews, settings, tokens, self.recorder),
             ContactService(self.contacts, settings, tokens),
+            ClusterService(self.node, tokens),
         )
 
     def close(self) -> None:

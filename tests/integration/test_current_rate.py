@@ -26,6 +26,7 @@ from tests.integration.email_campaigns import (
     import_people,
     readers,
 )
+from tests.timing import timed
 
 # Within TOLERANCE of the rate the server received over the same 10 seconds, once the window no
 # longer reaches into the first 3 seconds of the run, in which the engine marks sends as started
@@ -37,7 +38,7 @@ TOLERANCE = 0.15
 WINDOW = 10.0
 SETTLED = WINDOW + 3.0
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, timed]
 
 
 def _config(port: int, extra: str = "") -> str:

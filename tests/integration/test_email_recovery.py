@@ -23,6 +23,7 @@ from tests.integration.email_campaigns import (
     readers,
     recipient,
 )
+from tests.timing import timed
 
 
 def test_email_suppressed_or_deleted_after_launch_is_opted_out_not_sent(
@@ -77,6 +78,7 @@ def test_email_suppressed_or_deleted_after_launch_is_opted_out_not_sent(
     assert report.totals.sent == len(inbox) == 480
 
 
+@timed
 def test_email_kill_9_sends_everyone_once_but_the_ambiguous(
     daemon_factory: DaemonFactory, smtp: Callable[..., Server]
 ) -> None:

@@ -30,6 +30,7 @@ from tests.integration.sending import (
     sink_counts,
     sink_log,
 )
+from tests.timing import timed
 
 
 @pytest.fixture
@@ -486,6 +487,7 @@ def _message_states(database: pathlib.Path) -> tuple[dict[str, int], dict[str, i
     return table, counters
 
 
+@timed
 @pytest.mark.slow
 def test_sigterm_while_sending_records_everything_in_flight(
     daemon_factory: DaemonFactory, tmp_path: pathlib.Path

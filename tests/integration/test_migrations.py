@@ -73,12 +73,12 @@ ADDRESSES = [
 ]
 
 
-def test_0011_converts_and_converts_back_with_the_data(database_url: str) -> None:
-    """0011 makes attributes jsonb and addresses byte-ordered on PostgreSQL and drops a messages
+def test_0013_converts_and_converts_back_with_the_data(database_url: str) -> None:
+    """0013 makes attributes jsonb and addresses byte-ordered on PostgreSQL and drops a messages
     index; downgrading undoes all of it, and the data comes through each way unchanged."""
     engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     postgresql = engine.dialect.name == "postgresql"
-    migrate.upgrade(engine, "0010")
+    migrate.upgrade(engine, "0012")
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     emails = ["a_b@example.org", "ab@example.org", "émile@example.org"]
     with engine.begin() as conn:
@@ -162,7 +162,7 @@ def test_0011_converts_and_converts_back_with_the_data(database_url: str) -> Non
         "suppressed": [emails[0]],
         "messages": sorted(emails),
     }
-    migrate.upgrade(engine, "0011")
+    migrate.upgrade(engine, "0013")
     assert state() == {
         "attributes": "JSONB" if postgresql else "JSON",
         "collations": dict.fromkeys(ADDRESSES, "C" if postgresql else None),
@@ -170,7 +170,7 @@ def test_0011_converts_and_converts_back_with_the_data(database_url: str) -> Non
         **data,
         "matching": {"c0", "c1", "c2"},
     }
-    migrate.downgrade(engine, "0010")
+    migrate.downgrade(engine, "0012")
     # Filters are compiled for jsonb on PostgreSQL, so they are not run on the downgraded column.
     assert state(filtered=False) == {
         "attributes": "JSON",
@@ -182,3 +182,31 @@ def test_0011_converts_and_converts_back_with_the_data(database_url: str) -> Non
     migrate.upgrade(engine)
     assert state()["matching"] == {"c0", "c1", "c2"}
     engine.dispose()
+
+
+def test_the_cluster_migration_upgrades_and_downgrades(database_url: str) -> None:
+    """0012 adds the cluster's tables; downgraded to the revision before, they are gone and the
+    rest stays; upgraded again, they are back."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    config = Config()
+    config.set_main_option("script_location", str(migrate.MIGRATIONS))
+    config.attributes["engine"] = engine
+    before = ScriptDirectory.from_config(config).get_revision("0012").down_revision
+    assert isinstance(before, str)
+    cluster_tables = {"cluster_members", "cluster_leader"}
+    try:
+        migrate.upgrade(engine)
+        assert cluster_tables <= set(sa.inspect(engine).get_table_names())
+        command.downgrade(config, before)
+        tables = set(sa.inspect(engine).get_table_names())
+        assert not cluster_tables & tables
+        assert {"messages", "campaigns"} <= tables
+        assert migrate.current_revision(engine) == before
+        migrate.upgrade(engine)
+        assert cluster_tables <= set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

@@ -18,6 +18,7 @@ from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import Client, wait_until
 from tests.integration.conftest import TEST_CHANNELS, DaemonFactory, DaemonProcess
 from tests.integration.sending import double_campaign, fast_engine, import_list, sink_counts
+from tests.timing import timed
 
 FAST = fast_engine(sending_timeout=2.0)
 
@@ -82,6 +83,7 @@ def test_kill_9_sends_the_unstarted_once_and_writes_off_only_started_sends(
     assert not [e for e in history if e.operation == "guard_pause"]
 
 
+@timed
 def test_kill_9_with_resend_sends_ambiguous_messages_again(
     daemon_factory: DaemonFactory, tmp_path: pathlib.Path
 ) -> None:

@@ -117,3 +117,43 @@ def test_unit_starts_the_daemon_with_the_system_config() -> None:
     found = directives(UNIT.read_text(encoding="utf-8"))
     assert found["ExecStart"] == "/usr/bin/campaignd serve --config /etc/campaignd/config.toml"
     assert "ReadWritePaths" not in found
+
+
+TEMPLATE = UNIT.parent / "campaignd@.service"
+
+
+def test_template_unit_passes_systemd_analyze_verify(tmp_path: pathlib.Path) -> None:
+    """`systemd-analyze verify` accepts an instance of the cluster template unit, campaignd@a."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian/Ubuntu package: systemd)")
+    text = TEMPLATE.read_text(encoding="utf-8")
+    assert text.count(SHIPPED_EXEC_START) == 1
+    (tmp_path / "campaignd@.service").write_text(
+        text.replace(SHIPPED_EXEC_START, f"ExecStart={campaignd_executable()} "), encoding="utf-8"
+    )
+
+    result = subprocess.run(
+        [analyze, "verify", str(tmp_path / "campaignd@a.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert [line for line in output.splitlines() if "campaignd" in line] == [], output
+
+
+def test_template_unit_keeps_the_hardening_with_directories_per_instance() -> None:
+    """The template sets what the single unit sets, with a state and runtime directory and a
+    config file per instance."""
+    from campaignd.config import Settings
+
+    found = directives(TEMPLATE.read_text(encoding="utf-8"))
+    wanted = {**REQUIRED, "StateDirectory": "campaignd/%i", "RuntimeDirectory": "campaignd/%i"}
+    assert {key: (found.get(key), value) for key, value in wanted.items() if found.get(key) != value} == {}
+    assert found["ExecStart"] == "/usr/bin/campaignd serve --config /etc/campaignd/%i.toml"
+    assert float(found["TimeoutStopSec"]) > Settings().daemon.shutdown_timeout
+    assert "ReadWritePaths" not in found

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
+
+from campaignd.testing.conformance import LagProbe
 
 
 def test_the_kit_loads_nothing_of_the_grpc_layer() -> None:
@@ -16,3 +20,19 @@ def test_the_kit_loads_nothing_of_the_grpc_layer() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
+
+
+def test_the_lag_probe_sees_a_blocking_call_and_not_a_busy_machine() -> None:
+    """A 0.3 s blocking call in the loop shows as a 0.3 s hold-up; a loop that only awaits shows
+    none, whatever else the machine is doing."""
+
+    async def run(blocking: bool) -> float:
+        async with LagProbe() as probe:
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            if blocking:
+                time.sleep(0.3)  # noqa: ASYNC251 - the blocking call the probe must see
+        return probe.worst
+
+    assert asyncio.run(run(True)) >= 0.25
+    assert asyncio.run(run(False)) < 0.1

@@ -14,6 +14,7 @@ import pytest
 from campaignd.plugin import Recipient, TemplateError, TemplateSet
 from campaignd.rendering.pool import RenderPool
 from tests.hostile_templates import NESTED_LOOPS
+from tests.timing import timed
 
 
 @pytest.fixture
@@ -109,6 +110,7 @@ def test_a_render_over_the_time_limit_fails_alone(pool: RenderPool) -> None:
     assert str(failed) == "the text template took longer than the limit of 0.5 s"
 
 
+@timed
 def test_a_worker_that_does_not_stop_is_killed_and_replaced() -> None:
     """A worker that goes silent mid-render (here stopped with SIGSTOP, as one stuck in a C call
     would be) is killed once the limit and its grace have passed; that recipient fails, the

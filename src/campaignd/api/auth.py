@@ -31,6 +31,7 @@ VIEWER_METHODS = frozenset(
         "ListSegments",
         "ListSuppressions",
         "CheckSuppression",
+        "ListClusterMembers",
     }
 )
 # Deleting campaigns and changing suppressions (which decide who may never be contacted) is admin work.

@@ -19,6 +19,8 @@ from campaignd.config import Settings
 from campaignd.v1 import (
     campaign_service_pb2,
     campaign_service_pb2_grpc,
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
     contact_service_pb2,
     contact_service_pb2_grpc,
 )
@@ -48,8 +50,9 @@ class ApiServer:
         self,
         campaigns: campaign_service_pb2_grpc.CampaignServiceServicer,
         contacts: contact_service_pb2_grpc.ContactServiceServicer,
+        cluster: cluster_service_pb2_grpc.ClusterServiceServicer,
     ) -> None:
-        """Serve CampaignService and ContactService through these servicers."""
+        """Serve CampaignService, ContactService and ClusterService through these servicers."""
         campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, self.server)
         self._service_names.append(
             campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
@@ -57,6 +60,10 @@ class ApiServer:
         contact_service_pb2_grpc.add_ContactServiceServicer_to_server(contacts, self.server)
         self._service_names.append(
             contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name
+        )
+        cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, self.server)
+        self._service_names.append(
+            cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name
         )
 
     async def start(self) -> None:

@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from campaignd import config
 from campaignd.v1 import campaign_service_pb2_grpc as api_grpc
+from campaignd.v1 import cluster_service_pb2_grpc as cl_grpc
 from campaignd.v1 import contact_service_pb2 as capi
 from campaignd.v1 import contact_service_pb2_grpc as capi_grpc
 
@@ -125,6 +126,7 @@ class Client:
         self._channel: grpc.Channel | None = None
         self._campaigns: api_grpc.CampaignServiceStub | None = None
         self._contacts: capi_grpc.ContactServiceStub | None = None
+        self._cluster: cl_grpc.ClusterServiceStub | None = None
 
     @property
     def channel(self) -> grpc.Channel:
@@ -149,6 +151,13 @@ class Client:
         if self._contacts is None:
             self._contacts = capi_grpc.ContactServiceStub(self.channel)
         return self._contacts
+
+    @property
+    def cluster(self) -> cl_grpc.ClusterServiceStub:
+        """The ClusterService stub."""
+        if self._cluster is None:
+            self._cluster = cl_grpc.ClusterServiceStub(self.channel)
+        return self._cluster
 
     def call(self, method: grpc.UnaryUnaryMultiCallable[Request, Message], request: Request) -> Message:
         """A unary call with the --timeout deadline."""

@@ -14,6 +14,7 @@ from campaignd import __version__
 from campaignd.cli import (
     campaigns,
     channels,
+    cluster,
     contacts,
     events,
     lists,
@@ -53,6 +54,7 @@ COMMANDS: tuple[Command | Group, ...] = (
     segments.GROUP,
     suppressions.GROUP,
     events.GROUP,
+    cluster.CLUSTER,
 )
 
 

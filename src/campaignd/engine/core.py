@@ -33,6 +33,7 @@ from campaignd import logs, metrics
 from campaignd.campaigns import CampaignManager
 from campaignd.changes import ChangeHub
 from campaignd.clock import Clock
+from campaignd.cluster.role import ALONE, EngineRole
 from campaignd.config import EngineSettings, Settings
 from campaignd.engine.rates import RateLimiter, RecentCount
 from campaignd.engine.transports import Transports, route
@@ -63,27 +64,45 @@ class _BatchOutcome:
 
 
 class ChannelGate:
-    """Admits sends of one channel while it runs, at its rate."""
+    """Admits sends of one channel while it runs, at its rate, and while this daemon may send
+    (a cluster member whose membership lease is about to lapse may not: `may_send`)."""
 
-    def __init__(self, limiter: RateLimiter | None) -> None:
+    def __init__(self, limiter: RateLimiter | None, may_send: Callable[[], bool] = ALONE.may_send) -> None:
         # Closed until the tick opens it, so a gate made while a Pause holds its channel admits nothing.
-        self.open = False
+        self._open = False
         self.limiter = limiter
         # The sends this daemon started, as they start: its own send rate.
         self.started = RecentCount(RATE_WINDOW)
+        self.may_send = may_send
 
-    async def admit(self, weight: float = 1.0) -> bool:
-        """True when a send may start now; the caller starts it with no further await."""
+    @property
+    def open(self) -> bool:
+        """Whether a send may start now."""
+        return self._open and self.may_send()
+
+    @open.setter
+    def open(self, value: bool) -> None:
+        self._open = value
+
+    async def admit(self, weight: float = 1.0, reserved: bool = False) -> bool:
+        """True when a send may start now; the caller starts it with no further await. With
+        `reserved`, the units held by `reserve` are taken, or given up when the gate is closed."""
         if not self.open:
+            self.release(weight, reserved)
             return False
         if self.limiter is not None:
-            await self.limiter.acquire(weight)
+            await self.limiter.acquire(weight, reserved)
         return self.open
 
-    async def ready(self, weight: float = 1.0) -> None:
-        """Wait until the rate would let `weight` units go, taking nothing."""
+    async def reserve(self, weight: float = 1.0) -> None:
+        """Wait until the rate would let `weight` units go, and hold them."""
         if self.limiter is not None:
-            await self.limiter.ready(weight)
+            await self.limiter.reserve(weight)
+
+    def release(self, weight: float = 1.0, reserved: bool = True) -> None:
+        """Give up units held by `reserve`."""
+        if reserved and self.limiter is not None:
+            self.limiter.release(weight)
 
 
 class TransportGate:
@@ -93,19 +112,35 @@ class TransportGate:
         self.channel = channel
         self.limiter = limiter
 
-    async def admit(self, weight: float = 1.0) -> bool:
+    async def admit(self, weight: float = 1.0, reserved: bool = False) -> bool:
         """As ChannelGate.admit; the channel's open check comes last, right before the send."""
         if not self.channel.open:
+            self.release(weight, reserved)
             return False
-        if self.limiter is not None:
-            await self.limiter.acquire(weight)
-        return await self.channel.admit(weight)
+        try:
+            if self.limiter is not None:
+                await self.limiter.acquire(weight, reserved)
+        except BaseException:
+            self.channel.release(weight, reserved)
+            raise
+        return await self.channel.admit(weight, reserved)
 
-    async def ready(self, weight: float = 1.0) -> None:
-        """As ChannelGate.ready, for both rates."""
+    async def reserve(self, weight: float = 1.0) -> None:
+        """As ChannelGate.reserve, for both rates."""
         if self.limiter is not None:
-            await self.limiter.ready(weight)
-        await self.channel.ready(weight)
+            await self.limiter.reserve(weight)
+        try:
+            await self.channel.reserve(weight)
+        except BaseException:
+            self.release(weight, channel=False)
+            raise
+
+    def release(self, weight: float = 1.0, reserved: bool = True, channel: bool = True) -> None:
+        """Give up units held by `reserve`."""
+        if reserved and self.limiter is not None:
+            self.limiter.release(weight)
+        if channel:
+            self.channel.release(weight, reserved)
 
 
 class _StartMarks:
@@ -247,13 +282,20 @@ class _MarkingGate:
         """As ChannelGate.admit, and the message is marked started before the answer is yes."""
         if not self.channel.open:
             return False
-        # Wait for the rate first, so that a slow send is not marked long before it starts...
-        await self.inner.ready(weight)
-        if not await self.marks.mark(message_id):
+        # The rate's units are held before the mark, so that asks come at the pace of sends and a
+        # slow channel is not marked long before it sends, and taken after it, as the last wait
+        # before the send: on a token taken before a mark that waited for a write, the send would
+        # go late and a server could see more than the rate in some second.
+        await self.inner.reserve(weight)
+        try:
+            marked = await self.marks.mark(message_id)
+        except BaseException:
+            self.inner.release(weight)
+            raise
+        if not marked:
+            self.inner.release(weight)
             return False
-        # ...but take the tokens last: a mark that waited for a write would otherwise send late
-        # on an early token, and a server would see more than the rate in some second.
-        if not await self.inner.admit(weight):
+        if not await self.inner.admit(weight, reserved=True):
             return False
         self.channel.started.add()
         return True
@@ -283,8 +325,11 @@ class Engine:
         settings: Callable[[], Settings],
         transports: Transports,
         clock: Clock | None = None,
+        role: EngineRole = ALONE,
     ) -> None:
         self.db = database
+        # Alone, or a member of a cluster: whether this daemon leads, may send, and its share of rates.
+        self.role = role
         self.plugins = plugins
         self.transports = transports
         self.campaigns = campaigns
@@ -293,7 +338,8 @@ class Engine:
         self.clock = clock or Clock()
         self.owner = owner_id()
         self._gates: dict[Key, ChannelGate] = {}
-        self._held: set[Key] = set()
+        # Holds per (campaign, channel or "*"): a Pause here and one from another daemon may overlap.
+        self._held: collections.Counter[Key] = collections.Counter()
         self._workers: dict[Key, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -363,17 +409,43 @@ class Engine:
         The gates close before the state changes, so no send starts after the call returns; while
         held, no tick reopens them. If the state did not change, the next tick reopens them.
         """
+        hold = self.close_gates(campaign_id, channel_id)
+        try:
+            yield
+        finally:
+            self.reopen(hold)
+
+    def close_gates(self, campaign_id: str, channel_id: str = "") -> Key:
+        """Close the gates of a campaign's channels (or of one) until `reopen` is given what this
+        returns; meanwhile no tick opens them (a Pause on this daemon, or on another one)."""
         hold = (campaign_id, channel_id or "*")
-        self._held.add(hold)
+        self._held[hold] += 1
         self._holds += 1
         for key, gate in self._gates.items():
             if self._is_held(key):
                 gate.open = False
-        try:
-            yield
-        finally:
-            self._held.discard(hold)
-            self.wake()
+        return hold
+
+    def reopen(self, hold: Key) -> None:
+        """End a hold of `close_gates`; the next tick opens the gates of channels still RUNNING."""
+        self._held[hold] -= 1
+        if self._held[hold] <= 0:
+            del self._held[hold]
+        # A tick that read the channels before the hold ended may have read them before the call
+        # changed their state: it must not open them either.
+        self._holds += 1
+        self.wake()
+
+    async def fence(self) -> None:
+        """Close every gate and end every worker: what this daemon leased is no longer its own (its
+        membership lapsed). Once it has rejoined, the tick opens the gates of RUNNING channels."""
+        self._holds += 1
+        for gate in self._gates.values():
+            gate.open = False
+        workers = [w for w in self._workers.values() if not w.done()]
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
 
     def _is_held(self, key: Key) -> bool:
         return (key[0], "*") in self._held or key in self._held
@@ -412,13 +484,19 @@ class Engine:
         if self.db.fault is not None:
             return  # the database's probe tells when it works again
         now = self.clock.now()
-        expired = await self.db.write(
-            functools.partial(
-                message_store.expire_leases,
-                now=now,
-                keep_owner=self.owner,
-                max_attempts=self.config.max_attempts,
+        # In a cluster only the leader sweeps (and starts and activates channels, below).
+        leads = self.role.leads()
+        expired = (
+            await self.db.write(
+                functools.partial(
+                    message_store.expire_leases,
+                    now=now,
+                    keep_owner=self.owner,
+                    max_attempts=self.config.max_attempts,
+                )
             )
+            if leads
+            else {}
         )
         for (campaign_id, channel_id), moved in expired.items():
             log.warning(
@@ -432,7 +510,7 @@ class Engine:
             self.hub.publish(campaign_id)
         receipts = [t.name for t in self.plugins.types.values() if "receipts" in t.capabilities]
         cutoff = now - dt.timedelta(seconds=self.config.assume_delivered_after)
-        assumed = await self.db.write(message_store.assume_delivered, cutoff, receipts, now)
+        assumed = await self.db.write(message_store.assume_delivered, cutoff, receipts, now) if leads else {}
         for campaign_id, _ in assumed:
             self.hub.publish(campaign_id)
         self._holds_at_read = self._holds
@@ -473,9 +551,11 @@ class Engine:
             metrics.QUEUE_DEPTH.labels(channel_type).set(depth)
 
     async def _tend(self, row: ChannelRow, key: Key, now: dt.datetime) -> None:
-        if row.state == "scheduled" and row.schedule_time is not None and row.schedule_time <= now:
+        # Only the leader starts and activates channels; every member sends.
+        leads = self.role.leads()
+        if leads and row.state == "scheduled" and row.schedule_time is not None and row.schedule_time <= now:
             await self._start(row)
-        elif row.state == "queued":
+        elif leads and row.state == "queued":
             # Channels that became QUEUED first come first: the rows are in that order.
             if await self.campaigns.activate(row.campaign_id, row.channel_id, row.type):
                 self.wake()
@@ -507,10 +587,13 @@ class Engine:
         self._running_since.setdefault(key, self.clock.monotonic())
         self._types[key] = row.type
         gate = self._gates.get(key)
+        # In a cluster each member sends its share of the channel's rate.
+        rate = row.rate_limit * self.role.rate_share()
         if gate is None:
-            gate = self._gates[key] = ChannelGate(RateLimiter(row.rate_limit) if row.rate_limit > 0 else None)
-        elif gate.limiter is not None and row.rate_limit > 0:
-            gate.limiter.set_rate(row.rate_limit)
+            limiter = RateLimiter(rate) if rate > 0 else None
+            gate = self._gates[key] = ChannelGate(limiter, self.role.may_send)
+        elif gate.limiter is not None and rate > 0:
+            gate.limiter.set_rate(rate)
         if fresh_run:
             # Likewise the rate: sends from before a pause would inflate the rate after it.
             gate.started = RecentCount(RATE_WINDOW)
@@ -728,7 +811,9 @@ class Engine:
         return _StartMarks(self._mark_writer.mark, [r.message_id for r in recipients], pace)
 
     async def _write_marks(self, ids: list[int]) -> set[int]:
-        return await self.db.write(functools.partial(message_store.mark_started, owner=self.owner, ids=ids))
+        return await self.db.write(
+            functools.partial(message_store.mark_started, owner=self.owner, ids=ids, live=self.role.fencing)
+        )
 
     async def _open_zones(self, key: Key, row: ChannelRow) -> list[str | None] | None:
         window = row.send_window or self.plugins.default_window(row.type)
@@ -756,7 +841,9 @@ class Engine:
             expiry = self.clock.now() + dt.timedelta(seconds=lease_seconds)
             try:
                 await self.db.write(
-                    functools.partial(message_store.renew, owner=self.owner, ids=ids, expiry=expiry)
+                    functools.partial(
+                        message_store.renew, owner=self.owner, ids=ids, expiry=expiry, live=self.role.fencing
+                    )
                 )
             except Exception as exc:
                 if storage_fault(exc) is None:
@@ -878,7 +965,9 @@ class Engine:
                 else o
                 for o in outcomes
             ]
-            message_store.record(conn, campaign_id, channel_id, self.owner, final, self.clock.now())
+            message_store.record(
+                conn, campaign_id, channel_id, self.owner, final, self.clock.now(), live=self.role.fencing
+            )
 
         await self._kept(key, functools.partial(self.db.write, write))
         finished = [o for o in outcomes if o.state not in ("queued", "cancelled")]

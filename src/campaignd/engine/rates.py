@@ -24,6 +24,7 @@ class RateLimiter:
         self.clock = clock or Clock()
         self._log: collections.deque[tuple[float, float]] = collections.deque()  # (time, weight)
         self._in_window = 0.0
+        self._reserved = 0.0  # held by reserve() and not yet sent
         self._lock = asyncio.Lock()
         self.rate = rate
 
@@ -52,11 +53,14 @@ class RateLimiter:
         capacity = self._capacity()
         if weight > capacity:
             # A unit heavier than the whole window (e.g. a 10-part SMS at 5/s) goes alone.
+            if self._reserved:
+                return 0.01  # until the units held are sent or given up
             return 0.0 if not self._log else self._log[-1][0] + self._horizon() - now
-        excess = self._in_window + weight - capacity
+        excess = self._in_window + self._reserved + weight - capacity
         if excess <= 1e-9:
             return 0.0
         released = 0.0
+        # Units held are not in the log: they leave the window only once sent and aged out.
         for time, logged in self._log:
             released += logged
             if released >= excess - 1e-9:
@@ -70,15 +74,24 @@ class RateLimiter:
         self._log.append((now, weight))
         self._in_window += weight
 
-    async def ready(self, weight: float = 1.0) -> None:
-        """Wait until `weight` units could go, without counting them: `acquire` still must."""
-        # The wait is for time to pass, not for another task, so a sleep is the right tool.
-        while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(math.nextafter(wait, math.inf))
-
-    async def acquire(self, weight: float = 1.0) -> None:
-        """Wait until `weight` units may go, then count them."""
+    async def reserve(self, weight: float = 1.0) -> None:
+        """Wait until `weight` units could go and hold them, so that callers after this one wait
+        behind it; `acquire(weight, reserved=True)` then takes them, or `release` gives them up."""
         async with self._lock:
+            # The wait is for time to pass, not for another task, so a sleep is the right tool.
+            while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(math.nextafter(wait, math.inf))
+            self._reserved += weight
+
+    def release(self, weight: float = 1.0) -> None:
+        """Give up units held by `reserve`."""
+        self._reserved = max(0.0, self._reserved - weight)
+
+    async def acquire(self, weight: float = 1.0, reserved: bool = False) -> None:
+        """Wait until `weight` units may go (held already when `reserved`), then count them."""
+        async with self._lock:
+            if reserved:
+                self.release(weight)
             # The wait is for time to pass, not for another task, so a sleep is the right tool.
             while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(math.nextafter(wait, math.inf))

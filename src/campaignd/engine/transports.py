@@ -7,6 +7,10 @@ a fresh one, and the old one is closed once the batches using it have finished.
 Health: a transport that could not be reached rests for `[engine] transport_rest` seconds, during
 which its recipients go through the channel's other transports (failover). One that failed
 fatally (e.g. refused authentication) stays out until a reload or a restart.
+
+In a cluster, a transport is opened with this daemon's share of its rate and concurrency
+(`share`); when the members change, the open transport sends at the new rate at once and is
+opened anew with the new concurrency once the batches using it have finished.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ OPEN_TIMEOUT = 30.0  # seconds a plugin may take to open or close a transport
 class OpenTransport:
     """One open transport and the batches using it."""
 
-    transport: Transport
+    transport: Transport  # as opened: this daemon's share of the configured one
     client: Any
     limiter: RateLimiter | None
+    configured: Transport
     users: int = 0
     retired: bool = False
+    closed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 @dataclasses.dataclass
@@ -49,8 +55,17 @@ class _Health:
 class Transports:
     """Opens, shares, rests and closes the daemon's transports."""
 
-    def __init__(self, plugins: Plugins, events: EventSink, rest: Callable[[], float], clock: Clock) -> None:
+    def __init__(
+        self,
+        plugins: Plugins,
+        events: EventSink,
+        rest: Callable[[], float],
+        clock: Clock,
+        share: Callable[[Transport], Transport] | None = None,
+    ) -> None:
         self.plugins = plugins
+        # This daemon's part of a transport's rate and concurrency (all of it when alone).
+        self.share = share or (lambda transport: transport)
         self.events = events
         self.rest_seconds = rest
         self.clock = clock
@@ -62,7 +77,11 @@ class Transports:
     def usable(self, name: str) -> bool:
         """Whether batches may go through `name` now: neither resting nor fatally failed."""
         health = self._health.get(name)
-        return health is None or (not health.fatal and health.rest_until <= self.clock.monotonic())
+        if health is not None and (health.fatal or health.rest_until > self.clock.monotonic()):
+            return False
+        # A cluster member with no share of its concurrency leaves it to the others.
+        configured = self.plugins.config.transports.get(name)
+        return configured is None or self.share(configured).concurrency > 0
 
     def fatal(self, name: str) -> str:
         """The error that took `name` out until a reload, or ""."""
@@ -98,28 +117,48 @@ class Transports:
                 await self._close(entry)
 
     async def _get(self, transport: Transport) -> OpenTransport:
+        wanted = self.share(transport)
         entry = self._open.get(transport.name)
-        if entry is not None and entry.transport == transport:
+        if entry is not None and entry.transport == wanted:
             return entry
         lock = self._opening.setdefault(transport.name, asyncio.Lock())
         async with lock:
+            wanted = self.share(transport)
             entry = self._open.get(transport.name)
-            if entry is not None and entry.transport == transport:
+            if entry is not None and entry.transport == wanted:
                 return entry
             if entry is not None:
                 await self._retire(entry)
-            client = await self.plugins.open_transport(transport, self.events, OPEN_TIMEOUT)
-            limiter = RateLimiter(transport.rate, self.clock) if transport.rate > 0 else None
-            entry = self._open[transport.name] = OpenTransport(transport, client, limiter)
-            log.info("transport opened", transport=transport.name, type=transport.channel_type)
+                if entry.configured == transport:
+                    # Only this daemon's share changed: the old connections must be gone before
+                    # new ones open, or together they would exceed it.
+                    await entry.closed.wait()
+            client = await self.plugins.open_transport(wanted, self.events, OPEN_TIMEOUT)
+            limiter = RateLimiter(wanted.rate, self.clock) if wanted.rate > 0 else None
+            entry = self._open[transport.name] = OpenTransport(wanted, client, limiter, transport)
+            log.info(
+                "transport opened",
+                transport=transport.name,
+                type=transport.channel_type,
+                rate=wanted.rate,
+                concurrency=wanted.concurrency,
+            )
             return entry
+
+    def rebalance(self) -> None:
+        """The cluster's members changed: open transports send at this daemon's new share of their
+        rate now; the next batch opens them anew for its new share of their concurrency."""
+        for entry in self._open.values():
+            wanted = self.share(entry.configured)
+            if entry.limiter is not None and wanted.rate > 0:
+                entry.limiter.set_rate(wanted.rate)
 
     async def reconfigure(self) -> None:
         """After a reload: retire transports whose config changed or went, forget fatal errors."""
         self._health.clear()
         configured = self.plugins.config.transports
         for name, entry in list(self._open.items()):
-            if configured.get(name) != entry.transport:
+            if configured.get(name) != entry.configured:
                 del self._open[name]
                 await self._retire(entry)
 
@@ -131,7 +170,10 @@ class Transports:
     async def _close(self, entry: OpenTransport) -> None:
         if self._open.get(entry.transport.name) is entry:
             del self._open[entry.transport.name]
-        await self.plugins.close_transport(entry.transport, entry.client, OPEN_TIMEOUT)
+        try:
+            await self.plugins.close_transport(entry.transport, entry.client, OPEN_TIMEOUT)
+        finally:
+            entry.closed.set()
         log.info("transport closed", transport=entry.transport.name)
 
     async def close(self) -> None:

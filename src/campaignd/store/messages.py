@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from campaignd.lifecycle import MessageState, message_sources
+from campaignd.store.cluster import live_owner
 from campaignd.store.counts import add_counts
 from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages, suppressions
 
@@ -215,14 +216,30 @@ def _opt_out(
     return [m for m in leased if m.id not in reasons]
 
 
-def mark_started(conn: Connection, *, owner: str, ids: Sequence[int]) -> set[int]:
+def _owned(owner: str, live: bool) -> list[sa.ColumnElement[bool]]:
+    """Leased by `owner`; with `live` (a cluster), only while its membership lease has not lapsed:
+    a member that lapsed may have been taken for stopped, and its leases for someone else's."""
+    owned = [messages.c.lease_owner == owner, messages.c.state == SENDING]
+    return [*owned, live_owner(owner)] if live else owned
+
+
+def mark_started(conn: Connection, *, owner: str, ids: Sequence[int], live: bool = False) -> set[int]:
     """Mark leased messages as started, before their send starts; returns those still leased by
     `owner` (only those may be sent: the others' lease expired and they went to another fate)."""
     if not ids:
         return set()
+    if live:
+        statement = (
+            messages.update()
+            .where(messages.c.id.in_(list(ids)), *_owned(owner, live))
+            .values(started=True)
+            .returning(messages.c.id)
+        )
+        return set(conn.execute(statement).scalars())
     return set(conn.execute(_MARK_STARTED, {"ids": list(ids), "owner": owner}).scalars())
 
 
+# Built once: a daemon alone marks its sends many times a second.
 _MARK_STARTED = (
     messages.update()
     .where(
@@ -235,16 +252,14 @@ _MARK_STARTED = (
 )
 
 
-def renew(conn: Connection, *, owner: str, ids: Sequence[int], expiry: dt.datetime) -> None:
+def renew(
+    conn: Connection, *, owner: str, ids: Sequence[int], expiry: dt.datetime, live: bool = False
+) -> None:
     """Extend the lease of messages still being sent."""
     for start in range(0, len(ids), 5000):
         conn.execute(
             messages.update()
-            .where(
-                messages.c.id.in_(ids[start : start + 5000]),
-                messages.c.lease_owner == owner,
-                messages.c.state == SENDING,
-            )
+            .where(messages.c.id.in_(ids[start : start + 5000]), *_owned(owner, live))
             .values(lease_expiry=expiry)
         )
 
@@ -259,11 +274,15 @@ def record(
     owner: str,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
+    *,
+    live: bool = False,
 ) -> int:
     """Write the outcomes of leased messages that are still ours; returns how many were written.
 
     A message that another daemon's sweep failed as `ambiguous` while this one could not write
-    (its lease ran out during a storage fault) takes the result this daemon kept for it.
+    (its lease ran out during a storage fault) takes the result this daemon kept for it. With
+    `live` (a cluster), nothing is written for an owner whose membership lease lapsed: it rejoins
+    under a new owner id, and what it leased before is refused.
     """
     ids = [o.id for o in outcomes]
     ours: dict[int, str] = {}
@@ -275,6 +294,8 @@ def record(
                 sa.and_(messages.c.state == "failed", messages.c.reason == AMBIGUOUS),
             ),
         )
+        if live:
+            query = query.where(live_owner(owner))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         ours.update((r.id, r.state) for r in conn.execute(query))

@@ -23,7 +23,7 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # Email addresses and phone numbers compare and sort byte by byte on both databases, as SQLite's
 # BINARY does; on PostgreSQL that is COLLATE "C". A launch sorts and indexes a million addresses,
 # and the database's locale would cost a collation call per comparison, with no abbreviated keys in
-# sorts (migration 0011). Every address column is of these types, so comparisons between them agree.
+# sorts (migration 0013). Every address column is of these types, so comparisons between them agree.
 Address = sa.String(320).with_variant(sa.String(320, collation="C"), "postgresql")
 Phone = sa.String(20).with_variant(sa.String(20, collation="C"), "postgresql")
 
@@ -112,7 +112,7 @@ contacts = sa.Table(
     sa.Column("phone", Phone, index=True),
     sa.Column("time_zone", sa.String(64)),
     # jsonb on PostgreSQL: segment filters read it in place, where json text would be parsed
-    # again at every access (migration 0011). SQLite keeps JSON text.
+    # again at every access (migration 0013). SQLite keeps JSON text.
     sa.Column("attributes", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("update_time", UTCDateTime, nullable=False),
@@ -199,7 +199,7 @@ messages = sa.Table(
     sa.UniqueConstraint("campaign_id", "channel_id", "address"),
     # Leases and listings take a channel's messages of one state in id order. A listing of several
     # states merges one such range per state (store.messages.list_messages), so no second
-    # (campaign_id, channel_id, id) index slows every launch (migration 0011). Its keys are unique
+    # (campaign_id, channel_id, id) index slows every launch (migration 0013). Its keys are unique
     # (they end with the id), so PostgreSQL's deduplication would only cost every page split.
     sa.Index(
         "ix_messages_campaign_id_channel_id_state_id",
@@ -265,4 +265,36 @@ message_events = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Index("ix_message_events_campaign_id_channel_id_kind", "campaign_id", "channel_id", "kind"),
+)
+
+# The daemons that share this database (PostgreSQL): each renews its row's lease every
+# [cluster] heartbeat_interval, by the database's clock. One whose lease lapsed sends nothing
+# (it fences itself first), its message leases are taken over, and it rejoins under a new id.
+cluster_members = sa.Table(
+    "cluster_members",
+    metadata,
+    sa.Column("id", sa.String(63), primary_key=True),
+    # The owner id written on its message leases: "host:pid:id".
+    sa.Column("owner", sa.String(100), nullable=False, unique=True),
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(63), nullable=False),
+    # Whether its engine sends; an API-only daemon has no gates a barrier must wait for.
+    sa.Column("sends", sa.Boolean, nullable=False),
+    # The transports it is configured with, among which rates and concurrency are shared.
+    sa.Column("transports", sa.JSON, nullable=False),
+    sa.Column("join_time", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_time", UTCDateTime, nullable=False),
+    sa.Column("lease_expiry", UTCDateTime, nullable=False),
+)
+
+# The leader's lease: one row, held by a member that renews it with its heartbeat and taken by
+# another once it lapses. The leader runs schedules, activation and the sweeps.
+cluster_leader = sa.Table(
+    "cluster_leader",
+    metadata,
+    sa.Column("name", sa.String(31), primary_key=True),
+    sa.Column("member", sa.String(63), nullable=False),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Column("lease_expiry", UTCDateTime, nullable=False),
 )

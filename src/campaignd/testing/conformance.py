@@ -192,23 +192,26 @@ class Batch:
 
 
 class LagProbe:
-    """Measures how long the event loop is held up while it runs (an async context manager)."""
+    """Measures how long the event loop is held up while it runs (an async context manager), less
+    the time the machine kept its thread waiting for a CPU."""
 
     TICK = 0.005
 
     def __init__(self) -> None:
         self.worst = 0.0
         self._since = 0.0
+        self._waited = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LagProbe:
-        self._since = asyncio.get_running_loop().time()
+        self._since, self._waited = asyncio.get_running_loop().time(), _queued()
         self._task = asyncio.create_task(self._run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         # A hold-up at the very end shows as a tick that never came.
-        self.worst = max(self.worst, asyncio.get_running_loop().time() - self._since - self.TICK)
+        waited = _queued() - self._waited
+        self.worst = max(self.worst, asyncio.get_running_loop().time() - self._since - self.TICK - waited)
         assert self._task is not None
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -218,9 +221,19 @@ class LagProbe:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.TICK)
-            now = loop.time()
-            self.worst = max(self.worst, now - self._since - self.TICK)
-            self._since = now
+            now, waited = loop.time(), _queued()
+            self.worst = max(self.worst, now - self._since - self.TICK - (waited - self._waited))
+            self._since, self._waited = now, waited
+
+
+def _queued() -> float:
+    """Seconds this thread has waited for a CPU (Linux: /proc/thread-self/schedstat), so that a
+    busy machine's delays are not taken for the loop being held up; 0 where it cannot be read."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 async def _within(awaitable: Awaitable[_T], seconds: float, what: str) -> _T:

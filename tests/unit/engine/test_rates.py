@@ -121,21 +121,39 @@ def test_acquire_waits_in_real_time() -> None:
     assert asyncio.run(run()) >= 0.5
 
 
-def test_ready_waits_for_the_rate_but_takes_nothing() -> None:
-    """ready() returns when a send could go and leaves the unit for acquire(): twenty ready()
-    calls at 20/s return at once, and twenty acquire() calls after them still go at once."""
+def test_reserved_units_hold_their_place_until_taken() -> None:
+    """reserve() holds units without logging a send: at 20/s, twenty reservations fill the
+    window, a twenty-first waits, and the twenty acquire(reserved=True) go at once."""
 
-    async def run() -> float:
+    async def run() -> None:
         limiter = RateLimiter(20)
+        for _ in range(20):
+            await limiter.reserve()
+        assert limiter.delay() > 0  # the held units count
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(limiter.reserve(), 0.2)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        for _ in range(20):
-            await limiter.ready()
-        await asyncio.gather(*(limiter.acquire() for _ in range(20)))
-        assert limiter.delay() > 0.5  # the window is full now
-        return loop.time() - started
+        await asyncio.gather(*(limiter.acquire(reserved=True) for _ in range(20)))
+        assert loop.time() - started < 0.1
+        assert limiter.delay() > 0.5  # now as sends, in the window
 
-    assert asyncio.run(run()) < 0.2
+    asyncio.run(run())
+
+
+def test_released_units_free_their_place() -> None:
+    """Units given up with release() let the next caller go at once."""
+
+    async def run() -> None:
+        limiter = RateLimiter(2)
+        await limiter.reserve()
+        await limiter.reserve()
+        assert limiter.delay() > 0
+        limiter.release()
+        assert limiter.delay() == 0
+        await asyncio.wait_for(limiter.reserve(), 0.05)
+
+    asyncio.run(run())
 
 
 def test_rejects_non_positive_rates() -> None:

@@ -1,8 +1,8 @@
 """a launch on PostgreSQL: jsonb attributes, addresses in byte order, one messages index fewer
 
-Revision ID: 0011
-Revises: 0010
-Create Date: 2026-12-06 12:00:00
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-10 12:00:00
 
 Segment filters read contacts' attributes in place from jsonb; from json, PostgreSQL parsed the
 text again at every access (most of the time of excluding a segment at launch). SQLite keeps its
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0011"
-down_revision: str | None = "0010"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
