@@ -18,13 +18,19 @@ postgresql://postgres@127.0.0.1:5432/postgres, dropped afterwards), then over th
    the segment; times EstimateRecipients, then LaunchCampaign (resolution + message rows: the
    §10 "< 20 s" figure);
 5. checks that GetCampaignReport's queued counts equal the estimate and the counts computed
-   here from the generator, and that ListMessages returns rows.
+   here from the generator, and that ListMessages returns rows (its first page and the next are
+   timed).
 
 A thread reads the daemon's VmRSS from /proc every 100 ms; the peak of each phase is reported.
 Each backend runs at N/10 first (unless --no-small) and then at N, to show whether the RSS is
 flat in the number of contacts. With --profile DIR, py-spy (pip install py-spy) records the
 daemon during the import and the launch into DIR (collapsed stacks, plus a summary printed here);
 sampling slows the daemon, so profile in a separate run from the one whose times you report.
+
+The launch line also gives the CPU time the launch took in the daemon and, for PostgreSQL, in the
+server processes serving it (read from /proc, so the server must run on this host), and the
+machine's load average before and after: on a shared machine the CPU time moves less than the
+wall time.
 
 The daemon runs with `[engine] enabled = false` (an API-only node): LaunchCampaign resolves and
 freezes the recipients exactly as with the engine on, but nothing is sent afterwards, so the checks
@@ -74,6 +80,7 @@ COUNTRIES = ("US", "CA", "MX", "GB", "DE", "FR", "BR", "IN")
 TIME_ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
 ATTESTATION = pb.ConsentAttestation(accepted_by="bench/audience.py", terms_version="bench-1")
 RPC_TIMEOUT = 3600.0
+BENCH_APPLICATION = "campaignd-bench"  # the benchmark's own PostgreSQL connections
 
 
 # -- deterministic contacts ---------------------------------------------------------------------
@@ -484,7 +491,9 @@ class Analyzer(threading.Thread):
         import sqlalchemy as sa
 
         self.engine = sa.create_engine(
-            url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+            url.replace("postgresql://", "postgresql+psycopg://", 1),
+            isolation_level="AUTOCOMMIT",
+            connect_args={"application_name": BENCH_APPLICATION},
         )
         self.interval = interval
         self.runs = 0
@@ -500,6 +509,50 @@ class Analyzer(threading.Thread):
         self._stop_event.set()
         self.join()
         self.engine.dispose()
+
+
+class ServerCpu:
+    """CPU time of the PostgreSQL server processes serving the daemon's database (read from /proc:
+    the server must run on this host), which the machine's other load disturbs less than wall
+    time. Nothing for SQLite, which runs inside the daemon."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self.engine = (
+            sa.create_engine(
+                url.replace("postgresql://", "postgresql+psycopg://", 1),
+                connect_args={"application_name": BENCH_APPLICATION},
+            )
+            if url
+            else None
+        )
+
+    def snapshot(self) -> dict[int, float]:
+        """CPU seconds so far of each server process serving the daemon, by pid."""
+        if self.engine is None:
+            return {}
+        with self.engine.connect() as conn:
+            pids = conn.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name <> %(name)s",
+                {"name": BENCH_APPLICATION},
+            ).scalars()
+            return {pid: cpu_seconds(pid)[0] for pid in pids}
+
+    @staticmethod
+    def used(before: dict[int, float], after: dict[int, float]) -> float:
+        """CPU seconds used between two snapshots (processes started in between count whole)."""
+        return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+def load_average() -> float:
+    """The machine's one-minute load average."""
+    return float(pathlib.Path("/proc/loadavg").read_text().split()[0])
 
 
 def autovacuum_on(url: str) -> bool:
@@ -573,8 +626,13 @@ class Result:
     suppress_s: float = 0.0
     estimate_s: float = 0.0
     launch_s: float = 0.0
+    launch_cpu_daemon_s: float = 0.0
+    launch_cpu_server_s: float = 0.0
+    estimate_cpu_server_s: float = 0.0
+    launch_load: tuple[float, float] = (0.0, 0.0)
     report_s: float = 0.0
     list_messages_s: float = 0.0
+    list_messages_next_s: float = 0.0
     frozen: int = 0
     frozen_by_channel: dict[str, int] = dataclasses.field(default_factory=dict)
     checks_ok: bool = False
@@ -625,7 +683,11 @@ def run_one(
                         ("grpc.max_receive_message_length", 64 << 20),
                     ],
                 ) as channel:
-                    _exercise(channel, sampler, profiler, result, want, n)
+                    server = ServerCpu(url)
+                    try:
+                        _exercise(channel, sampler, profiler, server, result, want, n)
+                    finally:
+                        server.close()
                 result.database_mb = database_size(backend, workdir, url) / 2**20
                 result.rss_hwm_mb = sampler.high_water_kb() / 1024
             finally:
@@ -652,7 +714,13 @@ def run_one(
 
 
 def _exercise(
-    channel: grpc.Channel, sampler: RssSampler, profiler: Profiler, result: Result, want: Expected, n: int
+    channel: grpc.Channel,
+    sampler: RssSampler,
+    profiler: Profiler,
+    server: ServerCpu,
+    result: Result,
+    want: Expected,
+    n: int,
 ) -> None:
     contacts = cs_grpc.ContactServiceStub(channel)
     campaigns = svc_grpc.CampaignServiceStub(channel)
@@ -721,21 +789,38 @@ def _exercise(
     )
 
     with sampler.during("estimate"):
+        server_before = server.snapshot()
         started = time.perf_counter()
         estimate = campaigns.EstimateRecipients(
             svc.EstimateRecipientsRequest(name=campaign.name), timeout=RPC_TIMEOUT
         )
         result.estimate_s = time.perf_counter() - started
+        result.estimate_cpu_server_s = server.used(server_before, server.snapshot())
     estimated = {cid: _counts(c) for cid, c in estimate.channels.items()}
-    print(f"   estimate: {result.estimate_s:.2f} s {estimated}", flush=True)
+    print(
+        f"   estimate: {result.estimate_s:.2f} s {estimated}"
+        + (f"; PostgreSQL CPU {result.estimate_cpu_server_s:.2f} s" if server.engine else ""),
+        flush=True,
+    )
 
     with sampler.during("launch"), profiler.during("launch", idle=True):
+        server_before = server.snapshot()
+        daemon_before = cpu_seconds(sampler.pid)[0]
+        load_before = load_average()
         started = time.perf_counter()
         campaigns.LaunchCampaign(
             svc.LaunchCampaignRequest(name=campaign.name, attestation=ATTESTATION), timeout=RPC_TIMEOUT
         )
         result.launch_s = time.perf_counter() - started
-    print(f"   launch: {result.launch_s:.2f} s", flush=True)
+        result.launch_load = (load_before, load_average())
+        result.launch_cpu_daemon_s = cpu_seconds(sampler.pid)[0] - daemon_before
+        result.launch_cpu_server_s = server.used(server_before, server.snapshot())
+    print(
+        f"   launch: {result.launch_s:.2f} s; CPU: daemon {result.launch_cpu_daemon_s:.2f} s"
+        + (f", PostgreSQL {result.launch_cpu_server_s:.2f} s" if server.engine else "")
+        + f"; load average {result.launch_load[0]:.2f} -> {result.launch_load[1]:.2f}",
+        flush=True,
+    )
 
     with sampler.during("report"):
         started = time.perf_counter()
@@ -746,6 +831,14 @@ def _exercise(
             svc.ListMessagesRequest(parent=campaign.name, channel_id="sms", page_size=100)
         )
         result.list_messages_s = time.perf_counter() - started
+        # The first page also pays for compiling its statement in the daemon; the next one does not.
+        started = time.perf_counter()
+        campaigns.ListMessages(
+            svc.ListMessagesRequest(
+                parent=campaign.name, channel_id="sms", page_size=100, page_token=page.next_page_token
+            )
+        )
+        result.list_messages_next_s = time.perf_counter() - started
 
     wanted = {"email": want.email, "sms": want.sms}
     for channel_report in report.channels:
@@ -768,7 +861,8 @@ def _exercise(
     result.checks_ok = not result.problems
     print(
         f"   report: {result.report_s:.2f} s, frozen {result.frozen_by_channel}, "
-        f"ListMessages {result.list_messages_s * 1000:.0f} ms; checks "
+        f"ListMessages {result.list_messages_s * 1000:.0f} ms, next page "
+        f"{result.list_messages_next_s * 1000:.0f} ms; checks "
         + ("OK" if result.checks_ok else "FAILED: " + "; ".join(result.problems)),
         flush=True,
     )
@@ -780,6 +874,7 @@ def _exercise(
 def table(results: list[Result]) -> str:
     head = (
         f"{'backend':<10} {'N':>9} {'import/s':>9} {'import s':>9} {'estimate s':>10} {'launch s':>9} "
+        f"{'launch CPU':>10} {'load':>5} "
         f"{'frozen':>9} {'RSS MB idle':>11} {'import':>7} {'launch':>7} {'HWM':>6} {'checks':>6}"
     )
     lines = [head, "-" * len(head)]
@@ -787,7 +882,9 @@ def table(results: list[Result]) -> str:
         rss = r.rss_peak_mb
         lines.append(
             f"{r.backend:<10} {r.contacts:>9,} {r.import_rate:>9,.0f} {r.import_s:>9.1f} "
-            f"{r.estimate_s:>10.2f} {r.launch_s:>9.2f} {r.frozen:>9,} "
+            f"{r.estimate_s:>10.2f} {r.launch_s:>9.2f} "
+            f"{r.launch_cpu_daemon_s + r.launch_cpu_server_s:>10.2f} {max(r.launch_load):>5.1f} "
+            f"{r.frozen:>9,} "
             f"{rss.get('idle', 0):>11.0f} {rss.get('import', 0):>7.0f} "
             f"{rss.get('launch', 0):>7.0f} {r.rss_hwm_mb:>6.0f} {'ok' if r.checks_ok else 'FAIL':>6}"
         )

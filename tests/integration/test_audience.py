@@ -171,6 +171,19 @@ def test_stop_cancels_queued_messages_and_sms_restart_requeues_them(client: Clie
     assert _addresses(client, campaign.name, "t", [pb.Message.CANCELLED]) == []
 
 
+def test_messages_are_frozen_in_the_byte_order_of_their_addresses(client: Client) -> None:
+    """Message ids follow the addresses compared byte by byte, on SQLite and PostgreSQL alike,
+    whatever the database's locale would say about punctuation and accents."""
+    target = _list(client, "order-list")
+    emails = ["a_b@example.org", "ab@example.org", "a-b@example.org", "a.b@example.org", "zed@example.org"]
+    emails += ["\u00e9mile@example.org", "emile@example.org"]
+    _import(client, [cs.ContactRow(email=email) for email in emails], list=target)
+    campaign = client.create(channel("m"), audience=pb.Audience(target_lists=[target]))
+    client.launch(campaign.name)
+    frozen = [m.address for m in client.messages(campaign.name)]
+    assert frozen == sorted(emails, key=lambda email: email.encode())
+
+
 def test_remarketing_channel_targets_an_earlier_channels_outcomes(client: Client) -> None:
     """A remarketing channel's audience is the source channel's recipients with the given states."""
     target = _list(client, "remarket")

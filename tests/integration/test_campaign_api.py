@@ -9,17 +9,20 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
 
 from campaignd import lifecycle
 from campaignd.lifecycle import Allowed, ChannelState, Operation, Refused
 from campaignd.testing.channels import SEMANTICS
 from campaignd.v1 import campaign_service_pb2 as svc
+from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import (
     ATTESTATION,
     Client,
     channel,
+    ensure_list,
     expect_failure,
     force_state,
     future,
@@ -657,3 +660,77 @@ def test_history_pages(client: Client) -> None:
     ]
     assert [e.sequence for e in events] == sorted(e.sequence for e in events)
     assert all(e.actor == "local" and e.cause == pb.CampaignEvent.OPERATOR for e in events)
+
+
+@pytest.mark.slow
+def test_list_messages_pages_exactly_the_selection_in_id_order(
+    client: Client, module_database_url: str
+) -> None:
+    """ListMessages pages through exactly the messages a channel, state and reason selection
+    names, in id order, across channels and states, at any page size."""
+    ensure_list(client.contacts, "lm")
+    rows = [
+        cs.ContactRow(contact_id=f"lm{i}", email=f"lm{i}@example.org", phone=f"+1202555{i:04d}")
+        for i in range(40)
+    ]
+    client.contacts.ImportContacts(
+        iter(
+            [
+                cs.ImportContactsRequest(options=cs.ImportOptions(list="lists/lm")),
+                cs.ImportContactsRequest(rows=rows),
+            ]
+        )
+    )
+    audience = pb.Audience(target_lists=["lists/lm"])
+    created = client.create(channel("email"), channel("sms", "test-sms"), audience=audience)
+    campaign_id = created.name.removeprefix("campaigns/")
+    client.launch(created.name)
+    # Spread the messages over every state and two reasons behind the (API-only) daemon's back.
+    states = [s.value for s in lifecycle.MessageState]
+    engine = sa.create_engine(module_database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        ids = conn.scalars(
+            sa.text("SELECT id FROM messages WHERE campaign_id = :c ORDER BY id"), {"c": campaign_id}
+        ).all()
+        for n, id_ in enumerate(ids):
+            conn.execute(
+                sa.text("UPDATE messages SET state = :s, reason = :r WHERE id = :id"),
+                {"s": states[n * 7 % len(states)], "r": "late" if n % 3 else None, "id": id_},
+            )
+        stored = conn.execute(
+            sa.text("SELECT id, channel_id, state, reason FROM messages WHERE campaign_id = :c"),
+            {"c": campaign_id},
+        ).all()
+    engine.dispose()
+    assert len(stored) == 80
+
+    def listed(channel_id: str, wanted: list[str], reason: str, size: int) -> list[int]:
+        found: list[int] = []
+        token = ""
+        while True:
+            page = client.stub.ListMessages(
+                svc.ListMessagesRequest(
+                    parent=created.name,
+                    channel_id=channel_id,
+                    states=[pb.Message.State.Value(s.upper()) for s in wanted],
+                    reason=reason,
+                    page_size=size,
+                    page_token=token,
+                )
+            )
+            found += [int(m.name.rsplit("/", 1)[1]) for m in page.messages]
+            token = page.next_page_token
+            if not token:
+                return found
+
+    for channel_id, wanted, reason, size in itertools.product(
+        ["", "sms"], [[], ["sent", "failed", "cancelled"]], ["", "late"], [3, 100]
+    ):
+        expected = sorted(
+            r.id
+            for r in stored
+            if channel_id in ("", r.channel_id)
+            and (not wanted or r.state in wanted)
+            and reason in ("", r.reason)
+        )
+        assert listed(channel_id, wanted, reason, size) == expected, (channel_id, wanted, reason, size)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from campaignd.audience.filters import parse
 from campaignd.store import migrate
 from campaignd.store.db import create_engine
-from campaignd.store.schema import metadata
+from campaignd.store.filters import compile as compile_filter
+from campaignd.store.schema import contacts, messages, metadata, suppressions
 from tests.integration.conftest import DaemonFactory
 
 
@@ -58,6 +62,126 @@ def test_daemon_serves_on_postgresql(daemon_factory: DaemonFactory, pg_url: str)
     serving = next(e for e in daemon.log_events() if e["event"] == "serving")
     assert serving["database"] == "postgresql"
     assert daemon.stop() == 0
+
+
+ATTRIBUTES = {"plan": "pro", "score": 72.5, "tags": ["vip", 3, True], "name": "Zoë", "a": {"b": {"c": None}}}
+ADDRESSES = [
+    ("contacts", "email"),
+    ("contacts", "phone"),
+    ("suppressions", "address"),
+    ("messages", "address"),
+]
+
+
+def test_0013_converts_and_converts_back_with_the_data(database_url: str) -> None:
+    """0013 makes attributes jsonb and addresses byte-ordered on PostgreSQL and drops a messages
+    index; downgrading undoes all of it, and the data comes through each way unchanged."""
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    postgresql = engine.dialect.name == "postgresql"
+    migrate.upgrade(engine, "0012")
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    emails = ["a_b@example.org", "ab@example.org", "émile@example.org"]
+    with engine.begin() as conn:
+        conn.execute(
+            contacts.insert(),
+            [
+                {
+                    "contact_id": f"c{i}",
+                    "email": email,
+                    "phone": f"+1202555010{i}",
+                    "attributes": {**ATTRIBUTES, "i": i},
+                    "create_time": now,
+                    "update_time": now,
+                }
+                for i, email in enumerate(emails)
+            ],
+        )
+        conn.execute(
+            suppressions.insert(),
+            [
+                {
+                    "address": emails[0],
+                    "channel_type": "",
+                    "reason": "manual",
+                    "source": "t",
+                    "create_time": now,
+                }
+            ],
+        )
+        conn.execute(
+            messages.insert(),
+            [
+                {
+                    "campaign_id": "k",
+                    "channel_id": "m",
+                    "address": email,
+                    "state": "queued",
+                    "attempts": 0,
+                    "create_time": now,
+                    "update_time": now,
+                }
+                for email in emails
+            ],
+        )
+
+    def state(*, filtered: bool = True) -> dict[str, Any]:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            columns = {
+                (table, c["name"]): c["type"]
+                for table in ("contacts", "suppressions", "messages")
+                for c in inspector.get_columns(table)
+            }
+            indexes = {i["name"]: i for i in inspector.get_indexes("messages")}
+            if postgresql:
+                # Deduplication is off exactly when the (campaign, channel, id) index is gone.
+                options = indexes["ix_messages_campaign_id_channel_id_state_id"]["dialect_options"]
+                assert (options.get("postgresql_with") == {"deduplicate_items": "off"}) != (
+                    "ix_messages_campaign_id_channel_id_id" in indexes
+                )
+            pro = compile_filter(parse('attributes.plan = "pro" AND attributes.tags:"vip"'), contacts)
+            return {
+                "attributes": type(columns["contacts", "attributes"]).__name__,
+                "collations": {column: getattr(columns[column], "collation", None) for column in ADDRESSES},
+                "id index": "ix_messages_campaign_id_channel_id_id" in indexes,
+                "contacts": {
+                    r.contact_id: (r.email, r.phone, r.attributes)
+                    for r in conn.execute(sa.select(contacts)).all()
+                },
+                "suppressed": conn.scalars(sa.select(suppressions.c.address)).all(),
+                "messages": sorted(conn.scalars(sa.select(messages.c.address))),
+                "matching": set(conn.scalars(sa.select(contacts.c.contact_id).where(pro)))
+                if filtered
+                else None,
+            }
+
+    data = {
+        "contacts": {
+            f"c{i}": (email, f"+1202555010{i}", {**ATTRIBUTES, "i": i}) for i, email in enumerate(emails)
+        },
+        "suppressed": [emails[0]],
+        "messages": sorted(emails),
+    }
+    migrate.upgrade(engine, "0013")
+    assert state() == {
+        "attributes": "JSONB" if postgresql else "JSON",
+        "collations": dict.fromkeys(ADDRESSES, "C" if postgresql else None),
+        "id index": False,
+        **data,
+        "matching": {"c0", "c1", "c2"},
+    }
+    migrate.downgrade(engine, "0012")
+    # Filters are compiled for jsonb on PostgreSQL, so they are not run on the downgraded column.
+    assert state(filtered=False) == {
+        "attributes": "JSON",
+        "collations": dict.fromkeys(ADDRESSES),
+        "id index": True,
+        **data,
+        "matching": None,
+    }
+    migrate.upgrade(engine)
+    assert state()["matching"] == {"c0", "c1", "c2"}
+    engine.dispose()
 
 
 def test_the_cluster_migration_upgrades_and_downgrades(database_url: str) -> None:

@@ -256,7 +256,7 @@ class CampaignManager:
             return message_store.list_messages(
                 conn,
                 campaign_id,
-                channel_id=channel_id,
+                channel_ids=[channel_id] if channel_id else [c.channel_id for c in record.channels],
                 states=states,
                 reason=reason,
                 after=after,

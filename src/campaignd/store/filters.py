@@ -2,7 +2,7 @@
 
 `audience.filters.parse` turns filter text (docs/segments.md) into a `Filter`; `compile` turns
 a `Filter` into a WHERE clause on the contacts table that runs the same on SQLite and
-PostgreSQL. User text only ever reaches SQL as bound parameters.
+PostgreSQL (where attributes are `jsonb`). User text only ever reaches SQL as bound parameters.
 
 Every compiled term is two-valued (true or false, never NULL), so `NOT` is the exact complement.
 """
@@ -183,7 +183,12 @@ def _compare(
     if not field.keys:
         return _guarded(table.c[field.name], _condition(table.c[field.name], op, value, pattern))
     kind, target, value = _json_target(table.c.attributes, field.keys, value)
-    return _typed(table.c.attributes, field.keys, kind, _condition(target, op, value, pattern))
+    typed = _typed(table.c.attributes, field.keys, kind, _condition(target, op, value, pattern))
+    if op == "=" and not pattern and kind != "number":
+        # jsonb containment compares type and value in one step, without extracting the
+        # attribute (numbers keep the float comparison, as on SQLite).
+        return _ByDialect(typed, _contains(table.c.attributes, field.keys, value))
+    return typed
 
 
 def _in(table: sa.Table, field: Field, values: tuple[Value, ...]) -> sa.ColumnElement[bool]:
@@ -258,10 +263,17 @@ def _json_is(attributes: sa.ColumnElement[Any], keys: tuple[str, ...], kind: str
     path = sa.bindparam(None, keys, type_=sa.JSON.JSONPathType())
     return _ByDialect(
         sa.func.coalesce(sa.func.json_type(attributes, path), "").in_(_SQLITE_TYPES[kind]),
-        sa.func.coalesce(sa.func.jsonb_typeof(sa.cast(attributes[keys], JSONB)), "").in_(
-            _POSTGRESQL_TYPES[kind]
-        ),
+        sa.func.coalesce(sa.func.jsonb_typeof(attributes[keys]), "").in_(_POSTGRESQL_TYPES[kind]),
     )
+
+
+def _contains(attributes: sa.ColumnElement[Any], keys: tuple[str, ...], value: Any) -> sa.ColumnElement[bool]:
+    """PostgreSQL: whether the jsonb attributes hold `value` at `keys` (`@>`, never NULL). Inside
+    an object, a list contains only a list and a scalar only an equal scalar of the same type."""
+    document = value
+    for key in reversed(keys):
+        document = {key: document}
+    return attributes.bool_op("@>")(sa.bindparam(None, document, type_=JSONB()))
 
 
 def _list_has(
@@ -282,5 +294,4 @@ def _list_has(
         sa.exists().where(items.c.type.in_(_SQLITE_TYPES[kind]), items.c.value == element),
     )
     # jsonb's @> compares typed values; a list argument makes a scalar attribute never match.
-    postgresql_form = sa.func.coalesce(sa.cast(attributes[keys], JSONB).contains([value]), sa.false())
-    return _ByDialect(sqlite_form, postgresql_form)
+    return _ByDialect(sqlite_form, _contains(attributes, keys, [value]))

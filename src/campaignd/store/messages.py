@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -623,23 +625,64 @@ def list_messages(
     conn: Connection,
     campaign_id: str,
     *,
-    channel_id: str,
+    channel_ids: Sequence[str],
     states: Sequence[str],
     reason: str,
     after: int,
     limit: int,
 ) -> list[MessageRow]:
-    """Messages of a campaign in row order after `after`, with the given filters."""
+    """Messages of a campaign's channels `channel_ids` in row order after `after`, in `states`
+    (every state when empty) and with `reason` (any when empty).
+
+    Each (channel, state) is one range of the (campaign, channel, state, id) index: the page is
+    the first `limit` ids of the first `limit` of each range, so it costs the same wherever it
+    starts and however many messages the campaign has.
+    """
+    if not channel_ids:
+        return []
+    query = _listing(len(channel_ids), tuple(states or MessageState), bool(reason))
+    values: dict[str, Any] = {"campaign_id": campaign_id, "after": after, "limit": limit, "reason": reason}
+    values.update((f"channel_{n}", channel_id) for n, channel_id in enumerate(channel_ids))
+    return [MessageRow(**r._mapping) for r in conn.execute(query, values)]
+
+
+@functools.lru_cache(maxsize=64)
+def _listing(channels: int, states: tuple[str, ...], reason: bool) -> sa.Select[Any]:
+    """The statement of `list_messages` for a number of channels, states and whether a reason is
+    given; built once, with the rest as bound parameters, since building its ranges costs more
+    than running them."""
     shown = [messages.c[name] for name in _MESSAGE_COLUMNS]
-    query = sa.select(*shown, contacts.c.contact_id).outerjoin(contacts, contacts.c.id == messages.c.contact)
-    query = query.where(messages.c.campaign_id == campaign_id, messages.c.id > after)
-    if channel_id:
-        query = query.where(messages.c.channel_id == channel_id)
-    if states:
-        query = query.where(messages.c.state.in_(list(states)))
-    if reason:
-        query = query.where(messages.c.reason == reason)
-    return [MessageRow(**r._mapping) for r in conn.execute(query.order_by(messages.c.id).limit(limit))]
+    limit = sa.bindparam("limit", type_=sa.Integer)
+    ranges = []
+    for channel, state in itertools.product(range(channels), states):
+        # The state as a range ordered by (state, id): with `state = ?` and an order by id alone,
+        # PostgreSQL may walk the primary key and filter instead, reading every message of the
+        # channels and states before this one while a launch's rows are new (no visibility map).
+        where = [
+            messages.c.campaign_id == sa.bindparam("campaign_id"),
+            messages.c.channel_id == sa.bindparam(f"channel_{channel}"),
+            sa.tuple_(messages.c.state, messages.c.id)
+            > sa.tuple_(state, sa.bindparam("after", type_=messages.c.id.type)),
+            messages.c.state <= state,
+        ]
+        if reason:
+            where.append(messages.c.reason == sa.bindparam("reason"))
+        ranges.append(
+            sa.select(*shown, messages.c.contact)
+            .where(*where)
+            .order_by(messages.c.state, messages.c.id)
+            .limit(limit)
+        )
+    # Each range reads its rows whole: joined back to messages by id, a page could be planned as
+    # a merge join along the primary key while the table's statistics still say it is empty.
+    # SQLite takes ORDER BY and LIMIT inside a compound SELECT only from subqueries.
+    merged = sa.union_all(*(r.subquery().select() for r in ranges)).subquery()
+    page = sa.select(merged).order_by(merged.c.id).limit(limit).subquery()
+    return (
+        sa.select(*(page.c[name] for name in _MESSAGE_COLUMNS), contacts.c.contact_id)
+        .select_from(page.outerjoin(contacts, contacts.c.id == page.c.contact))
+        .order_by(page.c.id)
+    )
 
 
 def transport_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str, str], int]:

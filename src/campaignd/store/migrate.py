@@ -25,6 +25,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     command.upgrade(_config(engine), revision)
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to `revision` through the migrations' downgrade steps (the tests
+    check them; an operator going back restores a backup instead, see docs/operations.md)."""
+    command.downgrade(_config(engine), revision)
+
+
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None for an empty database."""
     with engine.connect() as conn:
