@@ -44,12 +44,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 from grpc import aio
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from audience import Daemon, Profiler, database, machine
-from email_throughput import HTML, TEXT, configure, import_contacts, smtp_sink
+from email_throughput import configure, import_contacts, personalised_campaign, smtp_sink
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
@@ -295,22 +294,8 @@ def measure(
 
 def create_campaign(channel: grpc.Channel) -> pb.Campaign:
     stub = svc_grpc.CampaignServiceStub(channel)
-    content = struct_pb2.Struct()
-    content.update(
-        {
-            "subject": "Hello {{ contact.first_name }}, news from {{ contact.city }}",
-            "from_address": "news@example.org",
-            "from_name": "The Example News",
-            "text": TEXT,
-            "html": HTML,
-        }
-    )
-    campaign = pb.Campaign(
-        display_name="latency",
-        labels={"bench": "api-latency"},
-        audience=pb.Audience(target_lists=["lists/readers"]),
-        channels=[pb.Channel(channel_id="mail", type="email", content=content)],
-    )
+    campaign = personalised_campaign("latency")
+    campaign.labels["bench"] = "api-latency"
     stub.CreateCampaign(svc.CreateCampaignRequest(campaign_id="bench", campaign=campaign), timeout=30)
     return stub.GetCampaign(svc.GetCampaignRequest(name=CAMPAIGN), timeout=30)
 
