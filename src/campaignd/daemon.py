@@ -218,7 +218,7 @@ def open_database(settings: Settings, *, migrate_schema: bool) -> Database:
     """Open the configured database, migrating it first when asked; refuse an outdated schema.
     StartupError naming the path (or server) and the cause when it cannot be opened or written."""
     url = settings.database_url
-    engine = _engine(settings, pool_size=settings.database.pool_size)
+    engine = _engine(settings, pool_size=settings.database.pool_size, serving=True)
     try:
         if migrate_schema:
             migrate.upgrade(engine)
@@ -236,8 +236,10 @@ def open_database(settings: Settings, *, migrate_schema: bool) -> Database:
     return database
 
 
-def _engine(settings: Settings, *, pool_size: int = 10) -> sa.Engine:
-    """The database engine, with the state directory made first for SQLite."""
+def _engine(settings: Settings, *, pool_size: int = 10, serving: bool = False) -> sa.Engine:
+    """The database engine, with the state directory made first for SQLite. A serving daemon's
+    sessions end when idle in a transaction for a heartbeat lease: by then the daemon has lost
+    its membership anyway, and its locks must not outlive it."""
     url = settings.database_url
     if url.startswith("sqlite:///"):
         try:
@@ -246,7 +248,8 @@ def _engine(settings: Settings, *, pool_size: int = 10) -> sa.Engine:
             raise StartupError(
                 _os_problem(f"the state directory {settings.state_directory}", exc), EXIT_CONFIG
             ) from None
-    return create_engine(url, pool_size=pool_size)
+    lease = settings.cluster.heartbeat_lease if serving else None
+    return create_engine(url, pool_size=pool_size, idle_in_transaction=lease)
 
 
 def _os_problem(what: str, exc: OSError) -> str:

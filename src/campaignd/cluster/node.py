@@ -129,7 +129,14 @@ class Cluster:
         config = settings().cluster
         url = database.engine.url
         # Its own connections and threads: a heartbeat must not queue behind the engine's writes.
-        self.db = Database(create_engine(url.render_as_string(hide_password=False), pool_size=2), threads=2)
+        self.db = Database(
+            create_engine(
+                url.render_as_string(hide_password=False),
+                pool_size=2,
+                idle_in_transaction=config.heartbeat_lease,
+            ),
+            threads=2,
+        )
         self.membership = Membership(
             self.db,
             config,

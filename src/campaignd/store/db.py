@@ -70,7 +70,8 @@ def storage_fault(exc: BaseException) -> str | None:
             return "disk I/O error on the database server"
         if state == "25006":
             return "the database is read-only"
-        if state.startswith(("08", "57P")):
+        # 25P03: the server ended a session left idle in a transaction (a frozen daemon's).
+        if state.startswith(("08", "57P")) or state == "25P03":
             return "the database connection was lost"
         return None
     if exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
@@ -104,14 +105,24 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and explicit BEGINs."""
+def create_engine(url: str, *, pool_size: int = 10, idle_in_transaction: float | None = None) -> Engine:
+    """An engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and explicit BEGINs.
+
+    On PostgreSQL, `idle_in_transaction` (seconds) has the server end a session that sits in an
+    open transaction that long: the session of a process that froze mid-transaction, whose row
+    locks would otherwise hold every other daemon that touches those rows until it wakes."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    connect_args = {}
+    if idle_in_transaction is not None:
+        milliseconds = max(1000, round(idle_in_transaction * 1000))
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={milliseconds}"
+    return sa.create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args=connect_args
+    )
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
