@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -30,7 +32,18 @@ from campaignd_voice.settings import SipSettings
 CONNECT_TIMEOUT = 10.0  # seconds a started baresip has to open its ctrl_tcp port
 COMMAND_TIMEOUT = 10.0  # seconds baresip has to answer one command
 MAX_FRAME = 1_000_000  # the longest netstring accepted from baresip
+# Times baresip is started on new ports when it exits at start with EADDRINUSE (98), which is
+# what its main() returns when a port chosen free was bound by another process meanwhile.
+PORT_ATTEMPTS = 3
+EADDRINUSE = errno.EADDRINUSE
 SETPRIV = shutil.which("setpriv")  # util-linux: sets the parent-death signal, then runs the program
+
+
+log = logging.getLogger("campaignd_voice.baresip")
+
+
+class _PortTakenError(Exception):
+    """baresip could not bind a port it was given."""
 
 
 class BaresipError(Exception):
@@ -192,6 +205,18 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     return port
 
 
+def free_sip_port(host: str) -> int:
+    """A port on `host` free for SIP over UDP and over TCP now: baresip listens on both."""
+    while True:
+        port = free_port(host, socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        return port
+
+
 def sweep_homes() -> None:
     """Remove the configuration directories of baresips whose daemon is gone: a daemon that was
     killed could not remove its own."""
@@ -334,11 +359,23 @@ class Baresip:
             sweep_homes()
             self._home = tempfile.TemporaryDirectory(prefix=f"campaignd-baresip-{os.getpid()}-{self.name}-")
         home = pathlib.Path(self._home.name)
-        ctrl_port = free_port()
-        sip_port = self.settings.sip_port or free_port(self.settings.local_address, socket.SOCK_DGRAM)
-        write_config(home, self.settings, ctrl_port, sip_port)
         if self._log is None:
             self._log = (home / "baresip.log").open("ab")
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return await self._launch(home)
+            except _PortTakenError:
+                # Another process bound a port between the probe and baresip's bind.
+                log.warning("baresip found a port taken at start (attempt %d); trying others", attempt)
+        raise BaresipError(
+            f"baresip exited at start {PORT_ATTEMPTS} times with a port in use (status {EADDRINUSE})",
+            fatal=True,
+        )
+
+    async def _launch(self, home: pathlib.Path) -> Control:
+        ctrl_port = free_port()
+        sip_port = self.settings.sip_port or free_sip_port(self.settings.local_address)
+        write_config(home, self.settings, ctrl_port, sip_port)
         program = [self.settings.baresip, "-f", str(home)]
         if SETPRIV is not None:
             # baresip goes when the daemon goes, even when the daemon is killed.
@@ -363,6 +400,8 @@ class Baresip:
             connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, BaresipError):
                 await connecting
+            if process.returncode == EADDRINUSE and not self.settings.sip_port:
+                raise _PortTakenError
             raise BaresipError(f"baresip exited at start with status {process.returncode}", fatal=True)
         exited.cancel()
         try:
