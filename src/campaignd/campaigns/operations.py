@@ -204,7 +204,7 @@ class CampaignManager:
         self, campaign_id: str, known: store.Stamp | None
     ) -> tuple[store.Stamp, CampaignRecord | None]:
         """The campaign's stamp (`store.stamp`), and the campaign unless its stamp is still
-        `known`; both from one read, so that they agree. NOT_FOUND."""
+        `known`; a changed stamp and the campaign from one read, so that they agree. NOT_FOUND."""
 
         def read(conn: Connection) -> tuple[store.Stamp | None, CampaignRecord | None]:
             now = store.stamp(conn, campaign_id)
@@ -212,7 +212,11 @@ class CampaignManager:
                 return now, None
             return now, store.get(conn, campaign_id)
 
-        stamp, record = await self.db.read_here(read)
+        # Usually unchanged: the stamp alone, one round trip on the calling loop.
+        stamp = await self.db.row_here(store.STAMP, id=campaign_id) if known is not None else None
+        record = None
+        if stamp is None or stamp != known:
+            stamp, record = await self.db.read_here(read)
         if stamp is None:
             raise errors.not_found(f"campaigns/{campaign_id}")
         return stamp, record

@@ -17,24 +17,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 
 from campaignd import logs
 
 log = logs.get("campaignd.cluster")
 CHANNEL = "campaignd_cluster"
 RECONNECT = (0.1, 5.0)  # seconds between attempts to listen again: first, at most
-
-
-def connect_args(url: sa.URL) -> dict[str, Any]:
-    """psycopg's connection arguments for a SQLAlchemy PostgreSQL URL (host, port, sslmode, ...)."""
-    engine = sa.create_engine(url)
-    try:
-        _, kwargs = engine.dialect.create_connect_args(engine.url)
-    finally:
-        engine.dispose()
-    kwargs.pop("context", None)
-    return dict(kwargs)
 
 
 class Bus:

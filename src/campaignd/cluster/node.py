@@ -22,12 +22,12 @@ from campaignd import __version__, logs
 from campaignd.changes import ChangeHub
 from campaignd.cluster import shares
 from campaignd.cluster.barrier import Barrier
-from campaignd.cluster.bus import Bus, connect_args
+from campaignd.cluster.bus import Bus
 from campaignd.cluster.membership import Membership
 from campaignd.config import Settings
 from campaignd.plugin import Transport
 from campaignd.store import cluster as store
-from campaignd.store.db import Database, create_engine
+from campaignd.store.db import Database, connect_args, create_engine
 
 if TYPE_CHECKING:
     from campaignd.engine.core import Engine

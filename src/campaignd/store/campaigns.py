@@ -132,7 +132,7 @@ def get(conn: Connection, campaign_id: str, *, for_update: bool = False) -> Camp
 # What changes with every write of a campaign or of one of its channels (store.save is the only
 # such write, always with the next version and a new update time).
 Stamp = tuple[Any, ...]
-_STAMP = sa.select(campaigns.c.version, campaigns.c.update_time).where(campaigns.c.id == sa.bindparam("id"))
+STAMP = sa.select(campaigns.c.version, campaigns.c.update_time).where(campaigns.c.id == sa.bindparam("id"))
 
 
 def stamp(conn: Connection, campaign_id: str) -> Stamp | None:
@@ -140,7 +140,7 @@ def stamp(conn: Connection, campaign_id: str) -> Stamp | None:
     campaign deleted and created again under the same id starts at version 1 again, but not at
     the same time), as the driver gives them, to be compared only with another stamp. One
     indexed row read through the driver: a few microseconds."""
-    return driver_row(conn, _STAMP, id=campaign_id)
+    return driver_row(conn, STAMP, id=campaign_id)
 
 
 def _campaign_values(record: CampaignRecord) -> dict[str, Any]:

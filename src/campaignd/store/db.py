@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, Engine
@@ -27,6 +28,10 @@ log = logs.get("campaignd.store")
 PROBE_INTERVAL = (0.25, 5.0)  # seconds between probes of a faulty database: first, at most
 # How long `read_here` lets SQLite wait for a lock before it hands the read to a worker thread.
 HERE_BUSY_MS = 50
+# Seconds `row_here` waits for PostgreSQL on the event loop's own connection (to connect, to
+# answer) before it hands the read to a worker thread.
+HERE_CONNECT_TIMEOUT = 2.0
+HERE_TIMEOUT = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,26 +163,47 @@ def _sqlite_on_begin(connection: Connection) -> None:
 _COMPILED: dict[tuple[int, str], tuple[Any, str, tuple[str, ...] | None]] = {}
 
 
+def connect_args(url: sa.URL) -> dict[str, Any]:
+    """psycopg's connection arguments for a SQLAlchemy PostgreSQL URL (host, port, sslmode, ...)."""
+    engine = sa.create_engine(url)
+    try:
+        _, kwargs = engine.dialect.create_connect_args(engine.url)
+    finally:
+        engine.dispose()
+    kwargs.pop("context", None)
+    return dict(kwargs)
+
+
+def _driver_sql(statement: sa.Select[Any], dialect: Dialect, params: dict[str, Any]) -> tuple[str, Any]:
+    """`statement` (a constant of its module) as the driver's SQL, compiled once, and its values."""
+    key = (id(statement), dialect.name)
+    found = _COMPILED.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=dialect)
+        positions = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+        found = _COMPILED[key] = (statement, compiled.string, positions)
+    _, sql, positions = found
+    # Named parameters for psycopg, in their order for SQLite's question marks.
+    return sql, params if positions is None else tuple(params[name] for name in positions)
+
+
 def driver_row(conn: Connection, statement: sa.Select[Any], **params: Any) -> tuple[Any, ...] | None:
     """The first row of `statement` (a constant of its module), run on the driver's own
     connection in `conn`'s transaction: for a tiny query on a hot path, where SQLAlchemy's
     execution costs many times what the database does. The values are the driver's, unconverted;
     errors are SQLAlchemy's, as storage_fault expects."""
-    key = (id(statement), conn.dialect.name)
-    found = _COMPILED.get(key)
-    if found is None:
-        compiled = statement.compile(dialect=conn.dialect)
-        positions = tuple(compiled.positiontup) if compiled.positiontup is not None else None
-        found = _COMPILED[key] = (statement, compiled.string, positions)
-    _, sql, positions = found
-    # Named parameters for psycopg, in their order for SQLite's question marks.
-    values: Any = params if positions is None else tuple(params[name] for name in positions)
+    sql, values = _driver_sql(statement, conn.dialect, params)
     dbapi = conn.dialect.loaded_dbapi
     try:
         row = conn.connection.driver_connection.execute(sql, values).fetchone()  # type: ignore[union-attr]
     except dbapi.Error as exc:
         raise sa.exc.DBAPIError.instance(sql, values, exc, dbapi.Error) from exc
     return tuple(row) if row is not None else None
+
+
+async def _fetch_one(conn: psycopg.AsyncConnection[Any], sql: str, values: Any) -> tuple[Any, ...] | None:
+    cursor = await conn.execute(sql, values)
+    return await cursor.fetchone()
 
 
 class Database:
@@ -207,6 +233,8 @@ class Database:
         self._here = threading.local()
         self._kept: list[Connection] = []
         self._kept_lock = threading.Lock()
+        # The connections of `row_here` on PostgreSQL, one per event loop that uses it.
+        self._async_here: dict[asyncio.AbstractEventLoop, psycopg.AsyncConnection[Any]] = {}
 
     def on_fault(self, listener: Listener) -> None:
         """Call `listener(fault, None)` when a storage fault begins and `listener(None, ended)`
@@ -315,6 +343,35 @@ class Database:
             raise
         return await self.read(fn, *args)
 
+    async def row_here(self, statement: sa.Select[Any], **params: Any) -> tuple[Any, ...] | None:
+        """`driver_row` of `statement` run on this thread, without a worker thread's round trip:
+        on SQLite through `read_here`; on PostgreSQL on this event loop's own connection, in
+        autocommit (one round trip, the latest committed row). That connection failing or slow
+        (HERE_TIMEOUT), or a storage fault, sends the read to a worker thread (`read`)."""
+        if self.dialect != "postgresql":
+            return await self.read_here(functools.partial(driver_row, statement=statement, **params))
+        if self.fault is None:
+            loop = asyncio.get_running_loop()
+            try:
+                conn = self._async_here.get(loop)
+                if conn is None or conn.closed:
+                    conn = await asyncio.wait_for(
+                        psycopg.AsyncConnection.connect(autocommit=True, **connect_args(self.engine.url)),
+                        HERE_CONNECT_TIMEOUT,
+                    )
+                    self._async_here[loop] = conn
+                sql, values = _driver_sql(statement, self.engine.dialect, params)
+                row = await asyncio.wait_for(_fetch_one(conn, sql, values), HERE_TIMEOUT)
+                return tuple(row) if row is not None else None
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                # Connected anew by the next call; this one goes the long way round.
+                log.debug("a read on the event loop's connection failed", error=str(exc).strip())
+                dropped = self._async_here.pop(loop, None)
+                if dropped is not None:
+                    with contextlib.suppress(Exception):
+                        await dropped.close()
+        return await self.read(functools.partial(driver_row, statement=statement, **params))
+
     def _here_connection(self) -> Connection:
         conn: Connection | None = getattr(self._here, "conn", None)
         if conn is None or conn.invalidated or conn.closed:
@@ -341,4 +398,9 @@ class Database:
             with contextlib.suppress(Exception):
                 conn.invalidate()
                 conn.close()
+        # Their loops may have ended: the socket is closed without them.
+        for async_conn in self._async_here.values():
+            with contextlib.suppress(Exception):
+                async_conn.pgconn.finish()
+        self._async_here.clear()
         self.engine.dispose()
