@@ -18,6 +18,10 @@ per batch, the time of:
 - `record` of the batch's results (every message SENT with a provider id), which also frees the
   next batch for the next lease.
 
+Then, with every message SENT, it times the engine's pass that counts SENT messages without a
+receipt as ASSUMED_DELIVERED (`assume_delivered`, the channel's type taken as one with receipts,
+nothing yet old enough): what each pass costs while a large campaign waits for its receipts.
+
 The ratio "opt-out / lease" is the share of the lease transaction that the check costs.
 """
 
@@ -199,6 +203,13 @@ def run(backend: str, n: int, s: int, batch: int) -> None:
                 t0 = time.perf_counter()
                 store.record(conn, "bench", "main", "bench", results, now)
                 records.append(time.perf_counter() - t0)
+        sweeps = []
+        for _ in range(5):
+            with engine.begin() as conn:
+                t0 = time.perf_counter()
+                now = dt.datetime.now(dt.UTC)
+                store.assume_delivered(conn, now - dt.timedelta(hours=1), ["test-email"], now)
+                sweeps.append(time.perf_counter() - t0)
         with engine.connect() as conn:
             opted = int(
                 conn.execute(sa.select(sa.func.count()).where(messages.c.state == "opted_out")).scalar_one()
@@ -215,6 +226,8 @@ def run(backend: str, n: int, s: int, batch: int) -> None:
     print(f"[{backend}] mark_started of a whole batch: {ms(marks)}")
     print(f"[{backend}] record of a whole batch: {ms(records)}")
     print(f"[{backend}] opted out at lease time: {opted:,}")
+    sent = n - opted
+    print(f"[{backend}] a receipts sweep over {sent:,} SENT messages awaiting receipts: {ms(sweeps)}")
 
 
 def main() -> int:
