@@ -557,13 +557,16 @@ class Engine:
         The statement reads every SENT message of every channel whose type has receipts, which
         while receipts lag is most of a large campaign: it runs every tenth of that delay (at
         most every ASSUME_EVERY seconds), not at every tick."""
-        after = self.config.assume_delivered_after
-        if time.monotonic() < self._next_assume:
+        began = time.monotonic()
+        if began < self._next_assume:
             return {}
-        self._next_assume = time.monotonic() + min(ASSUME_EVERY, after / 10)
+        after = self.config.assume_delivered_after
         receipts = [t.name for t in self.plugins.types.values() if "receipts" in t.capabilities]
         cutoff = now - dt.timedelta(seconds=after)
-        return await self.db.write(message_store.assume_delivered, cutoff, receipts, now)
+        assumed = await self.db.write(message_store.assume_delivered, cutoff, receipts, now)
+        # Only a pass that went through: after a storage fault the next tick tries again.
+        self._next_assume = began + min(ASSUME_EVERY, after / 10)
+        return assumed
 
     async def _tend(self, row: ChannelRow, key: Key, now: dt.datetime) -> None:
         # Only the leader starts and activates channels; every member sends.
