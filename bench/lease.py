@@ -6,9 +6,11 @@
 For each backend it builds a migrated database (SQLite in a temporary directory; PostgreSQL a
 fresh database on $CAMPAIGND_TEST_PG_URL, dropped afterwards) holding N contacts, one channel's
 N QUEUED messages to them, and S suppressions (half for every channel type, half for the type),
-one in a hundred of which name a message's address; one contact in a hundred is deleted. Then it
-leases the whole channel in batches of `--batch` through the engine's own queries and reports,
-per batch, the time of:
+one in a hundred of which name a message's address; one contact in a hundred is deleted; the
+recipients are spread over five time zones. It times `queued_zones`, the read of the distinct
+time zones of the waiting messages that a channel with a send window makes every 5 s or more.
+Then it leases the whole channel in batches of `--batch` through the engine's own queries and
+reports, per batch, the time of:
 
 - `lease` (QUEUED → SENDING, including the send-time opt-out check, which moves suppressed and
   deleted recipients to OPTED_OUT in the same transaction);
@@ -47,6 +49,7 @@ from campaignd.store.db import create_engine
 from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages, suppressions
 
 PG_URL_ENV = "CAMPAIGND_TEST_PG_URL"
+ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo", "Australia/Sydney", None)
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -129,6 +132,8 @@ def fill(engine: sa.Engine, n: int, s: int) -> None:
                         "channel_id": "main",
                         "contact": i + 1,
                         "address": f"user{i}@example.org",
+                        # Recipients spread over a few zones, as a send window's zones check sees them.
+                        "time_zone": ZONES[i % len(ZONES)],
                         "state": "queued",
                         "attempts": 0,
                         "create_time": now,
@@ -170,6 +175,12 @@ def run(backend: str, n: int, s: int, batch: int) -> None:
         print(
             f"[{backend}] {n:,} messages, {s:,} suppressions written in {time.perf_counter() - started:.1f} s"
         )
+        zone_reads = []
+        for _ in range(5):
+            with engine.connect() as conn:
+                t0 = time.perf_counter()
+                store.queued_zones(conn, "bench", "main")
+                zone_reads.append(time.perf_counter() - t0)
         leases, checks, marks, records = [], [], [], []
         opted = 0
         while True:
@@ -221,6 +232,7 @@ def run(backend: str, n: int, s: int, batch: int) -> None:
         return f"median {1000 * statistics.median(values):.2f} ms, p95 {1000 * p95:.2f} ms"
 
     share = statistics.median(checks) / statistics.median(leases)
+    print(f"[{backend}] the time zones of {n:,} waiting messages (a send window's check): {ms(zone_reads)}")
     print(f"[{backend}] {len(leases) - 1} leases of {batch}: {ms(leases)} (opt-out check included)")
     print(f"[{backend}] opt-out check alone: {ms(checks)}; {share:.0%} of a lease")
     print(f"[{backend}] mark_started of a whole batch: {ms(marks)}")

@@ -55,6 +55,9 @@ RATE_WINDOW = 10  # seconds over which this daemon's send rate is measured, for 
 # Seconds a worker reuses the time zones of its channel's waiting messages: reading them scans
 # every waiting message, which before each lease made a large channel's sending quadratic.
 ZONES_FOR = 5.0
+# ... and at least this many times as long as the last read took, so that the reads take at most
+# a fiftieth of the database's time however many messages wait (1,000,000: 120-180 ms a read).
+ZONES_SPACING = 50
 # The longest wait between two passes that count SENT messages as ASSUMED_DELIVERED.
 ASSUME_EVERY = 30.0
 
@@ -347,6 +350,7 @@ class Engine:
         self._stopping = False
         self._running_since: dict[Key, float] = {}
         self._reopens: dict[Key, dt.datetime] = {}
+        # Per channel: until when (monotonic) its waiting messages' time zones are reused, and they.
         self._zones: dict[Key, tuple[float, list[str | None]]] = {}
         # (campaign name, channel id) -> sends per second its last plugin call asked for
         self._paces: dict[tuple[str, str], float] = {}
@@ -837,10 +841,12 @@ class Engine:
         window = row.send_window or self.plugins.default_window(row.type)
         if window is None:
             return None
-        read_at, zones = self._zones.get(key, (0.0, []))
-        if not read_at or self.clock.monotonic() - read_at > ZONES_FOR:
+        until, zones = self._zones.get(key, (0.0, []))
+        if not until or self.clock.monotonic() > until:
+            began = time.monotonic()
             zones = await self.db.read(message_store.queued_zones, *key)
-            self._zones[key] = (self.clock.monotonic(), zones)
+            took = time.monotonic() - began
+            self._zones[key] = (self.clock.monotonic() + max(ZONES_FOR, ZONES_SPACING * took), zones)
         now = self.clock.now()
         campaign_zone = ZoneInfo(row.time_zone or "UTC")
         open_zones = [z for z in zones if window.is_open(ZoneInfo(z) if z else campaign_zone, now)]
