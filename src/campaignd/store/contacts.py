@@ -150,16 +150,28 @@ def contact_fields(conn: Connection, pks: Sequence[int]) -> dict[int, dict[str, 
     """Contacts by row id, as dicts for rendering."""
     found: dict[int, dict[str, Any]] = {}
     for start in range(0, len(pks), 5000):
-        rows = conn.execute(sa.select(contacts).where(contacts.c.id.in_(pks[start : start + 5000])))
-        for r in rows:
-            found[r.id] = {
-                "contact_id": r.contact_id,
-                "email": r.email,
-                "phone": r.phone,
-                "time_zone": r.time_zone,
-                "attributes": r.attributes,
+        rows = conn.execute(_FIELDS, {"pks": pks[start : start + 5000]})
+        for pk, contact_id, email, phone, time_zone, attributes in rows:
+            found[pk] = {
+                "contact_id": contact_id,
+                "email": email,
+                "phone": phone,
+                "time_zone": time_zone,
+                "attributes": attributes,
             }
     return found
+
+
+# Built once, and only the columns rendering uses: the engine reads a batch's contacts before
+# every send, and converting the two timestamps of each row cost more than the rest of it.
+_FIELDS = sa.select(
+    contacts.c.id,
+    contacts.c.contact_id,
+    contacts.c.email,
+    contacts.c.phone,
+    contacts.c.time_zone,
+    contacts.c.attributes,
+).where(contacts.c.id.in_(sa.bindparam("pks", expanding=True)))
 
 
 def contacts_by_address(conn: Connection, kind: str, addresses: Sequence[str]) -> dict[str, dict[str, Any]]:
