@@ -206,6 +206,29 @@ def import_requests(n: int, list_name: str) -> Iterator[cs.ImportContactsRequest
         )
 
 
+def launch_to_list(channel: grpc.Channel, n: int, campaign_id: str, sending: pb.Channel) -> None:
+    """Import N contacts into a new list `bench`, and create and launch a campaign `campaign_id`
+    with one channel to it."""
+    contacts = cs_grpc.ContactServiceStub(channel)
+    campaigns = svc_grpc.CampaignServiceStub(channel)
+    contacts.CreateList(cs.CreateListRequest(list_id="bench", list=cs.ContactList(display_name="bench")))
+    contacts.ImportContacts(import_requests(n, "lists/bench"), timeout=RPC_TIMEOUT)
+    campaigns.CreateCampaign(
+        svc.CreateCampaignRequest(
+            campaign_id=campaign_id,
+            campaign=pb.Campaign(
+                display_name=campaign_id,
+                audience=pb.Audience(target_lists=["lists/bench"]),
+                channels=[sending],
+            ),
+        )
+    )
+    campaigns.LaunchCampaign(
+        svc.LaunchCampaignRequest(name=f"campaigns/{campaign_id}", attestation=ATTESTATION),
+        timeout=RPC_TIMEOUT,
+    )
+
+
 def suppression_batches(n: int) -> Iterator[list[cs.Suppression]]:
     """AddSuppressions payloads, 10,000 per call."""
     batch: list[cs.Suppression] = []
@@ -296,6 +319,18 @@ class Daemon:
                     pass
             time.sleep(0.05)
         raise RuntimeError(f"daemon not serving after {timeout}s:\n{self.log_tail()}")
+
+    def configure(self, database_url: str, sections: str) -> None:
+        """Replace the config: this daemon's directories, JSON logs at warning level, the
+        database (SQLite in the state directory when `database_url` is empty), and `sections`."""
+        database_section = f'[database]\nurl = "{database_url}"\n' if database_url else ""
+        self.config_path.write_text(
+            "[daemon]\n"
+            f'state_directory = "{self.workdir / "state"}"\n'
+            f'runtime_directory = "{self.runtime_dir}"\n'
+            '[log]\nformat = "json"\nlevel = "warning"\n' + database_section + sections,
+            encoding="utf-8",
+        )
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():

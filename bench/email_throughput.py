@@ -122,14 +122,9 @@ async def bare_loop(port: int, count: int, connections: int) -> float:
 
 
 def configure(daemon: Daemon, database_url: str, port: int, connections: int) -> None:
-    database_section = f'[database]\nurl = "{database_url}"\n' if database_url else ""
-    daemon.config_path.write_text(
-        "[daemon]\n"
-        f'state_directory = "{daemon.workdir / "state"}"\n'
-        f'runtime_directory = "{daemon.runtime_dir}"\n'
-        '[log]\nformat = "json"\nlevel = "warning"\n'
-        + database_section
-        + "[engine]\nbatch_size = 500\n"
+    daemon.configure(
+        database_url,
+        "[engine]\nbatch_size = 500\n"
         + "[transports.sink]\n"
         + 'type = "email"\n'
         + f"concurrency = {connections}\n"
@@ -137,7 +132,6 @@ def configure(daemon: Daemon, database_url: str, port: int, connections: int) ->
         + "[channel_types.email]\n"
         + 'unsubscribe_url = "https://news.example.org/u?m={message}&t={token}"\n'
         + 'unsubscribe_secret = { env = "BENCH_UNSUBSCRIBE_SECRET" }\n',
-        encoding="utf-8",
     )
 
 

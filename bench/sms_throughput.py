@@ -201,20 +201,14 @@ async def bare_loop(port: int, parts: int, window: int) -> float:
 
 
 def configure(daemon: Daemon, url: str, port: int, window: int, concurrency: int, batch_size: int) -> None:
-    database_section = f'[database]\nurl = "{url}"\n' if url else ""
-    daemon.config_path.write_text(
-        "[daemon]\n"
-        f'state_directory = "{daemon.workdir / "state"}"\n'
-        f'runtime_directory = "{daemon.runtime_dir}"\n'
-        '[log]\nformat = "json"\nlevel = "warning"\n'
-        + database_section
-        + f"[engine]\nbatch_size = {batch_size}\n"
+    daemon.configure(
+        url,
+        f"[engine]\nbatch_size = {batch_size}\n"
         + "[transports.smsc]\n"
         + 'type = "sms"\n'
         + f"concurrency = {concurrency}\n"
         + f'options = {{ kind = "smpp", host = "127.0.0.1", port = {port}, system_id = "bench", '
         + f"window = {window} }}\n",
-        encoding="utf-8",
     )
 
 

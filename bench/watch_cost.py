@@ -33,12 +33,10 @@ import grpc
 from google.protobuf import struct_pb2
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from audience import ATTESTATION, Daemon, ServerCpu, cpu_seconds, database, import_requests, machine
+from audience import Daemon, ServerCpu, cpu_seconds, database, launch_to_list, machine
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import campaign_service_pb2_grpc as svc_grpc
-from campaignd.v1 import contact_service_pb2 as cs
-from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 from campaignd.v1 import resources_pb2 as pb
 
 E = svc.MessageEvent
@@ -56,23 +54,10 @@ def event(i: int, n: int, campaign: str) -> svc.MessageEvent:
 
 
 def prepare(channel: grpc.Channel, n: int, events: int) -> None:
-    contacts = cs_grpc.ContactServiceStub(channel)
-    campaigns = svc_grpc.CampaignServiceStub(channel)
-    contacts.CreateList(cs.CreateListRequest(list_id="bench", list=cs.ContactList(display_name="bench")))
-    contacts.ImportContacts(import_requests(n, "lists/bench"), timeout=600)
     text = struct_pb2.Struct()
     text.update({"text": "Hello"})
-    campaigns.CreateCampaign(
-        svc.CreateCampaignRequest(
-            campaign_id="engaged",
-            campaign=pb.Campaign(
-                display_name="engaged",
-                audience=pb.Audience(target_lists=["lists/bench"]),
-                channels=[pb.Channel(channel_id="main", type="test-email", content=text)],
-            ),
-        )
-    )
-    campaigns.LaunchCampaign(svc.LaunchCampaignRequest(name=CAMPAIGN, attestation=ATTESTATION), timeout=600)
+    launch_to_list(channel, n, "engaged", pb.Channel(channel_id="main", type="test-email", content=text))
+    campaigns = svc_grpc.CampaignServiceStub(channel)
     started = time.perf_counter()
     for start in range(0, events, 1000):
         batch = [event(i, n, CAMPAIGN) for i in range(start, min(events, start + 1000))]

@@ -135,3 +135,35 @@ def test_malformed_events_are_refused_whole(
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
         assert report.totals.opens == 0
         assert client.stub.RecordEvents(svc.RecordEventsRequest(events=[good])).results[0].status == APPLIED
+
+
+def test_concurrent_calls_each_get_their_own_results(daemon_factory: DaemonFactory) -> None:
+    """Many RecordEvents calls at once (as tracking pixels arrive) are written together, yet
+    each call gets the results of its own events, a repeated event id is applied once across
+    calls, and the counts are exact."""
+    daemon = daemon_factory(TEST_CHANNELS + FAST).start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign, messages = sent_campaign(client, "busy", 20)
+        calls = []
+        for k in range(120):
+            events = [E(event_id=f"open-{k}", kind=E.OPENED, message=messages[k % 20].name)]
+            if k % 10 == 0:
+                events.append(E(event_id=f"lost-{k}", kind=E.OPENED, provider_message_id="no-such-message"))
+            calls.append(events)
+        # One event id in ten calls: applied by one of them, a duplicate in the others.
+        same = E(event_id="same", kind=E.CLICKED, message=messages[0].name, url="https://example.org/")
+        calls += [[same]] * 10
+        futures = [client.stub.RecordEvents.future(svc.RecordEventsRequest(events=c)) for c in calls]
+        answers = [[(r.event_id, r.status) for r in f.result(timeout=60).results] for f in futures]
+
+        for k, answer in enumerate(answers[:120]):
+            want = [(f"open-{k}", APPLIED)] + ([(f"lost-{k}", REFUSED)] if k % 10 == 0 else [])
+            assert answer == want
+        assert sorted(status for [(_, status)] in answers[120:]) == sorted([APPLIED] + [DUPLICATE] * 9)
+        report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
+        assert (report.totals.opens, report.totals.opened) == (120, 20)
+        assert (report.totals.clicks, report.totals.clicked) == (1, 1)
+    written = [e["events"] for e in daemon.log_events() if e.get("event") == "message events recorded"]
+    assert sum(written) == 120 + 12 + 10
+    assert len(written) < len(calls)  # some calls shared a transaction

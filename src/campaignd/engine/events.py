@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy.engine import Connection
@@ -35,6 +37,19 @@ _RECEIPTS = frozenset({EventKind.DELIVERED, EventKind.FAILED, EventKind.BOUNCED}
 
 
 APPLIED, DUPLICATE, REFUSED = "applied", "duplicate", "refused"
+# At most this many events in one transaction of coalesced record_messages calls (a larger
+# call goes alone), so that other writers do not wait long for the write lock.
+COALESCE_EVENTS = 1000
+
+
+@dataclasses.dataclass
+class _Queue:
+    """record_messages calls waiting on one event loop, and the task that writes them."""
+
+    calls: list[tuple[list[MessageEvent], asyncio.Future[list[tuple[str, str]]]]] = dataclasses.field(
+        default_factory=list
+    )
+    writer: asyncio.Task[None] | None = None
 
 
 class EventRecorder:
@@ -47,6 +62,10 @@ class EventRecorder:
         # provider id -> (channel type, event, when first seen), in arrival order
         self.pending: dict[str, tuple[str, InboundEvent, float]] = {}
         self._retrying: asyncio.Task[None] | None = None
+        # record_messages calls waiting for a transaction, per event loop (the API's, the main one)
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def record(self, channel_type: str, events: Sequence[InboundEvent]) -> None:
         """Apply `events` of `channel_type`; returns once they are stored."""
@@ -96,12 +115,50 @@ class EventRecorder:
         return unmatched
 
     async def record_messages(self, events: Sequence[MessageEvent]) -> list[tuple[str, str]]:
-        """Record events about messages in one transaction, each at most once by its id; returns
-        (status, reason) per event: applied, duplicate, or refused with why."""
+        """Record events about messages, each at most once by its id; returns (status, reason)
+        per event: applied, duplicate, or refused with why.
+
+        Calls made on one event loop while a write of theirs is under way are written together,
+        in order, in the next transaction (up to COALESCE_EVENTS events): a tracking pixel is one
+        event per request, and a transaction each cost more than the event."""
+        waiter: asyncio.Future[list[tuple[str, str]]] = asyncio.get_running_loop().create_future()
+        queue = self._queues.setdefault(asyncio.get_running_loop(), _Queue())
+        queue.calls.append((list(events), waiter))
+        if queue.writer is None or queue.writer.done():
+            queue.writer = asyncio.create_task(self._write_queued(queue))
+        return await waiter
+
+    async def _write_queued(self, queue: _Queue) -> None:
+        while queue.calls:
+            taken, size = 0, 0
+            while taken < len(queue.calls) and (
+                not taken or size + len(queue.calls[taken][0]) <= COALESCE_EVENTS
+            ):
+                size += len(queue.calls[taken][0])
+                taken += 1
+            calls, queue.calls = queue.calls[:taken], queue.calls[taken:]
+            try:
+                results = await self._record_messages([e for events, _ in calls for e in events])
+            except Exception as exc:  # the store's fault: every call in the transaction gets it
+                for _, waiter in calls:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            at = 0
+            for events, waiter in calls:
+                if not waiter.done():  # its caller may have gone (a closed HTTP connection)
+                    waiter.set_result(results[at : at + len(events)])
+                at += len(events)
+
+    async def _record_messages(self, events: Sequence[MessageEvent]) -> list[tuple[str, str]]:
+        """Record events about messages in one transaction."""
         now = self.clock.now()
 
         def write(conn: Connection) -> tuple[list[tuple[str, str]], set[str]]:
             seen = event_store.recorded(conn, (e.event_id for e in events))
+            # The messages named by id, in one query: on PostgreSQL a query per event made the
+            # round trips most of the transaction.
+            named = event_store.by_ids(conn, (e.message[2] for e in events if e.message is not None))
             results: list[tuple[str, str]] = []
             suppress: list[Mapping[str, object]] = []
             touched: set[str] = set()
@@ -109,7 +166,7 @@ class EventRecorder:
                 if event.event_id in seen:
                     results.append((DUPLICATE, ""))
                     continue
-                target = _find(conn, event)
+                target = _find(conn, event, named)
                 if target is None:
                     results.append((REFUSED, "message not found"))
                     continue
@@ -118,6 +175,8 @@ class EventRecorder:
                     conn, event.event_id, target, kind, now, url=event.url, detail=event.detail
                 )
                 seen.add(event.event_id)
+                if kind in message_store.EVENT_MOVES:
+                    named.pop(target.id, None)  # it may have moved: a later event reads it again
                 if not applied:
                     results.append((DUPLICATE, ""))
                     continue
@@ -155,9 +214,17 @@ class EventRecorder:
                         self.pending.pop(provider_id, None)
 
 
-def _find(conn: Connection, event: MessageEvent) -> event_store.Target | None:
+def _find(
+    conn: Connection, event: MessageEvent, named: Mapping[int, event_store.Target]
+) -> event_store.Target | None:
     if event.message is not None:
-        return event_store.by_id(conn, *event.message)
+        campaign_id, channel_id, message_id = event.message
+        target = named.get(message_id)
+        if target is None:
+            return event_store.by_id(conn, *event.message)
+        if campaign_id not in ("", target.campaign_id) or channel_id not in ("", target.channel_id):
+            return None
+        return target
     if event.provider_id:
         return event_store.by_provider_id(conn, event.provider_id)
     if event.recipient is not None:

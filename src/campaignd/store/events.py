@@ -77,6 +77,16 @@ def by_id(conn: Connection, campaign_id: str, channel_id: str, message_id: int) 
     return _target(row) if row is not None else None
 
 
+def by_ids(conn: Connection, message_ids: Iterable[int]) -> dict[int, Target]:
+    """The messages with these ids, by id (one query for a batch of events)."""
+    ids = sorted(set(message_ids))
+    found: dict[int, Target] = {}
+    for start in range(0, len(ids), 2000):
+        for row in conn.execute(_select().where(messages.c.id.in_(ids[start : start + 2000]))):
+            found[row[0]] = _target(row)
+    return found
+
+
 def by_provider_id(conn: Connection, provider_id: str) -> Target | None:
     """The latest message the provider knows by `provider_id`."""
     row = conn.execute(
