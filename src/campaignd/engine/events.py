@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import time
@@ -125,10 +126,21 @@ class EventRecorder:
         queue = self._queues.setdefault(asyncio.get_running_loop(), _Queue())
         queue.calls.append((list(events), waiter))
         if queue.writer is None or queue.writer.done():
-            queue.writer = asyncio.create_task(self._write_queued(queue))
+            # A context of its own: the write is every waiting caller's, not the first one's.
+            queue.writer = asyncio.create_task(self._write_queued(queue), context=contextvars.Context())
         return await waiter
 
     async def _write_queued(self, queue: _Queue) -> None:
+        try:
+            await self._write_all(queue)
+        except asyncio.CancelledError:
+            # The loop is closing: no caller may wait for a write that will not come.
+            for _, waiter in queue.calls:
+                waiter.cancel()
+            del queue.calls[:]
+            raise
+
+    async def _write_all(self, queue: _Queue) -> None:
         while queue.calls:
             taken, size = 0, 0
             while taken < len(queue.calls) and (
@@ -136,14 +148,17 @@ class EventRecorder:
             ):
                 size += len(queue.calls[taken][0])
                 taken += 1
-            calls, queue.calls = queue.calls[:taken], queue.calls[taken:]
+            # The calls stay queued while they are written, for a cancellation to find them.
+            calls = queue.calls[:taken]
             try:
                 results = await self._record_messages([e for events, _ in calls for e in events])
             except Exception as exc:  # the store's fault: every call in the transaction gets it
+                del queue.calls[:taken]
                 for _, waiter in calls:
                     if not waiter.done():
                         waiter.set_exception(exc)
                 continue
+            del queue.calls[:taken]
             at = 0
             for events, waiter in calls:
                 if not waiter.done():  # its caller may have gone (a closed HTTP connection)
