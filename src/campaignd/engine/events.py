@@ -173,7 +173,11 @@ class EventRecorder:
             seen = event_store.recorded(conn, (e.event_id for e in events))
             # The messages named by id, in one query: on PostgreSQL a query per event made the
             # round trips most of the transaction.
-            named = event_store.by_ids(conn, (e.message[2] for e in events if e.message is not None))
+            # None: no such message, known without asking again.
+            named: dict[int, event_store.Target | None] = dict.fromkeys(
+                e.message[2] for e in events if e.message is not None
+            )
+            named.update(event_store.by_ids(conn, named))
             results: list[tuple[str, str]] = []
             suppress: list[Mapping[str, object]] = []
             touched: set[str] = set()
@@ -230,16 +234,16 @@ class EventRecorder:
 
 
 def _find(
-    conn: Connection, event: MessageEvent, named: Mapping[int, event_store.Target]
+    conn: Connection, event: MessageEvent, named: Mapping[int, event_store.Target | None]
 ) -> event_store.Target | None:
     if event.message is not None:
         campaign_id, channel_id, message_id = event.message
-        target = named.get(message_id)
-        if target is None:
+        if message_id not in named:  # read before an earlier event moved it
             return event_store.by_id(conn, *event.message)
-        if campaign_id not in ("", target.campaign_id) or channel_id not in ("", target.channel_id):
+        target = named[message_id]
+        if target is None or campaign_id not in ("", target.campaign_id):
             return None
-        return target
+        return target if channel_id in ("", target.channel_id) else None
     if event.provider_id:
         return event_store.by_provider_id(conn, event.provider_id)
     if event.recipient is not None:
