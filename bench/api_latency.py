@@ -406,10 +406,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def api_node(workdir: pathlib.Path, url: str, port: int) -> Daemon:
-    """A second daemon on the same database with `[engine] enabled = false`: what serving the API
-    from a process of its own would give (the pause barrier would then need that process to
-    reach the sending one, which this does not do)."""
-    shared = url or f"sqlite:///{workdir / 'state' / 'campaignd.db'}"
+    """A second cluster member on the same PostgreSQL database with `[engine] enabled = false`:
+    the API served by a process of its own, the sending left to the other member (Pause and Stop
+    reach it through the cluster's barrier)."""
+    shared = url
     (workdir / "api-node").mkdir()
     node = Daemon(workdir / "api-node", shared)
     configure(node, shared, port, 20)
@@ -444,7 +444,7 @@ def main() -> int:
     parser.add_argument(
         "--api-node",
         action="store_true",
-        help="also measure an API-only daemon on the same database (the process-split option)",
+        help="also measure an API-only cluster member beside the sending one (PostgreSQL only)",
     )
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--profile", type=pathlib.Path, help="py-spy the daemon, idle and while it sends")
@@ -452,6 +452,8 @@ def main() -> int:
         "--gil", action="store_true", help="with --profile: sample only the thread holding the GIL"
     )
     args = parser.parse_args()
+    if args.api_node and args.backend != "postgresql":
+        parser.error("--api-node needs --backend postgresql: one daemon may use an SQLite database")
     if args.mode == "bare":
         asyncio.run(serve_bare(args.socket, pb.Campaign.FromString(pathlib.Path(args.message).read_bytes())))
         return 0

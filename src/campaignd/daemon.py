@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import pathlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import sqlalchemy as sa
 
@@ -20,7 +21,7 @@ from campaignd.config import ConfigError, Problem, Settings, load
 from campaignd.http import HttpListener
 from campaignd.plugin.manager import PluginError, Plugins
 from campaignd.sdnotify import Notifier, watchdog_interval
-from campaignd.store import migrate
+from campaignd.store import claim, migrate
 from campaignd.store.db import Database, Fault, create_engine
 from campaignd.wiring import Components
 
@@ -46,6 +47,10 @@ class Daemon:
         # Every config problem, the plugins' options included, stops the start before the
         # state directory or the database is touched.
         plugins = load_plugins(self.settings)
+        with exclusive(self.settings):
+            return await self._serve(plugins)
+
+    async def _serve(self, plugins: Plugins) -> int:
         database = open_database(self.settings, migrate_schema=self.settings.daemon.migrate_on_start)
         api = ApiServer(self.settings, self.authenticator)
         components = Components(api, database, lambda: self.settings, plugins)
@@ -236,18 +241,34 @@ def open_database(settings: Settings, *, migrate_schema: bool) -> Database:
     return database
 
 
-def _engine(settings: Settings, *, pool_size: int = 10, serving: bool = False) -> sa.Engine:
-    """The database engine, with the state directory made first for SQLite. A serving daemon's
-    sessions end when idle in a transaction for a heartbeat lease: by then the daemon has lost
-    its membership anyway, and its locks must not outlive it."""
-    url = settings.database_url
-    if url.startswith("sqlite:///"):
+@contextlib.contextmanager
+def exclusive(settings: Settings) -> Iterator[None]:
+    """This process alone on its SQLite database for the block (store/claim.py), the state
+    directory made first; StartupError (transient) while another daemon holds it."""
+    _make_state_directory(settings)
+    try:
+        with claim.exclusive(settings.database_url):
+            yield
+    except claim.InUseError as exc:
+        raise StartupError(str(exc), EXIT_TRANSIENT) from None
+
+
+def _make_state_directory(settings: Settings) -> None:
+    if settings.database_url.startswith("sqlite:///"):
         try:
             settings.state_directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         except OSError as exc:
             raise StartupError(
                 _os_problem(f"the state directory {settings.state_directory}", exc), EXIT_CONFIG
             ) from None
+
+
+def _engine(settings: Settings, *, pool_size: int = 10, serving: bool = False) -> sa.Engine:
+    """The database engine, with the state directory made first for SQLite. A serving daemon's
+    sessions end when idle in a transaction for a heartbeat lease: by then the daemon has lost
+    its membership anyway, and its locks must not outlive it."""
+    url = settings.database_url
+    _make_state_directory(settings)
     lease = settings.cluster.heartbeat_lease if serving else None
     return create_engine(url, pool_size=pool_size, idle_in_transaction=lease)
 
@@ -328,15 +349,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load(args.config)
         logs.configure(settings.log.level, settings.log.format)
         if args.command == "migrate":
-            engine = _engine(settings)
-            try:
-                before = migrate.current_revision(engine)
-                migrate.upgrade(engine, args.revision)
-                after = migrate.current_revision(engine)
-            except sa.exc.DBAPIError as exc:
-                raise _database_problem(settings.database_url, exc) from None
-            finally:
-                engine.dispose()
+            with exclusive(settings):
+                engine = _engine(settings)
+                try:
+                    before = migrate.current_revision(engine)
+                    migrate.upgrade(engine, args.revision)
+                    after = migrate.current_revision(engine)
+                except sa.exc.DBAPIError as exc:
+                    raise _database_problem(settings.database_url, exc) from None
+                finally:
+                    engine.dispose()
             print(f"schema: {before or 'empty'} -> {after}")
             return 0
         return asyncio.run(Daemon(settings, args.config).run())

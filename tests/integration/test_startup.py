@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 from tests.conftest import DEFAULT_PG_URL, PG_URL_ENV
@@ -185,3 +186,39 @@ def test_an_http_address_in_use_exits_1_naming_it(tmp_path: pathlib.Path) -> Non
         result = _run(tmp_path, config)
     assert result.returncode == 1
     assert _one_clean_line(result).startswith("campaignd: cannot listen on [http] address: ")
+
+
+def test_a_second_daemon_on_one_sqlite_database_is_refused_until_the_first_dies(
+    tmp_path: pathlib.Path,
+) -> None:
+    """SQLite has no cluster: a second `serve` or a `migrate` on the file a daemon serves exits 1
+    naming the database and the daemon's pid, while the daemon goes on serving; once it is killed
+    (kill -9, no clean-up) the database can be used again."""
+    state = tmp_path / "state"
+    config = f'state_directory = "{state}"\n'
+    runtime = tempfile.mkdtemp(prefix="cd-", dir="/tmp")
+    path = tmp_path / "first.toml"
+    path.write_text(f'[daemon]\nruntime_directory = "{runtime}"\nshutdown_timeout = 2.0\n' + config)
+    serving = subprocess.Popen([CAMPAIGND, "serve", "--config", str(path)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not pathlib.Path(runtime, "campaignd.sock").exists():
+            assert serving.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for command in ("serve", "migrate"):
+            result = _run(tmp_path, config, command)
+            assert result.returncode == 1, result.stderr
+            assert _one_clean_line(result) == (
+                f"campaignd: the database {state / 'campaignd.db'} is in use by another campaignd "
+                f"(pid {serving.pid}): only one daemon may use an SQLite database"
+            )
+        assert serving.poll() is None
+        serving.kill()
+        serving.wait(10)
+        result = _run(tmp_path, config, "migrate")
+        assert result.returncode == 0, result.stderr
+    finally:
+        if serving.poll() is None:
+            serving.kill()
+            serving.wait(10)
