@@ -447,6 +447,33 @@ def test_a_watcher_on_one_daemon_sees_the_progress_another_daemon_sends(
     assert finished_at - completed.timestamp() <= 1.5
 
 
+def test_a_member_that_does_not_send_never_leads(
+    daemon_factory: DaemonFactory, pg_url: str, server: StampingSmtpServer
+) -> None:
+    """The leader's duties are the engine's: an API-only member started first does not take the
+    lead, the sending member that joins after it does, and a campaign scheduled through the
+    API-only member starts on time and completes."""
+    api = daemon_factory(_config(pg_url, server.ports[1], sends=False), env=ENV, name="api").start()
+    time.sleep(2 * INTERVAL)
+    assert [m.leader for m in _live(api)] == [False]
+    sender = daemon_factory(_config(pg_url, server.ports[0]), env=ENV, name="sender").start()
+    wait_until(lambda: _leader([api, sender]) is sender, 30, "the sending member to lead")
+    import_people(api, readers(20), "later")
+    with api.channel() as channel:
+        client = Client(channel)
+        audience = pb.Audience(target_lists=["lists/later"])
+        later = client.create(email_channel({"relay": 100}), audience=audience)
+        request = svc.ScheduleCampaignRequest(name=later.name, attestation=ATTESTATION)
+        request.schedule_time.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2))
+        client.stub.ScheduleCampaign(request)
+    wait_until(lambda: _state(api, later.name) == pb.Campaign.COMPLETED, 60, "the scheduled campaign")
+    assert len(server.transactions()) == 20
+    assert sender.stop() == 0
+    # The sender left; the API-only member still does not lead.
+    time.sleep(LEASE)
+    assert [m.leader for m in _live(api)] == [False]
+
+
 def test_one_daemon_on_sqlite_is_a_cluster_of_one_that_leads(daemon_factory: DaemonFactory) -> None:
     """On SQLite, ListClusterMembers and `campaignctl cluster` show one live member: the daemon
     that answers, leading and sending."""

@@ -111,6 +111,9 @@ class Membership:
                 member_id=self.id,
                 transports=sorted(self.transports()),
                 lease=self.settings.heartbeat_lease,
+                # The leader's duties are the engine's (schedules, sweeps, lease expiry): a
+                # member that does not send never leads, or nobody would do them.
+                lead=self.sends,
             )
         )
         if not found.renewed:

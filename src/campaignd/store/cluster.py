@@ -89,17 +89,19 @@ def register(
     )
 
 
-def heartbeat(conn: Connection, *, member_id: str, transports: Sequence[str], lease: float) -> Beat:
-    """Renew a member's lease unless it lapsed; renew or take the leader's lease (the leader then
-    evicts the lapsed members); returns the members as they are now."""
+def heartbeat(
+    conn: Connection, *, member_id: str, transports: Sequence[str], lease: float, lead: bool = True
+) -> Beat:
+    """Renew a member's lease unless it lapsed; with `lead`, renew or take the leader's lease (the
+    leader then evicts the lapsed members); returns the members as they are now."""
     renewed = conn.execute(
         cluster_members.update()
         .where(cluster_members.c.id == member_id, cluster_members.c.lease_expiry > sa.func.now())
         .values(heartbeat_time=sa.func.now(), lease_expiry=_after(lease), transports=list(transports))
         .returning(cluster_members.c.id)
     ).first()
-    if renewed is None:
-        return Beat(False, False, current_leader(conn), members(conn), ())
+    if renewed is None or not lead:
+        return Beat(renewed is not None, False, current_leader(conn), members(conn), ())
     claim = postgresql.insert(cluster_leader).values(
         name=LEADER, member=member_id, since=sa.func.now(), lease_expiry=_after(lease)
     )
