@@ -452,7 +452,8 @@ def test_a_member_that_does_not_send_never_leads(
 ) -> None:
     """The leader's duties are the engine's: an API-only member started first does not take the
     lead, the sending member that joins after it does, and a campaign scheduled through the
-    API-only member starts on time and completes."""
+    API-only member starts on time and completes; a test send asked of the API-only member goes
+    out through its own transport."""
     api = daemon_factory(_config(pg_url, server.ports[1], sends=False), env=ENV, name="api").start()
     time.sleep(2 * INTERVAL)
     assert [m.leader for m in _live(api)] == [False]
@@ -463,11 +464,19 @@ def test_a_member_that_does_not_send_never_leads(
         client = Client(channel)
         audience = pb.Audience(target_lists=["lists/later"])
         later = client.create(email_channel({"relay": 100}), audience=audience)
+        tested = client.stub.SendTestMessage(
+            svc.SendTestMessageRequest(name=later.name, channel_id="mail", addresses=["qa@example.org"])
+        )
+        assert [r.accepted for r in tested.results] == [True]
+        assert [t.port for t in server.transactions()] == [server.ports[1]]
         request = svc.ScheduleCampaignRequest(name=later.name, attestation=ATTESTATION)
         request.schedule_time.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2))
         client.stub.ScheduleCampaign(request)
     wait_until(lambda: _state(api, later.name) == pb.Campaign.COMPLETED, 60, "the scheduled campaign")
-    assert len(server.transactions()) == 20
+    assert collections.Counter(t.port for t in server.transactions()) == {
+        server.ports[0]: 20,
+        server.ports[1]: 1,
+    }
     assert sender.stop() == 0
     # The sender left; the API-only member still does not lead.
     time.sleep(LEASE)
