@@ -35,6 +35,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -224,6 +225,96 @@ def bare_server(workdir: pathlib.Path, message: pb.Campaign) -> Iterator[tuple[s
         socket_path.parent.rmdir()
 
 
+async def serve_delayed(port: int, upstream: tuple[str, int], delay: float) -> None:
+    """Forward connections on `port` to `upstream`, each byte held `delay` seconds each way: a
+    database server one round trip of 2 x `delay` away (loopback has none to speak of)."""
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+
+        delivering = asyncio.create_task(deliver())
+        while True:
+            data = await reader.read(65536)
+            queue.put_nowait((time.monotonic() + delay, data))
+            if not data:
+                break
+        await delivering
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*upstream)
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    server = await asyncio.start_server(accept, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+@contextlib.contextmanager
+def delayed(url: str, delay_ms: float) -> Iterator[str]:
+    """`url` (PostgreSQL) reached through serve_delayed with a round trip of `delay_ms` more."""
+    if not delay_ms:
+        yield url
+        return
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    upstream = f"{parsed.host or '127.0.0.1'}:{parsed.port or 5432}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "delay",
+            "--port",
+            str(port),
+            "--upstream",
+            upstream,
+            "--ms",
+            str(delay_ms / 2),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the delaying proxy did not start")
+            time.sleep(0.05)
+        proxied = parsed.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+        print(f"database round trip through the proxy: p50 {round_trip(proxied) * 1e3:.2f} ms", flush=True)
+        yield proxied
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def round_trip(url: str) -> float:
+    """The median time of a one-row query at `url` (the timer granularity of the proxy's event
+    loop, 1 ms, adds to its delay)."""
+    import psycopg
+
+    times = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(50):
+            started = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 class CampaignFinishedError(Exception):
     """The campaign finished before a measurement made while it sends did."""
 
@@ -357,7 +448,8 @@ def run(args: argparse.Namespace) -> int:
     results: list[Measured] = []
     with (
         smtp_sink() as port,
-        database(args.backend, keep=False) as url,
+        database(args.backend, keep=False) as direct,
+        delayed(direct, args.pg_delay) as url,
         tempfile.TemporaryDirectory(prefix="bench-") as tmp,
     ):
         workdir = pathlib.Path(tmp)
@@ -433,6 +525,10 @@ def main() -> int:
     bare = sub.add_parser("bare", help="(internal) serve the baseline")
     bare.add_argument("--socket", required=True)
     bare.add_argument("--message", required=True)
+    proxy = sub.add_parser("delay", help="(internal) the delaying proxy")
+    proxy.add_argument("--port", type=int, required=True)
+    proxy.add_argument("--upstream", required=True)
+    proxy.add_argument("--ms", type=float, required=True)
     client = sub.add_parser("drive", help="(internal) the client")
     client.add_argument("--target", required=True)
     client.add_argument("--callers", type=int, required=True)
@@ -447,15 +543,28 @@ def main() -> int:
         help="also measure an API-only cluster member beside the sending one (PostgreSQL only)",
     )
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--pg-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="with --backend postgresql: the daemons reach it through a proxy adding MS to each round trip",
+    )
     parser.add_argument("--profile", type=pathlib.Path, help="py-spy the daemon, idle and while it sends")
     parser.add_argument(
         "--gil", action="store_true", help="with --profile: sample only the thread holding the GIL"
     )
     args = parser.parse_args()
+    if args.pg_delay and args.backend != "postgresql":
+        parser.error("--pg-delay needs --backend postgresql")
     if args.api_node and args.backend != "postgresql":
         parser.error("--api-node needs --backend postgresql: one daemon may use an SQLite database")
     if args.mode == "bare":
         asyncio.run(serve_bare(args.socket, pb.Campaign.FromString(pathlib.Path(args.message).read_bytes())))
+        return 0
+    if args.mode == "delay":
+        host, _, port = args.upstream.rpartition(":")
+        asyncio.run(serve_delayed(args.port, (host, int(port)), args.ms / 1e3))
         return 0
     if args.mode == "drive":
         print(json.dumps(asyncio.run(drive(args.target, CAMPAIGN, args.callers, args.seconds))))

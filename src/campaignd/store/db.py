@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import functools
@@ -201,6 +202,13 @@ def driver_row(conn: Connection, statement: sa.Select[Any], **params: Any) -> tu
     return tuple(row) if row is not None else None
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    # Its callers may all have been cancelled: its outcome is taken here, so that nothing is
+    # reported as never retrieved.
+    if not task.cancelled():
+        task.exception()
+
+
 async def _fetch_one(conn: psycopg.AsyncConnection[Any], sql: str, values: Any) -> tuple[Any, ...] | None:
     cursor = await conn.execute(sql, values)
     return await cursor.fetchone()
@@ -235,6 +243,9 @@ class Database:
         self._kept_lock = threading.Lock()
         # The connections of `row_here` on PostgreSQL, one per event loop that uses it.
         self._async_here: dict[asyncio.AbstractEventLoop, psycopg.AsyncConnection[Any]] = {}
+        self._here_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        # The reads of `row_here` not yet started, which later calls for the same row join.
+        self._unstarted: dict[tuple[Any, ...], asyncio.Task[tuple[Any, ...] | None]] = {}
 
     def on_fault(self, listener: Listener) -> None:
         """Call `listener(fault, None)` when a storage fault begins and `listener(None, ended)`
@@ -347,29 +358,60 @@ class Database:
         """`driver_row` of `statement` run on this thread, without a worker thread's round trip:
         on SQLite through `read_here`; on PostgreSQL on this event loop's own connection, in
         autocommit (one round trip, the latest committed row). That connection failing or slow
-        (HERE_TIMEOUT), or a storage fault, sends the read to a worker thread (`read`)."""
+        (HERE_TIMEOUT), or a storage fault, sends the read to a worker thread (`read`).
+
+        On PostgreSQL, calls for the same row that wait for the connection share one read, which
+        starts after every one of them was made: each still sees every write committed before
+        it was called, and twenty callers cost a round trip or two instead of twenty in a row."""
         if self.dialect != "postgresql":
             return await self.read_here(functools.partial(driver_row, statement=statement, **params))
-        if self.fault is None:
-            loop = asyncio.get_running_loop()
-            try:
-                conn = self._async_here.get(loop)
-                if conn is None or conn.closed:
-                    conn = await asyncio.wait_for(
-                        psycopg.AsyncConnection.connect(autocommit=True, **connect_args(self.engine.url)),
-                        HERE_CONNECT_TIMEOUT,
-                    )
-                    self._async_here[loop] = conn
-                sql, values = _driver_sql(statement, self.engine.dialect, params)
-                row = await asyncio.wait_for(_fetch_one(conn, sql, values), HERE_TIMEOUT)
-                return tuple(row) if row is not None else None
-            except (psycopg.Error, OSError, TimeoutError) as exc:
-                # Connected anew by the next call; this one goes the long way round.
-                log.debug("a read on the event loop's connection failed", error=str(exc).strip())
-                dropped = self._async_here.pop(loop, None)
-                if dropped is not None:
-                    with contextlib.suppress(Exception):
-                        await dropped.close()
+        if self.fault is not None:
+            return await self.read(functools.partial(driver_row, statement=statement, **params))
+        loop = asyncio.get_running_loop()
+        sql, values = _driver_sql(statement, self.engine.dialect, params)
+        key = (loop, sql, tuple(values.items()) if isinstance(values, dict) else values)
+        shared = self._unstarted.get(key)
+        if shared is None:
+            # A task of its own, in a context of its own: one caller's cancellation or identity
+            # must not reach the others.
+            shared = loop.create_task(
+                self._row_on_loop(key, statement, params, sql, values), context=contextvars.Context()
+            )
+            shared.add_done_callback(_retrieved)
+            self._unstarted[key] = shared
+        return await asyncio.shield(shared)
+
+    async def _row_on_loop(
+        self, key: tuple[Any, ...], statement: sa.Select[Any], params: dict[str, Any], sql: str, values: Any
+    ) -> tuple[Any, ...] | None:
+        loop = asyncio.get_running_loop()
+        lock = self._here_locks.get(loop)
+        if lock is None:
+            lock = self._here_locks[loop] = asyncio.Lock()
+        try:
+            async with lock:
+                # From here on a new call for this row starts a read of its own.
+                del self._unstarted[key]
+                try:
+                    conn = self._async_here.get(loop)
+                    if conn is None or conn.closed:
+                        conn = await asyncio.wait_for(
+                            psycopg.AsyncConnection.connect(autocommit=True, **connect_args(self.engine.url)),
+                            HERE_CONNECT_TIMEOUT,
+                        )
+                        self._async_here[loop] = conn
+                    row = await asyncio.wait_for(_fetch_one(conn, sql, values), HERE_TIMEOUT)
+                    return tuple(row) if row is not None else None
+                except (psycopg.Error, OSError, TimeoutError) as exc:
+                    # Connected anew by the next call; this one goes the long way round.
+                    log.debug("a read on the event loop's connection failed", error=str(exc).strip())
+                    dropped = self._async_here.pop(loop, None)
+                    if dropped is not None:
+                        with contextlib.suppress(Exception):
+                            await dropped.close()
+        finally:
+            if self._unstarted.get(key) is asyncio.current_task():
+                del self._unstarted[key]
         return await self.read(functools.partial(driver_row, statement=statement, **params))
 
     def _here_connection(self) -> Connection:
