@@ -102,3 +102,17 @@ def test_a_cancelled_caller_leaves_the_shared_read_to_the_others(
         assert held.sent == 2
 
     asyncio.run(scenario())
+
+
+def test_a_row_asked_by_a_list_is_read_alone(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values that cannot key a shared read (a list) still read, each call on its own."""
+    statement = sa.select(sa.func.sum(rows.c.n)).where(rows.c.id == sa.func.any(sa.bindparam("ids")))
+
+    async def scenario() -> None:
+        held = Held(monkeypatch)
+        held.release.set()
+        answers = await asyncio.gather(*(database.row_here(statement, ids=["a", "b"]) for _ in range(3)))
+        assert answers == [(11,)] * 3
+        assert held.sent == 3
+
+    asyncio.run(scenario())

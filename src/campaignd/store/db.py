@@ -369,8 +369,12 @@ class Database:
             return await self.read(functools.partial(driver_row, statement=statement, **params))
         loop = asyncio.get_running_loop()
         sql, values = _driver_sql(statement, self.engine.dialect, params)
-        key = (loop, sql, tuple(values.items()) if isinstance(values, dict) else values)
-        shared = self._unstarted.get(key)
+        key: tuple[Any, ...] = (loop, sql, tuple(values.items()) if isinstance(values, dict) else values)
+        try:
+            shared = self._unstarted.get(key)
+        except TypeError:
+            # A value that cannot be a key (a list): this call reads alone.
+            key, shared = (loop, object()), None
         if shared is None:
             # A task of its own, in a context of its own: one caller's cancellation or identity
             # must not reach the others.
