@@ -251,6 +251,8 @@ def exclusive(settings: Settings) -> Iterator[None]:
             yield
     except claim.InUseError as exc:
         raise StartupError(str(exc), EXIT_TRANSIENT) from None
+    except claim.LockFileError as exc:
+        raise StartupError(str(exc), EXIT_CONFIG) from None
 
 
 def _make_state_directory(settings: Settings) -> None:

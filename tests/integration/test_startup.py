@@ -222,3 +222,16 @@ def test_a_second_daemon_on_one_sqlite_database_is_refused_until_the_first_dies(
         if serving.poll() is None:
             serving.kill()
             serving.wait(10)
+
+
+def test_a_lock_file_that_cannot_be_opened_exits_2_naming_it(tmp_path: pathlib.Path) -> None:
+    """A lock file beside the database that cannot be opened is a problem waiting will not fix."""
+    state = tmp_path / "state"
+    state.mkdir()
+    lock = state / "campaignd.db.lock"
+    lock.symlink_to(lock.name)
+    result = _run(tmp_path, f'state_directory = "{state}"\n')
+    assert result.returncode == 2, result.stderr
+    assert _one_clean_line(result) == (
+        f"campaignd: cannot use the lock file {lock}: Too many levels of symbolic links"
+    )

@@ -35,3 +35,19 @@ def test_a_directory_where_no_lock_can_be_made_is_left_to_the_database(tmp_path:
     with claim.exclusive(f"sqlite:///{tmp_path / 'missing' / 'campaignd.db'}"):
         entered = True
     assert entered
+
+
+def test_a_lock_file_that_cannot_be_opened_is_refused_naming_it(tmp_path: pathlib.Path) -> None:
+    lock = claim.lock_path(tmp_path / "campaignd.db")
+    lock.symlink_to(lock.name)  # a loop: no open can follow it
+    refused = pytest.raises(claim.LockFileError, match=rf"cannot use the lock file {lock}: ")
+    with refused, claim.exclusive(f"sqlite:///{tmp_path / 'campaignd.db'}"):
+        pass
+
+
+def test_the_lock_file_is_readable_by_every_user(tmp_path: pathlib.Path) -> None:
+    """Another user (root running `campaignd migrate`, say) may have made it: the daemon's user
+    can still open it to lock it."""
+    with claim.exclusive(f"sqlite:///{tmp_path / 'campaignd.db'}"):
+        pass
+    assert claim.lock_path(tmp_path / "campaignd.db").stat().st_mode & 0o777 == 0o644

@@ -29,6 +29,13 @@ class InUseError(Exception):
         self.database = database
 
 
+class LockFileError(Exception):
+    """The lock file is there but cannot be opened (its owner or mode, for one)."""
+
+    def __init__(self, path: pathlib.Path, error: OSError) -> None:
+        super().__init__(f"cannot use the lock file {path}: {error.strerror or error}")
+
+
 def lock_path(database: pathlib.Path) -> pathlib.Path:
     """The lock file of an SQLite database file."""
     return database.with_name(database.name + ".lock")
@@ -49,24 +56,28 @@ def sqlite_file(url: str) -> pathlib.Path | None:
 @contextlib.contextmanager
 def exclusive(url: str) -> Iterator[None]:
     """Hold the lock of the SQLite database at `url` for the block; InUseError when another process
-    holds it. The kernel drops the lock when the process ends, however it ends. Where the lock
-    file cannot be made (a read-only directory), the block runs without it: opening the database
-    for writing fails there anyway, with its own message."""
+    holds it, LockFileError when the lock file is there but cannot be opened. The kernel drops the
+    lock when the process ends, however it ends. Where the lock file cannot be made (a read-only
+    directory), the block runs without it: opening the database for writing fails there anyway,
+    with its own message."""
     database = sqlite_file(url)
     if database is None:
         yield
         return
     path = lock_path(database)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         writable = True
     except OSError:
         try:
+            # Locking needs only a descriptor to read: a file another user made will do.
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             writable = False
-        except OSError:
+        except FileNotFoundError:
             yield
             return
+        except OSError as exc:
+            raise LockFileError(path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,6 +86,10 @@ def exclusive(url: str) -> Iterator[None]:
                 raise
             raise InUseError(database, _holder(fd)) from None
         if writable:
+            # Readable by every user that may run campaignd here (root running `campaignd
+            # migrate` included), whatever the umask; only its owner may change that.
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o644)
             # Who holds it, for the message another start prints.
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
