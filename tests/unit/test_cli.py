@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import io
 import pathlib
+import re
 from typing import Any, cast
 
 import grpc
@@ -241,6 +242,29 @@ def test_socket_comes_from_flag_then_environment_then_config(tmp_path: pathlib.P
     assert connection.resolve_target(args, env).target == "unix:/from/config.sock"
     with pytest.raises(connection.UsageError, match="only one"):
         connection.resolve_target(parser.parse_args(["--socket", "/a", "--address", "h:1", "list"]), {})
+
+
+def test_an_address_that_is_not_host_port_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--address and $CAMPAIGND_ADDRESS take the TCP listener's HOST:PORT; a Unix socket or a URL
+    there is refused with exit 2 before anything is dialled."""
+    parser = entry.build_parser()
+    for good in ("mx1.example.org:7443", "127.0.0.1:1", "[::1]:65535"):
+        assert connection.resolve_target(parser.parse_args(["--address", good, "list"]), {}).target == good
+    for bad, expected in (
+        ("unix:/run/campaignd/campaignd.sock", "for a Unix socket use --socket PATH"),
+        ("/run/campaignd/campaignd.sock", "for a Unix socket use --socket PATH"),
+        ("https://mx1:7443", "not 'https://mx1:7443'"),
+        ("mx1", "not 'mx1'"),
+        ("mx1:0", "not 'mx1:0'"),
+        (":7443", "not ':7443'"),
+        ("mx1:port", "not 'mx1:port'"),
+    ):
+        with pytest.raises(connection.UsageError, match=f"--address takes .*{re.escape(expected)}"):
+            connection.resolve_target(parser.parse_args(["--address", bad, "list"]), {})
+    with pytest.raises(connection.UsageError, match=r"\$CAMPAIGND_ADDRESS takes"):
+        connection.resolve_target(parser.parse_args(["list"]), {"CAMPAIGND_ADDRESS": "unix:/x.sock"})
+    assert entry.main(["--address", "unix:/x.sock", "list"]) == 2
+    assert "for a Unix socket use --socket PATH" in capsys.readouterr().err
 
 
 def test_unavailable_from_the_daemon_itself_is_its_answer() -> None:

@@ -67,18 +67,28 @@ def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Targ
     if args.socket:
         return unix_target(pathlib.Path(args.socket))
     if args.address:
-        return tcp_target(args.address, args, environ)
+        return tcp_target(host_port(args.address, "--address"), args, environ)
     if not args.config:
         if environ.get(SOCKET_ENV):
             return unix_target(pathlib.Path(environ[SOCKET_ENV]))
         if environ.get(ADDRESS_ENV):
-            return tcp_target(environ[ADDRESS_ENV], args, environ)
+            return tcp_target(host_port(environ[ADDRESS_ENV], f"${ADDRESS_ENV}"), args, environ)
     try:
         # Only the socket path is needed; the daemon's secret files may be unreadable to this user.
         settings = config.load(pathlib.Path(args.config) if args.config else None, check_files=False)
     except config.ConfigError as exc:
         raise UsageError(f"cannot find the daemon's socket: {exc}") from None
     return unix_target(settings.socket_path)
+
+
+def host_port(address: str, given: str) -> str:
+    """`address` when it is HOST:PORT (a bracketed IPv6 host too); UsageError naming `given`."""
+    if address.startswith(("unix:", "unix-abstract:", "/")):
+        raise UsageError(f"{given} takes the TCP listener's HOST:PORT; for a Unix socket use --socket PATH")
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or "/" in address or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{given} takes HOST:PORT, e.g. mx1.example.org:7443, not {address!r}")
+    return address
 
 
 def unix_target(path: pathlib.Path) -> Target:
