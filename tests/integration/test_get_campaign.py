@@ -14,12 +14,12 @@ from tests.integration.campaign_client import Client
 from tests.integration.conftest import API_ONLY, DaemonFactory
 
 
-def test_get_campaign_answers_what_another_daemon_changed(
-    daemon_factory: DaemonFactory, database_url: str
-) -> None:
+@pytest.mark.postgres
+def test_get_campaign_answers_what_another_daemon_changed(daemon_factory: DaemonFactory, pg_url: str) -> None:
     """Daemon A, asked for a campaign before, answers it as daemon B changed it since: renamed,
-    then deleted (NOT_FOUND), then created again under the same id at the same version."""
-    config = API_ONLY + f'[database]\nurl = "{database_url}"\n'
+    then deleted (NOT_FOUND), then created again under the same id at the same version. (On
+    SQLite one daemon holds the database: a second one is refused, test_startup.py.)"""
+    config = API_ONLY + f'[database]\nurl = "{pg_url}"\n'
     first, second = (daemon_factory(config, name=n).start() for n in "ab")
     with first.channel() as channel_a, second.channel() as channel_b:
         a, b = Client(channel_a), Client(channel_b)
