@@ -352,6 +352,8 @@ class Engine:
         self._reopens: dict[Key, dt.datetime] = {}
         # Per channel: until when (monotonic) its waiting messages' time zones are reused, and they.
         self._zones: dict[Key, tuple[float, list[str | None]]] = {}
+        # Per channel: where its next lease of QUEUED messages starts looking (store/messages.py).
+        self._cursors: dict[Key, message_store.LeaseCursor] = {}
         # (campaign name, channel id) -> sends per second its last plugin call asked for
         self._paces: dict[tuple[str, str], float] = {}
         self._guard_base: dict[Key, tuple[int, int]] = {}
@@ -550,6 +552,7 @@ class Engine:
             self._running_since.pop(key, None)
             self._reopens.pop(key, None)
             self._zones.pop(key, None)
+            self._cursors.pop(key, None)
             self._paces.pop((f"campaigns/{key[0]}", key[1]), None)
         self._publish_metrics(active)
         for channel_type, depth in (await self.db.read(count_store.queue_depths)).items():
@@ -690,6 +693,7 @@ class Engine:
                     expiry=expiry,
                     zones=zones,
                     channel_type=info.type,
+                    cursor=self._cursors.setdefault(key, message_store.LeaseCursor()),
                 )
             )
             if not batch:

@@ -109,6 +109,20 @@ def moving(frm: Iterable[str], to: str) -> sa.ColumnElement[bool]:
 # -- leases ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class LeaseCursor:
+    """Where a channel's next lease of QUEUED messages starts looking: just above the messages it
+    took last. Leasing moves a message out of QUEUED, and on PostgreSQL the QUEUED range of the
+    state index keeps an entry for every message moved out of it until a vacuum (and for as
+    long as a transaction could still see it): a scan from the start walks, and checks in the
+    table, every message the channel already leased, so each lease cost more than the one
+    before (bench/lease.py). Messages back in QUEUED below the cursor (requeued after a
+    transport failed or a lease expired, or after a restart) are found by a scan from the
+    start when the one above the cursor comes up short. PostgreSQL only."""
+
+    after: int = 0
+
+
 def lease(
     conn: Connection,
     *,
@@ -120,22 +134,24 @@ def lease(
     expiry: dt.datetime,
     zones: Sequence[str | None] | None = None,
     channel_type: str = "",
+    cursor: LeaseCursor | None = None,
 ) -> list[Leased]:
-    """Mark up to `limit` messages SENDING for `owner`: QUEUED ones first, then RETRYING ones due now.
+    """Mark up to `limit` messages SENDING for `owner`: QUEUED ones first (from `cursor` on,
+    then from the start), then RETRYING ones due now.
 
     With `zones`, only messages to recipients in those time zones (None: no zone) are taken. Of
     those taken, the ones whose address is now suppressed for `channel_type` (or for every type),
-    or whose contact was deleted, become OPTED_OUT instead and are not returned.
+    or whose contact was deleted, become OPTED_OUT instead and are not returned. `cursor` moves
+    to the last QUEUED message taken by the scan that found the last ones.
     """
     leased: list[Leased] = []
-    for state in ("queued", "retrying"):
-        room = limit - len(leased)
-        if room <= 0:
-            break
+
+    def take(state: str, room: int, *bounds: sa.ColumnElement[bool]) -> list[Leased]:
         where = [
             messages.c.campaign_id == campaign_id,
             messages.c.channel_id == channel_id,
             moving([state], SENDING),
+            *bounds,
         ]
         if state == "retrying":
             where.append(messages.c.next_attempt_time <= now)
@@ -159,10 +175,26 @@ def lease(
                 messages.c.contact,
             )
         )
-        rows = conn.execute(statement).all()
-        leased.extend(Leased(r.id, r.address, r.time_zone, r.attempts, r.contact) for r in rows)
-        if rows:
-            add_counts(conn, campaign_id, channel_id, {state: -len(rows), SENDING: len(rows)})
+        return [Leased(r.id, r.address, r.time_zone, r.attempts, r.contact) for r in conn.execute(statement)]
+
+    # SQLite removes an index entry when its row moves, and a bound on the id makes it plan the
+    # scan along the primary key: there the cursor would only cost.
+    if conn.dialect.name != "postgresql":
+        cursor = None
+    after = cursor.after if cursor is not None else 0
+    above = take("queued", limit, messages.c.id > after) if after else []
+    rest = take("queued", limit - len(above)) if len(above) < limit else []
+    if cursor is not None and (above or rest):
+        cursor.after = max(m.id for m in (rest or above))
+    queued = above + rest
+    if queued:
+        add_counts(conn, campaign_id, channel_id, {"queued": -len(queued), SENDING: len(queued)})
+    leased.extend(queued)
+    if len(leased) < limit:
+        retried = take("retrying", limit - len(leased))
+        if retried:
+            add_counts(conn, campaign_id, channel_id, {"retrying": -len(retried), SENDING: len(retried)})
+        leased.extend(retried)
     leased.sort(key=lambda m: m.id)
     if leased:
         leased = _opt_out(conn, campaign_id, channel_id, channel_type, leased, now)
