@@ -94,7 +94,10 @@ def test_kill_9_with_resend_sends_ambiguous_messages_again(
     with daemon.channel() as channel:
         client = Client(channel)
         target = import_list(client, "resend", _emails("resend", 1500))
-        campaign = double_campaign(client, target, ambiguous=pb.Channel.RESEND, sink=str(sink), delay_ms=2)
+        # 20 ms a send: a batch's sends take about a second, so the kill lands while some are in
+        # doubt (with 2 ms, on a slow machine, every lane could still be waiting for its batch's
+        # rendering when it came).
+        campaign = double_campaign(client, target, ambiguous=pb.Channel.RESEND, sink=str(sink), delay_ms=20)
         assert campaign.channels[0].ambiguous_sends == pb.Channel.RESEND
         client.launch(campaign.name)
     _kill_mid_campaign(daemon, sink, kills=1, seed=1500)
