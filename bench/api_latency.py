@@ -501,10 +501,9 @@ def api_node(workdir: pathlib.Path, url: str, port: int) -> Daemon:
     """A second cluster member on the same PostgreSQL database with `[engine] enabled = false`:
     the API served by a process of its own, the sending left to the other member (Pause and Stop
     reach it through the cluster's barrier)."""
-    shared = url
     (workdir / "api-node").mkdir()
-    node = Daemon(workdir / "api-node", shared)
-    configure(node, shared, port, 20)
+    node = Daemon(workdir / "api-node", url)
+    configure(node, url, port, 20)
     node.config_path.write_text(
         node.config_path.read_text(encoding="utf-8").replace("[engine]\n", "[engine]\nenabled = false\n"),
         encoding="utf-8",

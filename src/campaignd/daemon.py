@@ -245,7 +245,13 @@ def open_database(settings: Settings, *, migrate_schema: bool) -> Database:
 def exclusive(settings: Settings) -> Iterator[None]:
     """This process alone on its SQLite database for the block (store/claim.py), the state
     directory made first; StartupError (transient) while another daemon holds it."""
-    _make_state_directory(settings)
+    if settings.database_url.startswith("sqlite:///"):
+        try:
+            settings.state_directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            raise StartupError(
+                _os_problem(f"the state directory {settings.state_directory}", exc), EXIT_CONFIG
+            ) from None
     try:
         with claim.exclusive(settings.database_url):
             yield
@@ -255,22 +261,11 @@ def exclusive(settings: Settings) -> Iterator[None]:
         raise StartupError(str(exc), EXIT_CONFIG) from None
 
 
-def _make_state_directory(settings: Settings) -> None:
-    if settings.database_url.startswith("sqlite:///"):
-        try:
-            settings.state_directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-        except OSError as exc:
-            raise StartupError(
-                _os_problem(f"the state directory {settings.state_directory}", exc), EXIT_CONFIG
-            ) from None
-
-
 def _engine(settings: Settings, *, pool_size: int = 10, serving: bool = False) -> sa.Engine:
-    """The database engine, with the state directory made first for SQLite. A serving daemon's
-    sessions end when idle in a transaction for a heartbeat lease: by then the daemon has lost
-    its membership anyway, and its locks must not outlive it."""
+    """The database engine, inside `exclusive` (which made the state directory for SQLite). A
+    serving daemon's sessions end when idle in a transaction for a heartbeat lease: by then the
+    daemon has lost its membership anyway, and its locks must not outlive it."""
     url = settings.database_url
-    _make_state_directory(settings)
     lease = settings.cluster.heartbeat_lease if serving else None
     return create_engine(url, pool_size=pool_size, idle_in_transaction=lease)
 

@@ -241,9 +241,13 @@ def _find(
         if message_id not in named:  # read before an earlier event moved it
             return event_store.by_id(conn, *event.message)
         target = named[message_id]
-        if target is None or campaign_id not in ("", target.campaign_id):
+        if (
+            target is None
+            or campaign_id not in ("", target.campaign_id)
+            or channel_id not in ("", target.channel_id)
+        ):
             return None
-        return target if channel_id in ("", target.channel_id) else None
+        return target
     if event.provider_id:
         return event_store.by_provider_id(conn, event.provider_id)
     if event.recipient is not None:

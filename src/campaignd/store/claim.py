@@ -9,7 +9,6 @@ returned, so it is refused at start. PostgreSQL has the cluster (see cluster/) i
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import pathlib
@@ -26,7 +25,6 @@ class InUseError(Exception):
         super().__init__(
             f"the database {database} is in use by {who}: only one daemon may use an SQLite database"
         )
-        self.database = database
 
 
 class LockFileError(Exception):
@@ -81,9 +79,7 @@ def exclusive(url: str) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
+        except BlockingIOError:
             raise InUseError(database, _holder(fd)) from None
         if writable:
             # Readable by every user that may run campaignd here (root running `campaignd

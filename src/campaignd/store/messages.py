@@ -144,7 +144,6 @@ def lease(
     or whose contact was deleted, become OPTED_OUT instead and are not returned. `cursor` moves
     to the last QUEUED message taken by the scan that found the last ones.
     """
-    leased: list[Leased] = []
 
     def take(state: str, room: int, *bounds: sa.ColumnElement[bool]) -> list[Leased]:
         where = [
@@ -177,8 +176,8 @@ def lease(
         )
         return [Leased(r.id, r.address, r.time_zone, r.attempts, r.contact) for r in conn.execute(statement)]
 
-    # SQLite removes an index entry when its row moves, and a bound on the id makes it plan the
-    # scan along the primary key: there the cursor would only cost.
+    # SQLite removes an index entry when its row moves: it has no moved messages to skip, and
+    # the cursor would only add a second scan whenever the first comes up short.
     if conn.dialect.name != "postgresql":
         cursor = None
     after = cursor.after if cursor is not None else 0
@@ -187,15 +186,11 @@ def lease(
     if cursor is not None and (above or rest):
         cursor.after = max(m.id for m in (rest or above))
     queued = above + rest
-    if queued:
-        add_counts(conn, campaign_id, channel_id, {"queued": -len(queued), SENDING: len(queued)})
-    leased.extend(queued)
-    if len(leased) < limit:
-        retried = take("retrying", limit - len(leased))
-        if retried:
-            add_counts(conn, campaign_id, channel_id, {"retrying": -len(retried), SENDING: len(retried)})
-        leased.extend(retried)
-    leased.sort(key=lambda m: m.id)
+    retried = take("retrying", limit - len(queued)) if len(queued) < limit else []
+    for state, taken in (("queued", queued), ("retrying", retried)):
+        if taken:
+            add_counts(conn, campaign_id, channel_id, {state: -len(taken), SENDING: len(taken)})
+    leased = sorted(queued + retried, key=lambda m: m.id)
     if leased:
         leased = _opt_out(conn, campaign_id, channel_id, channel_type, leased, now)
     return leased
