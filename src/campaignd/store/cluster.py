@@ -54,7 +54,7 @@ def _after(seconds: float) -> sa.ColumnElement[dt.datetime]:
     return sa.func.now() + sa.bindparam(None, dt.timedelta(seconds=seconds), type_=sa.Interval)
 
 
-def live_owner(owner: str) -> sa.ColumnElement[bool]:
+def live_owner(owner: str | sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
     """True while `owner` is a member whose lease has not lapsed: only such an owner's marks,
     renewals and results are taken."""
     return sa.exists().where(cluster_members.c.owner == owner, cluster_members.c.lease_expiry > sa.func.now())

@@ -6,13 +6,14 @@ progress, the guard and completion never count the messages table.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from campaignd.store.schema import channel_counts, channels
-from campaignd.store.sql import dialect_insert
 
 
 def add_counts(conn: Connection, campaign_id: str, channel_id: str, deltas: Mapping[str, int]) -> None:
@@ -24,13 +25,20 @@ def add_counts(conn: Connection, campaign_id: str, channel_id: str, deltas: Mapp
     ]
     if not rows:
         return
-    statement = dialect_insert(conn, channel_counts)
-    statement = statement.on_conflict_do_update(
+    statement = _add_statement(conn.dialect.name)
+    for row in rows:
+        conn.execute(statement, row)
+
+
+@functools.cache
+def _add_statement(dialect: str) -> sa.Insert:
+    """Built once per dialect: every lease and every result moves counters."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(channel_counts)
+    return statement.on_conflict_do_update(
         index_elements=["campaign_id", "channel_id", "state"],
         set_={"n": channel_counts.c.n + statement.excluded.n},
     )
-    for row in rows:
-        conn.execute(statement, row)
 
 
 def read_counts(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:

@@ -145,43 +145,29 @@ def lease(
     to the last QUEUED message taken by the scan that found the last ones.
     """
 
-    def take(state: str, room: int, *bounds: sa.ColumnElement[bool]) -> list[Leased]:
-        where = [
-            messages.c.campaign_id == campaign_id,
-            messages.c.channel_id == channel_id,
-            moving([state], SENDING),
-            *bounds,
-        ]
-        if state == "retrying":
-            where.append(messages.c.next_attempt_time <= now)
-        if zones is not None:
-            named = [z for z in zones if z is not None]
-            zone_match = messages.c.time_zone.in_(named)
-            where.append(sa.or_(zone_match, messages.c.time_zone.is_(None)) if None in zones else zone_match)
-        candidates = sa.select(messages.c.id).where(*where).order_by(messages.c.id).limit(room)
-        if conn.dialect.name == "postgresql":
-            # Several daemons lease from one table: each takes rows no one else has locked.
-            candidates = candidates.with_for_update(skip_locked=True)
-        statement = (
-            messages.update()
-            .where(messages.c.id.in_(candidates.scalar_subquery()))
-            .values(state=SENDING, lease_owner=owner, lease_expiry=expiry, update_time=now)
-            .returning(
-                messages.c.id,
-                messages.c.address,
-                messages.c.time_zone,
-                messages.c.attempts,
-                messages.c.contact,
-            )
-        )
-        return [Leased(r.id, r.address, r.time_zone, r.attempts, r.contact) for r in conn.execute(statement)]
+    postgresql = conn.dialect.name == "postgresql"
+    named = [z for z in zones if z is not None] if zones is not None else []
+    zoning = "" if zones is None else ("named_or_none" if None in zones else "named")
+    values = {
+        "campaign": campaign_id,
+        "channel": channel_id,
+        "owner": owner,
+        "expiry": expiry,
+        "now": now,
+        "zones": named,
+    }
+
+    def take(state: str, room: int, after: int = 0) -> list[Leased]:
+        statement = _lease_statement(state, bool(after), zoning, postgresql)
+        rows = conn.execute(statement, {**values, "room": room, "after": after})
+        return [Leased(*row) for row in rows]
 
     # SQLite removes an index entry when its row moves: it has no moved messages to skip, and
     # the cursor would only add a second scan whenever the first comes up short.
-    if conn.dialect.name != "postgresql":
+    if not postgresql:
         cursor = None
     after = cursor.after if cursor is not None else 0
-    above = take("queued", limit, messages.c.id > after) if after else []
+    above = take("queued", limit, after) if after else []
     rest = take("queued", limit - len(above)) if len(above) < limit else []
     if cursor is not None and (above or rest):
         cursor.after = max(m.id for m in (rest or above))
@@ -194,6 +180,48 @@ def lease(
     if leased:
         leased = _opt_out(conn, campaign_id, channel_id, channel_type, leased, now)
     return leased
+
+
+@functools.cache
+def _lease_statement(state: str, above: bool, zoning: str, postgresql: bool) -> sa.Update:
+    """The UPDATE … RETURNING of one lease query, built once per shape: a daemon leases many
+    times a second, and building the statement cost more than SQLite took to run it.
+    `zoning`: "" (every zone), "named" or "named_or_none" (the `zones` parameter, or no zone)."""
+    where = [
+        messages.c.campaign_id == sa.bindparam("campaign"),
+        messages.c.channel_id == sa.bindparam("channel"),
+        moving([state], SENDING),
+    ]
+    if above:
+        where.append(messages.c.id > sa.bindparam("after"))
+    if state == "retrying":
+        where.append(messages.c.next_attempt_time <= sa.bindparam("now", type_=messages.c.update_time.type))
+    if zoning:
+        zone_match: sa.ColumnElement[bool] = messages.c.time_zone.in_(sa.bindparam("zones", expanding=True))
+        if zoning == "named_or_none":
+            zone_match = sa.or_(zone_match, messages.c.time_zone.is_(None))
+        where.append(zone_match)
+    candidates = sa.select(messages.c.id).where(*where).order_by(messages.c.id).limit(sa.bindparam("room"))
+    if postgresql:
+        # Several daemons lease from one table: each takes rows no one else has locked.
+        candidates = candidates.with_for_update(skip_locked=True)
+    return (
+        messages.update()
+        .where(messages.c.id.in_(candidates.scalar_subquery()))
+        .values(
+            state=SENDING,
+            lease_owner=sa.bindparam("owner"),
+            lease_expiry=sa.bindparam("expiry", type_=messages.c.lease_expiry.type),
+            update_time=sa.bindparam("now", type_=messages.c.update_time.type),
+        )
+        .returning(
+            messages.c.id,
+            messages.c.address,
+            messages.c.time_zone,
+            messages.c.attempts,
+            messages.c.contact,
+        )
+    )
 
 
 def _opt_out(
@@ -210,20 +238,11 @@ def _opt_out(
     contacts' primary key), so the check costs the same whatever the audience's size.
     """
     addresses = sorted({m.address for m in leased})
-    suppressed = {
-        r.address
-        for r in conn.execute(
-            sa.select(suppressions.c.address).where(
-                suppressions.c.address.in_(addresses), suppressions.c.channel_type.in_(["", channel_type])
-            )
-        )
-    }
-    wanted = sorted({m.contact for m in leased if m.contact is not None})
-    existing = (
-        {r.id for r in conn.execute(sa.select(contacts.c.id).where(contacts.c.id.in_(wanted)))}
-        if wanted
-        else set()
+    suppressed = set(
+        conn.execute(_SUPPRESSED, {"addresses": addresses, "types": ["", channel_type]}).scalars()
     )
+    wanted = sorted({m.contact for m in leased if m.contact is not None})
+    existing = set(conn.execute(_EXISTING, {"ids": wanted}).scalars()) if wanted else set()
     reasons = {}
     for m in leased:
         if m.address in suppressed:
@@ -243,6 +262,14 @@ def _opt_out(
     return [m for m in leased if m.id not in reasons]
 
 
+# Built once: a lease checks every batch.
+_SUPPRESSED = sa.select(suppressions.c.address).where(
+    suppressions.c.address.in_(sa.bindparam("addresses", expanding=True)),
+    suppressions.c.channel_type.in_(sa.bindparam("types", expanding=True)),
+)
+_EXISTING = sa.select(contacts.c.id).where(contacts.c.id.in_(sa.bindparam("ids", expanding=True)))
+
+
 def _owned(owner: str, live: bool) -> list[sa.ColumnElement[bool]]:
     """Leased by `owner`; with `live` (a cluster), only while its membership lease has not lapsed:
     a member that lapsed may have been taken for stopped, and its leases for someone else's."""
@@ -255,18 +282,11 @@ def mark_started(conn: Connection, *, owner: str, ids: Sequence[int], live: bool
     `owner` (only those may be sent: the others' lease expired and they went to another fate)."""
     if not ids:
         return set()
-    if live:
-        statement = (
-            messages.update()
-            .where(messages.c.id.in_(list(ids)), *_owned(owner, live))
-            .values(started=True)
-            .returning(messages.c.id)
-        )
-        return set(conn.execute(statement).scalars())
-    return set(conn.execute(_MARK_STARTED, {"ids": list(ids), "owner": owner}).scalars())
+    statement = _MARK_STARTED_LIVE if live else _MARK_STARTED
+    return set(conn.execute(statement, {"ids": list(ids), "owner": owner}).scalars())
 
 
-# Built once: a daemon alone marks its sends many times a second.
+# Built once: a daemon marks its sends many times a second.
 _MARK_STARTED = (
     messages.update()
     .where(
@@ -277,6 +297,7 @@ _MARK_STARTED = (
     .values(started=True)
     .returning(messages.c.id)
 )
+_MARK_STARTED_LIVE = _MARK_STARTED.where(live_owner(sa.bindparam("owner")))
 
 
 def renew(
@@ -313,19 +334,12 @@ def record(
     """
     ids = [o.id for o in outcomes]
     ours: dict[int, str] = {}
+    query = _ours_statement(live, conn.dialect.name == "postgresql")
     for start in range(0, len(ids), 5000):
-        query = sa.select(messages.c.id, messages.c.state).where(
-            messages.c.id.in_(ids[start : start + 5000]),
-            sa.or_(
-                sa.and_(messages.c.state == SENDING, messages.c.lease_owner == owner),
-                sa.and_(messages.c.state == "failed", messages.c.reason == AMBIGUOUS),
-            ),
+        ours.update(
+            (mid, state)
+            for mid, state in conn.execute(query, {"ids": ids[start : start + 5000], "owner": owner})
         )
-        if live:
-            query = query.where(live_owner(owner))
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        ours.update((r.id, r.state) for r in conn.execute(query))
     # A kept result for an ambiguous message is written only if it is a real outcome.
     valid = [o for o in outcomes if o.id in ours and (ours[o.id] == SENDING or o.state != "queued")]
     if not valid:
@@ -376,6 +390,22 @@ def record(
     deltas.subtract(Counter(ours[o.id] for o in valid))
     add_counts(conn, campaign_id, channel_id, deltas)
     return len(started)
+
+
+@functools.cache
+def _ours_statement(live: bool, postgresql: bool) -> sa.Select[Any]:
+    """The ids and states of the messages of `ids` whose results `owner` may write, built once
+    per shape: results are written many times a second."""
+    query = sa.select(messages.c.id, messages.c.state).where(
+        messages.c.id.in_(sa.bindparam("ids", expanding=True)),
+        sa.or_(
+            sa.and_(messages.c.state == SENDING, messages.c.lease_owner == sa.bindparam("owner")),
+            sa.and_(messages.c.state == "failed", messages.c.reason == AMBIGUOUS),
+        ),
+    )
+    if live:
+        query = query.where(live_owner(sa.bindparam("owner")))
+    return query.with_for_update() if postgresql else query
 
 
 RECORD_ALIKE = 8  # rows of one shape that are written together

@@ -15,28 +15,15 @@ from campaignd.store import messages as message_store
 from campaignd.store import migrate
 from campaignd.store.counts import add_counts, read_counts
 from campaignd.store.db import create_engine
-from campaignd.store.schema import campaigns, messages
+from campaignd.store.schema import messages
+from tests.unit.store.rows import add_campaign
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 def _fill(conn: Connection) -> None:
     """Campaign c with one channel's 50 QUEUED messages, counted."""
-    conn.execute(
-        campaigns.insert().values(
-            id="c",
-            display_name="c",
-            labels={},
-            audience={},
-            time_zone="UTC",
-            guard={},
-            archived=False,
-            state="running",
-            version=1,
-            create_time=NOW,
-            update_time=NOW,
-        )
-    )
+    add_campaign(conn, "c", NOW)
     conn.execute(
         messages.insert(),
         [
