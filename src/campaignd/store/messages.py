@@ -16,12 +16,14 @@ import dataclasses
 import datetime as dt
 import functools
 import itertools
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from campaignd.lifecycle import MessageState, message_sources
@@ -365,9 +367,9 @@ def record(
         for o in valid
     ]
     # Rows alike but for their id and provider id (a batch of SENT messages takes a few shapes)
-    # are written with one statement per shape over their ids, and their provider ids with two
-    # parameters a row: per row, SQLAlchemy's handling of a dozen parameters cost more than the
-    # update itself. The other rows are written one parameter set per row.
+    # are written with one statement per shape over their ids, or over (id, provider id) pairs:
+    # per row, SQLAlchemy's handling of a dozen parameters cost more than the update itself. The
+    # other rows are written one parameter set per row.
     shapes: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
         shape = (row["provider"] is None, *[row[key] for key in _RECORD_SHAPE])
@@ -378,12 +380,17 @@ def record(
             singles += group
             continue
         values = {key: group[0][key] for key in _RECORD_SHAPE}
-        ids = [row["mid"] for row in group]
-        for start in range(0, len(ids), 2000):
-            conn.execute(_RECORD_ALIKE, {**values, "now": now, "mids": ids[start : start + 2000]})
-        if group[0]["provider"] is not None:
-            providers = [{"mid": row["mid"], "provider": row["provider"]} for row in group]
-            conn.execute(_RECORD_PROVIDER, providers)
+        for start in range(0, len(group), 2000):
+            part = group[start : start + 2000]
+            ids = [row["mid"] for row in part]
+            if part[0]["provider"] is None:
+                conn.execute(_RECORD_ALIKE, {**values, "now": now, "mids": ids})
+            elif conn.dialect.name == "postgresql":
+                providers = [row["provider"] for row in part]
+                conn.execute(_RECORD_GIVEN_PG, {**values, "now": now, "mids": ids, "providers": providers})
+            else:
+                given = json.dumps({row["mid"]: row["provider"] for row in part})
+                conn.execute(_RECORD_GIVEN_SQLITE, {**values, "now": now, "given": given})
     if singles:
         conn.execute(_RECORD_ONE, [{**row, "now": now} for row in singles])
     deltas = Counter(o.state for o in valid)
@@ -439,8 +446,22 @@ def _record_statement(provider: sa.ColumnElement[Any], where: sa.ColumnElement[b
 # Built once: building them for every batch cost as much as executing them.
 _RECORD_ONE = _record_statement(sa.bindparam("provider"), messages.c.id == sa.bindparam("mid"))
 _RECORD_ALIKE = _record_statement(sa.null(), messages.c.id.in_(sa.bindparam("mids", expanding=True)))
-_RECORD_PROVIDER = (
-    messages.update().where(messages.c.id == sa.bindparam("mid")).values(provider_id=sa.bindparam("provider"))
+# Rows alike but for their provider ids: one statement over (id, provider id) pairs, so that each
+# message is written once (a second UPDATE for the provider ids wrote every row twice, and on
+# PostgreSQL, where provider_id is indexed, each time with new entries in every index).
+_GIVEN_PG = (
+    sa.func.unnest(
+        sa.bindparam("mids", type_=ARRAY(sa.BigInteger)),
+        sa.bindparam("providers", type_=ARRAY(sa.String)),
+    )
+    .table_valued("mid", "provider")
+    .render_derived(name="given")
+)
+_RECORD_GIVEN_PG = _record_statement(_GIVEN_PG.c.provider, messages.c.id == _GIVEN_PG.c.mid)
+# SQLite: a JSON object of provider ids by message id.
+_GIVEN_SQLITE = sa.func.json_each(sa.bindparam("given")).table_valued("key", "value").alias("given")
+_RECORD_GIVEN_SQLITE = _record_statement(
+    _GIVEN_SQLITE.c.value, messages.c.id == sa.cast(_GIVEN_SQLITE.c.key, sa.BigInteger)
 )
 
 
