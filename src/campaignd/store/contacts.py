@@ -4,6 +4,7 @@ rendering."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from campaignd.store.filters import Filter, compile
 from campaignd.store.schema import contacts, list_members
+from campaignd.store.sql import among
 
 
 @dataclass
@@ -150,7 +152,7 @@ def contact_fields(conn: Connection, pks: Sequence[int]) -> dict[int, dict[str, 
     """Contacts by row id, as dicts for rendering."""
     found: dict[int, dict[str, Any]] = {}
     for start in range(0, len(pks), 5000):
-        rows = conn.execute(_FIELDS, {"pks": pks[start : start + 5000]})
+        rows = conn.execute(_fields_statement(conn.dialect.name), {"pks": pks[start : start + 5000]})
         for pk, contact_id, email, phone, time_zone, attributes in rows:
             found[pk] = {
                 "contact_id": contact_id,
@@ -162,16 +164,19 @@ def contact_fields(conn: Connection, pks: Sequence[int]) -> dict[int, dict[str, 
     return found
 
 
-# Built once, and only the columns rendering uses: the engine reads a batch's contacts before
-# every send, and converting the two timestamps of each row cost more than the rest of it.
-_FIELDS = sa.select(
-    contacts.c.id,
-    contacts.c.contact_id,
-    contacts.c.email,
-    contacts.c.phone,
-    contacts.c.time_zone,
-    contacts.c.attributes,
-).where(contacts.c.id.in_(sa.bindparam("pks", expanding=True)))
+# Built once per dialect, and only the columns rendering uses: the engine reads a batch's
+# contacts before every send, and converting the two timestamps of each row cost more than the
+# rest of it.
+@functools.cache
+def _fields_statement(dialect: str) -> sa.Select[Any]:
+    return sa.select(
+        contacts.c.id,
+        contacts.c.contact_id,
+        contacts.c.email,
+        contacts.c.phone,
+        contacts.c.time_zone,
+        contacts.c.attributes,
+    ).where(among(contacts.c.id, "pks", dialect))
 
 
 def contacts_by_address(conn: Connection, kind: str, addresses: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -30,6 +30,7 @@ from campaignd.lifecycle import MessageState, message_sources
 from campaignd.store.cluster import live_owner
 from campaignd.store.counts import add_counts
 from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages, suppressions
+from campaignd.store.sql import among
 
 SENDING = "sending"
 AMBIGUOUS = "ambiguous"  # the reason of a message whose send started and was never recorded
@@ -241,10 +242,16 @@ def _opt_out(
     """
     addresses = sorted({m.address for m in leased})
     suppressed = set(
-        conn.execute(_SUPPRESSED, {"addresses": addresses, "types": ["", channel_type]}).scalars()
+        conn.execute(
+            _suppressed_statement(conn.dialect.name), {"addresses": addresses, "types": ["", channel_type]}
+        ).scalars()
     )
     wanted = sorted({m.contact for m in leased if m.contact is not None})
-    existing = set(conn.execute(_EXISTING, {"ids": wanted}).scalars()) if wanted else set()
+    existing = (
+        set(conn.execute(_existing_statement(conn.dialect.name), {"ids": wanted}).scalars())
+        if wanted
+        else set()
+    )
     reasons = {}
     for m in leased:
         if m.address in suppressed:
@@ -264,12 +271,18 @@ def _opt_out(
     return [m for m in leased if m.id not in reasons]
 
 
-# Built once: a lease checks every batch.
-_SUPPRESSED = sa.select(suppressions.c.address).where(
-    suppressions.c.address.in_(sa.bindparam("addresses", expanding=True)),
-    suppressions.c.channel_type.in_(sa.bindparam("types", expanding=True)),
-)
-_EXISTING = sa.select(contacts.c.id).where(contacts.c.id.in_(sa.bindparam("ids", expanding=True)))
+@functools.cache
+def _suppressed_statement(dialect: str) -> sa.Select[Any]:
+    """Built once per dialect: a lease checks every batch."""
+    return sa.select(suppressions.c.address).where(
+        among(suppressions.c.address, "addresses", dialect),
+        suppressions.c.channel_type.in_(sa.bindparam("types", expanding=True)),
+    )
+
+
+@functools.cache
+def _existing_statement(dialect: str) -> sa.Select[Any]:
+    return sa.select(contacts.c.id).where(among(contacts.c.id, "ids", dialect))
 
 
 def _owned(owner: str, live: bool) -> list[sa.ColumnElement[bool]]:
@@ -284,22 +297,24 @@ def mark_started(conn: Connection, *, owner: str, ids: Sequence[int], live: bool
     `owner` (only those may be sent: the others' lease expired and they went to another fate)."""
     if not ids:
         return set()
-    statement = _MARK_STARTED_LIVE if live else _MARK_STARTED
+    statement = _mark_started_statement(live, conn.dialect.name)
     return set(conn.execute(statement, {"ids": list(ids), "owner": owner}).scalars())
 
 
-# Built once: a daemon marks its sends many times a second.
-_MARK_STARTED = (
-    messages.update()
-    .where(
-        messages.c.id.in_(sa.bindparam("ids", expanding=True)),
-        messages.c.lease_owner == sa.bindparam("owner"),
-        messages.c.state == SENDING,
+@functools.cache
+def _mark_started_statement(live: bool, dialect: str) -> sa.Update:
+    """Built once per shape: a daemon marks its sends many times a second."""
+    statement = (
+        messages.update()
+        .where(
+            among(messages.c.id, "ids", dialect),
+            messages.c.lease_owner == sa.bindparam("owner"),
+            messages.c.state == SENDING,
+        )
+        .values(started=True)
+        .returning(messages.c.id)
     )
-    .values(started=True)
-    .returning(messages.c.id)
-)
-_MARK_STARTED_LIVE = _MARK_STARTED.where(live_owner(sa.bindparam("owner")))
+    return statement.where(live_owner(sa.bindparam("owner"))) if live else statement
 
 
 def renew(
@@ -336,7 +351,7 @@ def record(
     """
     ids = [o.id for o in outcomes]
     ours: dict[int, str] = {}
-    query = _ours_statement(live, conn.dialect.name == "postgresql")
+    query = _ours_statement(live, conn.dialect.name)
     for start in range(0, len(ids), 5000):
         ours.update(
             (mid, state)
@@ -384,7 +399,7 @@ def record(
             part = group[start : start + 2000]
             ids = [row["mid"] for row in part]
             if part[0]["provider"] is None:
-                conn.execute(_RECORD_ALIKE, {**values, "now": now, "mids": ids})
+                conn.execute(_record_alike(conn.dialect.name), {**values, "now": now, "mids": ids})
             elif conn.dialect.name == "postgresql":
                 providers = [row["provider"] for row in part]
                 conn.execute(_RECORD_GIVEN_PG, {**values, "now": now, "mids": ids, "providers": providers})
@@ -400,11 +415,11 @@ def record(
 
 
 @functools.cache
-def _ours_statement(live: bool, postgresql: bool) -> sa.Select[Any]:
+def _ours_statement(live: bool, dialect: str) -> sa.Select[Any]:
     """The ids and states of the messages of `ids` whose results `owner` may write, built once
     per shape: results are written many times a second."""
     query = sa.select(messages.c.id, messages.c.state).where(
-        messages.c.id.in_(sa.bindparam("ids", expanding=True)),
+        among(messages.c.id, "ids", dialect),
         sa.or_(
             sa.and_(messages.c.state == SENDING, messages.c.lease_owner == sa.bindparam("owner")),
             sa.and_(messages.c.state == "failed", messages.c.reason == AMBIGUOUS),
@@ -412,7 +427,7 @@ def _ours_statement(live: bool, postgresql: bool) -> sa.Select[Any]:
     )
     if live:
         query = query.where(live_owner(sa.bindparam("owner")))
-    return query.with_for_update() if postgresql else query
+    return query.with_for_update() if dialect == "postgresql" else query
 
 
 RECORD_ALIKE = 8  # rows of one shape that are written together
@@ -445,7 +460,13 @@ def _record_statement(provider: sa.ColumnElement[Any], where: sa.ColumnElement[b
 
 # Built once: building them for every batch cost as much as executing them.
 _RECORD_ONE = _record_statement(sa.bindparam("provider"), messages.c.id == sa.bindparam("mid"))
-_RECORD_ALIKE = _record_statement(sa.null(), messages.c.id.in_(sa.bindparam("mids", expanding=True)))
+
+
+@functools.cache
+def _record_alike(dialect: str) -> sa.Update:
+    return _record_statement(sa.null(), among(messages.c.id, "mids", dialect))
+
+
 # Rows alike but for their provider ids: one statement over (id, provider id) pairs, so that each
 # message is written once (a second UPDATE for the provider ids wrote every row twice, and on
 # PostgreSQL, where provider_id is indexed, each time with new entries in every index).

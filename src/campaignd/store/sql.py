@@ -24,3 +24,13 @@ def insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str,
     # rowcount is not reliable for an executemany with ON CONFLICT on every driver, so callers
     # count what existed before instead.
     conn.execute(dialect_insert(conn, table).on_conflict_do_nothing(), list(rows))
+
+
+def among(column: sa.ColumnElement[Any], name: str, dialect: str) -> sa.ColumnElement[bool]:
+    """`column` is one of the values of the list parameter `name`. On PostgreSQL the list is one
+    array parameter (`= ANY`): the statement's text is the same whatever the list's length, and
+    the driver binds one value instead of one per element, which for the hundreds of ids of a
+    batch cost more than the query. Elsewhere an expanding IN."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(column.type)))
+    return column.in_(sa.bindparam(name, expanding=True))
