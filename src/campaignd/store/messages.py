@@ -839,16 +839,39 @@ class Event:
     reason: str = ""
 
 
-_MOVE = (
-    messages.update()
-    .where(messages.c.id.in_(sa.bindparam("mids", expanding=True)))
-    .values(
-        state=sa.bindparam("to"),
-        reason=sa.bindparam("why"),
-        last_error=sa.bindparam("error"),
-        update_time=sa.bindparam("now"),
+# Built once per dialect: receipts and engagement arrive many times a second.
+@functools.cache
+def _by_provider(dialect: str) -> sa.Select[Any]:
+    return sa.select(
+        messages.c.id,
+        messages.c.campaign_id,
+        messages.c.channel_id,
+        messages.c.state,
+        messages.c.provider_id,
+    ).where(among(messages.c.provider_id, "providers", dialect))
+
+
+@functools.cache
+def _move(dialect: str) -> sa.Update:
+    return (
+        messages.update()
+        .where(among(messages.c.id, "mids", dialect))
+        .values(
+            state=sa.bindparam("to"),
+            reason=sa.bindparam("why"),
+            last_error=sa.bindparam("error"),
+            update_time=sa.bindparam("now"),
+        )
     )
-)
+
+
+@functools.cache
+def _engaged(dialect: str) -> sa.Update:
+    return (
+        messages.update()
+        .where(among(messages.c.id, "mids", dialect))
+        .values(outcome=sa.bindparam("kind"), update_time=sa.bindparam("now"))
+    )
 
 
 def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) -> tuple[set[str], set[str]]:
@@ -856,16 +879,9 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
     ids whose messages changed, and the provider ids no message has."""
     rows: dict[str, list[Any]] = {}
     ids = sorted({e.provider_id for e in events})
+    dialect = conn.dialect.name
     for start in range(0, len(ids), 2000):
-        found = conn.execute(
-            sa.select(
-                messages.c.id,
-                messages.c.campaign_id,
-                messages.c.channel_id,
-                messages.c.state,
-                messages.c.provider_id,
-            ).where(messages.c.provider_id.in_(ids[start : start + 2000]))
-        )
+        found = conn.execute(_by_provider(dialect), {"providers": ids[start : start + 2000]})
         for row in found:
             rows.setdefault(row.provider_id, []).append(row)
     moves: dict[int, tuple[str, str | None, str | None]] = {}  # id -> (state, reason, last_error)
@@ -904,15 +920,16 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
     for (to, why, error), mids in alike.items():
         for start in range(0, len(mids), 2000):
             conn.execute(
-                _MOVE, {"to": to, "why": why, "error": error, "now": now, "mids": mids[start : start + 2000]}
+                _move(dialect),
+                {"to": to, "why": why, "error": error, "now": now, "mids": mids[start : start + 2000]},
             )
-    if outcomes:
-        conn.execute(
-            messages.update()
-            .where(messages.c.id == sa.bindparam("mid"))
-            .values(outcome=sa.bindparam("kind"), update_time=now),
-            [{"mid": mid, "kind": kind} for mid, kind in outcomes.items()],
-        )
+    # Engagement alike (a batch of opens) likewise: one statement per kind.
+    by_kind: dict[str, list[int]] = {}
+    for mid, kind in outcomes.items():
+        by_kind.setdefault(kind, []).append(mid)
+    for kind, mids in by_kind.items():
+        for start in range(0, len(mids), 2000):
+            conn.execute(_engaged(dialect), {"kind": kind, "now": now, "mids": mids[start : start + 2000]})
     for (campaign_id, channel_id), counter in deltas.items():
         add_counts(conn, campaign_id, channel_id, counter)
     return touched, {e.provider_id for e in events if e.provider_id not in rows}
