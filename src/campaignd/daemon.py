@@ -22,7 +22,7 @@ from campaignd.http import HttpListener
 from campaignd.plugin.manager import PluginError, Plugins
 from campaignd.sdnotify import Notifier, watchdog_interval
 from campaignd.store import claim, migrate
-from campaignd.store.db import Database, Fault, create_engine
+from campaignd.store.db import Database, Fault, UnsupportedSqliteError, create_engine
 from campaignd.wiring import Components
 
 log = logs.get("campaignd.daemon")
@@ -267,7 +267,12 @@ def _engine(settings: Settings, *, pool_size: int = 10, serving: bool = False) -
     daemon has lost its membership anyway, and its locks must not outlive it."""
     url = settings.database_url
     lease = settings.cluster.heartbeat_lease if serving else None
-    return create_engine(url, pool_size=pool_size, idle_in_transaction=lease)
+    try:
+        return create_engine(url, pool_size=pool_size, idle_in_transaction=lease)
+    except UnsupportedSqliteError as exc:
+        raise StartupError(
+            f"cannot use the database {url.removeprefix('sqlite:///')}: {exc}", EXIT_CONFIG
+        ) from None
 
 
 def _os_problem(what: str, exc: OSError) -> str:

@@ -235,3 +235,35 @@ def test_a_lock_file_that_cannot_be_opened_exits_2_naming_it(tmp_path: pathlib.P
     assert _one_clean_line(result) == (
         f"campaignd: cannot use the lock file {lock}: Too many levels of symbolic links"
     )
+
+
+# Stands in for an SQLite library older than 3.35 (this machine's is newer): the version the
+# sqlite3 module reports is set before campaignd starts.
+_OLD_SQLITE = (
+    "import sqlite3, sys\n"
+    "sqlite3.sqlite_version_info, sqlite3.sqlite_version = (3, 31, 1), '3.31.1'\n"
+    "from campaignd.daemon import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_an_sqlite_library_too_old_exits_2_naming_the_version_needed(tmp_path: pathlib.Path) -> None:
+    """serve and migrate refuse an SQLite library without UPDATE … RETURNING before they touch
+    the database, instead of failing at the first lease."""
+    state = tmp_path / "state"
+    config = tmp_path / "config.toml"
+    runtime = tempfile.mkdtemp(prefix="cd-", dir="/tmp")
+    config.write_text(f'[daemon]\nruntime_directory = "{runtime}"\nstate_directory = "{state}"\n')
+    for command in ("serve", "migrate"):
+        result = subprocess.run(
+            [sys.executable, "-c", _OLD_SQLITE, command, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        line = _one_clean_line(result)
+        assert "SQLite library is 3.31.1" in line, line
+        assert "3.35.0 or newer" in line, line
+        assert not (state / "campaignd.db").exists()

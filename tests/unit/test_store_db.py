@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from campaignd.store import db
 from campaignd.store.db import Database, create_engine, storage_fault
 
 
@@ -106,3 +107,17 @@ def test_read_here_hands_a_busy_read_to_a_worker_thread(tmp_path: pathlib.Path) 
             asyncio.run(database.read_here(broken))
     finally:
         database.close()
+
+
+def test_an_sqlite_library_without_json_functions_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON functions (segment filters, result writes) are checked at start, not at first use."""
+
+    class NoJson:  # stands in for a library built without JSON1
+        def execute(self, sql: str) -> NoJson:
+            raise sqlite3.OperationalError("no such function: json_type")
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *_: NoJson())
+    with pytest.raises(db.UnsupportedSqliteError, match="without the JSON functions"):
+        db.create_engine("sqlite:///unused.db")
+    monkeypatch.undo()
+    db.check_sqlite_library()  # this machine's library passes

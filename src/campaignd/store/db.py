@@ -118,6 +118,7 @@ def create_engine(url: str, *, pool_size: int = 10, idle_in_transaction: float |
     open transaction that long: the session of a process that froze mid-transaction, whose row
     locks would otherwise hold every other daemon that touches those rows until it wakes."""
     if url.startswith("sqlite"):
+        check_sqlite_library()
         engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
@@ -129,6 +130,34 @@ def create_engine(url: str, *, pool_size: int = 10, idle_in_transaction: float |
     return sa.create_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args=connect_args
     )
+
+
+# UPDATE … RETURNING (leases, marks) came in SQLite 3.35; segment filters and result writes use
+# the JSON functions.
+SQLITE_MINIMUM = (3, 35, 0)
+
+
+class UnsupportedSqliteError(RuntimeError):
+    """The SQLite library Python was built with lacks what the daemon's queries use."""
+
+
+def check_sqlite_library() -> None:
+    """Raise UnsupportedSqliteError, saying what is missing, unless Python's SQLite library is
+    recent enough and has the JSON functions; better at start than at the first lease."""
+    found = sqlite3.sqlite_version_info
+    if found < SQLITE_MINIMUM:
+        wanted = ".".join(map(str, SQLITE_MINIMUM))
+        raise UnsupportedSqliteError(
+            f"Python's SQLite library is {sqlite3.sqlite_version}; campaignd needs {wanted} or newer "
+            "(or use PostgreSQL)"
+        )
+    try:
+        sqlite3.connect(":memory:").execute("SELECT json_type('[]')").close()
+    except sqlite3.OperationalError:
+        raise UnsupportedSqliteError(
+            f"Python's SQLite library ({sqlite3.sqlite_version}) was built without the JSON functions, "
+            "which campaignd needs (or use PostgreSQL)"
+        ) from None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
