@@ -116,6 +116,9 @@ def test_an_sqlite_library_without_json_functions_is_refused(monkeypatch: pytest
         def execute(self, sql: str) -> NoJson:
             raise sqlite3.OperationalError("no such function: json_type")
 
+        def close(self) -> None:
+            pass
+
     monkeypatch.setattr(sqlite3, "connect", lambda *_: NoJson())
     with pytest.raises(db.UnsupportedSqliteError, match="without the JSON functions"):
         db.create_engine("sqlite:///unused.db")

@@ -10,10 +10,10 @@ import functools
 from collections.abc import Mapping
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from campaignd.store.schema import channel_counts, channels
+from campaignd.store.sql import insert_for
 
 
 def add_counts(conn: Connection, campaign_id: str, channel_id: str, deltas: Mapping[str, int]) -> None:
@@ -33,8 +33,7 @@ def add_counts(conn: Connection, campaign_id: str, channel_id: str, deltas: Mapp
 @functools.cache
 def _add_statement(dialect: str) -> sa.Insert:
     """Built once per dialect: every lease and every result moves counters."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(channel_counts)
+    statement = insert_for(dialect, channel_counts)
     return statement.on_conflict_do_update(
         index_elements=["campaign_id", "channel_id", "state"],
         set_={"n": channel_counts.c.n + statement.excluded.n},

@@ -152,7 +152,8 @@ def check_sqlite_library() -> None:
             "(or use PostgreSQL)"
         )
     try:
-        sqlite3.connect(":memory:").execute("SELECT json_type('[]')").close()
+        with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+            probe.execute("SELECT json_type('[]')")
     except sqlite3.OperationalError:
         raise UnsupportedSqliteError(
             f"Python's SQLite library ({sqlite3.sqlite_version}) was built without the JSON functions, "

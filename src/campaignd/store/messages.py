@@ -148,7 +148,7 @@ def lease(
     to the last QUEUED message taken by the scan that found the last ones.
     """
 
-    postgresql = conn.dialect.name == "postgresql"
+    dialect = conn.dialect.name
     named = [z for z in zones if z is not None] if zones is not None else []
     zoning = "" if zones is None else ("named_or_none" if None in zones else "named")
     values = {
@@ -161,13 +161,13 @@ def lease(
     }
 
     def take(state: str, room: int, after: int = 0) -> list[Leased]:
-        statement = _lease_statement(state, bool(after), zoning, postgresql)
+        statement = _lease_statement(state, bool(after), zoning, dialect)
         rows = conn.execute(statement, {**values, "room": room, "after": after})
         return [Leased(*row) for row in rows]
 
     # SQLite removes an index entry when its row moves: it has no moved messages to skip, and
     # the cursor would only add a second scan whenever the first comes up short.
-    if not postgresql:
+    if dialect != "postgresql":
         cursor = None
     after = cursor.after if cursor is not None else 0
     above = take("queued", limit, after) if after else []
@@ -186,7 +186,7 @@ def lease(
 
 
 @functools.cache
-def _lease_statement(state: str, above: bool, zoning: str, postgresql: bool) -> sa.Update:
+def _lease_statement(state: str, above: bool, zoning: str, dialect: str) -> sa.Update:
     """The UPDATE … RETURNING of one lease query, built once per shape: a daemon leases many
     times a second, and building the statement cost more than SQLite took to run it.
     `zoning`: "" (every zone), "named" or "named_or_none" (the `zones` parameter, or no zone)."""
@@ -205,7 +205,7 @@ def _lease_statement(state: str, above: bool, zoning: str, postgresql: bool) -> 
             zone_match = sa.or_(zone_match, messages.c.time_zone.is_(None))
         where.append(zone_match)
     candidates = sa.select(messages.c.id).where(*where).order_by(messages.c.id).limit(sa.bindparam("room"))
-    if postgresql:
+    if dialect == "postgresql":
         # Several daemons lease from one table: each takes rows no one else has locked.
         candidates = candidates.with_for_update(skip_locked=True)
     return (
@@ -285,7 +285,7 @@ def _existing_statement(dialect: str) -> sa.Select[Any]:
     return sa.select(contacts.c.id).where(among(contacts.c.id, "ids", dialect))
 
 
-def _owned(owner: str, live: bool) -> list[sa.ColumnElement[bool]]:
+def _owned(owner: str | sa.ColumnElement[str], live: bool) -> list[sa.ColumnElement[bool]]:
     """Leased by `owner`; with `live` (a cluster), only while its membership lease has not lapsed:
     a member that lapsed may have been taken for stopped, and its leases for someone else's."""
     owned = [messages.c.lease_owner == owner, messages.c.state == SENDING]
@@ -304,17 +304,12 @@ def mark_started(conn: Connection, *, owner: str, ids: Sequence[int], live: bool
 @functools.cache
 def _mark_started_statement(live: bool, dialect: str) -> sa.Update:
     """Built once per shape: a daemon marks its sends many times a second."""
-    statement = (
+    return (
         messages.update()
-        .where(
-            among(messages.c.id, "ids", dialect),
-            messages.c.lease_owner == sa.bindparam("owner"),
-            messages.c.state == SENDING,
-        )
+        .where(among(messages.c.id, "ids", dialect), *_owned(sa.bindparam("owner"), live))
         .values(started=True)
         .returning(messages.c.id)
     )
-    return statement.where(live_owner(sa.bindparam("owner"))) if live else statement
 
 
 def renew(
@@ -351,7 +346,8 @@ def record(
     """
     ids = [o.id for o in outcomes]
     ours: dict[int, str] = {}
-    query = _ours_statement(live, conn.dialect.name)
+    dialect = conn.dialect.name
+    query = _ours_statement(live, dialect)
     for start in range(0, len(ids), 5000):
         ours.update(
             (mid, state)
@@ -399,8 +395,8 @@ def record(
             part = group[start : start + 2000]
             ids = [row["mid"] for row in part]
             if part[0]["provider"] is None:
-                conn.execute(_record_alike(conn.dialect.name), {**values, "now": now, "mids": ids})
-            elif conn.dialect.name == "postgresql":
+                conn.execute(_record_alike(dialect), {**values, "now": now, "mids": ids})
+            elif dialect == "postgresql":
                 providers = [row["provider"] for row in part]
                 conn.execute(_RECORD_GIVEN_PG, {**values, "now": now, "mids": ids, "providers": providers})
             else:

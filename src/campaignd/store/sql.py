@@ -12,7 +12,13 @@ from sqlalchemy.engine import Connection
 
 def dialect_insert(conn: Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
     """An INSERT on `table` with the connection's dialect's ON CONFLICT clauses."""
-    if conn.dialect.name == "postgresql":
+    return insert_for(conn.dialect.name, table)
+
+
+def insert_for(dialect: str, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT on `table` with the ON CONFLICT clauses of `dialect` (its name), for statements
+    built once per dialect."""
+    if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 
