@@ -36,7 +36,9 @@ SENDING = "sending"
 AMBIGUOUS = "ambiguous"  # the reason of a message whose send started and was never recorded
 
 
-@dataclass(frozen=True)
+# Leased and Outcome are made for every message sent: slotted, not frozen (a frozen dataclass's
+# __init__ sets each field through object.__setattr__, four times as slow).
+@dataclass(slots=True)
 class Leased:
     """A message leased for sending."""
 
@@ -68,7 +70,7 @@ class MessageRow:
     update_time: dt.datetime
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """The result of one send: the new state and what the provider said."""
 
