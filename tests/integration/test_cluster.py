@@ -45,13 +45,14 @@ def _config(
     concurrency: int = CONCURRENCY,
     batch: int = 100,
     sends: bool = True,
+    lease: float = LEASE,
 ) -> str:
     """A cluster member: fast heartbeats, the email channel, one transport `relay` to `port`."""
     relay = f'host = "127.0.0.1", port = {port}, security = "none"'
     return (
         f"[engine]\nenabled = {str(sends).lower()}\nbatch_size = {batch}\nsending_timeout = 30.0\n"
         "retry_delay = 0.2\n"
-        f"[cluster]\nheartbeat_interval = {INTERVAL}\nheartbeat_lease = {LEASE}\n"
+        f"[cluster]\nheartbeat_interval = {INTERVAL}\nheartbeat_lease = {lease}\n"
         f'[database]\nurl = "{pg_url}"\n'
         + UNSUBSCRIBE
         + f'[transports.relay]\ntype = "email"\nrate = {rate}\nconcurrency = {concurrency}\n'
@@ -252,6 +253,34 @@ def test_a_pause_waits_for_a_frozen_member_to_lapse_and_it_sends_nothing_after(
     assert totals.sent + totals.failed == 3000
     assert set(totals.failed_by_reason) <= {"ambiguous"}
     assert {r for t in finishing for r in t.recipients} <= _ambiguous(pg_url)
+
+
+@pytest.mark.slow
+def test_a_pause_waits_for_a_frozen_member_whose_lease_is_longer_than_its_own(
+    daemon_factory: DaemonFactory, pg_url: str, server: StampingSmtpServer
+) -> None:
+    """Each member has its own [cluster] settings: the one that gets a Pause has a 3 s lease, the
+    frozen one 15 s. The call waits for the frozen member's lease to lapse and returns then
+    (tolerance 2 s), rather than failing CLUSTER_UNREACHABLE after its own 2 x 3 + 5 s."""
+    long_lease = 15.0
+    daemons = [daemon_factory(_config(pg_url, server.ports[0], rate=100), env=ENV, name="member0").start()]
+    wait_until(lambda: _leader(daemons) is daemons[0], 30, "the first daemon to lead")
+    config = _config(pg_url, server.ports[1], rate=100, lease=long_lease)
+    daemons.append(daemon_factory(config, env=ENV, name="member1").start())
+    wait_until(lambda: len(_live(daemons[0])) == 2, 30, "2 live members")
+    name = _launch(daemons[0], 3000)
+    frozen = daemons[1]
+    wait_until(lambda: any(t.port == server.ports[1] for t in server.transactions()), 120, "both to send")
+    frozen.signal(signal.SIGSTOP)
+    try:
+        asked = time.monotonic()
+        with daemons[0].channel() as channel:
+            Client(channel).pause(name)
+        took = time.monotonic() - asked
+    finally:
+        frozen.signal(signal.SIGCONT)
+    assert took <= long_lease + 2.0, f"the pause took {took:.1f} s"
+    assert _state(daemons[0], name) == pb.Campaign.PAUSED
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ class Barrier:
         self.membership = membership
         self.db = database
         self.engine: Engine | None = None
-        # A call waits this long for a member that neither answers nor lapses.
+        # A call waits at least this long for a member that neither answers nor lapses.
         self.timeout = 2 * lease + 5.0
         # A member held by another lets go by itself after this, should the release never come.
         self.hold_timeout = 5 * lease + 10.0
@@ -79,6 +79,9 @@ class Barrier:
         hold_id = message["id"]
         acks, answered = self._acks[hold_id], self._answered[hold_id]
         began = time.monotonic()
+        # Each member has its own lease: wait long enough for the longest one to lapse.
+        leases = [(m.lease_expiry - m.heartbeat_time).total_seconds() for m in self.membership.members]
+        timeout = max([self.timeout, *(2 * lease + 5.0 for lease in leases)])
         told = -ASK_AGAIN
         while True:
             if time.monotonic() - told >= ASK_AGAIN:
@@ -106,14 +109,14 @@ class Barrier:
                 continue
             if not waiting:
                 return
-            if time.monotonic() - began > self.timeout:
+            if time.monotonic() - began > timeout:
                 log.error("members did not acknowledge a pause", members=sorted(waiting), before=before)
                 if before:
                     raise ApiError(
                         Code.UNAVAILABLE,
                         "CLUSTER_UNREACHABLE",
                         f"{len(waiting)} other daemon(s) neither acknowledged closing their gates "
-                        f"nor stopped within {self.timeout:g} s; nothing was changed",
+                        f"nor stopped within {timeout:g} s; nothing was changed",
                     )
                 # The state changed already; their next tick closes their gates.
                 return
