@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,7 +32,8 @@ Role = Literal["viewer", "operator", "admin"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # nan and inf are TOML floats too; no setting means either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SecretSource(_Section):
@@ -199,14 +201,20 @@ class ClusterSettings(_Section):
     # Seconds between two renewals of this daemon's membership (and, on the leader, its lease).
     heartbeat_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
     # A member whose heartbeat is older than this has stopped: its leases are taken over and
-    # barriers stop waiting for it. It fences itself (closes every gate) before that.
-    heartbeat_lease: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # barriers stop waiting for it. It fences itself (closes every gate) before that. At least
+    # 1 s: PostgreSQL ends a frozen member's open transaction after the lease, and no sooner than
+    # that (store.db.create_engine), so a shorter lease would lapse with its row locks still held.
+    heartbeat_lease: Annotated[float, Field(ge=1, le=600, validate_default=True)] = 10.0
 
-    @model_validator(mode="after")
-    def _lease_outlasts_heartbeats(self) -> ClusterSettings:
-        if self.heartbeat_lease < 3 * self.heartbeat_interval:
-            raise ValueError("heartbeat_lease must be at least 3 times heartbeat_interval")
-        return self
+    @field_validator("heartbeat_lease")
+    @classmethod
+    def _lease_outlasts_heartbeats(cls, lease: float, info: ValidationInfo) -> float:
+        interval = info.data.get("heartbeat_interval")
+        if interval is not None and lease < 3 * interval:
+            raise ValueError(
+                f"must be at least 3 times heartbeat_interval ({3 * interval:g} s); it is {lease:g} s"
+            )
+        return lease
 
 
 class TemplateSettings(_Section):

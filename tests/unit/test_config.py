@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import re
@@ -360,3 +361,27 @@ def test_clients_can_load_without_reading_secret_files(tmp_path: pathlib.Path) -
 def test_config_patterns_match_the_whole_value(data: dict[str, Any], key: str) -> None:
     """A trailing newline does not pass a config pattern (they match the whole value)."""
     assert key in problems(data)
+
+
+def test_a_lease_too_short_for_its_heartbeats_names_the_lease_and_both_values() -> None:
+    # The default lease (10 s) against a longer interval set alone.
+    assert problems({"cluster": {"heartbeat_interval": 4.0}}) == {
+        "cluster.heartbeat_lease": "must be at least 3 times heartbeat_interval (12 s); it is 10 s"
+    }
+    assert parse({"cluster": {"heartbeat_interval": 2, "heartbeat_lease": 6}}).cluster.heartbeat_lease == 6
+
+
+def test_a_lease_under_a_second_is_refused() -> None:
+    """PostgreSQL ends a frozen member's transaction no sooner than 1 s after it stalls."""
+    found = problems({"cluster": {"heartbeat_interval": 0.1, "heartbeat_lease": 0.5}})
+    assert list(found) == ["cluster.heartbeat_lease"]
+    assert "greater than or equal to 1" in found["cluster.heartbeat_lease"]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_nan_and_infinity_are_refused_with_their_key(value: float) -> None:
+    found = problems({"cluster": {"heartbeat_lease": value}, "engine": {"storage_pause_after": value}})
+    assert found == {
+        "cluster.heartbeat_lease": "Input should be a finite number",
+        "engine.storage_pause_after": "Input should be a finite number",
+    }
