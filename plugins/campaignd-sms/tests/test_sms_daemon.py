@@ -99,6 +99,15 @@ def suppressed(daemon: DaemonProcess, address: str) -> list[cs.Suppression]:
         return list(stub.ListSuppressions(cs.ListSuppressionsRequest(address=address)).suppressions)
 
 
+def two_parts_at_most(daemon_factory: DaemonFactory, smsc: Smsc) -> DaemonProcess:
+    """A daemon whose sms type allows two parts, with one contact where it is midday."""
+    daemon = daemon_factory(
+        FAST + transport(smsc) + "[channel_types.sms]\nmax_parts = 2\n", env={"SMSC_PASSWORD": "secret"}
+    ).start()
+    import_contacts(daemon, 1, lambda i: zone_at(14))
+    return daemon
+
+
 @pytest.fixture
 def smsc() -> Iterator[Smsc]:
     """A scriptable SMSC that accepts everything with DELIVRD receipts."""
@@ -145,6 +154,31 @@ def test_a_campaign_is_delivered_in_parts_and_a_stop_reply_opts_out(
 
         smsc.reply(number(7).lstrip("+"), "start")
         wait(lambda: not suppressed(daemon, number(7)), what="the opt-out to be lifted")
+
+
+def test_opt_out_keywords_with_underscores_opt_out(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
+    """An underscore is punctuation like any other: "opt_out" and "_STOP_" opt their numbers out
+    and mark their messages OPTED_OUT; "STOP please" is not a keyword."""
+    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
+    import_contacts(daemon, 3, lambda i: zone_at(14))
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        client.launch(campaign.name)
+        wait(lambda: report(client, campaign.name).totals.delivered == 3, what="3 delivered")
+        smsc.reply(number(0).lstrip("+"), "STOP please", ucs2=True)
+        smsc.reply(number(1).lstrip("+"), "opt_out", ucs2=True)
+        smsc.reply(number(2).lstrip("+"), " _STOP_ ", ucs2=True)
+        wait(lambda: report(client, campaign.name).totals.opted_out == 2, what="2 opted out")
+        states = {m.address: m.state for m in messages(client, campaign.name)}
+    assert states == {
+        number(0): pb.Message.DELIVERED,
+        number(1): pb.Message.OPTED_OUT,
+        number(2): pb.Message.OPTED_OUT,
+    }
+    assert [s.reason for s in suppressed(daemon, number(1))] == [cs.Suppression.OPTED_OUT]
+    assert [s.reason for s in suppressed(daemon, number(2))] == [cs.Suppression.OPTED_OUT]
+    assert suppressed(daemon, number(0)) == []
 
 
 def test_a_number_that_opts_out_after_the_launch_is_not_sent(
@@ -251,13 +285,54 @@ def test_a_scheduled_sms_channel_may_change_only_its_schedule(
     assert smsc.submits == []
 
 
+def test_a_text_that_renders_blank_is_not_sent(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
+    """A template that renders nothing but spaces for a recipient fails that message with reason
+    `empty` and submits nothing for it; a preview for that recipient names the problem."""
+    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
+    import_contacts(daemon, 3, lambda i: zone_at(14))
+    text = "{% if not contact.first_name.endswith('1') %}Hi {{ contact.first_name }}{% endif %}  "
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = client.create(sms_channel(text), audience=pb.Audience(target_lists=["lists/people"]))
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub.PreviewMessage(
+                svc.PreviewMessageRequest(name=campaign.name, channel_id="sms", address=number(1))
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "empty" in str(refused.value.details())
+        client.launch(campaign.name)
+        wait(lambda: report(client, campaign.name).totals.delivered == 2, what="2 delivered")
+        final = {m.address: (m.state, m.reason) for m in messages(client, campaign.name)}
+    assert final == {
+        number(0): (pb.Message.DELIVERED, ""),
+        number(1): (pb.Message.FAILED, "empty"),
+        number(2): (pb.Message.DELIVERED, ""),
+    }
+    assert sorted(s.destination for s in smsc.submits) == [number(0)[1:], number(2)[1:]]
+
+
+def test_a_literal_brace_does_not_hide_a_text_too_long(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
+    """A text without template syntax is measured at launch even when it has a "{" (a GSM-7
+    character): over max_parts it is refused naming the text, and nothing is sent."""
+    daemon = two_parts_at_most(daemon_factory, smsc)
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = client.create(
+            sms_channel("Use code {SAVE10} " + "x" * 400), audience=pb.Audience(target_lists=["lists/people"])
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            client.launch(campaign.name)
+        assert client.get(campaign.name).state == pb.Campaign.DRAFT
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert failure(refused.value).fields == ["campaign.channels[sms].content.text"]
+    assert "takes 3 parts" in str(refused.value.details())
+    assert smsc.submits == []
+
+
 def test_preview_shows_encoding_and_parts(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
     """PreviewMessage gives the text with its encoding and part count; a text over max_parts is
     refused at launch with the reason."""
-    daemon = daemon_factory(
-        FAST + transport(smsc) + "[channel_types.sms]\nmax_parts = 2\n", env={"SMSC_PASSWORD": "secret"}
-    ).start()
-    import_contacts(daemon, 1, lambda i: zone_at(14))
+    daemon = two_parts_at_most(daemon_factory, smsc)
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = client.create(

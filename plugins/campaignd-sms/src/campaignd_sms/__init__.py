@@ -103,12 +103,22 @@ def campaignd_validate_channel(
         problems.append(FieldViolation("text", problem))
     elif launching and isinstance(text, str) and text.strip() == "" and text:
         problems.append(FieldViolation("text", "must not be only spaces"))
-    elif launching and isinstance(text, str) and text and "{" not in text:
+    elif launching and isinstance(text, str) and text and not templated(text):
         limit = settings.max_parts(options)
         encoded = encode(text)
         if len(encoded.parts) > limit:
             problems.append(FieldViolation("text", _too_long(encoded, limit)))
     return problems
+
+
+EMPTY = "the text is empty for this recipient"
+# Jinja's delimiters: a text without them is sent as written, "{" (a GSM-7 character) included.
+_DELIMITERS = ("{{", "{%", "{#")
+
+
+def templated(text: str) -> bool:
+    """Whether `text` has template syntax, and so must be rendered for each recipient."""
+    return any(delimiter in text for delimiter in _DELIMITERS)
 
 
 def _too_long(encoded: Encoded, limit: int) -> str:
@@ -123,7 +133,8 @@ def campaignd_render(
     channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options, renderer: Renderer
 ) -> Awaitable[Rendered] | None:
     """The text `recipient` would get, with its encoding and parts, rendered by `renderer`;
-    ValueError (a TemplateError) when the template fails or the text is longer than max_parts."""
+    ValueError (a TemplateError) when the template fails, or the text is empty or longer than
+    max_parts."""
     if channel_type != TYPE:
         return None
     return _render(channel, recipient, options, renderer)
@@ -135,6 +146,8 @@ async def _render(
     [text] = await render_texts(channel, [recipient], renderer)
     if isinstance(text, TemplateError):
         raise text
+    if not text.strip():
+        raise ValueError(EMPTY)
     encoded = encode(text)
     limit = settings.max_parts(options)
     if len(encoded.parts) > limit:
@@ -158,7 +171,7 @@ async def render_texts(
     """Each recipient's text, or the TemplateError that kept it from rendering: one call to the
     daemon's renderer for the whole batch, none for a text without template syntax."""
     source = str(channel.content.get("text", ""))
-    if "{" not in source:
+    if not templated(source):
         return [source] * len(recipients)
     rendered = await renderer.render(TemplateSet({"text": source}), recipients)
     return [fields if isinstance(fields, TemplateError) else fields["text"] for fields in rendered]
@@ -222,6 +235,10 @@ async def _send(
             results.append(
                 SendResult(recipient.message_id, SendStatus.FAILED, error=str(text), reason="template_error")
             )
+            continue
+        if not text.strip():
+            # A template can render nothing for one recipient: a blank SMS is not sent.
+            results.append(SendResult(recipient.message_id, SendStatus.FAILED, error=EMPTY, reason="empty"))
             continue
         encoded = encode(text)
         if len(encoded.parts) > limit:

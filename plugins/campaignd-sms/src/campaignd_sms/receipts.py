@@ -18,7 +18,8 @@ OPT_OUT = frozenset(
     {"STOP", "END", "CANCEL", "UNSUBSCRIBE", "QUIT", "REVOKE", "OPT OUT", "OPTOUT", "STOPALL"}
 )
 OPT_IN = frozenset({"START", "UNSTOP"})
-_PUNCTUATION = re.compile(r"[^\w]+")
+# \w counts "_" as a word character; it is punctuation here ("STOP_", "opt_out").
+_PUNCTUATION = re.compile(r"[\W_]+")
 
 DELIVERED_STATES = frozenset({"DELIVRD", "DELIVERED"})
 FINAL_FAILURES = frozenset({"UNDELIV", "EXPIRED", "REJECTD", "DELETED", "UNKNOWN", "FAILED"})

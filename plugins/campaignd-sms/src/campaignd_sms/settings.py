@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -43,7 +44,9 @@ TRANSPORT_OPTIONS = (
         "enquire_link", kind="number", description="smpp: seconds of silence before enquire_link (30)"
     ),
     ContentField("timeout", kind="number", description="seconds to wait for an answer (default 10)"),
-    ContentField("registered_delivery", kind="bool", description="ask for delivery receipts (default true)"),
+    ContentField(
+        "registered_delivery", kind="bool", description="smpp: ask for delivery receipts (default true)"
+    ),
     # kannel
     ContentField("sendsms_url", max_length=500, description="kannel: smsbox's sendsms URL"),
     ContentField("username", max_length=100, description="kannel: sendsms user"),
@@ -63,6 +66,40 @@ _ALPHANUMERIC = re.compile(r"[A-Za-z0-9 ]{1,11}")
 _NUMBER = re.compile(r"\+?[0-9]{3,15}")
 _HOSTNAME = re.compile(r"[!-~]+")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# Options of the other kind, refused rather than ignored.
+SMPP_ONLY = (
+    "host",
+    "port",
+    "system_id",
+    "password",
+    "system_type",
+    "tls",
+    "verify_certificate",
+    "ca_file",
+    "window",
+    "enquire_link",
+    "registered_delivery",
+)
+KANNEL_ONLY = (
+    "sendsms_url",
+    "username",
+    "kannel_password",
+    "smsc_id",
+    "callback_host",
+    "callback_port",
+    "callback_url",
+    "callback_secret",
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback interface."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -191,7 +228,7 @@ def check_transport_options(options: Options) -> list[FieldViolation]:
             problems.append(FieldViolation("password", "SMPP 3.4 passwords have at most 8 characters"))
         if not 0 < options.get("enquire_link", 30) <= 3600:
             problems.append(FieldViolation("enquire_link", "must be more than 0 and at most 3600 seconds"))
-        for name in ("sendsms_url", "username", "kannel_password", "smsc_id", "callback_url"):
+        for name in KANNEL_ONLY:
             if name in options:
                 problems.append(FieldViolation(name, "is for kannel transports"))
     else:
@@ -203,12 +240,15 @@ def check_transport_options(options: Options) -> list[FieldViolation]:
             if url and not re.fullmatch(r"https?://[!-~]+", url):
                 problems.append(FieldViolation(name, "must be an http:// or https:// URL"))
         callback_host = options.get("callback_host", "127.0.0.1")
-        if not _HOSTNAME.fullmatch(callback_host):
-            problems.append(FieldViolation("callback_host", "must be a host name or address without spaces"))
+        if not is_loopback(callback_host):
+            # The secret in the path is the listener's only guard.
+            problems.append(
+                FieldViolation("callback_host", "must be a loopback address (127.0.0.1, ::1 or localhost)")
+            )
         problems += _whole(options, "callback_port", 0, 0, 65535)
         if options.get("callback_secret") and len(str(options["callback_secret"])) < 16:
             problems.append(FieldViolation("callback_secret", "must be at least 16 characters long"))
-        for name in ("host", "system_id", "password", "window", "enquire_link", "tls"):
+        for name in SMPP_ONLY:
             if name in options:
                 problems.append(FieldViolation(name, "is for smpp transports"))
     return problems
