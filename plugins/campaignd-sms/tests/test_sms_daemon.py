@@ -156,6 +156,18 @@ def test_a_campaign_is_delivered_in_parts_and_a_stop_reply_opts_out(
         wait(lambda: not suppressed(daemon, number(7)), what="the opt-out to be lifted")
 
 
+def test_the_transport_binds_at_start_and_a_stop_before_any_campaign_opts_out(
+    daemon_factory: DaemonFactory, smsc: Smsc
+) -> None:
+    """Without any campaign, the daemon binds at start, so a STOP the SMSC delivers then (one it
+    kept while the daemon was down) suppresses the number before anything is sent to it."""
+    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
+    wait(lambda: smsc.binds == 1, seconds=10, what="the bind")
+    smsc.reply(number(4).lstrip("+"), "STOP")
+    wait(lambda: bool(suppressed(daemon, number(4))), what="the suppression")
+    assert smsc.submits == []
+
+
 def test_opt_out_keywords_with_underscores_opt_out(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
     """An underscore is punctuation like any other: "opt_out" and "_STOP_" opt their numbers out
     and mark their messages OPTED_OUT; "STOP please" is not a keyword."""

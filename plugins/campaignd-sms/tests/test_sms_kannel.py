@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import socket
 import urllib.error
 import urllib.request
 
@@ -63,6 +64,29 @@ def test_a_thousand_through_kannel_delivered_and_a_stop_reply_suppresses(
             client.launch(again.name)
             wait(lambda: report(client, again.name).totals.delivered == 999, seconds=120, what="999 DLRs")
             assert number(5) not in {m.address for m in messages(client, again.name)}
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_the_listener_opens_at_start_and_a_stop_before_any_campaign_suppresses(
+    daemon_factory: DaemonFactory, tmp_path: pathlib.Path
+) -> None:
+    """Without any campaign, the daemon's kannel transport listens from the start: a "STOP" typed
+    into fakesmsc right after a start is applied, not dropped by smsbox for want of a listener."""
+    callback = free_port()
+    mo_url = f"http://127.0.0.1:{callback}/{SECRET}/mo?from=%p&text=%a"
+    with running_kannel(tmp_path, mo_url) as kannel:
+        env = {"KANNEL_PASSWORD": PASSWORD, "CALLBACK_SECRET": SECRET}
+        daemon = daemon_factory(FAST + kannel_transport(kannel.sendsms_url, callback), env=env).start()
+        wait(lambda: _listening(callback), seconds=10, what="the callback listener")
+        kannel.reply(number(3), "STOP")
+        wait(lambda: bool(suppressed(daemon, number(3))), what="the suppression")
 
 
 def test_callbacks_without_the_secret_are_refused(

@@ -359,6 +359,7 @@ class Engine:
         self._guard_base: dict[Key, tuple[int, int]] = {}
         self._types: dict[Key, str] = {}
         self._chores: set[asyncio.Future[None]] = set()
+        self._keeping_open: asyncio.Future[None] | None = None
         self._mark_writer = _MarkWriter(self._write_marks)
         # Holds begun so far, and the count when the tick read the channels: a tick whose read
         # may predate a Pause or Stop must not reopen a gate that call closed.
@@ -475,6 +476,10 @@ class Engine:
         """Stop leasing and give workers `grace` seconds to finish and record what is in flight."""
         self._stopping = True
         self._wake.set()
+        if self._keeping_open is not None:
+            self._keeping_open.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeping_open
         for gate in self._gates.values():
             gate.open = False
         workers = [w for w in self._workers.values() if not w.done()]
@@ -492,6 +497,9 @@ class Engine:
         """One pass over the channels that need the engine."""
         if self.db.fault is not None:
             return  # the database's probe tells when it works again
+        if self._keeping_open is None or self._keeping_open.done():
+            # Apart from the tick: a plugin may take up to OPEN_TIMEOUT to open a transport.
+            self._keeping_open = asyncio.ensure_future(self.transports.keep_open())
         now = self.clock.now()
         # In a cluster only the leader sweeps (and starts and activates channels, below).
         leads = self.role.leads()

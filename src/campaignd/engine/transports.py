@@ -1,8 +1,11 @@
 """The transports this daemon has open: their clients, rate limiters and health.
 
 A transport is opened through its plugin when a channel first sends through it and stays open
-while the daemon runs. A reload that changes a transport retires the open one: new batches get
-a fresh one, and the old one is closed once the batches using it have finished.
+while the daemon runs. One whose type declares the capability `inbound` (its provider reports
+receipts and replies through it) is opened at start, and again after a reload or a rest, so
+that what the provider reports is not lost while no campaign sends through it. A reload that
+changes a transport retires the open one: new batches get a fresh one, and the old one is closed
+once the batches using it have finished.
 
 Health: a transport that could not be reached rests for `[engine] transport_rest` seconds, during
 which its recipients go through the channel's other transports (failover). One that failed
@@ -27,10 +30,11 @@ from campaignd.clock import Clock
 from campaignd.engine.rates import RateLimiter
 from campaignd.model import TransportShare
 from campaignd.plugin import ChannelInfo, EventSink, Recipient, SendResult, SendStatus, Transport
-from campaignd.plugin.manager import Plugins
+from campaignd.plugin.manager import PluginCallError, Plugins
 
 log = logs.get("campaignd.transports")
 OPEN_TIMEOUT = 30.0  # seconds a plugin may take to open or close a transport
+INBOUND = "inbound"  # the capability of types whose provider reports back through the transport
 
 
 @dataclasses.dataclass(eq=False)
@@ -144,6 +148,20 @@ class Transports:
                 concurrency=wanted.concurrency,
             )
             return entry
+
+    async def keep_open(self) -> None:
+        """Open every usable transport of an `inbound` type that is not open; one that fails to
+        open rests, and is tried again after its rest."""
+        for name, transport in self.plugins.config.transports.items():
+            declared = self.plugins.types.get(transport.channel_type)
+            if declared is None or INBOUND not in declared.capabilities:
+                continue
+            if name in self._open or not self.usable(name):
+                continue
+            try:
+                await self._get(transport)
+            except PluginCallError as exc:
+                self.rest(name, str(exc))
 
     def rebalance(self) -> None:
         """The cluster's members changed: open transports send at this daemon's new share of their

@@ -57,7 +57,8 @@ def campaignd_channel_types() -> list[ChannelType]:
             fields=settings.CONTENT_FIELDS,
             description="SMS over SMPP 3.4 or Kannel: GSM-7/UCS-2 parts, delivery receipts, opt-out replies",
             version=__version__,
-            capabilities=frozenset({"receipts"}),
+            # inbound: receipts and replies come through the transport, so it opens at start
+            capabilities=frozenset({"receipts", "inbound"}),
             default_window=QUIET_HOURS,
             options=settings.TYPE_OPTIONS,
             uses_transports=True,

@@ -41,9 +41,11 @@ class SmsTransport:
             self.kannel = Kannel(transport, self)
 
     async def start(self) -> None:
-        """Start what must run before the first send (kannel's callback listener)."""
+        """Start what must run before the first send: kannel's callback listener, or binding."""
         if self.kannel is not None:
             await self.kannel.start()
+        if self.smpp is not None:
+            self.smpp.keep_bound()
 
     async def close(self) -> None:
         """Close the provider link, after handing over what came back."""

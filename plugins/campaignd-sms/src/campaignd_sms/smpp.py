@@ -758,7 +758,13 @@ class Link:
                 self._keeper = asyncio.create_task(self._keep_bound())
             return session
 
-    async def _keep_bound(self) -> None:
+    def keep_bound(self) -> None:
+        """Bind now, not at the first send, and stay bound while the transport is open: receipts
+        and replies (a STOP) the SMSC kept for this ESME arrive before any campaign sends."""
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep_bound(at_once=True))
+
+    async def _keep_bound(self, *, at_once: bool = False) -> None:
         """Rebind after a lost session, with backoff, so receipts and replies keep arriving."""
         while not self._closing:
             session = self.session
@@ -766,9 +772,15 @@ class Link:
                 await session.closed.wait()
             if self._closing or self.fatal:
                 return
-            await asyncio.sleep(max(0.0, self.retry_at - time.monotonic()) or self.settings.reconnect_min)
-            with contextlib.suppress(BindRefusedError, LinkDownError):
+            if not at_once:
+                await asyncio.sleep(max(0.0, self.retry_at - time.monotonic()) or self.settings.reconnect_min)
+            at_once = False
+            try:
                 await self.bound()
+            except BindRefusedError as refused:
+                log.error("bind refused; not bound again until a reload: %s", refused)
+            except LinkDownError:
+                pass
 
     async def close(self) -> None:
         """Unbind and stop reconnecting."""
