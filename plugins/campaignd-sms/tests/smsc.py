@@ -106,6 +106,16 @@ class Smsc:
         )
         future.result(5)
 
+    def receipt(self, submitted: Submitted, stat: str, err: str = "000") -> None:
+        """Send a receipt for an accepted submit over every bound session (one the SMSC kept,
+        e.g. while the ESME was away)."""
+        assert self._loop is not None
+        data = _receipt_text(submitted, stat, err)
+        future: Future[None] = asyncio.run_coroutine_threadsafe(
+            self._deliver_all(submitted.destination, data, 0, 0x04), self._loop
+        )
+        future.result(5)
+
     def drop_all(self) -> None:
         """Close every connection."""
         assert self._loop is not None
@@ -237,16 +247,20 @@ class Smsc:
             self.outstanding -= 1
         receipt = b""
         if answer.status == 0 and answer.stat:
-            receipt = (
-                f"id:{submitted.message_id} sub:001 dlvrd:{'001' if answer.stat == 'DELIVRD' else '000'} "
-                f"submit date:2512061200 done date:2512061201 stat:{answer.stat} err:{answer.err} text:x"
-            ).encode()
+            receipt = _receipt_text(submitted, answer.stat, answer.err)
         if receipt and answer.receipt_first:
             self._deliver(writer, submitted.destination, receipt, 0, 0x04)
         body = (submitted.message_id.encode() if answer.status == 0 else b"") + b"\x00"
         writer.write(HEADER.pack(16 + len(body), SUBMIT_SM_RESP, answer.status, sequence) + body)
         if receipt and not answer.receipt_first:
             self._deliver(writer, submitted.destination, receipt, 0, 0x04)
+
+
+def _receipt_text(submitted: Submitted, stat: str, err: str) -> bytes:
+    return (
+        f"id:{submitted.message_id} sub:001 dlvrd:{'001' if stat == 'DELIVRD' else '000'} "
+        f"submit date:2512061200 done date:2512061201 stat:{stat} err:{err} text:x"
+    ).encode()
 
 
 @contextmanager

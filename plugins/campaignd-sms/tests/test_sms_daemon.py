@@ -361,3 +361,39 @@ def test_preview_shows_encoding_and_parts(daemon_factory: DaemonFactory, smsc: S
             client.launch(too_long.name)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "3 parts" in str(refused.value.details())
+
+
+def test_receipts_after_a_restart_are_applied(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
+    """Messages sent before a restart, whose receipts the SMSC delivers only after it (and
+    nothing else comes): each is applied, UNDELIV failing its message with the stat."""
+    smsc.script = lambda submit, count: Answer(stat=None)
+    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
+    import_contacts(daemon, 3, lambda i: zone_at(14))
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        client.launch(campaign.name)
+        wait(lambda: client.get(campaign.name).state == pb.Campaign.COMPLETED, what="the end")
+    assert daemon.stop() == 0
+    daemon.start()
+    wait(lambda: smsc.binds == 2, seconds=10, what="the bind after the restart")
+    first, *others = sorted(smsc.accepted(), key=lambda s: s.destination)
+    smsc.receipt(first, "UNDELIV", "001")
+    for submitted in others:
+        smsc.receipt(submitted, "DELIVRD")
+    with daemon.channel() as channel:
+        client = Client(channel)
+        wait(
+            lambda: (
+                report(client, campaign.name).totals.delivered == 2
+                and report(client, campaign.name).totals.failed == 1
+            ),
+            seconds=90,
+            what="the receipts",
+        )
+        final = {m.address: (m.state, m.reason) for m in messages(client, campaign.name)}
+    assert final == {
+        number(0): (pb.Message.FAILED, "UNDELIV"),
+        number(1): (pb.Message.DELIVERED, ""),
+        number(2): (pb.Message.DELIVERED, ""),
+    }

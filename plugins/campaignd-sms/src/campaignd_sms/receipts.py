@@ -152,6 +152,9 @@ class Receipts:
             self.next_expiry = now + 1.0
             self._expire()
         self.early[receipt.part_id] = (now, self.newest_call, receipt)
+        # Only the queue's task reports it when its hold ends: after a restart nothing else
+        # may come to start that task.
+        self.out.watch()
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.hold
@@ -215,6 +218,11 @@ class EventQueue:
         self.queue.append(event)
         self.idle.clear()
         self.ready.set()
+        self.watch()
+
+    def watch(self) -> None:
+        """Start the task that hands events over and, once a second, reports the receipts
+        whose hold ended."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
