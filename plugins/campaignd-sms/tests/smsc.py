@@ -28,6 +28,7 @@ ENQUIRE_LINK, ENQUIRE_LINK_RESP = 0x00000015, 0x80000015
 UNBIND, UNBIND_RESP = 0x00000006, 0x80000006
 GENERIC_NACK = 0x80000000
 ESME_RINVPASWD = 0x0E
+ESME_RALYBND = 0x05
 ESME_RTHROTTLED = 0x58
 ESME_RINVDSTADR = 0x0B
 ESME_RSYSERR = 0x08
@@ -71,6 +72,9 @@ class Smsc:
     """The server's state and script; read it from the test's thread."""
 
     password: str = "secret"
+    # Refuse a bind with ESME_RALYBND while another session is bound, as SMSCs that allow one
+    # session per system_id do.
+    single_session: bool = False
     script: Callable[[Submitted, int], Answer] = accept_all
     answer_delay: float = 0.0
     port: int = 0
@@ -156,17 +160,15 @@ class Smsc:
                 body = await reader.readexactly(length - 16)
                 if command == BIND_TRANSCEIVER:
                     password = body.split(b"\x00")[1].decode()
-                    ok = password == self.password
+                    status = 0 if password == self.password else ESME_RINVPASWD
+                    if not status and self.single_session and self._writers:
+                        status = ESME_RALYBND
+                    ok = not status
                     with self.lock:
                         self.binds += ok
                         self.refused_binds += not ok
                     resp = b"TestSMSC\x00"
-                    writer.write(
-                        HEADER.pack(
-                            16 + len(resp), BIND_TRANSCEIVER_RESP, 0 if ok else ESME_RINVPASWD, sequence
-                        )
-                        + resp
-                    )
+                    writer.write(HEADER.pack(16 + len(resp), BIND_TRANSCEIVER_RESP, status, sequence) + resp)
                     if not ok:
                         await writer.drain()
                         return

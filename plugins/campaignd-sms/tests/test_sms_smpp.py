@@ -92,25 +92,11 @@ async def run(
     """Open a transport, send the batches one after the other, wait for `settle` (and with
     `receipts`, for the DELIVERED event of every message the sends left SENT), close."""
     events = Events()
-    opened = transport(smsc, **(options or {}))
-    opening = campaignd_sms.campaignd_open_transport(channel_type="sms", transport=opened, events=events)
-    assert opening is not None
-    client = await opening
+    client = await smpp_client(smsc, events, **(options or {}))
     results: list[SendResult] = []
     try:
         for batch in batches:
-            sending = campaignd_sms.campaignd_send(
-                channel_type="sms",
-                channel=info or channel(),
-                recipients=batch,
-                gate=Gate(),
-                transport=None,
-                client=client,
-                options=type_options or {},
-                renderer=renderer(),
-            )
-            assert sending is not None
-            results += await sending
+            results += await send(client, batch, info, type_options)
             if between:
                 between()
         if settle is not None or receipts:
@@ -121,9 +107,7 @@ async def run(
                 ):
                     await asyncio.sleep(0.02)
     finally:
-        closing = campaignd_sms.campaignd_close_transport(channel_type="sms", transport=opened, client=client)
-        assert closing is not None
-        await closing
+        await close(client)
     return results, events
 
 
@@ -291,6 +275,80 @@ def test_bind_refused_is_fatal(smsc: Smsc) -> None:
     assert "ESME_RINVPASWD" in results[0].error
     assert smsc.refused_binds == 1
     assert smsc.submits == []
+
+
+def test_already_bound_is_tried_again_not_fatal(smsc: Smsc) -> None:
+    """An SMSC that allows one session per system_id refuses a second bind with ESME_RALYBND
+    while the first is bound: the transport is down for now (RETRY, not fatal), and binds once
+    the other session is gone."""
+    smsc.single_session = True
+
+    async def scenario() -> tuple[list[SendResult], list[SendResult]]:
+        events = Events()
+        first = await smpp_client(smsc, events)
+        await wait_for(lambda: smsc.binds == 1)
+        second = await smpp_client(smsc, events)
+        await wait_for(lambda: smsc.refused_binds >= 1)
+        refused = await send(second, recipients(2))
+        await close(first)
+        # reconnect_min is 1 s: the second transport binds again by itself
+        await wait_for(lambda: smsc.binds == 2, seconds=5)
+        sent = await send(second, recipients(2, first=3))
+        await close(second)
+        return refused, sent
+
+    refused, sent = asyncio.run(scenario())
+    assert {r.status for r in refused} == {SendStatus.RETRY}
+    assert not any(r.fatal for r in refused)
+    assert all(r.transport_down for r in refused)
+    assert "ESME_RALYBND" in refused[0].error
+    assert {r.status for r in sent} <= ACCEPTED
+    assert len(smsc.accepted()) == 2
+
+
+async def smpp_client(smsc: Smsc, events: Events, **options: Any) -> Any:
+    """An open smpp transport to the SMSC (it binds as it opens)."""
+    opened = transport(smsc, **options)
+    opening = campaignd_sms.campaignd_open_transport(channel_type="sms", transport=opened, events=events)
+    assert opening is not None
+    return await opening
+
+
+async def send(
+    client: Any,
+    batch: Sequence[Recipient],
+    info: ChannelInfo | None = None,
+    type_options: dict[str, Any] | None = None,
+) -> list[SendResult]:
+    """Send one batch through an open transport."""
+    sending = campaignd_sms.campaignd_send(
+        channel_type="sms",
+        channel=info or channel(),
+        recipients=batch,
+        gate=Gate(),
+        transport=None,
+        client=client,
+        options=type_options or {},
+        renderer=renderer(),
+    )
+    assert sending is not None
+    return await sending
+
+
+async def close(client: Any) -> None:
+    """Close an open transport."""
+    closing = campaignd_sms.campaignd_close_transport(
+        channel_type="sms", transport=client.transport, client=client
+    )
+    assert closing is not None
+    await closing
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 3.0) -> None:
+    """Poll `condition` until it holds."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
 
 
 def test_opt_out_and_opt_in_replies(smsc: Smsc) -> None:

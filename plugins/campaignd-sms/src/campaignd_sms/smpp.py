@@ -236,6 +236,11 @@ class Session(asyncio.Protocol):
             raise
         if command != SmppCommand.BIND_TRANSCEIVER_RESP or status != 0:
             self._abort()
+            if status == SmppCommandStatus.ESME_RALYBND:
+                # The SMSC allows one session per system_id and still has the one this replaces
+                # (a reload that changed the transport while a batch used the old one): bound again
+                # with backoff, not taken for a wrong password.
+                raise ConnectionError("bind_transceiver refused: ESME_RALYBND (already bound)")
             raise BindRefusedError(f"bind_transceiver refused: {status_name(status)}")
         self._tasks = [
             loop.create_task(self._keep_alive()),
