@@ -312,6 +312,7 @@ def test_a_text_that_renders_blank_is_not_sent(daemon_factory: DaemonFactory, sm
             )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "empty" in str(refused.value.details())
+        assert failure(refused.value).fields == ["campaign.channels[sms].content.text"]
         client.launch(campaign.name)
         wait(lambda: report(client, campaign.name).totals.delivered == 2, what="2 delivered")
         final = {m.address: (m.state, m.reason) for m in messages(client, campaign.name)}

@@ -14,7 +14,7 @@ from campaignd.config import Settings
 from campaignd.engine.transports import Transports, send_once
 from campaignd.errors import ApiError, Code, FieldViolation
 from campaignd.lifecycle import Operation
-from campaignd.plugin import ChannelInfo, Recipient, Rendered, SendStatus, TemplateError
+from campaignd.plugin import ChannelInfo, ContentError, Recipient, Rendered, SendStatus, TemplateError
 from campaignd.plugin.manager import PluginCallError
 from campaignd.store import contacts as contact_store
 
@@ -121,7 +121,7 @@ class Previews:
             if templates_only and not isinstance(exc, TemplateError):
                 return None
             path = f"campaign.channels[{info.channel_id}].content"
-            name = exc.field if isinstance(exc, TemplateError) else ""
+            name = exc.field if isinstance(exc, ContentError) else ""
             raise errors.invalid_argument(
                 [FieldViolation(f"{path}.{name}" if name else path, str(exc))]
             ) from None

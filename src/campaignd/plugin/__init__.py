@@ -247,7 +247,7 @@ class Gate(Protocol):
 
 
 # Imported last: the templates module names Recipient, defined above.
-from campaignd.plugin.templates import Renderer, TemplateError, TemplateSet  # noqa: E402
+from campaignd.plugin.templates import ContentError, Renderer, TemplateError, TemplateSet  # noqa: E402
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -256,6 +256,7 @@ __all__ = [
     "ChannelSemantics",
     "ChannelType",
     "Content",
+    "ContentError",
     "ContentField",
     "EditPolicy",
     "EventKind",

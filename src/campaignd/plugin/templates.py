@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_OUTPUT",
     "ContactView",
+    "ContentError",
     "Renderer",
     "Rendering",
     "TemplateError",
@@ -42,13 +43,21 @@ _MAX_EXPONENT = 64
 Limit = Literal["", "time", "memory", "output"]
 
 
-class TemplateError(ValueError):
+class ContentError(ValueError):
+    """A channel's content cannot make a message for one recipient (e.g. a text too long once
+    rendered); `field` names the content field, "" when none. The message is fit for the client."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TemplateError(ContentError):
     """A template failed for one recipient: an error in it, or a limit it went over (`limit`:
     "time", "memory" or "output"; "" for an error). The message is fit for the client."""
 
     def __init__(self, message: str, *, field: str = "", limit: Limit = "") -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
         self.limit: Limit = limit
 
 

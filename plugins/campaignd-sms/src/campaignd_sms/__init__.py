@@ -12,6 +12,7 @@ from campaignd.plugin import (
     ChannelSemantics,
     ChannelType,
     Content,
+    ContentError,
     EditPolicy,
     EventSink,
     FieldViolation,
@@ -134,8 +135,8 @@ def campaignd_render(
     channel_type: str, channel: ChannelInfo, recipient: Recipient, options: Options, renderer: Renderer
 ) -> Awaitable[Rendered] | None:
     """The text `recipient` would get, with its encoding and parts, rendered by `renderer`;
-    ValueError (a TemplateError) when the template fails, or the text is empty or longer than
-    max_parts."""
+    a TemplateError when the template fails, a ContentError naming `text` when the text is empty
+    or longer than max_parts."""
     if channel_type != TYPE:
         return None
     return _render(channel, recipient, options, renderer)
@@ -148,11 +149,11 @@ async def _render(
     if isinstance(text, TemplateError):
         raise text
     if not text.strip():
-        raise ValueError(EMPTY)
+        raise ContentError(EMPTY, field="text")
     encoded = encode(text)
     limit = settings.max_parts(options)
     if len(encoded.parts) > limit:
-        raise ValueError(_too_long(encoded, limit))
+        raise ContentError(_too_long(encoded, limit), field="text")
     sender = channel.content.get("sender", "")
     parts = len(encoded.parts)
     first_line = text.splitlines()[0] if text else ""
