@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import sqlalchemy as sa
+from alembic.util import CommandError
 
 from campaignd import __version__, logs, loops, metrics
 from campaignd.api.auth import Authenticator
@@ -86,11 +87,19 @@ class Daemon:
             except OSError as exc:
                 await api.stop(0)
                 raise await abandon(f"cannot listen on [http] address: {exc}", EXIT_TRANSIENT) from None
+        metrics_port = None
+        if self.settings.metrics.address:
+            try:
+                metrics_port = metrics.serve(self.settings.metrics.address)
+            except OSError as exc:
+                if http is not None:
+                    await http.stop()
+                await api.stop(0)
+                raise await abandon(f"cannot listen on [metrics] address: {exc}", EXIT_TRANSIENT) from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(components)))
-        metrics_port = metrics.serve(self.settings.metrics.address) if self.settings.metrics.address else None
         await api.set_serving(True)
 
         health_updates: set[asyncio.Future[None]] = set()
@@ -368,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     after = migrate.current_revision(engine)
                 except sa.exc.DBAPIError as exc:
                     raise _database_problem(settings.database_url, exc) from None
+                except CommandError as exc:
+                    # A revision that does not exist (or is not ahead of the database's) is bad input.
+                    raise StartupError(f"--revision {args.revision}: {exc}", EXIT_CONFIG) from None
                 finally:
                     engine.dispose()
             print(f"schema: {before or 'empty'} -> {after}")

@@ -324,6 +324,36 @@ def test_metrics_endpoint_counts_messages_and_rpcs(daemon_factory: DaemonFactory
     assert "campaignd_queue_depth" in text
 
 
+def _metric(port: int, series: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+    return None
+
+
+def test_queue_depth_and_rate_fall_to_zero_once_no_channel_runs(daemon_factory: DaemonFactory) -> None:
+    """campaignd_queue_depth counts the queued messages of running channels, campaignd_send_rate
+    their sends per second: once the only channel is stopped (its queued messages cancelled),
+    both read 0, not what they had while sending."""
+    daemon = daemon_factory(
+        TEST_CHANNELS + FAST + '[metrics]\naddress = "127.0.0.1:0"\n[log]\nformat = "json"\n'
+    ).start()
+    port = next(e for e in daemon.log_events() if e["event"] == "serving")["metrics_port"]
+    depth = 'campaignd_queue_depth{channel_type="test-email"}'
+    rate = 'campaignd_send_rate{channel_type="test-email"}'
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = double_campaign(client, people(client, "depth", 600), delay_ms=20)
+        client.launch(campaign.name)
+        wait_until(lambda: (_metric(port, depth) or 0) > 0, what="a queue depth while sending")
+        wait_until(lambda: (_metric(port, rate) or 0) > 0, what="a send rate while sending")
+        client.stop(campaign.name)
+        wait_until(lambda: client.channel_state(campaign.name) == pb.Channel.STOPPED, what="the stop")
+    time.sleep(1.0)  # many engine ticks after the stop
+    assert (_metric(port, depth), _metric(port, rate)) == (0, 0)
+
+
 @pytest.mark.slow
 def test_sent_without_receipt_is_assumed_delivered_on_receipt_channels(daemon_factory: DaemonFactory) -> None:
     """On a type with receipts, SENT turns ASSUMED_DELIVERED after the set time; email-like stays SENT."""

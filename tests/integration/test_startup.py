@@ -188,6 +188,32 @@ def test_an_http_address_in_use_exits_1_naming_it(tmp_path: pathlib.Path) -> Non
     assert _one_clean_line(result).startswith("campaignd: cannot listen on [http] address: ")
 
 
+def test_a_metrics_address_in_use_exits_1_naming_it(tmp_path: pathlib.Path) -> None:
+    """[metrics] address taken by another process exits 1 with one line naming it, like [http],
+    and leaves no socket behind."""
+    runtime = tempfile.mkdtemp(prefix="cd-", dir="/tmp")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = f'state_directory = "{tmp_path / "state"}"\n[metrics]\naddress = "127.0.0.1:{port}"\n'
+        result = _run(tmp_path, config, runtime=runtime)
+    assert result.returncode == 1
+    assert _one_clean_line(result).startswith("campaignd: cannot listen on [metrics] address: ")
+    assert not pathlib.Path(runtime, "campaignd.sock").exists()
+
+
+def test_migrate_to_an_unknown_revision_exits_2_with_one_line(tmp_path: pathlib.Path) -> None:
+    """`campaignd migrate --revision R` with a revision that does not exist is bad input: exit 2,
+    one line naming it, no traceback."""
+    state = tmp_path / "state"
+    result = _run(tmp_path, f'state_directory = "{state}"\n', "migrate", "--revision", "0099")
+    assert result.returncode == 2, result.stderr
+    line = _one_clean_line(result)
+    assert line.startswith("campaignd: --revision 0099: ")
+    assert "0099" in line.removeprefix("campaignd: --revision 0099: ")
+
+
 def test_a_second_daemon_on_one_sqlite_database_is_refused_until_the_first_dies(
     tmp_path: pathlib.Path,
 ) -> None:

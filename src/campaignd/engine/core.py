@@ -563,8 +563,10 @@ class Engine:
             self._cursors.pop(key, None)
             self._paces.pop((f"campaigns/{key[0]}", key[1]), None)
         self._publish_metrics(active)
-        for channel_type, depth in (await self.db.read(count_store.queue_depths)).items():
-            metrics.QUEUE_DEPTH.labels(channel_type).set(depth)
+        depths = await self.db.read(count_store.queue_depths)
+        # Every loaded type, so that one whose last channel stopped reads 0, not its last depth.
+        for channel_type in {*self.plugins.types, *depths}:
+            metrics.QUEUE_DEPTH.labels(channel_type).set(depths.get(channel_type, 0))
 
     async def _assume_delivered(self, now: dt.datetime) -> dict[tuple[str, str], int]:
         """SENT messages without a receipt for `assume_delivered_after`: ASSUMED_DELIVERED.
@@ -596,7 +598,8 @@ class Engine:
             await self._keep_running(key, row)
 
     def _publish_metrics(self, active: set[Key]) -> None:
-        rates: dict[str, float] = {}
+        # Every loaded type: one whose channels all stopped reads 0, not its last rate.
+        rates = dict.fromkeys(self.plugins.types, 0.0)
         for key in active:
             channel_type = self._types.get(key, "")
             rates[channel_type] = rates.get(channel_type, 0.0) + self.rate(*key)
