@@ -299,12 +299,12 @@ def test_check_config_reports_bad_keys_and_exits_2(
 
 
 def test_check_config_accepts_a_good_file(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`campaignd check-config` returns 0 on a valid file and prints nothing on stderr."""
+    """`campaignd check-config` returns 0 on a valid file and prints its verdict alone."""
     path = write(tmp_path, '[log]\nformat = "json"\n')
     assert main(["check-config", str(path)]) == 0
     out = capsys.readouterr()
     assert out.err == ""
-    assert "ok" in out.out
+    assert out.out == f"{path}: ok\n"
 
 
 def test_secrets_never_show_in_repr_or_str(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
