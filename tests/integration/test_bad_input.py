@@ -515,3 +515,18 @@ def test_a_request_with_very_many_long_problems_still_gets_its_answer(
     assert found.fields[-1] == ""  # "N more problems are not listed"
     assert 10 < len(found.fields) < 64 * 2 + 100 + 16
     assert len(found.message) <= 1000
+
+
+@pytest.mark.parametrize("display_name", ["   ", "\t", "a\nb", "x" * 201])
+def test_a_duplicate_gets_no_blank_or_bad_display_name(
+    daemon: DatabaseDaemon, client: Client, display_name: str
+) -> None:
+    """DuplicateCampaign's display_name, when given, follows the rules of every display_name."""
+    source = client.create(channel(), display_name="source")
+    found = refused(
+        daemon,
+        lambda: client.stub.DuplicateCampaign(
+            svc.DuplicateCampaignRequest(name=source.name, display_name=display_name)
+        ),
+    )
+    assert found.fields == ["display_name"]

@@ -270,7 +270,8 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
     async def DuplicateCampaign(self, request: svc.DuplicateCampaignRequest, context: Context) -> pb.Campaign:
         v = Violations()
         convert.check_id(v, "campaign_id", request.campaign_id)
-        v.text("display_name", request.display_name, max_length=200)
+        # Empty means "<original> (copy)"; a given one must not be blank, like every display_name.
+        v.text("display_name", request.display_name, max_length=200, required=bool(request.display_name))
         campaign_id = self._common(request.name, "", "", request.request_id, v)
         data = await self.manager.duplicate(
             campaign_id, request.campaign_id or _new_id(), request.display_name, _caller(request.request_id)

@@ -81,7 +81,8 @@ def page_size(text: str) -> int:
     """A positive number; the daemon lowers one above its maximum to the maximum."""
     if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"invalid page size {text!r}: expected a number from 1")
-    return int(text)
+    # page_size is an int32: a larger one could not be sent, and the daemon would lower it anyway.
+    return min(int(text), 2**31 - 1)
 
 
 def campaign_state(text: str) -> res.Campaign.State.ValueType:
@@ -108,7 +109,10 @@ def schedule_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """ISO 8601 with a UTC offset (`2025-05-01T09:00:00+02:00`, `...Z`) or relative (`+10m`, `+2h`)."""
     now = now or dt.datetime.now(dt.UTC)
     if relative := RELATIVE_TIME.fullmatch(text):
-        return now + dt.timedelta(**{RELATIVE_UNITS[relative.group(2)]: int(relative.group(1))})
+        try:
+            return now + dt.timedelta(**{RELATIVE_UNITS[relative.group(2)]: int(relative.group(1))})
+        except OverflowError:
+            raise argparse.ArgumentTypeError(f"invalid time {text!r}: later than 9999-12-31") from None
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -119,6 +123,13 @@ def schedule_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
     if when.tzinfo is None:
         # A time without an offset would mean different instants on the client and the daemon.
         raise argparse.ArgumentTypeError(f"invalid time {text!r}: add a UTC offset, e.g. {text}Z")
+    try:
+        # The request carries UTC: an instant that is not a date in UTC cannot be sent.
+        when.astimezone(dt.UTC)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: in UTC it is outside the years 1 to 9999"
+        ) from None
     return when
 
 
