@@ -517,7 +517,7 @@ def test_a_request_with_very_many_long_problems_still_gets_its_answer(
     assert len(found.message) <= 1000
 
 
-@pytest.mark.parametrize("display_name", ["   ", "\t", "a\nb", "x" * 201])
+@pytest.mark.parametrize("display_name", ["   ", "\t", "a\nb", "a\x7fb", "a\x9bb", "x" * 201])
 def test_a_duplicate_gets_no_blank_or_bad_display_name(
     daemon: DatabaseDaemon, client: Client, display_name: str
 ) -> None:

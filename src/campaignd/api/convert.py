@@ -77,7 +77,7 @@ class Violations:
             self.add(path, "required")
         elif len(value) > max_length:
             self.add(path, f"longer than {max_length} characters")
-        elif any(ord(ch) < 32 and ch not in "\t" for ch in value):
+        elif any(_control(ch) and ch != "\t" for ch in value):
             self.add(path, "contains control characters")
 
     def request_id(self, path: str, value: str) -> None:
@@ -434,13 +434,18 @@ def channel_record(
     )
 
 
+def _control(ch: str) -> bool:
+    """C0, DEL and C1: Unicode's control characters (category Cc)."""
+    return ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F
+
+
 def _check_labels(v: Violations, path: str, labels: Mapping[str, str]) -> None:
     if len(labels) > MAX_LABELS:
         v.add(path, f"at most {MAX_LABELS} labels")
     for key, value in labels.items():
         if not LABEL_KEY.fullmatch(key):
             v.add(f"{path}[{key[:70]}]", "keys are 1-63 characters of [a-z0-9_.-] starting with a letter")
-        if len(value) > 63 or any(ord(ch) < 32 for ch in value):
+        if len(value) > 63 or any(_control(ch) for ch in value):
             v.add(f"{path}[{key[:70]}]", "values are at most 63 printable characters")
 
 
