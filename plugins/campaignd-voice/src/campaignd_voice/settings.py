@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -213,6 +214,27 @@ def _hostport(value: Any) -> bool:
     return match is not None and (match["port"] is None or 1 <= int(match["port"]) <= 65535)
 
 
+def _ipv4(value: Any) -> bool:
+    try:
+        ipaddress.IPv4Address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _ip_port(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    match = _HOSTPORT.fullmatch(value)
+    if match is None or match["port"] is None or not 1 <= int(match["port"]) <= 65535:
+        return False
+    try:
+        ipaddress.ip_address(match["host"].strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def check_type_options(options: Options) -> list[FieldViolation]:
     """Problems with the [channel_types.voice] table."""
     problems = []
@@ -243,6 +265,10 @@ def check_transport_options(options: Options) -> list[FieldViolation]:
         problems.append(
             FieldViolation("password" if username else "username", "username and password go together")
         )
+    local_address = options.get("local_address")
+    if local_address and not _ipv4(local_address):
+        # The SIP port is chosen and baresip's sip_listen written for an IPv4 socket.
+        problems.append(FieldViolation("local_address", "must be an IPv4 address, e.g. 192.0.2.20"))
     baresip = options.get("baresip")
     if not attach and shutil.which(str(baresip or "baresip")) is None:
         problems.append(FieldViolation("baresip", f"cannot find the program {baresip or 'baresip'!r}"))
@@ -255,8 +281,9 @@ def check_transport_options(options: Options) -> list[FieldViolation]:
     port = options.get("sip_port", 0)
     if port != int(port) or not 0 <= port <= 65535:
         problems.append(FieldViolation("sip_port", "must be a whole number from 0 to 65535"))
-    if not _hostport(options.get("dns_server", "127.0.0.1:53")):
-        problems.append(FieldViolation("dns_server", "must be host:port"))
+    if not _ip_port(options.get("dns_server", "127.0.0.1:53")):
+        # baresip decodes it as an address, not a name, and exits at start when it cannot.
+        problems.append(FieldViolation("dns_server", "must be an IP address and port, e.g. 127.0.0.1:53"))
     restarts = options.get("restarts", 3)
     if restarts != int(restarts) or not 0 <= restarts <= 100:
         problems.append(FieldViolation("restarts", "must be a whole number from 0 to 100"))
