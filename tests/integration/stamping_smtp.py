@@ -37,7 +37,10 @@ class Transaction:
 class StampingSmtpServer:
     """An SMTP server on loopback with one listening port per sender."""
 
-    def __init__(self, ports: int = 1) -> None:
+    def __init__(self, ports: int = 1, *, accept_delay: float = 0.0) -> None:
+        # Seconds each message takes to be accepted after its data: a slow server, so that the
+        # sends a daemon has in flight at once show as overlapping transactions.
+        self.accept_delay = accept_delay
         self._listeners = []
         for _ in range(ports):
             listener = socket.socket()
@@ -108,6 +111,8 @@ class StampingSmtpServer:
                 elif verb == "DATA":
                     session.reply("354 go ahead")
                     session.body()
+                    if self.accept_delay:
+                        time.sleep(self.accept_delay)
                     with self._lock:
                         self._transactions.append(Transaction(port, tuple(recipients), started, time.time()))
                     session.reply("250 2.0.0 queued")

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from campaignd import logs
 from campaignd.config import ClusterSettings
+from campaignd.engine.rates import WINDOW
 from campaignd.store import cluster as store
 from campaignd.store.db import Database, storage_fault
 
@@ -94,8 +95,9 @@ class Membership:
         )
         self._deadline = began + self.settings.heartbeat_lease - self.margin
         # The others divide rates anew when they see this member; it sends once they have had a
-        # heartbeat to do so, so that a transport's rate holds while they learn of it.
-        self._warm_until = self.clock() + self.settings.heartbeat_interval
+        # heartbeat to do so, and the sends they made at their old shares have left every
+        # one-second window, so that a transport's rate holds while they learn of it.
+        self._warm_until = self.clock() + self.settings.heartbeat_interval + WINDOW
         self._leads_until = 0.0
         if self.on_identity is not None:
             self.on_identity(self.owner)

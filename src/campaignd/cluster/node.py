@@ -25,6 +25,7 @@ from campaignd.cluster.barrier import Barrier
 from campaignd.cluster.bus import Bus
 from campaignd.cluster.membership import Membership
 from campaignd.config import Settings
+from campaignd.engine.rates import WINDOW
 from campaignd.plugin import Transport
 from campaignd.store import cluster as store
 from campaignd.store.db import Database, connect_args, create_engine
@@ -153,6 +154,11 @@ class Cluster:
         self._relayed: dict[str, float] = {}
         self._relaying: set[str] = set()
         self._chores: set[asyncio.Future[Any]] = set()
+        # Member lists of the last WINDOW seconds, with when each stops counting: a share that
+        # grows (a member left or lapsed) grows only once the sends made at the smaller share
+        # and the leaver's last sends have left every one-second window.
+        self._recent: list[tuple[float, tuple[store.Member, ...]]] = []
+        self._shared: tuple[store.Member, ...] = ()  # the member list of the last rebalance
 
     # -- what the engine asks -------------------------------------------------------------------
 
@@ -166,11 +172,20 @@ class Cluster:
 
     def rate_share(self) -> float:
         """A channel's rate is divided among the members that send."""
-        return 1.0 / shares.senders(self.membership.members, self.membership.id)
+        return 1.0 / max(shares.senders(members, self.membership.id) for members in self._views())
 
     def share(self, transport: Transport) -> Transport:
         """This member's part of a transport's rate and concurrency."""
-        return shares.share(transport, self.membership.members, self.membership.id)
+        parts = [shares.share(transport, members, self.membership.id) for members in self._views()]
+        return dataclasses.replace(
+            parts[0], rate=min(p.rate for p in parts), concurrency=min(p.concurrency for p in parts)
+        )
+
+    def _views(self) -> list[tuple[store.Member, ...]]:
+        """The member list now, and those of the last WINDOW seconds."""
+        now = time.monotonic()
+        self._recent = [(until, members) for until, members in self._recent if until > now]
+        return [self.membership.members, *(members for _, members in self._recent)]
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -234,12 +249,19 @@ class Cluster:
             await self.engine.fence()
 
     def _members_changed(self, announce: bool) -> None:
+        if self._shared:
+            self._recent.append((time.monotonic() + WINDOW, self._shared))
+            asyncio.get_running_loop().call_later(WINDOW, self._rebalance)
+        self._shared = self.membership.members
+        self._rebalance()
+        if announce:
+            self.bus.post({"k": "members", "m": self.membership.id})
+
+    def _rebalance(self) -> None:
         if self.transports is not None:
             self.transports.rebalance()
         if self.engine is not None:
             self.engine.wake()
-        if announce:
-            self.bus.post({"k": "members", "m": self.membership.id})
 
     def _heard_again(self) -> None:
         # Members may have come or gone while nothing was heard.

@@ -131,14 +131,21 @@ class Transports:
             entry = self._open.get(transport.name)
             if entry is not None and entry.transport == wanted:
                 return entry
+            kept: RateLimiter | None = None
             if entry is not None:
                 await self._retire(entry)
                 if entry.configured == transport:
                     # Only this daemon's share changed: the old connections must be gone before
-                    # new ones open, or together they would exceed it.
+                    # new ones open, or together they would exceed it. The limiter goes on: the
+                    # last second's sends count against the new share too.
                     await entry.closed.wait()
+                    kept = entry.limiter
             client = await self.plugins.open_transport(wanted, self.events, OPEN_TIMEOUT)
-            limiter = RateLimiter(wanted.rate, self.clock) if wanted.rate > 0 else None
+            limiter = kept if kept is not None and wanted.rate > 0 else None
+            if limiter is not None:
+                limiter.set_rate(wanted.rate)
+            elif wanted.rate > 0:
+                limiter = RateLimiter(wanted.rate, self.clock)
             entry = self._open[transport.name] = OpenTransport(wanted, client, limiter, transport)
             log.info(
                 "transport opened",
