@@ -30,7 +30,9 @@ def configure(level: str, fmt: Literal["auto", "json", "console"] = "auto") -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # No file given: each line goes to sys.stdout as it is then, not to the stream that was
+        # sys.stdout at configure time (which a caller that swapped it may have closed since).
+        logger_factory=structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     # Libraries (alembic, grpc) log through the standard library; keep them quiet but visible.
