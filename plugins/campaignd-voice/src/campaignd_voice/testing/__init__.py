@@ -21,6 +21,14 @@ from dataclasses import dataclass, field
 SCENARIOS = pathlib.Path(__file__).parent / "sipp"
 
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
+BIND_FAILED = 254  # SIPp's exit status when it cannot bind a socket (-2)
+ATTEMPTS = 3  # starts of SIPp on fresh ports before a taken port fails the test
+
+
+class _PortTakenError(AssertionError):
+    """SIPp exited at start: a port it was given was taken meanwhile."""
+
+
 PCMU = 0
 
 
@@ -127,7 +135,16 @@ class Sipp:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, rtp_sink: int = 0, extra: tuple[str, ...] = ()) -> Sipp:
-        """Start it on free ports (SIP, control, media), waiting until it listens."""
+        """Start it on free ports (SIP, control, media), waiting until it listens; on other
+        ports again when one it was given was taken meanwhile."""
+        for _ in range(ATTEMPTS - 1):
+            try:
+                return self._start(rtp_sink, extra)
+            except _PortTakenError:
+                continue
+        return self._start(rtp_sink, extra)
+
+    def _start(self, rtp_sink: int, extra: tuple[str, ...]) -> Sipp:
         self.port = free_port()
         args = [
             SIPP,
@@ -157,6 +174,10 @@ class Sipp:
             if self._bound():
                 return self
             if self.process.poll() is not None:
+                if self.process.returncode == BIND_FAILED:
+                    # free_port() only found them free: another process may bind one first (the
+                    # media port's neighbours, +1 and +2, are SIPp's too).
+                    raise _PortTakenError(f"sipp could not bind its ports (status {BIND_FAILED})")
                 raise AssertionError(f"sipp exited at start with status {self.process.returncode}")
             time.sleep(0.05)
         raise AssertionError("sipp did not start listening")
