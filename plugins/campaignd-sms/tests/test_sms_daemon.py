@@ -20,6 +20,7 @@ from tests.integration.campaign_client import ATTESTATION, Client, content, ensu
 from tests.integration.conftest import DaemonFactory, DaemonProcess
 from tests.integration.conftest import daemon_factory as daemon_factory  # the fixture
 
+PEOPLE = pb.Audience(target_lists=["lists/people"])
 FAST = "[engine]\ntick_interval = 0.05\nretry_delay = 0.2\nsending_timeout = 10.0\ntransport_rest = 1.0\n"
 
 
@@ -99,13 +100,21 @@ def suppressed(daemon: DaemonProcess, address: str) -> list[cs.Suppression]:
         return list(stub.ListSuppressions(cs.ListSuppressionsRequest(address=address)).suppressions)
 
 
-def two_parts_at_most(daemon_factory: DaemonFactory, smsc: Smsc) -> DaemonProcess:
-    """A daemon whose sms type allows two parts, with one contact where it is midday."""
-    daemon = daemon_factory(
-        FAST + transport(smsc) + "[channel_types.sms]\nmax_parts = 2\n", env={"SMSC_PASSWORD": "secret"}
-    ).start()
-    import_contacts(daemon, 1, lambda i: zone_at(14))
+def with_contacts(
+    daemon_factory: DaemonFactory, smsc: Smsc, contacts: int, config: str = ""
+) -> DaemonProcess:
+    """A daemon sending through the SMSC (with `config` added), and `contacts` contacts where it
+    is midday in the list people."""
+    daemon = daemon_factory(FAST + transport(smsc) + config, env={"SMSC_PASSWORD": "secret"}).start()
+    zone = zone_at(14)
+    import_contacts(daemon, contacts, lambda i: zone)
     return daemon
+
+
+def to_people(client: Client, text: str | None = None) -> pb.Campaign:
+    """A draft campaign of one sms channel (`text`, or sms_channel's) to the list people."""
+    channel = sms_channel() if text is None else sms_channel(text)
+    return client.create(channel, audience=PEOPLE)
 
 
 @pytest.fixture
@@ -121,13 +130,11 @@ def test_a_campaign_is_delivered_in_parts_and_a_stop_reply_opts_out(
     """300 recipients, a third with a 2-part text: all SENT then DELIVERED by receipt, parts counted
     in messages and the report; a "Stop" reply suppresses the number, marks its message OPTED_OUT,
     and a later campaign leaves it out; "START" lifts the opt-out."""
-    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
-    midday = zone_at(14)
-    import_contacts(daemon, 300, lambda i: midday)
+    daemon = with_contacts(daemon_factory, smsc, 300)
     long_text = "{% if contact.first_name.endswith(('0', '3', '6')) %}" + "x" * 200 + "{% endif %}Hi!"
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(sms_channel(long_text), audience=pb.Audience(target_lists=["lists/people"]))
+        campaign = to_people(client, long_text)
         client.launch(campaign.name)
         wait(lambda: report(client, campaign.name).totals.delivered == 300, what="300 delivered")
         listed = messages(client, campaign.name)
@@ -147,7 +154,7 @@ def test_a_campaign_is_delivered_in_parts_and_a_stop_reply_opts_out(
         [opted] = [m for m in messages(client, campaign.name) if m.state == pb.Message.OPTED_OUT]
         assert opted.address == number(7)
 
-        again = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        again = to_people(client)
         client.launch(again.name)
         wait(lambda: report(client, again.name).totals.delivered == 299, what="299 delivered")
         assert number(7) not in {m.address for m in messages(client, again.name)}
@@ -171,11 +178,10 @@ def test_the_transport_binds_at_start_and_a_stop_before_any_campaign_opts_out(
 def test_opt_out_keywords_with_underscores_opt_out(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
     """An underscore is punctuation like any other: "opt_out" and "_STOP_" opt their numbers out
     and mark their messages OPTED_OUT; "STOP please" is not a keyword."""
-    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
-    import_contacts(daemon, 3, lambda i: zone_at(14))
+    daemon = with_contacts(daemon_factory, smsc, 3)
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        campaign = to_people(client)
         client.launch(campaign.name)
         wait(lambda: report(client, campaign.name).totals.delivered == 3, what="3 delivered")
         smsc.reply(number(0).lstrip("+"), "STOP please", ucs2=True)
@@ -203,7 +209,7 @@ def test_a_number_that_opts_out_after_the_launch_is_not_sent(
     import_contacts(daemon, 60, lambda i: midday)
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        campaign = to_people(client)
         client.launch(campaign.name)
         wait(lambda: len(smsc.submits) >= 5, what="the first submits")
         smsc.reply(number(59).lstrip("+"), "STOP")
@@ -227,7 +233,7 @@ def test_stop_and_restart_send_each_recipient_once_and_none_outside_the_window(
     in_window = {number(i).lstrip("+") for i in range(2000) if i % 20}
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        campaign = to_people(client)
         client.launch(campaign.name)
         wait(lambda: len(smsc.submits) >= 500, what="500 submits")
         stopped = client.stop(campaign.name)
@@ -253,11 +259,10 @@ def test_stop_and_restart_send_each_recipient_once_and_none_outside_the_window(
 def test_a_refused_bind_fails_the_channel(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
     """A wrong SMPP password fails the channel with the SMSC's status, and nothing is submitted."""
     smsc.password = "other"
-    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
-    import_contacts(daemon, 5, lambda i: zone_at(14))
+    daemon = with_contacts(daemon_factory, smsc, 5)
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        campaign = to_people(client)
         client.launch(campaign.name)
         wait(lambda: client.get(campaign.name).state == pb.Campaign.FAILED, what="the channel to fail")
         [failed] = client.get(campaign.name).channels
@@ -270,11 +275,10 @@ def test_a_scheduled_sms_channel_may_change_only_its_schedule(
 ) -> None:
     """Editing the text of a SCHEDULED sms channel is refused with EDIT_NOT_ALLOWED and changes
     nothing; scheduling it again at another time keeps it SCHEDULED at the new time."""
-    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
-    import_contacts(daemon, 1, lambda i: zone_at(14))
+    daemon = with_contacts(daemon_factory, smsc, 1)
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        campaign = to_people(client)
         client.schedule(campaign.name)
         edited = sms_channel("A new text")
         with pytest.raises(grpc.RpcError) as refused:
@@ -300,12 +304,11 @@ def test_a_scheduled_sms_channel_may_change_only_its_schedule(
 def test_a_text_that_renders_blank_is_not_sent(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
     """A template that renders nothing but spaces for a recipient fails that message with reason
     `empty` and submits nothing for it; a preview for that recipient names the problem."""
-    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
-    import_contacts(daemon, 3, lambda i: zone_at(14))
+    daemon = with_contacts(daemon_factory, smsc, 3)
     text = "{% if not contact.first_name.endswith('1') %}Hi {{ contact.first_name }}{% endif %}  "
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(sms_channel(text), audience=pb.Audience(target_lists=["lists/people"]))
+        campaign = to_people(client, text)
         with pytest.raises(grpc.RpcError) as refused:
             client.stub.PreviewMessage(
                 svc.PreviewMessageRequest(name=campaign.name, channel_id="sms", address=number(1))
@@ -327,12 +330,10 @@ def test_a_text_that_renders_blank_is_not_sent(daemon_factory: DaemonFactory, sm
 def test_a_literal_brace_does_not_hide_a_text_too_long(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
     """A text without template syntax is measured at launch even when it has a "{" (a GSM-7
     character): over max_parts it is refused naming the text, and nothing is sent."""
-    daemon = two_parts_at_most(daemon_factory, smsc)
+    daemon = with_contacts(daemon_factory, smsc, 1, "[channel_types.sms]\nmax_parts = 2\n")
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(
-            sms_channel("Use code {SAVE10} " + "x" * 400), audience=pb.Audience(target_lists=["lists/people"])
-        )
+        campaign = to_people(client, "Use code {SAVE10} " + "x" * 400)
         with pytest.raises(grpc.RpcError) as refused:
             client.launch(campaign.name)
         assert client.get(campaign.name).state == pb.Campaign.DRAFT
@@ -345,19 +346,16 @@ def test_a_literal_brace_does_not_hide_a_text_too_long(daemon_factory: DaemonFac
 def test_preview_shows_encoding_and_parts(daemon_factory: DaemonFactory, smsc: Smsc) -> None:
     """PreviewMessage gives the text with its encoding and part count; a text over max_parts is
     refused at launch with the reason."""
-    daemon = two_parts_at_most(daemon_factory, smsc)
+    daemon = with_contacts(daemon_factory, smsc, 1, "[channel_types.sms]\nmax_parts = 2\n")
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(
-            sms_channel("Привет {{ contact.first_name }} " + "ж" * 60),
-            audience=pb.Audience(target_lists=["lists/people"]),
-        )
+        campaign = to_people(client, "Привет {{ contact.first_name }} " + "ж" * 60)
         preview = client.stub.PreviewMessage(
             svc.PreviewMessageRequest(name=campaign.name, channel_id="sms", address=number(0))
         )
         assert (preview.encoding, preview.parts) == ("UCS-2", 2)
         assert preview.text.startswith("Привет Ada0000 ")
-        too_long = client.create(sms_channel("x" * 400), audience=pb.Audience(target_lists=["lists/people"]))
+        too_long = to_people(client, "x" * 400)
         with pytest.raises(grpc.RpcError) as refused:
             client.launch(too_long.name)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -368,11 +366,10 @@ def test_receipts_after_a_restart_are_applied(daemon_factory: DaemonFactory, sms
     """Messages sent before a restart, whose receipts the SMSC delivers only after it (and
     nothing else comes): each is applied, UNDELIV failing its message with the stat."""
     smsc.script = lambda submit, count: Answer(stat=None)
-    daemon = daemon_factory(FAST + transport(smsc), env={"SMSC_PASSWORD": "secret"}).start()
-    import_contacts(daemon, 3, lambda i: zone_at(14))
+    daemon = with_contacts(daemon_factory, smsc, 3)
     with daemon.channel() as channel:
         client = Client(channel)
-        campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+        campaign = to_people(client)
         client.launch(campaign.name)
         wait(lambda: client.get(campaign.name).state == pb.Campaign.COMPLETED, what="the end")
     assert daemon.stop() == 0

@@ -12,7 +12,7 @@ import campaignd_sms
 import pytest
 from kannel import PASSWORD, USER, free_port, running_kannel
 from sms_pool import renderer
-from test_sms_daemon import import_contacts, messages, number, report, sms_channel, suppressed, wait, zone_at
+from test_sms_daemon import import_contacts, messages, number, report, suppressed, to_people, wait, zone_at
 
 from campaignd.plugin import ChannelInfo, Recipient, SendStatus, Transport
 from campaignd.v1 import resources_pb2 as pb
@@ -49,7 +49,7 @@ def test_a_thousand_through_kannel_delivered_and_a_stop_reply_suppresses(
         import_contacts(daemon, 1000, lambda i: midday)
         with daemon.channel() as channel:
             client = Client(channel)
-            campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+            campaign = to_people(client)
             client.launch(campaign.name)
             wait(
                 lambda: report(client, campaign.name).totals.delivered == 1000, seconds=120, what="1000 DLRs"
@@ -60,7 +60,7 @@ def test_a_thousand_through_kannel_delivered_and_a_stop_reply_suppresses(
 
             kannel.reply(number(5), "Stop")
             wait(lambda: bool(suppressed(daemon, number(5))), what="the suppression")
-            again = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+            again = to_people(client)
             client.launch(again.name)
             wait(lambda: report(client, again.name).totals.delivered == 999, seconds=120, what="999 DLRs")
             assert number(5) not in {m.address for m in messages(client, again.name)}
@@ -179,7 +179,7 @@ def test_with_the_daemon_http_listener_the_callbacks_come_through_it(
         import_contacts(daemon, 20, lambda i: zone_at(14))
         with daemon.channel() as channel:
             client = Client(channel)
-            campaign = client.create(sms_channel(), audience=pb.Audience(target_lists=["lists/people"]))
+            campaign = to_people(client)
             client.launch(campaign.name)
             wait(lambda: report(client, campaign.name).totals.delivered == 20, seconds=120, what="20 DLRs")
             kannel.reply(number(3), "Stop")
