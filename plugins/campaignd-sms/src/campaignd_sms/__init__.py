@@ -123,6 +123,27 @@ def templated(text: str) -> bool:
     return any(delimiter in text for delimiter in _DELIMITERS)
 
 
+class _UnsendableError(ContentError):
+    """A rendered text no SMS is sent for: `reason` "empty" or "too_long", and the parts it
+    would take."""
+
+    def __init__(self, message: str, reason: str, parts: int = 1) -> None:
+        super().__init__(message, field="text")
+        self.reason = reason
+        self.parts = parts
+
+
+def _sendable(text: str, limit: int) -> Encoded:
+    """The encoded text; _UnsendableError when it is blank (a template can render nothing for
+    one recipient) or takes more than `limit` parts."""
+    if not text.strip():
+        raise _UnsendableError(EMPTY, "empty")
+    encoded = encode(text)
+    if len(encoded.parts) > limit:
+        raise _UnsendableError(_too_long(encoded, limit), "too_long", len(encoded.parts))
+    return encoded
+
+
 def _too_long(encoded: Encoded, limit: int) -> str:
     return (
         f"the message takes {len(encoded.parts)} parts ({encoded.units} {encoded.encoding} "
@@ -148,12 +169,7 @@ async def _render(
     [text] = await render_texts(channel, [recipient], renderer)
     if isinstance(text, TemplateError):
         raise text
-    if not text.strip():
-        raise ContentError(EMPTY, field="text")
-    encoded = encode(text)
-    limit = settings.max_parts(options)
-    if len(encoded.parts) > limit:
-        raise ContentError(_too_long(encoded, limit), field="text")
+    encoded = _sendable(text, settings.max_parts(options))
     sender = channel.content.get("sender", "")
     parts = len(encoded.parts)
     first_line = text.splitlines()[0] if text else ""
@@ -238,19 +254,16 @@ async def _send(
                 SendResult(recipient.message_id, SendStatus.FAILED, error=str(text), reason="template_error")
             )
             continue
-        if not text.strip():
-            # A template can render nothing for one recipient: a blank SMS is not sent.
-            results.append(SendResult(recipient.message_id, SendStatus.FAILED, error=EMPTY, reason="empty"))
-            continue
-        encoded = encode(text)
-        if len(encoded.parts) > limit:
+        try:
+            encoded = _sendable(text, limit)
+        except _UnsendableError as exc:
             results.append(
                 SendResult(
                     recipient.message_id,
                     SendStatus.FAILED,
-                    error=_too_long(encoded, limit),
-                    reason="too_long",
-                    parts=len(encoded.parts),
+                    error=str(exc),
+                    reason=exc.reason,
+                    parts=exc.parts,
                 )
             )
             continue

@@ -207,11 +207,18 @@ def espeak_program(options: Options) -> str | None:
     return shutil.which(configured)
 
 
-def _hostport(value: Any) -> bool:
+def _endpoint(value: Any) -> re.Match[str] | None:
+    """`host[:port]` read, with a port in range, or None."""
     if not isinstance(value, str):
-        return False
+        return None
     match = _HOSTPORT.fullmatch(value)
-    return match is not None and (match["port"] is None or 1 <= int(match["port"]) <= 65535)
+    if match is None or (match["port"] is not None and not 1 <= int(match["port"]) <= 65535):
+        return None
+    return match
+
+
+def _hostport(value: Any) -> bool:
+    return _endpoint(value) is not None
 
 
 def _ipv4(value: Any) -> bool:
@@ -223,10 +230,8 @@ def _ipv4(value: Any) -> bool:
 
 
 def _ip_port(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    match = _HOSTPORT.fullmatch(value)
-    if match is None or match["port"] is None or not 1 <= int(match["port"]) <= 65535:
+    match = _endpoint(value)
+    if match is None or match["port"] is None:
         return False
     try:
         ipaddress.ip_address(match["host"].strip("[]"))
