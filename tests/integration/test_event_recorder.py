@@ -9,6 +9,7 @@ from campaignd.engine.events import EventRecorder
 from campaignd.plugin import EventKind, InboundEvent
 from campaignd.store.db import Database, create_engine
 from campaignd.v1 import campaign_service_pb2 as svc
+from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import Client, wait_until
 from tests.integration.conftest import TEST_CHANNELS, DaemonFactory
@@ -49,3 +50,42 @@ def test_receipts_move_messages_and_opt_outs_suppress_addresses(daemon_factory: 
         assert client.suppressed(bounced.address, "test-email")
         assert client.suppressed("someone@events.example.org", "test-email")
         assert not client.suppressed(untouched.address, "test-email")
+
+
+def test_an_opt_out_outranks_a_suppression_added_by_hand_and_replies_apply_in_order(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """A STOP from a number suppressed by hand on the type makes that suppression an opt-out, so
+    lifting the manual one cannot make the number sendable; STOP then START in one batch leaves a
+    number sendable, START then STOP leaves it opted out."""
+    daemon = daemon_factory(TEST_CHANNELS).start()
+    by_hand, stop_start, start_stop = "+12025550101", "+12025550102", "+12025550103"
+    with daemon.channel() as channel:
+        client = Client(channel)
+        client.contacts.AddSuppressions(
+            cs.AddSuppressionsRequest(
+                suppressions=[
+                    cs.Suppression(
+                        address=by_hand, channel_type="test-sms", reason=cs.Suppression.MANUAL, source="crm"
+                    )
+                ]
+            )
+        )
+        events = [
+            InboundEvent(EventKind.OPTED_OUT, address=by_hand, detail="STOP"),
+            InboundEvent(EventKind.OPTED_OUT, address=stop_start, detail="STOP"),
+            InboundEvent(EventKind.OPTED_IN, address=stop_start, detail="START"),
+            InboundEvent(EventKind.OPTED_IN, address=start_stop, detail="START"),
+            InboundEvent(EventKind.OPTED_OUT, address=start_stop, detail="STOP"),
+        ]
+        database = Database(create_engine(f"sqlite:///{daemon.workdir / 'state' / 'campaignd.db'}"))
+        try:
+            asyncio.run(EventRecorder(database, ChangeHub()).record("test-sms", events))
+        finally:
+            database.close()
+        found = client.contacts.ListSuppressions(cs.ListSuppressionsRequest(address=by_hand)).suppressions
+
+        assert [(s.channel_type, s.reason) for s in found] == [("test-sms", cs.Suppression.OPTED_OUT)]
+        assert "STOP" in found[0].source
+        assert not client.suppressed(stop_start, "test-sms")
+        assert client.suppressed(start_stop, "test-sms")

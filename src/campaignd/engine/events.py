@@ -20,7 +20,7 @@ from campaignd.plugin import EventKind, InboundEvent, MessageEvent
 from campaignd.store import events as event_store
 from campaignd.store import messages as message_store
 from campaignd.store.db import Database
-from campaignd.store.suppressions import add_suppressions, remove_opt_out
+from campaignd.store.suppressions import add_suppressions, opt_out, remove_opt_out
 
 log = logs.get("campaignd.events")
 
@@ -93,18 +93,25 @@ class EventRecorder:
                 message_store.apply_events(conn, about_messages, now) if about_messages else (set(), set())
             )
             unmatched = [(t, e) for t, e in events if e.provider_id in unknown and e.kind in _RECEIPTS]
-            suppress = []
+            suppress: list[dict[str, object]] = []
             for channel_type, event in events:
                 if not event.address:
                     continue
                 if event.kind in SUPPRESSING:
                     suppress.append(_suppression(event, channel_type, now))
+                if event.kind is EventKind.OPTED_OUT:
+                    # The recipient's own word outranks an earlier suppression of the number on
+                    # the channel type (one added by hand, say): only their opt-in lifts it.
+                    opt_out(conn, _suppression(event, channel_type, now))
                 if event.kind is EventKind.OPTED_OUT and not event.provider_id:
                     # A reply answers the last message the number got on this channel type.
                     opted = message_store.opt_out_latest(conn, event.address, channel_type, event.detail, now)
                     if opted is not None:
                         touched.add(opted[0])
                 elif event.kind is EventKind.OPTED_IN:
+                    # In the order they came: a STOP and then a START leave the number sendable.
+                    add_suppressions(conn, suppress)
+                    suppress.clear()
                     remove_opt_out(conn, event.address, channel_type)
             if suppress:
                 add_suppressions(conn, suppress)

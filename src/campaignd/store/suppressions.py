@@ -53,6 +53,21 @@ def add_suppressions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int
     return len(pairs) - already
 
 
+def opt_out(conn: Connection, row: Mapping[str, Any]) -> int:
+    """Turn the suppression of the row's address on its channel type, if there is one for
+    another reason, into the row's opt-out; returns how many changed (0 or 1). A new opt-out is
+    added with `add_suppressions`."""
+    return conn.execute(
+        suppressions.update()
+        .where(
+            suppressions.c.address == row["address"],
+            suppressions.c.channel_type == row["channel_type"],
+            suppressions.c.reason != "opted_out",
+        )
+        .values(reason="opted_out", source=row["source"])
+    ).rowcount
+
+
 def remove_opt_out(conn: Connection, address: str, channel_type: str) -> int:
     """Remove the opt-out suppression of `address` on `channel_type` (an opt-in reply); other
     suppressions (a bounce, a manual one) stay. Returns how many were removed."""
