@@ -605,11 +605,6 @@ def test_a_transport_rate_holds_while_members_leave_and_join(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a member whose concurrency share shrank keeps its old connections until its batches "
-    "end, while the member that joined sends before that (engine/transports.py)",
-)
 def test_a_transport_concurrency_holds_when_a_member_joins(
     daemon_factory: DaemonFactory, pg_url: str
 ) -> None:

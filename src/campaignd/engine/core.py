@@ -36,7 +36,7 @@ from campaignd.clock import Clock
 from campaignd.cluster.role import ALONE, EngineRole
 from campaignd.config import EngineSettings, Settings
 from campaignd.engine.rates import RateLimiter, RecentCount
-from campaignd.engine.transports import Transports, route
+from campaignd.engine.transports import OpenTransport, Transports, route
 from campaignd.errors import ApiError, internal_message, new_error_id
 from campaignd.lifecycle import ChannelState, Operation
 from campaignd.model import CampaignRecord, ChannelRecord, TransportShare
@@ -278,14 +278,22 @@ class _MarkWriter:
 class _MarkingGate:
     """The gate a plugin gets: the channel's (or transport's) gate, then the start mark."""
 
-    def __init__(self, inner: ChannelGate | TransportGate, channel: ChannelGate, marks: _StartMarks) -> None:
+    def __init__(
+        self,
+        inner: ChannelGate | TransportGate,
+        channel: ChannelGate,
+        marks: _StartMarks,
+        opened: OpenTransport | None = None,
+    ) -> None:
         self.inner = inner
         self.channel = channel
         self.marks = marks
+        self.opened = opened
 
     async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
-        """As ChannelGate.admit, and the message is marked started before the answer is yes."""
-        if not self.channel.open:
+        """As ChannelGate.admit, and the message is marked started before the answer is yes; no
+        for a transport that drains."""
+        if not self.channel.open or (self.opened is not None and self.opened.draining):
             return False
         # The rate's units are held before the mark, so that asks come at the pace of sends and a
         # slow channel is not marked long before it sends, and taken after it, as the last wait
@@ -297,7 +305,7 @@ class _MarkingGate:
         except BaseException:
             self.inner.release(weight)
             raise
-        if not marked:
+        if not marked or (self.opened is not None and self.opened.draining):
             self.inner.release(weight)
             return False
         if not await self.inner.admit(weight, reserved=True):
@@ -824,7 +832,7 @@ class Engine:
         try:
             async with self.transports.use(transport) as opened:
                 marks = self._marks(info, recipients)
-                through = _MarkingGate(TransportGate(gate, opened.limiter), gate, marks)
+                through = _MarkingGate(TransportGate(gate, opened.limiter), gate, marks, opened)
                 seconds = _allowance(len(recipients), [opened.limiter, gate.limiter], config)
                 results = await self.plugins.send(
                     info.type, info, recipients, through, seconds, transport=transport, client=opened.client

@@ -13,7 +13,8 @@ fatally (e.g. refused authentication) stays out until a reload or a restart.
 
 In a cluster, a transport is opened with this daemon's share of its rate and concurrency
 (`share`); when the members change, the open transport sends at the new rate at once and is
-opened anew with the new concurrency once the batches using it have finished.
+opened anew with the new concurrency once the batches using it have finished; when the
+concurrency share shrank, those batches start no more sends through it meanwhile.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class OpenTransport:
     configured: Transport
     users: int = 0
     retired: bool = False
+    # This daemon's share of the concurrency shrank: the batches using it start no more sends.
+    draining: bool = False
     closed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
@@ -123,13 +126,14 @@ class Transports:
     async def _get(self, transport: Transport) -> OpenTransport:
         wanted = self.share(transport)
         entry = self._open.get(transport.name)
-        if entry is not None and entry.transport == wanted:
+        # A draining one is not used again, even if the share came back to its size meanwhile.
+        if entry is not None and entry.transport == wanted and not entry.draining:
             return entry
         lock = self._opening.setdefault(transport.name, asyncio.Lock())
         async with lock:
             wanted = self.share(transport)
             entry = self._open.get(transport.name)
-            if entry is not None and entry.transport == wanted:
+            if entry is not None and entry.transport == wanted and not entry.draining:
                 return entry
             kept: RateLimiter | None = None
             if entry is not None:
@@ -172,11 +176,16 @@ class Transports:
 
     def rebalance(self) -> None:
         """The cluster's members changed: open transports send at this daemon's new share of their
-        rate now; the next batch opens them anew for its new share of their concurrency."""
+        rate now; the next batch opens them anew for its new share of their concurrency. One
+        whose concurrency share shrank drains: sends in flight end, no new one starts through it
+        (its messages go back to the queue unattempted), so that a member that joined does not
+        add its share to sends this one still has in flight at its old share."""
         for entry in self._open.values():
             wanted = self.share(entry.configured)
             if entry.limiter is not None and wanted.rate > 0:
                 entry.limiter.set_rate(wanted.rate)
+            if 0 < wanted.concurrency < entry.transport.concurrency:
+                entry.draining = True
 
     async def reconfigure(self) -> None:
         """After a reload: retire transports whose config changed or went, forget fatal errors."""
