@@ -631,3 +631,28 @@ def test_a_transport_concurrency_holds_when_a_member_joins(
         open_now += step
         most = max(most, open_now)
     assert most <= 4, f"{most} sends in flight at once"
+
+
+def test_a_member_whose_shared_settings_differ_is_named_in_the_log(
+    daemon_factory: DaemonFactory, pg_url: str, server: StampingSmtpServer
+) -> None:
+    """Two members with different `engine.slots` and a different rate for their common transport:
+    each logs that the other's settings differ, naming those two settings and nothing else (the
+    transport's host and port, which may differ per member, are not compared)."""
+    first = daemon_factory(_config(pg_url, server.ports[0], rate=100), env=ENV, name="member0").start()
+    wait_until(lambda: _leader([first]) is first, 30, "the first daemon to lead")
+    config = _config(pg_url, server.ports[1], rate=50).replace(
+        "[engine]\n", "[engine]\nslots = { email = 1 }\n", 1
+    )
+    second = daemon_factory(config, env=ENV, name="member1").start()
+    wait_until(lambda: len(_live(first)) == 2, 30, "two live members")
+
+    def warnings(daemon: DaemonProcess) -> list[dict[str, object]]:
+        said = "cluster members' settings differ"
+        return [e for e in daemon.log_events() if str(e.get("event", "")).startswith(said)]
+
+    wait_until(lambda: bool(warnings(first) and warnings(second)), 10, "both members to log it")
+    for daemon in (first, second):
+        (found,) = warnings(daemon)
+        assert found["level"] == "warning"
+        assert found["settings"] == ["engine.slots", "transports.relay"]

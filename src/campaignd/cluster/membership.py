@@ -17,9 +17,11 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from campaignd import logs
+from campaignd.cluster.settings import differences
 from campaignd.config import ClusterSettings
 from campaignd.engine.rates import WINDOW
 from campaignd.store import cluster as store
@@ -39,12 +41,17 @@ class Membership:
         sends: bool,
         transports: Callable[[], Sequence[str]],
         version: str,
+        shared: Callable[[], Mapping[str, Any]] = dict,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = database
         self.settings = settings
         self.sends = sends
         self.transports = transports
+        # The settings every member must share (cluster/settings.py), as this one has them now.
+        self.shared = shared
+        # (member id, the settings it differs in) already logged: each is logged once.
+        self._mismatches: set[tuple[str, tuple[str, ...]]] = set()
         self.version = version
         self.clock = clock
         self.id = ""
@@ -90,6 +97,7 @@ class Membership:
                 version=self.version,
                 sends=self.sends,
                 transports=sorted(self.transports()),
+                settings=self.shared(),
                 lease=self.settings.heartbeat_lease,
             )
         )
@@ -112,6 +120,7 @@ class Membership:
                 store.heartbeat,
                 member_id=self.id,
                 transports=sorted(self.transports()),
+                settings=self.shared(),
                 lease=self.settings.heartbeat_lease,
                 # The leader's duties are the engine's (schedules, sweeps, lease expiry): a
                 # member that does not send never leads, or nobody would do them.
@@ -135,6 +144,7 @@ class Membership:
             )
         changed = _shape(found.members) != _shape(self.members) or found.leader != self.leader
         self.members, self.leader = found.members, found.leader
+        self._compare_settings()
         if (changed or joined or found.evicted) and self.on_change is not None:
             self.on_change(joined or bool(found.evicted))
 
@@ -144,6 +154,7 @@ class Membership:
         leader = await self.db.read(store.current_leader)
         if _shape(members) != _shape(self.members) or leader != self.leader:
             self.members, self.leader = members, leader
+            self._compare_settings()
             if self.on_change is not None:
                 self.on_change(False)
 
@@ -178,6 +189,23 @@ class Membership:
         await self.db.write(functools.partial(store.evict, ids=[old_id]))
         await self.join()
         log.warning("rejoined the cluster", member=self.id, previous_member=old_id, previous_owner=old_owner)
+
+    def _compare_settings(self) -> None:
+        """Log, once each, the members whose shared settings differ from this one's."""
+        mine = self.shared()
+        for member in self.members:
+            if member.id == self.id or not member.live or member.settings is None:
+                continue
+            differing = tuple(differences(mine, member.settings))
+            if differing and (member.id, differing) not in self._mismatches:
+                self._mismatches.add((member.id, differing))
+                log.warning(
+                    "cluster members' settings differ; every member must have the same",
+                    member=self.id,
+                    other_member=member.id,
+                    other_owner=member.owner,
+                    settings=list(differing),
+                )
 
     async def leave(self) -> None:
         """Deregister (at shutdown): the leadership and the leases go to the others at once."""

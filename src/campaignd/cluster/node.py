@@ -24,6 +24,7 @@ from campaignd.cluster import shares
 from campaignd.cluster.barrier import Barrier
 from campaignd.cluster.bus import Bus
 from campaignd.cluster.membership import Membership
+from campaignd.cluster.settings import shared as shared_settings
 from campaignd.config import Settings
 from campaignd.engine.rates import WINDOW
 from campaignd.plugin import Transport
@@ -144,6 +145,7 @@ class Cluster:
             sends=settings().engine.enabled,
             transports=lambda: sorted(self.settings().transports),
             version=__version__,
+            shared=lambda: shared_settings(self.settings()),
         )
         self.bus = Bus(connect_args(url), self._on_message)
         self.barrier = Barrier(self.bus, self.membership, self.db, config.heartbeat_lease)

@@ -8,8 +8,9 @@ rejoin under a new id, and whatever it leased under the old one is no longer its
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -37,6 +38,7 @@ class Member:
     heartbeat_time: dt.datetime
     lease_expiry: dt.datetime
     live: bool  # its lease has not lapsed
+    settings: Mapping[str, Any] | None = None  # what must match on every member; None: not written
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ def register(
     version: str,
     sends: bool,
     transports: Sequence[str],
+    settings: Mapping[str, Any],
     lease: float,
 ) -> None:
     """Add a member with a fresh lease."""
@@ -82,6 +85,7 @@ def register(
             version=version,
             sends=sends,
             transports=list(transports),
+            settings=dict(settings),
             join_time=sa.func.now(),
             heartbeat_time=sa.func.now(),
             lease_expiry=_after(lease),
@@ -90,14 +94,25 @@ def register(
 
 
 def heartbeat(
-    conn: Connection, *, member_id: str, transports: Sequence[str], lease: float, lead: bool = True
+    conn: Connection,
+    *,
+    member_id: str,
+    transports: Sequence[str],
+    settings: Mapping[str, Any],
+    lease: float,
+    lead: bool = True,
 ) -> Beat:
     """Renew a member's lease unless it lapsed; with `lead`, renew or take the leader's lease (the
     leader then evicts the lapsed members); returns the members as they are now."""
     renewed = conn.execute(
         cluster_members.update()
         .where(cluster_members.c.id == member_id, cluster_members.c.lease_expiry > sa.func.now())
-        .values(heartbeat_time=sa.func.now(), lease_expiry=_after(lease), transports=list(transports))
+        .values(
+            heartbeat_time=sa.func.now(),
+            lease_expiry=_after(lease),
+            transports=list(transports),
+            settings=dict(settings),
+        )
         .returning(cluster_members.c.id)
     ).first()
     if renewed is None or not lead:
@@ -183,6 +198,7 @@ def members(conn: Connection) -> tuple[Member, ...]:
             r.heartbeat_time,
             r.lease_expiry,
             bool(r.live),
+            r.settings,
         )
         for r in rows
     )

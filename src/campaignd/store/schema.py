@@ -283,6 +283,9 @@ cluster_members = sa.Table(
     sa.Column("sends", sa.Boolean, nullable=False),
     # The transports it is configured with, among which rates and concurrency are shared.
     sa.Column("transports", sa.JSON, nullable=False),
+    # The settings every member must share, as it has them (cluster/settings.py); NULL from a
+    # member of a version before migration 0014.
+    sa.Column("settings", sa.JSON),
     sa.Column("join_time", UTCDateTime, nullable=False),
     sa.Column("heartbeat_time", UTCDateTime, nullable=False),
     sa.Column("lease_expiry", UTCDateTime, nullable=False),
