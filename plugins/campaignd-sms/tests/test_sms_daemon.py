@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from smsc import Answer, Smsc, running_smsc
+from smsc import Answer, Smsc, Submitted, running_smsc
 
 from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
@@ -394,4 +394,44 @@ def test_receipts_after_a_restart_are_applied(daemon_factory: DaemonFactory, sms
         number(0): (pb.Message.FAILED, "UNDELIV"),
         number(1): (pb.Message.DELIVERED, ""),
         number(2): (pb.Message.DELIVERED, ""),
+    }
+
+
+def test_a_message_in_parts_is_delivered_only_with_every_part_also_after_a_restart(
+    daemon_factory: DaemonFactory, smsc: Smsc
+) -> None:
+    """Three-part messages sent before a restart, their receipts delivered after it: one whose
+    first two parts are DELIVRD and third UNDELIV is FAILED, one whose parts are all DELIVRD is
+    DELIVERED only once the last one came, one still missing a part stays SENT."""
+    smsc.script = lambda submit, count: Answer(stat=None)
+    daemon = with_contacts(daemon_factory, smsc, 3)
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = to_people(client, "x" * 400)
+        client.launch(campaign.name)
+        wait(lambda: client.get(campaign.name).state == pb.Campaign.COMPLETED, what="the end")
+    assert daemon.stop() == 0
+    daemon.start()
+    wait(lambda: smsc.binds == 2, seconds=10, what="the bind after the restart")
+    parts: dict[str, list[Submitted]] = {}
+    for submitted in sorted(smsc.accepted(), key=lambda s: s.message_id):
+        parts.setdefault(submitted.destination, []).append(submitted)
+    assert [len(p) for p in parts.values()] == [3, 3, 3]
+    # In destination order, as number(0), number(1), number(2).
+    failing, delivered, missing = (parts[d] for d in sorted(parts))
+    for submitted in [*failing[:2], *delivered[:2], *missing[:2]]:
+        smsc.receipt(submitted, "DELIVRD")
+    smsc.receipt(failing[2], "UNDELIV", "001")
+    with daemon.channel() as channel:
+        client = Client(channel)
+        wait(lambda: report(client, campaign.name).totals.failed == 1, seconds=90, what="the failure")
+        # The receipts of the first parts came before the failure was applied, after the same hold.
+        assert report(client, campaign.name).totals.delivered == 0
+        smsc.receipt(delivered[2], "DELIVRD")
+        wait(lambda: report(client, campaign.name).totals.delivered == 1, seconds=90, what="the last part")
+        final = {m.address: (m.state, m.reason) for m in messages(client, campaign.name)}
+    assert final == {
+        number(0): (pb.Message.FAILED, "UNDELIV"),
+        number(1): (pb.Message.DELIVERED, ""),
+        number(2): (pb.Message.SENT, ""),
     }

@@ -176,11 +176,14 @@ def test_a_receipt_before_the_response_is_not_lost(smsc: Smsc) -> None:
 
 def test_a_multipart_message_is_delivered_at_once_only_with_every_part(smsc: Smsc) -> None:
     """Receipts before the responses for two of a message's three parts, none for the third:
-    the send leaves it SENT, and no event delivers it."""
+    the send leaves it SENT with its three parts' ids for the daemon to keep, and the two
+    receipts are reported as parts, not as the message's."""
     smsc.script = lambda submit, count: Answer(receipt_first=True) if count < 2 else Answer(stat=None)
     results, events = asyncio.run(run(smsc, [recipients(1)], info=channel("x" * 400), settle=lambda e: True))
     assert (results[0].status, results[0].parts) == (SendStatus.SENT, 3)
-    assert events.of(EventKind.DELIVERED) == []
+    ids = [s.message_id for s in smsc.accepted()]
+    assert results[0].part_ids == tuple(ids)
+    assert [(e.provider_id, e.part) for e in events.of(EventKind.DELIVERED)] == [(i, True) for i in ids[:2]]
 
 
 def test_a_long_message_goes_in_parts_and_is_delivered_when_every_part_is(smsc: Smsc) -> None:
@@ -195,7 +198,10 @@ def test_a_long_message_goes_in_parts_and_is_delivered_when_every_part_is(smsc: 
     assert [h[4:] for h in headers] == [b"\x03\x01", b"\x03\x02", b"\x03\x03"]
     assert {s.esm_class & 0x40 for s in smsc.submits} == {0x40}
     assert b"".join(s.short_message[6:] for s in smsc.submits) == b"x" * 400
-    assert events.of(EventKind.DELIVERED) == []
+    ids = [s.message_id for s in smsc.accepted()]
+    assert results[0].part_ids == tuple(ids)
+    # The daemon delivers the message once every part it keeps is: here two of three.
+    assert [(e.provider_id, e.part) for e in events.of(EventKind.DELIVERED)] == [(i, True) for i in ids[:2]]
 
 
 def test_sar_concatenation_uses_optional_parameters(smsc: Smsc) -> None:

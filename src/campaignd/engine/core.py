@@ -982,6 +982,7 @@ class Engine:
                         outcome=result.outcome,
                         talk_time=result.talk_time,
                         transport=through,
+                        part_ids=result.part_ids if state == "sent" else (),
                     )
                 )
         return outcomes

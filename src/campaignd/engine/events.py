@@ -87,8 +87,18 @@ class EventRecorder:
             about_messages = [
                 message_store.Event(e.provider_id, e.kind.value, e.detail, e.reason)
                 for _, e in events
-                if e.provider_id
+                if e.provider_id and not e.part
             ]
+            about_parts = [
+                message_store.Event(e.provider_id, e.kind.value, e.detail, e.reason)
+                for _, e in events
+                if e.provider_id and e.part
+            ]
+            if about_parts:
+                # A part kept of no message, and not a message's own id either, may belong to a
+                # send not yet recorded: it is unknown below, and waits like any early receipt.
+                whole, as_they_are = message_store.part_receipts(conn, about_parts)
+                about_messages += whole + as_they_are
             touched, unknown = (
                 message_store.apply_events(conn, about_messages, now) if about_messages else (set(), set())
             )

@@ -21,7 +21,7 @@ PROJECT = "campaignd"
 ENTRY_POINT_GROUP = "campaignd.channels"
 # The version of the hook contract. A plugin that needs a newer one sets a module attribute
 # `CAMPAIGND_HOOK_API = N`, and an older daemon refuses to load it rather than call it wrongly.
-HOOK_API_VERSION = 4
+HOOK_API_VERSION = 5
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -145,6 +145,10 @@ class SendResult:
     answered call lasted. `retry_delay`: for RETRY, seconds until the next attempt when the plugin
     counts the attempts itself (it answers FAILED once they are used up); the daemon's
     `max_attempts` and back-off then do not apply. None: the daemon decides as for any RETRY.
+
+    `part_ids`: for a SENT message in several parts whose receipts are still to come, the
+    provider's id of each part. The daemon keeps them, so that a receipt reported for one part
+    (`InboundEvent.part`) finds its message wherever and whenever it comes.
     """
 
     message_id: int
@@ -158,6 +162,7 @@ class SendResult:
     outcome: str = ""
     talk_time: float | None = None
     retry_delay: float | None = None
+    part_ids: tuple[str, ...] = ()
 
 
 class EventKind(enum.StrEnum):
@@ -178,13 +183,19 @@ class EventKind(enum.StrEnum):
 class InboundEvent:
     """An event a provider reported: about a sent message (found by `provider_id`) or about an
     `address` (an opt-out that answers no particular message). `reason`: for FAILED, the
-    message's reason (e.g. a receipt's `UNDELIV`); default `failed`."""
+    message's reason (e.g. a receipt's `UNDELIV`); default `failed`.
+
+    `part`: a DELIVERED or FAILED receipt for one part, `provider_id` being the part's id. A
+    message whose `SendResult.part_ids` named it is DELIVERED once every part is, FAILED at its
+    first failed part; a part no message names is taken as a message's own `provider_id` (a
+    message of one part, or one sent before its parts were kept)."""
 
     kind: EventKind
     provider_id: str = ""
     address: str = ""
     detail: str = ""
     reason: str = ""
+    part: bool = False
 
 
 class EventSink(Protocol):

@@ -29,8 +29,16 @@ from sqlalchemy.engine import Connection
 from campaignd.lifecycle import MessageState, message_sources
 from campaignd.store.cluster import live_owner
 from campaignd.store.counts import add_counts
-from campaignd.store.schema import campaigns, channel_counts, channels, contacts, messages, suppressions
-from campaignd.store.sql import among
+from campaignd.store.schema import (
+    campaigns,
+    channel_counts,
+    channels,
+    contacts,
+    message_parts,
+    messages,
+    suppressions,
+)
+from campaignd.store.sql import among, insert_ignore
 
 SENDING = "sending"
 AMBIGUOUS = "ambiguous"  # the reason of a message whose send started and was never recorded
@@ -85,6 +93,7 @@ class Outcome:
     attempted: bool = True  # False for one handed back unstarted (then queued, or cancelled by a stop)
     outcome: str = ""  # the channel's own word for it, e.g. a call's "answered" or "busy"
     talk_time: float | None = None  # seconds an answered call lasted
+    part_ids: tuple[str, ...] = ()  # a SENT message's parts whose receipts are to come
 
 
 # -- moves ----------------------------------------------------------------------------------------
@@ -406,6 +415,14 @@ def record(
                 conn.execute(_RECORD_GIVEN_SQLITE, {**values, "now": now, "given": given})
     if singles:
         conn.execute(_RECORD_ONE, [{**row, "now": now} for row in singles])
+    parts = [
+        {"message_id": o.id, "part_id": part_id, "delivered": False}
+        for o in valid
+        if o.state == "sent"
+        for part_id in o.part_ids
+    ]
+    if parts:
+        insert_ignore(conn, message_parts, parts)
     deltas = Counter(o.state for o in valid)
     deltas.subtract(Counter(ours[o.id] for o in valid))
     add_counts(conn, campaign_id, channel_id, deltas)
@@ -654,7 +671,9 @@ def requeue_for_restart(
 
 
 def delete_messages(conn: Connection, campaign_id: str) -> None:
-    """Delete a campaign's messages and their counters."""
+    """Delete a campaign's messages, the parts kept of them, and their counters."""
+    of_campaign = sa.select(messages.c.id).where(messages.c.campaign_id == campaign_id)
+    conn.execute(message_parts.delete().where(message_parts.c.message_id.in_(of_campaign)))
     conn.execute(messages.delete().where(messages.c.campaign_id == campaign_id))
     conn.execute(channel_counts.delete().where(channel_counts.c.campaign_id == campaign_id))
 
@@ -931,6 +950,71 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
     for (campaign_id, channel_id), counter in deltas.items():
         add_counts(conn, campaign_id, channel_id, counter)
     return touched, {e.provider_id for e in events if e.provider_id not in rows}
+
+
+def part_receipts(conn: Connection, events: Sequence[Event]) -> tuple[list[Event], list[Event]]:
+    """Receipts for single parts, each event's `provider_id` a part's id: the events about whole
+    messages they make (DELIVERED once every kept part of a message is, its parts then
+    forgotten; FAILED at a failed part), and the events whose part no message keeps, to apply as
+    they are (a message of one part, or one sent before parts were kept)."""
+    ids = sorted({e.provider_id for e in events})
+    owner: dict[str, int] = {}  # part id -> the latest message that has it
+    for start in range(0, len(ids), 2000):
+        found = conn.execute(
+            sa.select(message_parts.c.part_id, message_parts.c.message_id).where(
+                message_parts.c.part_id.in_(ids[start : start + 2000])
+            )
+        )
+        for part_id, message_id in found:
+            owner[part_id] = max(message_id, owner.get(part_id, message_id))
+    as_they_are: list[Event] = []
+    delivered: list[dict[str, Any]] = []
+    failed: dict[int, Event] = {}
+    for event in events:
+        message_id = owner.get(event.provider_id)
+        if message_id is None:
+            as_they_are.append(event)
+        elif event.kind == "delivered":
+            delivered.append({"mid": message_id, "pid": event.provider_id})
+        elif event.kind in ("failed", "bounced"):
+            failed.setdefault(message_id, event)
+    if delivered:
+        conn.execute(
+            message_parts.update()
+            .where(
+                message_parts.c.message_id == sa.bindparam("mid"),
+                message_parts.c.part_id == sa.bindparam("pid"),
+            )
+            .values(delivered=True),
+            delivered,
+        )
+    waiting = sorted({d["mid"] for d in delivered} - set(failed))
+    undelivered = sa.func.sum(sa.case((message_parts.c.delivered.is_(False), 1), else_=0))
+    complete: list[int] = []
+    for start in range(0, len(waiting), 2000):
+        complete += conn.execute(
+            sa.select(message_parts.c.message_id)
+            .where(message_parts.c.message_id.in_(waiting[start : start + 2000]))
+            .group_by(message_parts.c.message_id)
+            .having(undelivered == 0)
+        ).scalars()
+    ended = sorted({*complete, *failed})
+    provider: dict[int, str] = {}
+    for start in range(0, len(ended), 2000):
+        chunk = ended[start : start + 2000]
+        provider.update(
+            conn.execute(sa.select(messages.c.id, messages.c.provider_id).where(messages.c.id.in_(chunk)))
+            .tuples()
+            .all()
+        )
+    # A failed message's parts stay (until its campaign is deleted), so that the receipts of its
+    # other parts still find it, and change nothing, rather than wait as unknown ones.
+    for start in range(0, len(complete), 2000):
+        chunk = complete[start : start + 2000]
+        conn.execute(message_parts.delete().where(message_parts.c.message_id.in_(chunk)))
+    whole = [Event(provider[m], "delivered") for m in complete if provider.get(m)]
+    whole += [dataclasses.replace(e, provider_id=provider[m]) for m, e in failed.items() if provider.get(m)]
+    return whole, as_they_are
 
 
 # A reply that opts out answers the last message the number was sent on the channel type.

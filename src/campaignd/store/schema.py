@@ -267,6 +267,19 @@ message_events = sa.Table(
     sa.Index("ix_message_events_campaign_id_channel_id_kind", "campaign_id", "channel_id", "kind"),
 )
 
+# The parts of a sent message in several parts (an SMS) whose receipts are still to come, so
+# that a part's receipt finds its message when the transport that sent it no longer knows the
+# part (after a restart, or on another cluster member): the message is DELIVERED once every part
+# is, FAILED at its first failed part, and its rows go then.
+message_parts = sa.Table(
+    "message_parts",
+    metadata,
+    sa.Column("message_id", sa.BigInteger, primary_key=True),
+    sa.Column("part_id", sa.String(200), primary_key=True),
+    sa.Column("delivered", sa.Boolean, nullable=False),
+    sa.Index("ix_message_parts_part_id", "part_id"),
+)
+
 # The daemons that share this database (PostgreSQL): each renews its row's lease every
 # [cluster] heartbeat_interval, by the database's clock. One whose lease lapsed sends nothing
 # (it fences itself first), its message leases are taken over, and it rejoins under a new id.

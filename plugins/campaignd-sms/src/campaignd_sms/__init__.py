@@ -41,7 +41,7 @@ except importlib.metadata.PackageNotFoundError:
 
 # SendResult.parts, Rendered.parts/encoding, InboundEvent.reason, EventKind.OPTED_IN,
 # admit(message_id=...) (3); the kannel callbacks on the daemon's HTTP listener (4).
-CAMPAIGND_HOOK_API = 4
+CAMPAIGND_HOOK_API = 5
 TYPE = settings.TYPE
 # TCPA quiet hours: nothing is sent before 08:00 or after 21:00 in the recipient's time zone.
 QUIET_HOURS = {"start_time": "08:00", "end_time": "21:00"}

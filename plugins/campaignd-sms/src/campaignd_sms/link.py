@@ -4,6 +4,7 @@ reports back, turned into events."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 from campaignd.plugin import (
@@ -90,6 +91,9 @@ class SmsTransport:
                         )
                     else:
                         self.receipts.sent(part_ids)
+                        if len(part_ids) > 1:
+                            # Kept by the daemon: a part's receipt finds its message anywhere.
+                            result = dataclasses.replace(result, part_ids=tuple(part_ids))
                 results.append(result)
         finally:
             self.receipts.end(call)

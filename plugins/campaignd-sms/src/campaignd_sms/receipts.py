@@ -71,30 +71,27 @@ def parse_receipt(text: str, receipted_id: str = "") -> Receipt | None:
     return Receipt(part_id, stat, fields.get("err", ""))
 
 
-class _Message:
-    __slots__ = ("key", "waiting")
-
-    def __init__(self, key: str, waiting: set[str]) -> None:
-        self.key = key
-        self.waiting = waiting
-
-
 class Receipts:
-    """Turns part receipts into message events: a message is DELIVERED once every part is, and
-    FAILED at its first failed part.
+    """Turns part receipts into events: a one-part message's receipt is about the message, a
+    part of a message of several is reported as a part (`InboundEvent.part`), and the daemon,
+    which keeps the parts of such messages (`SendResult.part_ids`), makes the message DELIVERED
+    once every part is and FAILED at its first failed part.
 
     A send call makes its parts known when it returns, just before the daemon records the
     results, so that a receipt does not reach the daemon before its message's provider id. A
     receipt that comes before its part is known waits for it: until every send call in progress
     when it came has returned, and `hold` seconds at least. One whose part never became known
-    answers a message sent before this process started: it is reported under its part id, the
-    provider id of a one-part message (or of the first part)."""
+    (a message sent before this process started, or by another cluster member whose bind the
+    SMSC did not use for it) is then reported as a part: the daemon finds its message by the
+    parts it kept, or by the message's provider id (a one-part message's id, or its first
+    part's)."""
 
     def __init__(self, out: EventQueue, *, hold: float = 30.0, limit: int = 1_000_000) -> None:
         self.out = out
         self.hold = hold
         self.limit = limit
-        self.parts: OrderedDict[str, _Message] = OrderedDict()
+        # part id -> whether its message has several parts (kept by the daemon)
+        self.parts: OrderedDict[str, bool] = OrderedDict()
         # part id -> (when it came, the newest send call then, the receipt), in arrival order
         self.early: OrderedDict[str, tuple[float, int, Receipt]] = OrderedDict()
         self.calls = itertools.count(1)
@@ -116,10 +113,10 @@ class Receipts:
         """A message was accepted as these parts; the first part's id is its provider id."""
         if not part_ids:
             return
-        message = _Message(part_ids[0], set(part_ids))
+        several = len(part_ids) > 1
         parts = self.parts
         for part_id in part_ids:
-            parts[part_id] = message
+            parts[part_id] = several
         while len(parts) > self.limit:
             parts.popitem(last=False)
         if self.early:
@@ -164,31 +161,23 @@ class Receipts:
             if seen > cutoff or newest_call >= oldest_call:
                 break
             del self.early[part_id]
-            self._report(part_id, receipt)
+            self._report(receipt, part=True)
 
     def _apply(self, receipt: Receipt) -> None:
-        message = self.parts.get(receipt.part_id)
-        if message is None:
-            return
-        if receipt.stat in DELIVERED_STATES:
-            message.waiting.discard(receipt.part_id)
-            del self.parts[receipt.part_id]
-            if not message.waiting:
-                self._report(message.key, receipt)
-        elif receipt.stat in FINAL_FAILURES:
-            for part_id in message.waiting:
-                self.parts.pop(part_id, None)
-            message.waiting.clear()
-            self._report(message.key, receipt)
+        if receipt.stat not in DELIVERED_STATES and receipt.stat not in FINAL_FAILURES:
+            return  # an intermediate state (ENROUTE, ACCEPTD): the final one is still to come
+        several = self.parts.pop(receipt.part_id, None)
+        if several is not None:
+            self._report(receipt, part=several)
 
-    def _report(self, provider_id: str, receipt: Receipt) -> None:
+    def _report(self, receipt: Receipt, *, part: bool) -> None:
         if receipt.stat in DELIVERED_STATES:
-            self.out.put(InboundEvent(EventKind.DELIVERED, provider_id=provider_id))
+            self.out.put(InboundEvent(EventKind.DELIVERED, provider_id=receipt.part_id, part=part))
         elif receipt.stat in FINAL_FAILURES:
             detail = f"receipt stat:{receipt.stat}" + (f" err:{receipt.err}" if receipt.err else "")
-            self.out.put(
-                InboundEvent(EventKind.FAILED, provider_id=provider_id, detail=detail, reason=receipt.stat)
-            )
+            stat = receipt.stat
+            event = InboundEvent(EventKind.FAILED, receipt.part_id, detail=detail, reason=stat, part=part)
+            self.out.put(event)
 
     def flush_expired(self) -> None:
         """Report receipts that waited out their hold."""
