@@ -86,7 +86,10 @@ class Receipts:
     parts it kept, or by the message's provider id (a one-part message's id, or its first
     part's)."""
 
-    def __init__(self, out: EventQueue, *, hold: float = 30.0, limit: int = 1_000_000) -> None:
+    # A receipt whose part is unknown once the send calls in progress when it came returned
+    # goes to the daemon a moment later: the daemon finds its message by the parts it keeps, and
+    # keeps one it cannot find yet (its send not recorded yet) for minutes.
+    def __init__(self, out: EventQueue, *, hold: float = 1.0, limit: int = 1_000_000) -> None:
         self.out = out
         self.hold = hold
         self.limit = limit
