@@ -435,3 +435,28 @@ def test_a_message_in_parts_is_delivered_only_with_every_part_also_after_a_resta
         number(1): (pb.Message.DELIVERED, ""),
         number(2): (pb.Message.SENT, ""),
     }
+
+
+def test_a_message_in_parts_failed_by_a_receipt_and_sent_again_is_delivered_by_its_new_parts(
+    daemon_factory: DaemonFactory, smsc: Smsc
+) -> None:
+    """A 3-part message whose third part is UNDELIV fails; RetryFailedMessages sends it again,
+    every new part is DELIVRD, and it is DELIVERED: the first attempt's parts no longer count."""
+    # The first attempt's receipts come at once; the second's only when sent below, after it
+    # was recorded SENT.
+    smsc.script = lambda submit, count: Answer(stat=("DELIVRD", "DELIVRD", "UNDELIV", None)[min(count, 3)])
+    daemon = with_contacts(daemon_factory, smsc, 1)
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = to_people(client, "x" * 400)
+        client.launch(campaign.name)
+        wait(lambda: report(client, campaign.name).totals.failed == 1, what="the failure")
+        wait(lambda: client.get(campaign.name).state == pb.Campaign.COMPLETED, what="the end")
+        client.stub.RetryFailedMessages(svc.RetryFailedMessagesRequest(name=campaign.name))
+        wait(lambda: report(client, campaign.name).totals.sent == 1, what="the message sent again")
+        for submitted in smsc.accepted()[3:]:
+            smsc.receipt(submitted, "DELIVRD")
+        wait(lambda: report(client, campaign.name).totals.delivered == 1, what="the new parts' receipts")
+        (message,) = messages(client, campaign.name)
+    assert (message.state, message.parts) == (pb.Message.DELIVERED, 3)
+    assert len(smsc.accepted()) == 6

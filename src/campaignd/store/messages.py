@@ -422,6 +422,12 @@ def record(
         for part_id in o.part_ids
     ]
     if parts:
+        # A message sent again (a retry of a failed one) starts over with its new parts.
+        again = sorted({o.id for o in valid if o.state == "sent" and o.part_ids})
+        for start in range(0, len(again), 2000):
+            conn.execute(
+                message_parts.delete().where(message_parts.c.message_id.in_(again[start : start + 2000]))
+            )
         insert_ignore(conn, message_parts, parts)
     deltas = Counter(o.state for o in valid)
     deltas.subtract(Counter(ours[o.id] for o in valid))
