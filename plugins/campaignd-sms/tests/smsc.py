@@ -60,6 +60,8 @@ class Submitted:
     message_id: str
     status: int
     time: float
+    # The connection that submitted it: receipts may go back on another one (`receipt`).
+    session: asyncio.StreamWriter | None = None
 
 
 def accept_all(submit: Submitted, count: int) -> Answer:
@@ -110,13 +112,15 @@ class Smsc:
         )
         future.result(5)
 
-    def receipt(self, submitted: Submitted, stat: str, err: str = "000") -> None:
+    def receipt(self, submitted: Submitted, stat: str, err: str = "000", *, elsewhere: bool = False) -> None:
         """Send a receipt for an accepted submit over every bound session (one the SMSC kept,
-        e.g. while the ESME was away)."""
+        e.g. while the ESME was away); with `elsewhere`, over the bound sessions other than the
+        one that submitted it only (as an SMSC that spreads receipts over an account's binds)."""
         assert self._loop is not None
         data = _receipt_text(submitted, stat, err)
+        skip = submitted.session if elsewhere else None
         future: Future[None] = asyncio.run_coroutine_threadsafe(
-            self._deliver_all(submitted.destination, data, 0, 0x04), self._loop
+            self._deliver_all(submitted.destination, data, 0, 0x04, skip=skip), self._loop
         )
         future.result(5)
 
@@ -129,9 +133,18 @@ class Smsc:
         for writer in list(self._writers):
             writer.transport.abort()
 
-    async def _deliver_all(self, source: str, data: bytes, coding: int, esm_class: int) -> None:
+    async def _deliver_all(
+        self,
+        source: str,
+        data: bytes,
+        coding: int,
+        esm_class: int,
+        *,
+        skip: asyncio.StreamWriter | None = None,
+    ) -> None:
         for writer in list(self._writers):
-            self._deliver(writer, source, data, coding, esm_class)
+            if writer is not skip:
+                self._deliver(writer, source, data, coding, esm_class)
 
     def _deliver(
         self, writer: asyncio.StreamWriter, source: str, data: bytes, coding: int, esm_class: int
@@ -213,6 +226,7 @@ class Smsc:
             message_id="",
             status=0,
             time=time.monotonic(),
+            session=writer,
         )
         answer = self.script(submitted, count)
         if answer.drop:

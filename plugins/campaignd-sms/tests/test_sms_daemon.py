@@ -472,3 +472,36 @@ def test_a_message_in_parts_failed_by_a_receipt_and_sent_again_is_delivered_by_i
         (message,) = messages(client, campaign.name)
     assert (message.state, message.parts) == (pb.Message.DELIVERED, 3)
     assert len(smsc.accepted()) == 6
+
+
+def test_receipts_on_another_members_bind_deliver_a_message_in_parts_once_every_part_is(
+    daemon_factory: DaemonFactory, smsc: Smsc, pg_url: str
+) -> None:
+    """Two daemons on one PostgreSQL database, both bound; the SMSC sends each receipt back on
+    the bind that did not submit the part. Messages of three parts are DELIVERED once their
+    third part's receipt came, and not after two."""
+    smsc.script = lambda submit, count: Answer(stat=None)
+    env = {"SMSC_PASSWORD": "secret"}
+    config = FAST + transport(smsc) + f'[database]\nurl = "{pg_url}"\n'
+    first = daemon_factory(config, env=env, name="member0").start()
+    daemon_factory(config, env=env, name="member1").start()
+    wait(lambda: smsc.binds == 2, seconds=10, what="both members to bind")
+    zone = zone_at(14)
+    import_contacts(first, 10, lambda i: zone)
+    with first.channel() as channel:
+        client = Client(channel)
+        campaign = to_people(client, "x" * 400)
+        client.launch(campaign.name)
+        wait(lambda: report(client, campaign.name).totals.sent == 10, what="every message SENT")
+        parts: dict[str, list[Submitted]] = {}
+        for submitted in sorted(smsc.accepted(), key=lambda s: s.message_id):
+            parts.setdefault(submitted.destination, []).append(submitted)
+        assert sorted(len(p) for p in parts.values()) == [3] * 10
+        for submitted in (s for p in parts.values() for s in p[:2]):
+            smsc.receipt(submitted, "DELIVRD", elsewhere=True)
+        # The other member holds a part it does not know for a second, then hands it over.
+        time.sleep(3.0)
+        assert report(client, campaign.name).totals.delivered == 0
+        for submitted in (p[2] for p in parts.values()):
+            smsc.receipt(submitted, "DELIVRD", elsewhere=True)
+        wait(lambda: report(client, campaign.name).totals.delivered == 10, seconds=20, what="every message")
