@@ -204,6 +204,16 @@ def test_a_long_message_goes_in_parts_and_is_delivered_when_every_part_is(smsc: 
     assert [(e.provider_id, e.part) for e in events.of(EventKind.DELIVERED)] == [(i, True) for i in ids[:2]]
 
 
+def test_without_receipts_asked_for_no_parts_are_handed_to_the_daemon_to_keep(smsc: Smsc) -> None:
+    """With `registered_delivery = false` no receipt will come: a message in parts is SENT with
+    no part ids, so the daemon keeps nothing for it."""
+    smsc.script = lambda submit, count: Answer(stat=None)
+    results, _ = asyncio.run(
+        run(smsc, [recipients(1)], info=channel("x" * 400), options={"registered_delivery": False})
+    )
+    assert (results[0].status, results[0].parts, results[0].part_ids) == (SendStatus.SENT, 3, ())
+
+
 def test_sar_concatenation_uses_optional_parameters(smsc: Smsc) -> None:
     """With concatenation "sar", the parts carry sar_* parameters and no header."""
     results, events = asyncio.run(

@@ -91,7 +91,7 @@ class SmsTransport:
                         )
                     else:
                         self.receipts.sent(part_ids)
-                        if len(part_ids) > 1:
+                        if len(part_ids) > 1 and registered:
                             # Kept by the daemon: a part's receipt finds its message anywhere.
                             result = dataclasses.replace(result, part_ids=tuple(part_ids))
                 results.append(result)
