@@ -973,6 +973,19 @@ def part_receipts(conn: Connection, events: Sequence[Event]) -> tuple[list[Event
         )
         for part_id, message_id in found:
             owner[part_id] = max(message_id, owner.get(part_id, message_id))
+    if conn.dialect.name == "postgresql":
+        # Two members may take receipts for parts of one message at once: each would mark its
+        # part and see the other's still unmarked, and neither would deliver the message. The
+        # messages are locked first, as a write of results locks them before their parts, in id
+        # order; the second then sees the first's mark once it may go on.
+        mine = sorted(set(owner.values()))
+        for start in range(0, len(mine), 2000):
+            conn.execute(
+                sa.select(messages.c.id)
+                .where(messages.c.id.in_(mine[start : start + 2000]))
+                .order_by(messages.c.id)
+                .with_for_update()
+            )
     as_they_are: list[Event] = []
     delivered: list[dict[str, Any]] = []
     failed: dict[int, Event] = {}
@@ -1008,11 +1021,8 @@ def part_receipts(conn: Connection, events: Sequence[Event]) -> tuple[list[Event
     provider: dict[int, str] = {}
     for start in range(0, len(ended), 2000):
         chunk = ended[start : start + 2000]
-        provider.update(
-            conn.execute(sa.select(messages.c.id, messages.c.provider_id).where(messages.c.id.in_(chunk)))
-            .tuples()
-            .all()
-        )
+        found = conn.execute(sa.select(messages.c.id, messages.c.provider_id).where(messages.c.id.in_(chunk)))
+        provider.update((row.id, row.provider_id) for row in found)
     # A failed message's parts stay (until its campaign is deleted), so that the receipts of its
     # other parts still find it, and change nothing, rather than wait as unknown ones.
     for start in range(0, len(complete), 2000):
