@@ -1,4 +1,4 @@
-"""The conformance kit stands apart from the daemon's gRPC layer."""
+"""The conformance kit: it stands apart from the daemon's gRPC layer, and what it holds plugins to."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from campaignd.plugin import Recipient, SendResult, SendStatus
+from campaignd.testing import conformance
 from campaignd.testing.conformance import LagProbe
 
 
@@ -36,3 +40,18 @@ def test_the_lag_probe_sees_a_blocking_call_and_not_a_busy_machine() -> None:
 
     assert asyncio.run(run(True)) >= 0.25
     assert asyncio.run(run(False)) < 0.1
+
+
+def test_the_kit_holds_part_ids_to_a_sent_message_and_its_parts() -> None:
+    """Part ids name the parts of a SENT message: on another status, or fewer or more than its
+    parts, the kit fails the plugin."""
+    one = [Recipient(1, "+14155550100", {}, 1)]
+    sent = SendResult(1, SendStatus.SENT, "a", parts=2, part_ids=("a", "b"))
+    assert conformance._check_results([sent], one) == [sent]
+    for wrong in (
+        SendResult(1, SendStatus.FAILED, parts=2, part_ids=("a", "b")),
+        SendResult(1, SendStatus.SENT, "a", parts=3, part_ids=("a", "b")),
+        SendResult(1, SendStatus.SENT, "a", parts=2, part_ids=("a", "")),
+    ):
+        with pytest.raises(AssertionError, match="part"):
+            conformance._check_results([wrong], one)

@@ -398,6 +398,13 @@ def _check_results(results: object, recipients: Sequence[Recipient]) -> list[Sen
             assert isinstance(getattr(result, name), str), f"{result!r}: {name} is not a str"
         assert isinstance(result.fatal, bool), f"{result!r}: fatal is not a bool"
         assert isinstance(result.transport_down, bool), f"{result!r}: transport_down is not a bool"
+        if result.part_ids:
+            # The daemon keeps them to find a message by any part's receipt: a SENT message's parts.
+            assert result.status is SendStatus.SENT, f"{result!r}: part_ids on a message that is not SENT"
+            named = all(isinstance(p, str) and p for p in result.part_ids)
+            assert named, f"{result!r}: a part id is not a non-empty str"
+            counted = len(result.part_ids) == result.parts
+            assert counted, f"{result!r}: part_ids do not name its {result.parts} parts"
     return found
 
 
