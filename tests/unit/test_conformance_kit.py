@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
@@ -40,6 +41,27 @@ def test_the_lag_probe_sees_a_blocking_call_and_not_a_busy_machine() -> None:
 
     assert asyncio.run(run(True)) >= 0.25
     assert asyncio.run(run(False)) < 0.1
+
+
+def test_the_lag_probe_does_not_count_a_collection_of_what_the_test_process_made_before() -> None:
+    """Two million objects made before the probe, as hundreds of tests before it leave: a full
+    collection while the probe runs does not walk them (the daemon freezes what it made before
+    serving too), so it shows as no hold-up."""
+    made_before = [[i] for i in range(2_000_000)]
+
+    async def run() -> float:
+        async with LagProbe() as probe:
+            await asyncio.sleep(0.01)
+            gc.collect()
+            await asyncio.sleep(0.01)
+        return probe.worst
+
+    began = time.perf_counter()
+    gc.collect()
+    unfrozen = time.perf_counter() - began
+    assert unfrozen > 0.05, f"a collection took {unfrozen:.3f} s: too few objects to tell"
+    assert asyncio.run(run()) < unfrozen / 2
+    assert len(made_before) == 2_000_000
 
 
 def test_the_kit_holds_part_ids_to_a_sent_message_and_its_parts() -> None:

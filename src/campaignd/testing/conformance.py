@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import inspect
 import re
 import socket
@@ -204,6 +205,11 @@ class LagProbe:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LagProbe:
+        # The daemon freezes what it made before serving, so that the collector's full passes do
+        # not walk it; a test process has made far more by now (every test before this one), and
+        # a pass over it could hold the loop up longer than any plugin. Frozen here as there.
+        gc.collect()
+        gc.freeze()
         self._since, self._waited = asyncio.get_running_loop().time(), _queued()
         self._task = asyncio.create_task(self._run())
         return self
@@ -212,6 +218,7 @@ class LagProbe:
         # A hold-up at the very end shows as a tick that never came.
         waited = _queued() - self._waited
         self.worst = max(self.worst, asyncio.get_running_loop().time() - self._since - self.TICK - waited)
+        gc.unfreeze()
         assert self._task is not None
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
