@@ -16,7 +16,8 @@ from campaignd.v1 import campaign_service_pb2 as svc
 from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import contact_service_pb2_grpc as cs_grpc
 from campaignd.v1 import resources_pb2 as pb
-from tests.conftest import pg_admin as pg_admin  # the fixtures
+from tests.conftest import database_url as database_url  # the fixtures
+from tests.conftest import pg_admin as pg_admin
 from tests.conftest import pg_url as pg_url
 from tests.integration.campaign_client import ATTESTATION, Client, content, ensure_list, failure, future
 from tests.integration.conftest import DaemonFactory, DaemonProcess
@@ -399,24 +400,14 @@ def test_receipts_after_a_restart_are_applied(daemon_factory: DaemonFactory, sms
     }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest) -> str:
-    """The daemon's [database] section: none (SQLite in its state directory), then a new
-    PostgreSQL database."""
-    if request.param == "sqlite":
-        return ""
-    url: str = request.getfixturevalue("pg_url")
-    return f'[database]\nurl = "{url}"\n'
-
-
 def test_a_message_in_parts_is_delivered_only_with_every_part_also_after_a_restart(
-    daemon_factory: DaemonFactory, smsc: Smsc, database: str
+    daemon_factory: DaemonFactory, smsc: Smsc, database_url: str
 ) -> None:
     """Three-part messages sent before a restart, their receipts delivered after it: one whose
     first two parts are DELIVRD and third UNDELIV is FAILED, one whose parts are all DELIVRD is
     DELIVERED only once the last one came, one still missing a part stays SENT."""
     smsc.script = lambda submit, count: Answer(stat=None)
-    daemon = with_contacts(daemon_factory, smsc, 3, database)
+    daemon = with_contacts(daemon_factory, smsc, 3, f'[database]\nurl = "{database_url}"\n')
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = to_people(client, "x" * 400)
@@ -450,14 +441,14 @@ def test_a_message_in_parts_is_delivered_only_with_every_part_also_after_a_resta
 
 
 def test_a_message_in_parts_failed_by_a_receipt_and_sent_again_is_delivered_by_its_new_parts(
-    daemon_factory: DaemonFactory, smsc: Smsc, database: str
+    daemon_factory: DaemonFactory, smsc: Smsc, database_url: str
 ) -> None:
     """A 3-part message whose third part is UNDELIV fails; RetryFailedMessages sends it again,
     every new part is DELIVRD, and it is DELIVERED: the first attempt's parts no longer count."""
     # The first attempt's receipts come at once; the second's only when sent below, after it
     # was recorded SENT.
     smsc.script = lambda submit, count: Answer(stat=("DELIVRD", "DELIVRD", "UNDELIV", None)[min(count, 3)])
-    daemon = with_contacts(daemon_factory, smsc, 1, database)
+    daemon = with_contacts(daemon_factory, smsc, 1, f'[database]\nurl = "{database_url}"\n')
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = to_people(client, "x" * 400)

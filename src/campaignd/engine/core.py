@@ -293,7 +293,7 @@ class _MarkingGate:
     async def admit(self, weight: float = 1.0, message_id: int | None = None) -> bool:
         """As ChannelGate.admit, and the message is marked started before the answer is yes; no
         for a transport that drains."""
-        if not self.channel.open or (self.opened is not None and self.opened.draining):
+        if not self.channel.open or self._draining():
             return False
         # The rate's units are held before the mark, so that asks come at the pace of sends and a
         # slow channel is not marked long before it sends, and taken after it, as the last wait
@@ -305,13 +305,16 @@ class _MarkingGate:
         except BaseException:
             self.inner.release(weight)
             raise
-        if not marked or (self.opened is not None and self.opened.draining):
+        if not marked or self._draining():
             self.inner.release(weight)
             return False
         if not await self.inner.admit(weight, reserved=True):
             return False
         self.channel.started.add()
         return True
+
+    def _draining(self) -> bool:
+        return self.opened is not None and self.opened.draining
 
 
 def _allowance(count: int, limiters: Iterable[RateLimiter | None], config: EngineSettings) -> float:

@@ -84,16 +84,12 @@ class EventRecorder:
         now = self.clock.now()
 
         def write(conn: Connection) -> tuple[set[str], list[tuple[str, InboundEvent]]]:
-            about_messages = [
-                message_store.Event(e.provider_id, e.kind.value, e.detail, e.reason)
-                for _, e in events
-                if e.provider_id and not e.part
-            ]
-            about_parts = [
-                message_store.Event(e.provider_id, e.kind.value, e.detail, e.reason)
-                for _, e in events
-                if e.provider_id and e.part
-            ]
+            about_messages: list[message_store.Event] = []
+            about_parts: list[message_store.Event] = []
+            for _, e in events:
+                if e.provider_id:
+                    about = about_parts if e.part else about_messages
+                    about.append(message_store.Event(e.provider_id, e.kind.value, e.detail, e.reason))
             if about_parts:
                 # A part kept of no message, and not a message's own id either, may belong to a
                 # send not yet recorded: it is unknown below, and waits like any early receipt.

@@ -415,19 +415,18 @@ def record(
                 conn.execute(_RECORD_GIVEN_SQLITE, {**values, "now": now, "given": given})
     if singles:
         conn.execute(_RECORD_ONE, [{**row, "now": now} for row in singles])
-    parts = [
-        {"message_id": o.id, "part_id": part_id, "delivered": False}
-        for o in valid
-        if o.state == "sent"
-        for part_id in o.part_ids
-    ]
-    if parts:
+    in_parts = sorted(o.id for o in valid if o.state == "sent" and o.part_ids)
+    if in_parts:
         # A message sent again (a retry of a failed one) starts over with its new parts.
-        again = sorted({o.id for o in valid if o.state == "sent" and o.part_ids})
-        for start in range(0, len(again), 2000):
-            conn.execute(
-                message_parts.delete().where(message_parts.c.message_id.in_(again[start : start + 2000]))
-            )
+        for start in range(0, len(in_parts), 2000):
+            chunk = in_parts[start : start + 2000]
+            conn.execute(message_parts.delete().where(message_parts.c.message_id.in_(chunk)))
+        parts = [
+            {"message_id": o.id, "part_id": part_id, "delivered": False}
+            for o in valid
+            if o.state == "sent"
+            for part_id in o.part_ids
+        ]
         insert_ignore(conn, message_parts, parts)
     deltas = Counter(o.state for o in valid)
     deltas.subtract(Counter(ours[o.id] for o in valid))
@@ -973,19 +972,22 @@ def part_receipts(conn: Connection, events: Sequence[Event]) -> tuple[list[Event
         )
         for part_id, message_id in found:
             owner[part_id] = max(message_id, owner.get(part_id, message_id))
-    if conn.dialect.name == "postgresql":
-        # Two members may take receipts for parts of one message at once: each would mark its
-        # part and see the other's still unmarked, and neither would deliver the message. The
-        # messages are locked first, as a write of results locks them before their parts, in id
-        # order; the second then sees the first's mark once it may go on.
-        mine = sorted(set(owner.values()))
-        for start in range(0, len(mine), 2000):
-            conn.execute(
-                sa.select(messages.c.id)
-                .where(messages.c.id.in_(mine[start : start + 2000]))
-                .order_by(messages.c.id)
-                .with_for_update()
-            )
+    # The messages' provider ids, for the events about them. On PostgreSQL the messages are
+    # locked as they are read: two members may take receipts for parts of one message at once,
+    # and each would mark its part, see the other's still unmarked, and not deliver the message.
+    # Locked first, as a write of results locks them before their parts, and in id order, the
+    # second sees the first's mark once it may go on.
+    mine = sorted(set(owner.values()))
+    provider: dict[int, str] = {}
+    for start in range(0, len(mine), 2000):
+        query = (
+            sa.select(messages.c.id, messages.c.provider_id)
+            .where(messages.c.id.in_(mine[start : start + 2000]))
+            .order_by(messages.c.id)
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        provider.update((row.id, row.provider_id) for row in conn.execute(query))
     as_they_are: list[Event] = []
     delivered: list[dict[str, Any]] = []
     failed: dict[int, Event] = {}
@@ -1017,12 +1019,6 @@ def part_receipts(conn: Connection, events: Sequence[Event]) -> tuple[list[Event
             .group_by(message_parts.c.message_id)
             .having(undelivered == 0)
         ).scalars()
-    ended = sorted({*complete, *failed})
-    provider: dict[int, str] = {}
-    for start in range(0, len(ended), 2000):
-        chunk = ended[start : start + 2000]
-        found = conn.execute(sa.select(messages.c.id, messages.c.provider_id).where(messages.c.id.in_(chunk)))
-        provider.update((row.id, row.provider_id) for row in found)
     # A failed message's parts stay (until its campaign is deleted), so that the receipts of its
     # other parts still find it, and change nothing, rather than wait as unknown ones.
     for start in range(0, len(complete), 2000):
