@@ -201,14 +201,10 @@ class RateMeter:
 
 
 def _running_sends(conn: Connection) -> list[tuple[Key, dt.datetime, int]]:
-    rows = channel_store.channels_in(conn, ["running"])
-    counts = {c: count_store.read_counts(conn, c) for c in {r.campaign_id for r in rows}}
     found = []
-    for row in rows:
+    for row in channel_store.channels_in(conn, ["running"]):
         key = (row.campaign_id, row.channel_id)
-        finished = sum(counts[row.campaign_id].get((row.channel_id, state), 0) for state in FINISHED_STATES)
-        started = message_store.started_unrecorded(conn, *key)
-        found.append((key, row.state_time, finished + started))
+        found.append((key, row.state_time, message_store.sends_so_far(conn, *key, FINISHED_STATES)))
     return found
 
 

@@ -700,19 +700,23 @@ def queued_zones(conn: Connection, campaign_id: str, channel_id: str) -> list[st
     return [r.time_zone for r in rows]
 
 
-def started_unrecorded(conn: Connection, campaign_id: str, channel_id: str) -> int:
-    """SENDING messages of a channel marked started: sends that began and whose results are not
-    written yet (a few batches' worth at most, read through the channel's state index)."""
-    return int(
-        conn.execute(
-            sa.select(sa.func.count()).where(
-                messages.c.campaign_id == campaign_id,
-                messages.c.channel_id == channel_id,
-                messages.c.state == SENDING,
-                messages.c.started.is_(True),
-            )
-        ).scalar_one()
+def sends_so_far(conn: Connection, campaign_id: str, channel_id: str, finished: Sequence[str]) -> int:
+    """A channel's messages in the `finished` states plus its SENDING messages marked started
+    (sends whose results are not written yet, a few batches' worth at most). One statement: on
+    PostgreSQL each statement sees the database as it is when it starts, and a batch's results
+    written between two would be counted in neither."""
+    done = sa.select(sa.func.coalesce(sa.func.sum(channel_counts.c.n), 0)).where(
+        channel_counts.c.campaign_id == campaign_id,
+        channel_counts.c.channel_id == channel_id,
+        channel_counts.c.state.in_(finished),
     )
+    started = sa.select(sa.func.count()).where(
+        messages.c.campaign_id == campaign_id,
+        messages.c.channel_id == channel_id,
+        messages.c.state == SENDING,
+        messages.c.started.is_(True),
+    )
+    return int(conn.execute(sa.select(done.scalar_subquery() + started.scalar_subquery())).scalar_one())
 
 
 def failure_reasons(conn: Connection, campaign_id: str) -> dict[tuple[str, str], int]:
