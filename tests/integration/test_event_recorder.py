@@ -89,3 +89,40 @@ def test_an_opt_out_outranks_a_suppression_added_by_hand_and_replies_apply_in_or
         assert "STOP" in found[0].source
         assert not client.suppressed(stop_start, "test-sms")
         assert client.suppressed(start_stop, "test-sms")
+
+
+def test_ids_and_reasons_longer_than_kept_are_cut_and_still_found(
+    daemon_factory: DaemonFactory, database_url: str
+) -> None:
+    """A plugin's provider ids of 300 characters and reasons of 100 (the columns keep 200 and 63):
+    every result is written, cut, on SQLite and on PostgreSQL (which refuses longer values and
+    would lose the whole batch's results), and a receipt naming the full id finds its message."""
+    daemon = daemon_factory(TEST_CHANNELS + FAST + f'[database]\nurl = "{database_url}"\n').start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        target = people(client, "long", 4)
+        campaign = double_campaign(client, target, long_words=True, fail_matching="p3@")
+        client.launch(campaign.name)
+        wait_until(lambda: client.channel_state(campaign.name) == pb.Channel.COMPLETED, 30, "the campaign")
+        listed = client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name)).messages
+        by_address = {m.address: m for m in listed}
+        failed = by_address.pop("p3@long.example.org")
+        assert (failed.state, failed.reason) == (pb.Message.FAILED, "rejected".ljust(63, "-"))
+        assert {m.state for m in by_address.values()} == {pb.Message.SENT}
+        kept = [m.provider_id for m in by_address.values()]
+        assert all(len(p) == 200 and p.startswith("test-") for p in kept)
+        # The ids the plugin gave: what is kept, and then more of the same padding.
+        full = {a: m.provider_id.ljust(300, "x") for a, m in by_address.items()}
+
+        receipt = "p0@long.example.org"
+        url = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+        database = Database(create_engine(url))
+        try:
+            events = [InboundEvent(EventKind.DELIVERED, provider_id=full[receipt])]
+            asyncio.run(EventRecorder(database, ChangeHub()).record("test-email", events))
+        finally:
+            database.close()
+        after = client.stub.ListMessages(svc.ListMessagesRequest(parent=campaign.name)).messages
+        states = {m.address: m.state for m in after}
+        assert states.pop(receipt) == pb.Message.DELIVERED
+        assert set(states.values()) == {pb.Message.SENT, pb.Message.FAILED}

@@ -77,3 +77,19 @@ def test_the_kit_holds_part_ids_to_a_sent_message_and_its_parts() -> None:
     ):
         with pytest.raises(AssertionError, match="part"):
             conformance._check_results([wrong], one)
+
+
+def test_the_kit_holds_ids_and_words_to_what_is_kept() -> None:
+    """A provider or part id over 200 characters, a reason or outcome over 63: the daemon would
+    cut them, so the kit fails the plugin."""
+    one = [Recipient(1, "+14155550100", {}, 1)]
+    longest = SendResult(1, SendStatus.SENT, "p" * 200, reason="r" * 63, outcome="o" * 63)
+    assert conformance._check_results([longest], one) == [longest]
+    for wrong in (
+        SendResult(1, SendStatus.SENT, "p" * 201),
+        SendResult(1, SendStatus.FAILED, reason="r" * 64),
+        SendResult(1, SendStatus.DELIVERED, outcome="o" * 64),
+        SendResult(1, SendStatus.SENT, "a", parts=2, part_ids=("a", "b" * 201)),
+    ):
+        with pytest.raises(AssertionError, match="longer than"):
+            conformance._check_results([wrong], one)

@@ -40,7 +40,15 @@ from campaignd.engine.transports import OpenTransport, Transports, route
 from campaignd.errors import ApiError, internal_message, new_error_id
 from campaignd.lifecycle import ChannelState, Operation
 from campaignd.model import CampaignRecord, ChannelRecord, TransportShare
-from campaignd.plugin import ChannelInfo, Recipient, SendResult, SendStatus, Transport
+from campaignd.plugin import (
+    LABEL_LENGTH,
+    PROVIDER_ID_LENGTH,
+    ChannelInfo,
+    Recipient,
+    SendResult,
+    SendStatus,
+    Transport,
+)
 from campaignd.plugin.manager import PluginCallError, Plugins, TransportOpenError
 from campaignd.store import channels as channel_store
 from campaignd.store import contacts as contact_store
@@ -322,6 +330,33 @@ def _allowance(count: int, limiters: Iterable[RateLimiter | None], config: Engin
     rate limits makes the batch wait, which is not the plugin's."""
     rate = min((limiter.rate for limiter in limiters if limiter is not None), default=0.0)
     return config.sending_timeout + (count / rate if rate else 0.0)
+
+
+_CUT: set[str] = set()  # the result fields a plugin gave too long, each logged once
+
+
+def _stored(result: SendResult) -> SendResult:
+    """`result` with its ids and words cut to the columns that keep them. A plugin's longer ones
+    would fail the write of the whole batch's results on PostgreSQL."""
+    ids, words = PROVIDER_ID_LENGTH, LABEL_LENGTH
+    long: dict[str, Any] = {
+        name: value[:limit]
+        for name, value, limit in (
+            ("provider_id", result.provider_id, ids),
+            ("reason", result.reason, words),
+            ("outcome", result.outcome, words),
+        )
+        if len(value) > limit
+    }
+    if any(len(p) > ids for p in result.part_ids):
+        long["part_ids"] = tuple(p[:ids] for p in result.part_ids)
+    if not long:
+        return result
+    for name in long.keys() - _CUT:
+        _CUT.add(name)
+        limit = words if name in ("reason", "outcome") else ids
+        log.warning("a plugin gave a result field longer than is kept; it is cut", field=name, limit=limit)
+    return dataclasses.replace(result, **long)
 
 
 def owner_id() -> str:
@@ -919,6 +954,8 @@ class Engine:
         outcomes = []
         for message in batch:
             result = by_id.get(message.id)
+            if result is not None:
+                result = _stored(result)
             attempt = message.attempts + 1
             # A message handed back unsent keeps the transport of its last real attempt.
             through = via.get(message.id)

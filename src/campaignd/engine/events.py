@@ -89,7 +89,8 @@ class EventRecorder:
             for _, e in events:
                 if e.provider_id:
                     about = about_parts if e.part else about_messages
-                    about.append(message_store.Event(e.provider_id, e.kind.value, e.detail, e.reason))
+                    key = message_store.provider_key(e.provider_id)
+                    about.append(message_store.Event(key, e.kind.value, e.detail, e.reason))
             if about_parts:
                 # A part kept of no message, and not a message's own id either, may belong to a
                 # send not yet recorded: it is unknown below, and waits like any early receipt.
@@ -98,7 +99,11 @@ class EventRecorder:
             touched, unknown = (
                 message_store.apply_events(conn, about_messages, now) if about_messages else (set(), set())
             )
-            unmatched = [(t, e) for t, e in events if e.provider_id in unknown and e.kind in _RECEIPTS]
+            unmatched = [
+                (t, e)
+                for t, e in events
+                if message_store.provider_key(e.provider_id) in unknown and e.kind in _RECEIPTS
+            ]
             suppress: list[dict[str, object]] = []
             for channel_type, event in events:
                 if not event.address:

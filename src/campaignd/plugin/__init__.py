@@ -130,6 +130,13 @@ class SendStatus(enum.StrEnum):
     NOT_STARTED = "not_started"  # the gate was closed: it was never handed to the provider
 
 
+# What the daemon keeps of a SendResult: a longer provider or part id is kept as its first
+# PROVIDER_ID_LENGTH characters (a receipt naming the whole id still finds it), a longer reason or
+# outcome as its first LABEL_LENGTH.
+PROVIDER_ID_LENGTH = 200
+LABEL_LENGTH = 63
+
+
 @dataclass(frozen=True)
 class SendResult:
     """The result of one message.
@@ -263,6 +270,8 @@ from campaignd.plugin.templates import ContentError, Renderer, TemplateError, Te
 __all__ = [
     "ENTRY_POINT_GROUP",
     "HOOK_API_VERSION",
+    "LABEL_LENGTH",
+    "PROVIDER_ID_LENGTH",
     "ChannelInfo",
     "ChannelSemantics",
     "ChannelType",

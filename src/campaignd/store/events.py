@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from campaignd.store.counts import add_counts
-from campaignd.store.messages import EVENT_MOVES, moving
+from campaignd.store.messages import EVENT_MOVES, moving, provider_key
 from campaignd.store.schema import channels, message_events, messages
 from campaignd.store.sql import dialect_insert
 
@@ -89,9 +89,8 @@ def by_ids(conn: Connection, message_ids: Iterable[int]) -> dict[int, Target]:
 
 def by_provider_id(conn: Connection, provider_id: str) -> Target | None:
     """The latest message the provider knows by `provider_id`."""
-    row = conn.execute(
-        _select().where(messages.c.provider_id == provider_id).order_by(messages.c.id.desc()).limit(1)
-    ).first()
+    query = _select().where(messages.c.provider_id == provider_key(provider_id))
+    row = conn.execute(query.order_by(messages.c.id.desc()).limit(1)).first()
     return _target(row) if row is not None else None
 
 

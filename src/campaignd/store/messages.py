@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from campaignd.lifecycle import MessageState, message_sources
+from campaignd.plugin import LABEL_LENGTH, PROVIDER_ID_LENGTH
 from campaignd.store.cluster import live_owner
 from campaignd.store.counts import add_counts
 from campaignd.store.schema import (
@@ -76,6 +77,11 @@ class MessageRow:
     talk_time: float | None
     create_time: dt.datetime
     update_time: dt.datetime
+
+
+def provider_key(provider_id: str) -> str:
+    """A provider's id as it is stored and looked up (campaignd.plugin.PROVIDER_ID_LENGTH)."""
+    return provider_id[:PROVIDER_ID_LENGTH]
 
 
 @dataclass(slots=True)
@@ -923,7 +929,7 @@ def apply_events(conn: Connection, events: Sequence[Event], now: dt.datetime) ->
             if state in frm:
                 moves[row.id] = (
                     to,
-                    (event.reason or event.kind)[:63] if to == "failed" else None,
+                    (event.reason or event.kind)[:LABEL_LENGTH] if to == "failed" else None,
                     event.detail or None,
                 )
                 states[row.id] = to

@@ -7,7 +7,8 @@ change while SCHEDULED) and `test-voice` (stop final, settings may change while 
 
 Sending is simulated, steered by the channel's content: `delay_ms` per message, addresses
 containing `fail_matching` fail for good and those containing `defer_matching` are deferred,
-`fatal` makes every send a transport failure, `crash` makes the plugin misbehave ("raise": the
+`fatal` makes every send a transport failure, `long_words` gives provider ids of 300 characters
+and failure reasons of 100 (longer than the daemon keeps), `crash` makes the plugin misbehave ("raise": the
 send raises; "hang": it never finishes), and `sink` names a file to which each message that
 starts is appended (`<unix time> <address>`), so that tests count at the receiving end.
 """
@@ -46,6 +47,7 @@ _FIELDS = (
     ContentField("defer_matching", description="addresses containing this are deferred"),
     ContentField("fatal", kind="bool", description="every send fails as a transport error"),
     ContentField("sink", description="file that records each send that starts"),
+    ContentField("long_words", kind="bool", description="provider ids and reasons longer than kept"),
     ContentField("crash", description='"raise": sending raises; "hang": sending never finishes'),
 )
 
@@ -118,15 +120,18 @@ def _result(content: Content, recipient: Recipient) -> SendResult:
             recipient.message_id, SendStatus.RETRY, error="535 authentication failed", fatal=True
         )
     fail, defer = content.get("fail_matching"), content.get("defer_matching")
+    long = bool(content.get("long_words"))
     if fail and fail in recipient.address:
-        return SendResult(
-            recipient.message_id, SendStatus.FAILED, error="550 no such user", reason="rejected"
-        )
+        reason = "rejected".ljust(100, "-") if long else "rejected"
+        return SendResult(recipient.message_id, SendStatus.FAILED, error="550 no such user", reason=reason)
     if defer and defer in recipient.address:
         return SendResult(
             recipient.message_id, SendStatus.RETRY, error="451 try again later", reason="deferred"
         )
-    return SendResult(recipient.message_id, SendStatus.SENT, provider_id=f"test-{recipient.message_id}")
+    provider_id = f"test-{recipient.message_id}"
+    if long:
+        provider_id = f"{provider_id}-".ljust(300, "x")
+    return SendResult(recipient.message_id, SendStatus.SENT, provider_id=provider_id)
 
 
 def _record(sink: str, address: str) -> None:

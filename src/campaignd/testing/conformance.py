@@ -44,6 +44,8 @@ except ImportError as exc:  # the kit ships in the package, pytest does not
 from campaignd.config import NAME_PATTERN, ConfigError, Settings, parse
 from campaignd.model import SendWindow
 from campaignd.plugin import (
+    LABEL_LENGTH,
+    PROVIDER_ID_LENGTH,
     ChannelInfo,
     ChannelSemantics,
     ContentField,
@@ -401,8 +403,13 @@ def _check_results(results: object, recipients: Sequence[Recipient]) -> list[Sen
     assert got == expected, f"one result per recipient: message ids {expected}, results for {got}"
     for result in found:
         assert isinstance(result.status, SendStatus), f"{result!r}: status is not a SendStatus"
-        for name in ("provider_id", "error", "reason"):
+        for name in ("provider_id", "error", "reason", "outcome"):
             assert isinstance(getattr(result, name), str), f"{result!r}: {name} is not a str"
+        # Longer ones are cut when they are kept (docs/plugins.md).
+        limits = {"provider_id": PROVIDER_ID_LENGTH, "reason": LABEL_LENGTH, "outcome": LABEL_LENGTH}
+        for name, limit in limits.items():
+            too_long = f"{result!r}: {name} is longer than {limit} characters"
+            assert len(getattr(result, name)) <= limit, too_long
         assert isinstance(result.fatal, bool), f"{result!r}: fatal is not a bool"
         assert isinstance(result.transport_down, bool), f"{result!r}: transport_down is not a bool"
         if result.part_ids:
@@ -410,6 +417,8 @@ def _check_results(results: object, recipients: Sequence[Recipient]) -> list[Sen
             assert result.status is SendStatus.SENT, f"{result!r}: part_ids on a message that is not SENT"
             named = all(isinstance(p, str) and p for p in result.part_ids)
             assert named, f"{result!r}: a part id is not a non-empty str"
+            short = all(len(p) <= PROVIDER_ID_LENGTH for p in result.part_ids)
+            assert short, f"{result!r}: a part id is longer than {PROVIDER_ID_LENGTH} characters"
             counted = len(result.part_ids) == result.parts
             assert counted, f"{result!r}: part_ids do not name its {result.parts} parts"
     return found
