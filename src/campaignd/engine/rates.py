@@ -1,7 +1,11 @@
-"""Send rates honoured over any one-second window (SPEC §4.1), not on average.
+"""Send rates honoured over any one-second window (SPEC §4.1), not on average, and spread out
+within the second.
 
 A token bucket of r tokens lets 2r sends through a window that straddles a refill; a sliding log
-of the last second's sends cannot. Weights let an SMS of three parts count as three messages.
+of the last second's sends cannot. The log alone lets a second's worth go at once, and while
+sends are held at the rate that burst repeats every second; so each unit also waits for its place
+in an evenly spaced stream at the rate, give or take SPREAD seconds' worth. Weights let an SMS of
+three parts count as three messages.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import math
 from campaignd.clock import Clock
 
 WINDOW = 1.0
+# How far ahead of its place in an evenly spaced stream a unit may go: a provider sees at most
+# this long's worth of sends (at the rate) at once, plus one.
+SPREAD = 0.1
 
 
 class RateLimiter:
@@ -25,6 +32,9 @@ class RateLimiter:
         self._log: collections.deque[tuple[float, float]] = collections.deque()  # (time, weight)
         self._in_window = 0.0
         self._reserved = 0.0  # held by reserve() and not yet sent
+        # When the next unit is due in an evenly spaced stream at the rate (units sent and held
+        # have taken their places before it).
+        self._due = 0.0
         self._lock = asyncio.Lock()
         self.rate = rate
 
@@ -46,9 +56,14 @@ class RateLimiter:
     def _capacity(self) -> float:
         return max(self.rate, 1.0) if self.rate >= 1 else 1.0
 
-    def delay(self, weight: float = 1.0) -> float:
-        """Seconds to wait before `weight` units may go; 0 when they may go now."""
+    def delay(self, weight: float = 1.0, placed: bool = False) -> float:
+        """Seconds to wait before `weight` units may go; 0 when they may go now. `placed`: units
+        held by `reserve`, which have their place in the stream already."""
         now = self.clock.monotonic()
+        spacing = 0.0 if placed else max(0.0, self._due - SPREAD - now)
+        return max(spacing, self._window_delay(weight, now))
+
+    def _window_delay(self, weight: float, now: float) -> float:
         self._forget(now)
         capacity = self._capacity()
         if weight > capacity:
@@ -67,12 +82,17 @@ class RateLimiter:
                 return max(0.0, time + self._horizon() - now)
         return self._horizon()
 
-    def record(self, weight: float = 1.0) -> None:
-        """Count `weight` units as sent now."""
+    def record(self, weight: float = 1.0, placed: bool = False) -> None:
+        """Count `weight` units as sent now (`placed`: held by `reserve`, which placed them)."""
         now = self.clock.monotonic()
         self._forget(now)
         self._log.append((now, weight))
         self._in_window += weight
+        if not placed:
+            self._place(weight, now)
+
+    def _place(self, weight: float, now: float) -> None:
+        self._due = max(self._due, now) + weight / self.rate
 
     async def reserve(self, weight: float = 1.0) -> None:
         """Wait until `weight` units could go and hold them, so that callers after this one wait
@@ -82,20 +102,22 @@ class RateLimiter:
             while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(math.nextafter(wait, math.inf))
             self._reserved += weight
+            self._place(weight, self.clock.monotonic())
 
     def release(self, weight: float = 1.0) -> None:
-        """Give up units held by `reserve`."""
+        """Give up units held by `reserve`, and their place in the stream."""
         self._reserved = max(0.0, self._reserved - weight)
+        self._due -= weight / self.rate
 
     async def acquire(self, weight: float = 1.0, reserved: bool = False) -> None:
         """Wait until `weight` units may go (held already when `reserved`), then count them."""
         async with self._lock:
             if reserved:
-                self.release(weight)
+                self._reserved = max(0.0, self._reserved - weight)
             # The wait is for time to pass, not for another task, so a sleep is the right tool.
-            while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
+            while (wait := self.delay(weight, placed=reserved)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(math.nextafter(wait, math.inf))
-            self.record(weight)
+            self.record(weight, placed=reserved)
 
 
 class RecentCount:

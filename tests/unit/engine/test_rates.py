@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaignd.clock import Clock
-from campaignd.engine.rates import RateLimiter
+from campaignd.engine.rates import SPREAD, RateLimiter
 
 
 class FakeClock(Clock):
@@ -51,7 +51,24 @@ def test_never_more_than_the_rate_in_any_one_second_window() -> None:
     clock = FakeClock()
     times = _drive(RateLimiter(100, clock), clock, 1000)
     assert _max_in_any_window(times, [1.0] * 1000) == 100
-    assert times[-1] - times[0] == pytest.approx(9.0, abs=0.01)
+    # An evenly spaced stream at the rate, the first SPREAD seconds' worth at once.
+    assert times[-1] - times[0] == pytest.approx(999 / 100 - SPREAD, abs=0.01)
+
+
+def test_sends_are_spread_within_the_second() -> None:
+    """At 100/s no tenth of a second carries more than the SPREAD allowance (11 at once, at the
+    start and after a quiet spell) and the tenth's own share: the log alone let the first
+    second's 100 go at once, and then 100 at once every second."""
+    clock = FakeClock()
+    limiter = RateLimiter(100, clock)
+    times = _drive(limiter, clock, 300)
+    clock.now_seconds += 5.0
+    times += _drive(limiter, clock, 300)
+    assert _max_in_any_window(times, [1.0] * 600, window=0.1) <= 100 * SPREAD + 11
+    assert _max_in_any_window(times, [1.0] * 600) == 100
+    gaps = [b - a for a, b in itertools.pairwise(times[:300])]
+    # Never a second's pause: at most the SPREAD allowance's, when it comes out of the window.
+    assert max(gaps) <= SPREAD + 0.01 + 1e-6
 
 
 def test_a_burst_after_idle_is_capped_too() -> None:
