@@ -332,31 +332,36 @@ def _allowance(count: int, limiters: Iterable[RateLimiter | None], config: Engin
     return config.sending_timeout + (count / rate if rate else 0.0)
 
 
+# What is kept of a SendResult's ids and words (their columns' sizes).
+_KEPT = {
+    "provider_id": PROVIDER_ID_LENGTH,
+    "part_ids": PROVIDER_ID_LENGTH,
+    "reason": LABEL_LENGTH,
+    "outcome": LABEL_LENGTH,
+}
 _CUT: set[str] = set()  # the result fields a plugin gave too long, each logged once
 
 
 def _stored(result: SendResult) -> SendResult:
     """`result` with its ids and words cut to the columns that keep them. A plugin's longer ones
     would fail the write of the whole batch's results on PostgreSQL."""
-    ids, words = PROVIDER_ID_LENGTH, LABEL_LENGTH
-    long: dict[str, Any] = {
-        name: value[:limit]
-        for name, value, limit in (
-            ("provider_id", result.provider_id, ids),
-            ("reason", result.reason, words),
-            ("outcome", result.outcome, words),
-        )
-        if len(value) > limit
+    cut: dict[str, Any] = {
+        name: getattr(result, name)[:LABEL_LENGTH]
+        for name in ("reason", "outcome")
+        if len(getattr(result, name)) > LABEL_LENGTH
     }
-    if any(len(p) > ids for p in result.part_ids):
-        long["part_ids"] = tuple(p[:ids] for p in result.part_ids)
-    if not long:
+    if len(result.provider_id) > PROVIDER_ID_LENGTH:
+        cut["provider_id"] = message_store.provider_key(result.provider_id)
+    if any(len(p) > PROVIDER_ID_LENGTH for p in result.part_ids):
+        cut["part_ids"] = tuple(map(message_store.provider_key, result.part_ids))
+    if not cut:
         return result
-    for name in long.keys() - _CUT:
+    for name in cut.keys() - _CUT:
         _CUT.add(name)
-        limit = words if name in ("reason", "outcome") else ids
-        log.warning("a plugin gave a result field longer than is kept; it is cut", field=name, limit=limit)
-    return dataclasses.replace(result, **long)
+        log.warning(
+            "a plugin gave a result field longer than is kept; it is cut", field=name, limit=_KEPT[name]
+        )
+    return dataclasses.replace(result, **cut)
 
 
 def owner_id() -> str:

@@ -106,14 +106,18 @@ class RateLimiter:
 
     def release(self, weight: float = 1.0) -> None:
         """Give up units held by `reserve`, and their place in the stream."""
-        self._reserved = max(0.0, self._reserved - weight)
+        self._unhold(weight)
         self._due -= weight / self.rate
+
+    def _unhold(self, weight: float) -> None:
+        self._reserved = max(0.0, self._reserved - weight)
 
     async def acquire(self, weight: float = 1.0, reserved: bool = False) -> None:
         """Wait until `weight` units may go (held already when `reserved`), then count them."""
         async with self._lock:
             if reserved:
-                self._reserved = max(0.0, self._reserved - weight)
+                # Sent now, in the place its reservation took.
+                self._unhold(weight)
             # The wait is for time to pass, not for another task, so a sleep is the right tool.
             while (wait := self.delay(weight, placed=reserved)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(math.nextafter(wait, math.inf))
