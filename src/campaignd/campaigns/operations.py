@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -32,6 +33,7 @@ from campaignd.store import messages as message_store
 from campaignd.store import resolution
 from campaignd.store.campaigns import CampaignFilter, Event
 from campaignd.store.db import Database
+from campaignd.store.schema import campaigns as campaign_rows
 
 # Fields of a campaign that decide what is sent; changing them is an EDIT of every channel.
 SENDING_FIELDS = frozenset({"audience", "time_zone", "guard"})
@@ -42,6 +44,12 @@ DESCRIPTIVE_FIELDS = frozenset({"display_name", "labels"})
 # Work done in a transition's transaction once the lifecycle chose the channels: it may change
 # the moves (a channel without a slot waits in QUEUED) and returns them.
 Prepare = Callable[[Connection, CampaignRecord, Chosen], Chosen]
+
+# A share lock on a campaign's row: writers of its messages' results take it, so that they and
+# an operation (which takes the row for update) on the campaign never overlap.
+_SHARE_CAMPAIGN = (
+    sa.select(campaign_rows.c.id).where(campaign_rows.c.id == sa.bindparam("id")).with_for_update(read=True)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,8 +288,13 @@ class CampaignManager:
 
         return await self.db.read(estimate)
 
-    def load(self, conn: Connection, campaign_id: str) -> CampaignRecord:
-        """The campaign (without locking it), or NOT_FOUND."""
+    def load(self, conn: Connection, campaign_id: str, *, share: bool = False) -> CampaignRecord:
+        """The campaign, or NOT_FOUND; with `share`, its row stays share-locked until commit, so
+        that no operation moves its channels meanwhile."""
+        if share and conn.dialect.name == "postgresql":
+            # SQLite writers already hold the database lock. On PostgreSQL the channels are read
+            # by the next statement, which sees an operation that committed while the lock waited.
+            conn.execute(_SHARE_CAMPAIGN, {"id": campaign_id})
         record = store.get(conn, campaign_id)
         if record is None:
             raise errors.not_found(f"campaigns/{campaign_id}")

@@ -572,6 +572,8 @@ class Engine:
                 campaign=campaign_id,
                 channel=channel_id,
                 requeued=moved.get("queued", 0),
+                # On a channel stopped or failed meanwhile, what would have waited again.
+                cancelled=moved.get("cancelled", 0),
                 ambiguous=moved.get("failed", 0) + moved.get("retrying", 0),
                 resent=moved.get("retrying", 0),
             )
@@ -1036,7 +1038,9 @@ class Engine:
         campaign_id, channel_id = key
 
         def write(conn: Connection) -> None:
-            record = self.campaigns.load(conn, campaign_id)
+            # Share-locked: a Stop or a failure commits before the channel's state is read here,
+            # or waits until these results are written, and then cancels what they put back.
+            record = self.campaigns.load(conn, campaign_id, share=True)
             channel = record.channel(channel_id)
             stopped = channel is None or channel.state not in (
                 ChannelState.RUNNING,

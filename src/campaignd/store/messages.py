@@ -542,7 +542,9 @@ def expire_leases(
     """Resolve SENDING messages whose lease ran out (their owner died), other than `keep_owner`'s:
     those whose send never started go back to QUEUED, unattempted; those whose send started fail
     as `ambiguous`, or, on a channel whose `ambiguous_sends` is "resend", wait as RETRYING, due
-    now, while attempts remain. Returns per (campaign id, channel id) how many went to each state."""
+    now, while attempts remain. On a channel that was stopped or failed meanwhile, what would wait
+    again is CANCELLED instead, as Stop or the failure cancelled the rest (reason `channel_failed`
+    for a failed channel). Returns per (campaign id, channel id) how many went to each state."""
     expired = [messages.c.lease_expiry < now]
     if keep_owner:
         expired.append(messages.c.lease_owner != keep_owner)
@@ -551,29 +553,54 @@ def expire_leases(
     probe = sa.select(messages.c.id).where(sa.text("messages.state = 'sending'"), *expired).limit(1)
     if conn.execute(probe).first() is None:
         return {}
+    if conn.dialect.name == "postgresql":
+        # Share-lock their campaigns, as a batch's results do, so that a Stop committing meanwhile
+        # either is seen below or comes after and cancels what went back to QUEUED. (SQLite
+        # writers already hold the database lock.) In the order of their ids: sweeps never wait
+        # for each other in a cycle.
+        conn.execute(
+            sa.select(campaigns.c.id)
+            .where(
+                campaigns.c.id.in_(
+                    sa.select(messages.c.campaign_id).where(messages.c.state == SENDING, *expired)
+                )
+            )
+            .order_by(campaigns.c.id)
+            .with_for_update(read=True)
+        )
+
+    def channels_where(*where: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+        return sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(
+            sa.select(channels.c.campaign_id, channels.c.channel_id).where(*where)
+        )
+
+    stopped = channels_where(channels.c.state == "stopped")
+    failed = channels_where(channels.c.state == "failed")
+    resend = channels_where(channels.c.ambiguous_sends == "resend")
     released = {"lease_owner": None, "lease_expiry": None, "started": None, "update_time": now}
-    resend = sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(
-        sa.select(channels.c.campaign_id, channels.c.channel_id).where(channels.c.ambiguous_sends == "resend")
-    )
     ambiguous = {
         "reason": AMBIGUOUS,
         "last_error": "the send started and its result was never recorded (the daemon stopped)",
         "attempts": messages.c.attempts + 1,
         **released,
     }
+    unstarted = [*expired, sa.or_(messages.c.started.is_(None), messages.c.started.is_(False))]
+    again = [*expired, messages.c.started.is_(True), resend, messages.c.attempts + 1 < max_attempts]
+    # In order: each move takes what the ones before it left SENDING.
     moves: list[tuple[list[sa.ColumnElement[bool]], str, Mapping[str, Any]]] = [
-        ([*expired, sa.or_(messages.c.started.is_(None), messages.c.started.is_(False))], "queued", released),
-        (
-            [*expired, messages.c.started.is_(True), resend, messages.c.attempts + 1 < max_attempts],
-            "retrying",
-            {**ambiguous, "next_attempt_time": now},
-        ),
+        ([*unstarted, stopped], "cancelled", released),
+        ([*unstarted, failed], "cancelled", {**released, "reason": "channel_failed"}),
+        (unstarted, "queued", released),
+        ([*again, stopped], "cancelled", ambiguous),
+        ([*again, failed], "cancelled", {**ambiguous, "reason": "channel_failed"}),
+        (again, "retrying", {**ambiguous, "next_attempt_time": now}),
         ([*expired, messages.c.started.is_(True)], "failed", ambiguous),
     ]
     moved: dict[tuple[str, str], dict[str, int]] = {}
     for where, to, values in moves:
         for key, n in _move_matching(conn, where, SENDING, to, values).items():
-            moved.setdefault(key, {})[to] = n
+            counts = moved.setdefault(key, {})
+            counts[to] = counts.get(to, 0) + n
     return moved
 
 
