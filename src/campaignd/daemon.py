@@ -19,7 +19,7 @@ from campaignd import __version__, logs, loops, metrics
 from campaignd.api.auth import Authenticator
 from campaignd.api.server import ApiServer, SocketInUseError
 from campaignd.config import ConfigError, Problem, Settings, load
-from campaignd.http import HttpListener
+from campaignd.http import HttpListener, MountError
 from campaignd.plugin.manager import PluginError, Plugins
 from campaignd.sdnotify import Notifier, watchdog_interval
 from campaignd.store import claim, migrate
@@ -87,6 +87,10 @@ class Daemon:
             except OSError as exc:
                 await api.stop(0)
                 raise await abandon(f"cannot listen on [http] address: {exc}", EXIT_TRANSIENT) from None
+            except MountError as exc:
+                await http.stop()
+                await api.stop(0)
+                raise await abandon(f"cannot start the http routes: {exc}", EXIT_TRANSIENT) from None
         metrics_port = None
         if self.settings.metrics.address:
             try:
@@ -99,7 +103,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(components)))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(components, http)))
         await api.set_serving(True)
 
         health_updates: set[asyncio.Future[None]] = set()
@@ -165,12 +169,15 @@ class Daemon:
         self._stopping = True
         self._stop.set()
 
-    async def _reload(self, components: Components) -> None:
+    async def _reload(self, components: Components, http: HttpListener | None) -> None:
         self.notifier.reloading()
         try:
             new = load(self.config_path)
             if new.plugins == self.settings.plugins:
                 await components.reconfigure(new)
+                if http is not None:
+                    # The plugins' routes take the reloaded options (a rotated secret, say).
+                    http.reconfigure()
             self.authenticator.set_tokens(new.auth.tokens)
         except ConfigError as exc:
             log.error("reload failed; keeping the running settings", problems=[str(p) for p in exc.problems])

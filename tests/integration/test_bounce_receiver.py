@@ -3,7 +3,12 @@ senders to aiosmtpd, then DSNs (RFC 3464) and an ARF report (RFC 5965) sent back
 
 from __future__ import annotations
 
+import os
+import pathlib
 import smtplib
+import socket
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
@@ -12,6 +17,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Any
 
+import pytest
 from aiosmtpd.controller import Controller
 
 from campaignd.v1 import campaign_service_pb2 as svc
@@ -146,8 +152,59 @@ def test_dsns_and_complaints_by_mail_bounce_suppress_and_survive_junk(daemon_fac
 
         assert [suppressed(a) for a in (r0, r1, r2, r3)] == [True, False, True, False]
     daemon.wait_serving()  # junk did not take the daemon down
+    # JSON lines like every other part of the daemon's log.
     warnings = [
-        line for line in daemon.log_text().splitlines() if "not a report about a sent message" in line
+        e
+        for e in daemon.log_events()
+        if e.get("event") == "bounce receiver: not a report about a sent message"
     ]
-    assert len(warnings) == 3
-    assert "(3 so far)" in warnings[-1]
+    assert [(w["level"], w["so_far"]) for w in warnings] == [("warning", 1), ("warning", 2), ("warning", 3)]
+    assert not [line for line in daemon.log_text().splitlines() if line.startswith("WARNING:")]
+
+
+def test_a_bounce_port_in_use_stops_the_start(daemon_factory: DaemonFactory) -> None:
+    """The daemon does not start without its bounce receiver: exit 1 with one line naming it."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        options = (
+            '[http]\naddress = "127.0.0.1:0"\n[channel_types.email]\n'
+            'unsubscribe_secret = { env = "TEST_UNSUBSCRIBE_SECRET" }\n'
+            f'bounce_listen = "127.0.0.1:{port}"\n'
+        )
+        daemon = daemon_factory(FAST + options, env=ENV).start(wait=False)
+        assert daemon.wait(30) == 1
+    [line] = [line for line in daemon.log_text().splitlines() if line.startswith("campaignd:")]
+    reason = "channel type email: bounce receiver cannot listen on"
+    assert line.startswith(f"campaignd: cannot start the http routes: {reason} 127.0.0.1:{port}: ")
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            'bounce_listen = "127.0.0.1:2525"\n',
+            "channel_types.email.bounce_listen: needs the daemon's HTTP listener: set [http] address",
+        ),
+        (
+            '[http]\naddress = "127.0.0.1:0"\n[channel_types.email]\nbounce_listen = "127.0.0.1:99999"\n',
+            "channel_types.email.bounce_listen: must be host:port with a port from 1 to 65535",
+        ),
+    ],
+)
+def test_check_config_refuses_a_bounce_receiver_that_could_not_run(
+    tmp_path: pathlib.Path, options: str, expected: str
+) -> None:
+    """bounce_listen without the HTTP listener, or with a port out of range, is a config problem."""
+    config = tmp_path / "config.toml"
+    secret = 'unsubscribe_secret = { env = "TEST_UNSUBSCRIBE_SECRET" }\n'
+    table = options if options.startswith("[http]") else "[channel_types.email]\n" + options
+    config.write_text(table + secret, encoding="utf-8")
+    checked = subprocess.run(
+        [sys.executable, "-m", "campaignd.daemon", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        check=False,
+    )
+    assert checked.returncode == 2
+    assert expected in checked.stdout + checked.stderr

@@ -4,12 +4,15 @@ recipients' pixels, rewritten links and one-click unsubscribes fetched over real
 from __future__ import annotations
 
 import asyncio
+import http.client as http_client
 import pathlib
 import re
+import signal
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from html import unescape
 from typing import Any
@@ -29,6 +32,7 @@ from tests.integration.email_campaigns import (
     Server,
     email_channel,
     email_transport,
+    free_port,
     import_people,
     readers,
     recipient,
@@ -75,6 +79,12 @@ def sent(
     server = smtp()
     daemon = daemon_factory(FAST + LISTENER + email_transport("a", server.port), env=ENV).start()
     import_people(daemon, readers(count))
+    campaign = send_to_readers(daemon, **content)
+    return daemon, campaign, {recipient(m): m for m in server.inbox.parsed()}
+
+
+def send_to_readers(daemon: DaemonProcess, **content: Any) -> pb.Campaign:
+    """An email campaign through transport `a` to the list `readers`, launched and finished."""
     with daemon.channel() as channel:
         client = Client(channel)
         campaign = client.create(
@@ -82,7 +92,7 @@ def sent(
         )
         client.launch(campaign.name)
         assert client.finished(campaign.name).state == pb.Campaign.COMPLETED
-    return daemon, campaign, {recipient(m): m for m in server.inbox.parsed()}
+    return campaign
 
 
 def links(message: EmailMessage) -> tuple[str, list[str]]:
@@ -204,3 +214,154 @@ def test_the_confirmation_page_in_a_real_browser(
         assert client.contacts.CheckSuppression(check).suppressed
         report = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
         assert report.totals.unsubscribed == 1
+
+
+def secret_file(directory: pathlib.Path, name: str, value: str) -> str:
+    """A secret in a file, as the config names it."""
+    path = directory / name
+    path.write_text(value + "\n", encoding="utf-8")
+    return f'{{ file = "{path}" }}'
+
+
+def reload(daemon: DaemonProcess, config: str) -> None:
+    """Write a new config, SIGHUP, and wait until the daemon says it reloaded."""
+    before = sum(1 for e in daemon.log_events() if e.get("event") == "reloaded")
+    daemon.write_config(config)
+    daemon.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while sum(1 for e in daemon.log_events() if e.get("event") == "reloaded") == before:
+        assert time.monotonic() < deadline, daemon.log_text()
+        time.sleep(0.05)
+
+
+def test_a_reload_rotates_the_secret_and_the_previous_one_still_verifies(
+    daemon_factory: DaemonFactory, smtp: Callable[..., Server], tmp_path: pathlib.Path
+) -> None:
+    """After a reload with a new unsubscribe_secret, new links work at once; links signed with
+    previous_unsubscribe_secret work too, and stop working once it is removed."""
+    server = smtp()
+    old, new = (
+        secret_file(tmp_path, "old", "the-old-secret-0123456"),
+        secret_file(tmp_path, "new", "the-new-secret-654321"),
+    )
+    http = '[http]\naddress = "127.0.0.1:0"\n'
+
+    def config(types: str) -> str:
+        return FAST + http + f"[channel_types.email]\n{types}" + email_transport("a", server.port)
+
+    daemon = daemon_factory(config(f"unsubscribe_secret = {old}\n"), env=ENV).start()
+    import_people(daemon, readers(1))
+
+    def campaign() -> EmailMessage:
+        send_to_readers(daemon, html=HTML, track=True)
+        return server.inbox.parsed()[-1]
+
+    before = campaign()
+    reload(daemon, config(f"unsubscribe_secret = {new}\nprevious_unsubscribe_secret = {old}\n"))
+    after = campaign()
+    for message in (before, after):
+        pixel, (one, _two, _mailto) = links(message)
+        assert fetch(pixel)[0] == 200
+        assert fetch(one)[0] == 302
+        assert fetch(unsubscribe_link(message))[0] == 200
+    reload(daemon, config(f"unsubscribe_secret = {new}\n"))
+    assert fetch(links(before)[0])[0] == 404
+    assert fetch(unsubscribe_link(before))[0] == 404
+    assert fetch(links(after)[0])[0] == 200
+
+
+def test_head_oversized_bodies_unquoted_links_and_a_path_prefix(
+    daemon_factory: DaemonFactory, smtp: Callable[..., Server]
+) -> None:
+    """HEAD answers like GET and counts nothing; a body over max_body_bytes is 413 (by its length
+    or chunked) and unsubscribes nobody; an unquoted href is tracked; behind a public_url with a
+    path the confirmation form posts to that path."""
+    server = smtp()
+    port = free_port()
+    public = "https://mail.example.org/campaignd"
+    http = f'[http]\naddress = "127.0.0.1:{port}"\npublic_url = "{public}"\nmax_body_bytes = 1024\n'
+    config = FAST + http + LISTENER.split("\n", 2)[2] + email_transport("a", server.port)
+    daemon = daemon_factory(config, env=ENV).start()
+    import_people(daemon, readers(1))
+    html = "<html><body><a href=https://example.org/three?x=1>three</a></body></html>"
+    campaign = send_to_readers(daemon, html=html, track=True)
+    [message] = server.inbox.parsed()
+    body = message.get_body(preferencelist=("html",))
+    assert body is not None
+    [click] = [unescape(u) for u in re.findall(r'href="([^"]+)"', body.get_content())]
+    [pixel] = re.findall(r'<img src="([^"]+)"', body.get_content())
+    unsubscribe = unsubscribe_link(message)
+    assert click.startswith(f"{public}/email/click/")
+    assert unsubscribe.startswith(f"{public}/email/")
+
+    def direct(url: str) -> str:
+        return url.replace(public, f"http://127.0.0.1:{port}")
+
+    def head(url: str) -> int:
+        request = urllib.request.Request(direct(url), method="HEAD")  # noqa: S310 - the daemon's URL
+        try:
+            with urllib.request.build_opener(NoRedirect).open(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert [head(pixel), head(click), head(unsubscribe)] == [200, 302, 200]
+    [action] = re.findall(r'<form method="post" action="([^"]+)"', fetch(direct(unsubscribe))[2].decode())
+    assert urllib.parse.urljoin(unsubscribe, unescape(action)) == unsubscribe
+
+    too_big = b"List-Unsubscribe=One-Click&" + b"x" * 2000
+    assert fetch(direct(unsubscribe), too_big)[0] == 413
+
+    def chunks() -> Iterator[bytes]:
+        yield b"List-Unsubscribe=One-Click&"
+        for _ in range(10):
+            yield b"x" * 500
+
+    url = urllib.parse.urlsplit(direct(unsubscribe))
+    connection = http_client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    connection.request("POST", url.path, body=chunks(), encode_chunked=True)
+    assert connection.getresponse().status == 413
+    connection.close()
+
+    with daemon.channel() as channel:
+        client = Client(channel)
+        totals = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name)).totals
+        assert (totals.opens, totals.clicks, totals.unsubscribed) == (0, 0, 0)
+    status, headers, _ = fetch(direct(click))
+    assert (status, headers["Location"]) == (302, "https://example.org/three?x=1")
+    assert fetch(direct(unsubscribe), b"List-Unsubscribe=One-Click")[0] == 200
+    with daemon.channel() as channel:
+        report = Client(channel).stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name))
+        assert (report.totals.clicks, report.totals.unsubscribed) == (1, 1)
+
+
+def test_a_test_send_s_links_work_and_record_nothing(
+    daemon_factory: DaemonFactory, smtp: Callable[..., Server]
+) -> None:
+    """A tracked test send's pixel, links and unsubscribe link answer (negative message ids) but
+    count nothing and unsubscribe nobody."""
+    server = smtp()
+    daemon = daemon_factory(FAST + LISTENER + email_transport("a", server.port), env=ENV).start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = client.create(email_channel({"a": 100}, html=HTML, track=True))
+        request = svc.SendTestMessageRequest(
+            name=campaign.name, channel_id="mail", addresses=["ann@example.org"]
+        )
+        client.stub.SendTestMessage(request)
+    [message] = server.inbox.parsed()
+    pixel, (one, _two, _mailto) = links(message)
+    unsubscribe = unsubscribe_link(message)
+    assert "/-" in unsubscribe
+    assert fetch(pixel)[0] == 200
+    status, headers, _ = fetch(one)
+    assert (status, headers["Location"]) == (302, ONE)
+    assert fetch(unsubscribe)[0] == 200
+    status, _, body = fetch(unsubscribe, b"List-Unsubscribe=One-Click")
+    assert (status, b"test message" in body) == (200, True)
+    with daemon.channel() as channel:
+        client = Client(channel)
+        totals = client.stub.GetCampaignReport(svc.GetCampaignReportRequest(name=campaign.name)).totals
+        assert (totals.opens, totals.clicks, totals.unsubscribed) == (0, 0, 0)
+        check = cs.CheckSuppressionRequest(address="ann@example.org", channel_type="email")
+        assert not client.contacts.CheckSuppression(check).suppressed

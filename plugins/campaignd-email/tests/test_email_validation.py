@@ -29,10 +29,10 @@ def validate(content: dict[str, Any], *, launching: bool = True, **options: Any)
     return {p.field: p.description for p in problems}
 
 
-def type_options(**options: Any) -> dict[str, str]:
+def type_options(http_listener: bool = True, **options: Any) -> dict[str, str]:
     """Problems with [channel_types.email] by key."""
     problems = campaignd_email.campaignd_validate_options(
-        channel_type="email", options=options, transport=None
+        channel_type="email", options=options, transport=None, http_listener=http_listener
     )
     return {p.field: p.description for p in problems}
 
@@ -40,7 +40,10 @@ def type_options(**options: Any) -> dict[str, str]:
 def transport_options(**options: Any) -> dict[str, str]:
     """Problems with an email transport's options by key."""
     problems = campaignd_email.campaignd_validate_options(
-        channel_type="email", options={"host": "smtp.example.com"} | options, transport="relay"
+        channel_type="email",
+        options={"host": "smtp.example.com"} | options,
+        transport="relay",
+        http_listener=False,
     )
     return {p.field: p.description for p in problems}
 
@@ -53,7 +56,8 @@ def test_the_channel_type() -> None:
     assert declared.version == campaignd_email.__version__
     assert [f.name for f in declared.fields if f.required] == ["subject", "from_address"]
     assert declared.field("subject") is not None
-    assert {f.name for f in declared.options if f.secret} == {"unsubscribe_secret"}
+    secrets = {f.name for f in declared.options if f.secret}
+    assert secrets == {"unsubscribe_secret", "previous_unsubscribe_secret"}
     assert {f.name for f in declared.transport_options if f.secret} == {"password"}
     assert [f.name for f in declared.transport_options if f.required] == ["host"]
 
@@ -76,7 +80,12 @@ def test_other_types_are_not_checked() -> None:
         campaignd_email.campaignd_validate_channel(channel_type="sms", content={}, launching=True, options={})
         == []
     )
-    assert campaignd_email.campaignd_validate_options(channel_type="sms", options={}, transport=None) == []
+    assert (
+        campaignd_email.campaignd_validate_options(
+            channel_type="sms", options={}, transport=None, http_listener=False
+        )
+        == []
+    )
 
 
 def test_template_syntax_errors_name_the_field_and_line() -> None:
@@ -146,6 +155,21 @@ def test_the_content_s_unsubscribe_url_is_checked() -> None:
         ({"unsubscribe_url": "https://example.com/u>\r\nBcc: x"}, "unsubscribe_url", "without spaces"),
         ({"unsubscribe_secret": "short"}, "unsubscribe_secret", "at least 16"),
         ({"message_id_domain": "not a domain"}, "message_id_domain", "not a domain"),
+        (
+            {"unsubscribe_secret": SECRET, "previous_unsubscribe_secret": "short"},
+            "previous_unsubscribe_secret",
+            "at least 16",
+        ),
+        ({"previous_unsubscribe_secret": SECRET}, "previous_unsubscribe_secret", "needs unsubscribe_secret"),
+        ({"unsubscribe_secret": SECRET, "bounce_listen": "127.0.0.1:99999"}, "bounce_listen", "1 to 65535"),
+        ({"unsubscribe_secret": SECRET, "bounce_listen": "127.0.0.1:0"}, "bounce_listen", "1 to 65535"),
+        ({"unsubscribe_secret": SECRET, "bounce_listen": "127.0.0.1"}, "bounce_listen", "host:port"),
+        ({"unsubscribe_secret": SECRET, "bounce_listen": "a b:25"}, "bounce_listen", "host:port"),
+        (
+            {"http_listener": False, "unsubscribe_secret": SECRET, "bounce_listen": "127.0.0.1:2525"},
+            "bounce_listen",
+            "needs the daemon's HTTP listener: set [http] address",
+        ),
     ],
 )
 def test_bad_type_options(options: dict[str, Any], field: str, expected: str) -> None:
@@ -159,6 +183,11 @@ def test_good_type_options() -> None:
         == {}
     )
     assert type_options(unsubscribe_url="http://localhost:8080/u/{message}") == {}
+    rotated: dict[str, Any] = {
+        "unsubscribe_secret": SECRET,
+        "previous_unsubscribe_secret": "an older secret, 16+",
+    }
+    assert type_options(**rotated, bounce_listen="[::1]:2525") == {}
     assert type_options(unsubscribe_url="http://127.0.0.1/u/{{literal}}/{message}") == {}
 
 

@@ -17,6 +17,7 @@ from campaignd.api.answers import CampaignAnswers
 from campaignd.api.auth import current_principal
 from campaignd.api.convert import Violations, campaign_id_from_name
 from campaignd.api.errors import streaming, unary
+from campaignd.audience.contacts import ContactFieldError, normalise_email, normalise_phone
 from campaignd.campaigns import Caller, CampaignManager, Previews, Reports, Target
 from campaignd.config import Settings
 from campaignd.engine.events import EventRecorder
@@ -421,9 +422,9 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
             v.add("events", "required")
         elif len(request.events) > MAX_EVENTS:
             v.add("events", f"more than {MAX_EVENTS} events")
-        events = [_message_event(v, f"events[{i}]", e) for i, e in enumerate(request.events[:MAX_EVENTS])]
+        events = [message_event(v, f"events[{i}]", e) for i, e in enumerate(request.events[:MAX_EVENTS])]
         v.raise_if_any()
-        results = await self.recorder.record_messages([e for e in events if e is not None])
+        results = await self.recorder.record_messages([_as_stored(e) for e in events if e is not None])
         return svc.RecordEventsResponse(
             results=[
                 svc.MessageEventResult(
@@ -436,8 +437,27 @@ class CampaignService(svc_grpc.CampaignServiceServicer):
         )
 
 
+def _as_stored(event: MessageEvent) -> MessageEvent:
+    """The event with its recipient's address as contacts keep it (lower case, a Unicode domain,
+    E.164), so that an address written as it was sent (an IDN domain in ASCII, another case)
+    finds its message; an address that does not parse is looked up as given."""
+    if event.recipient is None:
+        return event
+    campaign_id, channel_id, address = event.recipient
+    try:
+        if "@" in address:
+            address = normalise_email(address)
+        elif address.startswith("+"):
+            address = normalise_phone(address, "")
+    except ContactFieldError:
+        return event
+    return dataclasses.replace(event, recipient=(campaign_id, channel_id, address))
+
+
 MAX_REASON = 1000
 MAX_EVENTS = 1000
+# The longest CLICKED url, in characters: the email channel's click redirects take as long.
+MAX_URL = 2000
 MESSAGE_NAME = re.compile(
     r"campaigns/([a-z][a-z0-9-]{0,62})/channels/([a-z][a-z0-9-]{0,62})/messages/([0-9]{1,18})"
 )
@@ -451,8 +471,9 @@ EVENT_KINDS = {
 }
 
 
-def _message_event(v: Violations, path: str, event: svc.MessageEvent) -> MessageEvent | None:
-    """The event as the recorder takes it, or None with its problems added to `v`."""
+def message_event(v: Violations, path: str, event: svc.MessageEvent) -> MessageEvent | None:
+    """The event as the recorder takes it, or None with its problems added to `v` (also what
+    `campaignctl events record` checks each line with before sending any)."""
     before = len(v.found)
     v.text(f"{path}.event_id", event.event_id, max_length=200, required=True)
     kind = EVENT_KINDS.get(event.kind)
@@ -486,8 +507,11 @@ def _message_event(v: Violations, path: str, event: svc.MessageEvent) -> Message
     else:
         v.add(f"{path}.target", "required: message, provider_message_id or recipient")
     if kind is EventKind.CLICKED:
-        if not re.fullmatch(r"https?://[^\s]{1,1990}", event.url):
-            v.add(f"{path}.url", "required for CLICKED: an absolute http(s) URL of at most 2000 characters")
+        if not re.fullmatch(r"https?://\S+", event.url) or len(event.url) > MAX_URL:
+            v.add(
+                f"{path}.url",
+                f"required for CLICKED: an absolute http(s) URL of at most {MAX_URL} characters",
+            )
     elif event.url:
         v.add(f"{path}.url", "only for CLICKED")
     if event.soft and kind is not EventKind.BOUNCED:

@@ -208,6 +208,11 @@ class EventRecorder:
                     results.append((REFUSED, "message not found"))
                     continue
                 kind = "soft_bounced" if event.kind is EventKind.BOUNCED and event.soft else event.kind.value
+                if _too_early(target.state, kind):
+                    # Not stored, so that the source's retry applies it once the send is recorded;
+                    # stored now, it could not move the message, and the retry would be a duplicate.
+                    results.append((REFUSED, "message not sent yet"))
+                    continue
                 applied = event_store.record(
                     conn, event.event_id, target, kind, now, url=event.url, detail=event.detail
                 )
@@ -271,6 +276,14 @@ def _find(
     if event.recipient is not None:
         return event_store.by_address(conn, *event.recipient)
     return None
+
+
+def _too_early(state: str, kind: str) -> bool:
+    """Whether an event comes before its message's send: it is QUEUED or RETRYING, or SENDING
+    and the event is a receipt (which moves a message only from SENT). An open, a click or an
+    unsubscribe while SENDING is the recipient's: the message reached them before its batch's
+    result was written."""
+    return state in ("queued", "retrying") or (state == "sending" and kind in message_store.EVENT_MOVES)
 
 
 def _suppression(event: InboundEvent, channel_type: str, now: dt.datetime) -> dict[str, object]:

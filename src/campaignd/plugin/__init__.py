@@ -21,7 +21,7 @@ PROJECT = "campaignd"
 ENTRY_POINT_GROUP = "campaignd.channels"
 # The version of the hook contract. A plugin that needs a newer one sets a module attribute
 # `CAMPAIGND_HOOK_API = N`, and an older daemon refuses to load it rather than call it wrongly.
-HOOK_API_VERSION = 5
+HOOK_API_VERSION = 6
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -55,15 +55,17 @@ def campaignd_channel_semantics(channel_type: str) -> ChannelSemantics | None:
 
 @hookspec
 def campaignd_validate_options(
-    channel_type: str, options: Options, transport: str | None
+    channel_type: str, options: Options, transport: str | None, http_listener: bool
 ) -> list[FieldViolation]:
     """Return every problem with options from the config, or an empty list.
 
     Called at start, by `campaignd check-config` and on reload, once for the type's own options
     (`transport` None: the `[channel_types.<type>]` table) and once per transport of the type
-    (`transport` its name: the `[transports.<name>.options]` table). The daemon has already
-    checked the declared fields and read the secrets. Paths are relative to the table, e.g.
-    `port`. A problem stops the start, or makes a reload keep the old config.
+    (`transport` its name: the `[transports.<name>.options]` table). `http_listener` says
+    whether the config turns the daemon's HTTP listener on (`[http] address`), for options that
+    need it. The daemon has already checked the declared fields and read the secrets. Paths are
+    relative to the table, e.g. `port`. A problem stops the start, or makes a reload keep the
+    old config.
     """
     raise NotImplementedError
 

@@ -156,6 +156,7 @@ class Plugins:
         """Check the plugin parts of `settings` against the loaded plugins; every problem at once."""
         problems: list[Problem] = []
         options: dict[str, Options] = {}
+        listener = bool(settings.http.address)
         for name in sorted(set(settings.channel_types) - set(self.types)):
             problems.append(
                 Problem(f"channel_types.{name}", f"no loaded plugin declares channel type {name!r}")
@@ -163,7 +164,7 @@ class Plugins:
         for name, declared in self.types.items():
             raw = settings.channel_types.get(name, {})
             options[name] = self._options(
-                declared, declared.options, raw, f"channel_types.{name}", None, problems
+                declared, declared.options, raw, f"channel_types.{name}", None, problems, listener
             )
         transports: dict[str, Transport] = {}
         for name, transport in settings.transports.items():
@@ -186,6 +187,7 @@ class Plugins:
                 f"{path}.options",
                 name,
                 problems,
+                listener,
             )
             transports[name] = Transport(
                 name, transport.type, transport.rate, transport.concurrency, resolved
@@ -202,6 +204,7 @@ class Plugins:
         path: str,
         transport: str | None,
         problems: list[Problem],
+        listener: bool,
     ) -> Options:
         found = len(problems)
         values: dict[str, Any] = {}
@@ -221,7 +224,7 @@ class Plugins:
             return values
         try:
             answers = self.manager.hook.campaignd_validate_options(
-                channel_type=declared.name, options=values, transport=transport
+                channel_type=declared.name, options=values, transport=transport, http_listener=listener
             )
         except Exception as exc:
             problems.append(Problem(path, f"the {declared.name} plugin failed checking it: {exc}"))

@@ -590,10 +590,13 @@ class ChannelPluginContract:
                     channel_type=FOREIGN_TYPE, content={"unknown": 1}, launching=True, options={}
                 ),
                 "campaignd_validate_options": hook.campaignd_validate_options(
-                    channel_type=FOREIGN_TYPE, options={"unknown": 1}, transport=None
+                    channel_type=FOREIGN_TYPE, options={"unknown": 1}, transport=None, http_listener=False
                 )
                 + hook.campaignd_validate_options(
-                    channel_type=FOREIGN_TYPE, options={"unknown": 1}, transport="elsewhere"
+                    channel_type=FOREIGN_TYPE,
+                    options={"unknown": 1},
+                    transport="elsewhere",
+                    http_listener=False,
                 ),
             }
             for name, found in lists.items():
@@ -616,7 +619,10 @@ class ChannelPluginContract:
         tables += [(name, t.options) for name, t in config.transports.items()]
         for transport, options in tables:
             found = hook.campaignd_validate_options(
-                channel_type=target.channel_type, options=options, transport=transport
+                channel_type=target.channel_type,
+                options=options,
+                transport=transport,
+                http_listener=False,
             )
             assert all(isinstance(a, list) and a == [] for a in found), (transport, found)
 

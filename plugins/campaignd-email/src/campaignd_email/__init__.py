@@ -36,9 +36,9 @@ except importlib.metadata.PackageNotFoundError:
     __version__ = "0"
 
 TYPE = settings.TYPE
-# Renders through the daemon's renderer and names each message to admit() (API 3), and mounts
-# routes on its HTTP listener (API 4).
-CAMPAIGND_HOOK_API = 4
+# Renders through the daemon's renderer and names each message to admit() (API 3), mounts
+# routes on its HTTP listener (API 4), and is told whether that listener is on (API 6).
+CAMPAIGND_HOOK_API = 6
 
 
 @hookimpl
@@ -67,13 +67,13 @@ def campaignd_channel_semantics(channel_type: str) -> ChannelSemantics | None:
 
 @hookimpl
 def campaignd_validate_options(
-    channel_type: str, options: Options, transport: str | None
+    channel_type: str, options: Options, transport: str | None, http_listener: bool
 ) -> list[FieldViolation]:
     """Check [channel_types.email] (`transport` None) or one email transport's options."""
     if channel_type != TYPE:
         return []
     if transport is None:
-        return settings.check_type_options(options)
+        return settings.check_type_options(options, http_listener=http_listener)
     return settings.check_transport_options(options)
 
 

@@ -11,8 +11,9 @@ import asyncio
 import email
 import email.policy
 import hashlib
-import logging
+import os
 import re
+import socket
 from collections import Counter
 from email.message import Message
 from email.parser import HeaderParser
@@ -20,22 +21,23 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from campaignd import logs
 from campaignd.plugin import EventKind, MessageEvent, MessageEventSink
 from campaignd_email import web
 
-log = logging.getLogger("campaignd_email.bounces")
+log = logs.get("campaignd_email.bounces")
 VERP = re.compile(r"^bounces\+m([0-9]{1,18})-([0-9a-f]{16})@", re.IGNORECASE)
 MAX_SIZE = 1024 * 1024
 
 
-def parse(data: bytes, recipients: list[str], secret: str) -> list[MessageEvent] | None:
+def parse(data: bytes, recipients: list[str], keys: tuple[str, ...]) -> list[MessageEvent] | None:
     """The events a report says, [] for a report that needs nothing (e.g. `delivered`), or None
     when the mail is no report this receiver understands."""
     message = email.message_from_bytes(data, policy=email.policy.default)
     if message.get_content_type() != "multipart/report":
         return None
     kind = str(message.get_param("report-type", "")).lower()
-    target = _verp(recipients, secret)
+    target = _verp(recipients, keys)
     provider_id = "" if target is not None else _original_id(message)
     if target is None and not provider_id:
         return None
@@ -60,10 +62,10 @@ def parse(data: bytes, recipients: list[str], secret: str) -> list[MessageEvent]
     return None
 
 
-def _verp(recipients: list[str], secret: str) -> tuple[str, str, int] | None:
+def _verp(recipients: list[str], keys: tuple[str, ...]) -> tuple[str, str, int] | None:
     for recipient in recipients:
         found = VERP.match(recipient)
-        if found and web.verp_token(secret, int(found[1])) == found[2].lower():
+        if found and any(web.verp_token(key, int(found[1])) == found[2].lower() for key in keys):
             return ("", "", int(found[1]))
     return None
 
@@ -120,27 +122,29 @@ def _delivery_status(message: Message) -> tuple[str, str, str] | None:
 class Receiver:
     """The aiosmtpd handler: applies each report it receives."""
 
-    def __init__(self, secret: str, events: MessageEventSink) -> None:
-        self.secret = secret
+    def __init__(self, address: str, keys: tuple[str, ...], events: MessageEventSink) -> None:
+        self.address = address
+        # The secrets VERP tokens are checked with; a reload replaces them.
+        self.keys = keys
         self.events = events
         self.counts: Counter[str] = Counter()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd
         data = bytes(envelope.content or b"")
         try:
-            found = parse(data, [str(r) for r in envelope.rcpt_tos], self.secret)
+            found = parse(data, [str(r) for r in envelope.rcpt_tos], self.keys)
         except Exception:  # any malformed mail: counted and logged, never a crash
             log.warning("bounce receiver: mail not parsed", exc_info=True)
             found = None
         if found is None:
             self.counts["unparsed"] += 1
             log.warning(
-                "bounce receiver: not a report about a sent message (%d so far), %d bytes from %s to %s: %r",
-                self.counts["unparsed"],
-                len(data),
-                envelope.mail_from,
-                ",".join(envelope.rcpt_tos),
-                data[:200],
+                "bounce receiver: not a report about a sent message",
+                so_far=self.counts["unparsed"],
+                size=len(data),
+                mail_from=str(envelope.mail_from),
+                rcpt_to=[str(r) for r in envelope.rcpt_tos],
+                start=repr(data[:200]),
             )
             return "250 2.0.0 accepted"
         if found:
@@ -156,28 +160,55 @@ class Receiver:
         return "250 2.0.0 accepted"
 
 
-RECEIVERS: list[tuple[Receiver, asyncio.AbstractServer | None]] = []
+# The receiver of this process, once started; `serve` is called again at every reload.
+RUNNING: dict[str, Receiver] = {}
+SERVERS: list[asyncio.AbstractServer] = []
+_CALLED: list[str] = []
+_TASKS: set[asyncio.Task[None]] = set()
 
 
-def start(address: str, secret: str, events: MessageEventSink) -> Receiver:
-    """Start the receiver on the running loop, listening on `address` (host:port)."""
+def serve(address: str, keys: tuple[str, ...], events: MessageEventSink) -> None:
+    """Start the receiver on `address` (host:port; "" for none) the first time; called again at a
+    reload, give the running receiver the reloaded secrets. A changed address needs a restart.
+    OSError with the address when it cannot be bound."""
+    first = not _CALLED
+    _CALLED.append(address)
+    running = RUNNING.get("receiver")
+    if running is not None:
+        running.keys = keys
+        if address != running.address:
+            log.warning(
+                "bounce_listen changes take effect only after a restart",
+                listening=running.address,
+                configured=address or None,
+            )
+        return
+    if not address:
+        return
+    if not first:
+        log.warning("bounce_listen changes take effect only after a restart", configured=address)
+        return
     host, _, port = address.rpartition(":")
-    receiver = Receiver(secret, events)
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        # Bound here, before the daemon reports ready, so that a port in use stops the start.
+        sock = socket.create_server((host, int(port)), family=family)
+    except OSError as exc:
+        cause = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(f"bounce receiver cannot listen on {address}: {cause}") from None
+    sock.setblocking(False)
+    receiver = Receiver(address, keys, events)
+    RUNNING["receiver"] = receiver
     loop = asyncio.get_running_loop()
 
-    async def serve() -> None:
+    async def start() -> None:
         server = await loop.create_server(
-            lambda: SMTP(receiver, data_size_limit=MAX_SIZE, hostname="campaignd-bounces"),
-            host.strip("[]") or "127.0.0.1",
-            int(port),
+            lambda: SMTP(receiver, data_size_limit=MAX_SIZE, hostname="campaignd-bounces"), sock=sock
         )
-        RECEIVERS.append((receiver, server))
-        bound = server.sockets[0].getsockname()[1] if server.sockets else port
-        log.info("bounce receiver listening on port %s", bound)
+        SERVERS.append(server)
+        log.info("bounce receiver listening", port=sock.getsockname()[1])
 
-    def failed(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("bounce receiver not started: %s", task.exception())
-
-    loop.create_task(serve()).add_done_callback(failed)
-    return receiver
+    task = loop.create_task(start())
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)

@@ -39,6 +39,11 @@ TYPE_OPTIONS = (
         description="unsubscribe URL template: {campaign} {channel} {message} {address} {token}",
     ),
     ContentField("unsubscribe_secret", secret=True, description="HMAC key of the {token} placeholder"),
+    ContentField(
+        "previous_unsubscribe_secret",
+        secret=True,
+        description="the secret before a rotation: the daemon's links signed with it still work",
+    ),
     ContentField("message_id_domain", max_length=253, description="the domain of Message-IDs"),
     ContentField(
         "bounce_domain",
@@ -71,7 +76,7 @@ TRANSPORT_OPTIONS = (
     ),
 )
 
-_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}")
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):([0-9]{1,5})")
 PLACEHOLDERS = frozenset({"campaign", "channel", "message", "address", "token"})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MIN_SECRET_LENGTH = 16
@@ -190,14 +195,16 @@ def check_url_template(field: str, value: object, *, have_secret: bool) -> list[
     return problems
 
 
-def check_type_options(options: Options) -> list[FieldViolation]:
-    """Problems with the [channel_types.email] table."""
+def check_type_options(options: Options, *, http_listener: bool) -> list[FieldViolation]:
+    """Problems with the [channel_types.email] table; `http_listener`: whether [http] is on."""
     problems = []
     secret = options.get("unsubscribe_secret")
-    if secret is not None and len(str(secret)) < MIN_SECRET_LENGTH:
-        problems.append(
-            FieldViolation("unsubscribe_secret", f"must be at least {MIN_SECRET_LENGTH} characters long")
-        )
+    for key in ("unsubscribe_secret", "previous_unsubscribe_secret"):
+        value = options.get(key)
+        if value is not None and len(str(value)) < MIN_SECRET_LENGTH:
+            problems.append(FieldViolation(key, f"must be at least {MIN_SECRET_LENGTH} characters long"))
+    if options.get("previous_unsubscribe_secret") is not None and not secret:
+        problems.append(FieldViolation("previous_unsubscribe_secret", "needs unsubscribe_secret"))
     problems += check_url_template(
         "unsubscribe_url", options.get("unsubscribe_url"), have_secret=bool(secret)
     )
@@ -210,10 +217,20 @@ def check_type_options(options: Options) -> list[FieldViolation]:
     if bounce_domain and not secret:
         problems.append(FieldViolation("bounce_domain", "needs unsubscribe_secret to sign the VERP senders"))
     listen = options.get("bounce_listen")
-    if listen and not _LISTEN.fullmatch(str(listen)):
-        problems.append(FieldViolation("bounce_listen", "must be host:port, e.g. 127.0.0.1:2525"))
+    found = _LISTEN.fullmatch(str(listen)) if listen else None
+    if listen and (found is None or not 1 <= int(found[2]) <= 65535):
+        problems.append(
+            FieldViolation(
+                "bounce_listen", "must be host:port with a port from 1 to 65535, e.g. 127.0.0.1:2525"
+            )
+        )
     if listen and not secret:
         problems.append(FieldViolation("bounce_listen", "needs unsubscribe_secret"))
+    if listen and not http_listener:
+        # The receiver starts with the listener's routes: without [http] it would never start.
+        problems.append(
+            FieldViolation("bounce_listen", "needs the daemon's HTTP listener: set [http] address")
+        )
     return problems
 
 

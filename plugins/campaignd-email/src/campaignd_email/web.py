@@ -1,6 +1,8 @@
 """The email channel's routes on the daemon's HTTP listener: RFC 8058 one-click unsubscribe (and
 a confirmation page for a GET), the open pixel, and click redirects. Every link is signed with
-the type's `unsubscribe_secret`; a redirect only goes to a URL that was in the message."""
+the type's `unsubscribe_secret` (and verified with `previous_unsubscribe_secret` too); a redirect
+only goes to a URL that was in the message. Links of a test send (a negative message id) work
+but record nothing."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from campaignd.plugin import EventKind, HttpRoute, MessageEvent, MessageEventSin
 LISTENER: dict[str, str] = {}
 TOKEN_LENGTH = 32
 _ID = r"[a-z][a-z0-9-]{0,62}"
-_HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+# A quoted href value, or an unquoted one, which ends at a space or > (as browsers read it).
+_HREF = re.compile(r"""(\bhref\s*=\s*)(?:(["'])(.*?)\2|([^\s"'<>`]+))""", re.IGNORECASE | re.DOTALL)
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 # The smallest transparent GIF.
 PIXEL = bytes.fromhex(
@@ -34,8 +37,14 @@ def sign(secret: str, *parts: object) -> str:
     return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()[:TOKEN_LENGTH]
 
 
-def _good(secret: str, token: str, *parts: object) -> bool:
-    return hmac.compare_digest(sign(secret, *parts).encode(), token.encode())
+def secrets(options: Options) -> tuple[str, ...]:
+    """The secrets a token may be signed with: `unsubscribe_secret`, then the previous one."""
+    found = (options.get("unsubscribe_secret"), options.get("previous_unsubscribe_secret"))
+    return tuple(str(s) for s in found if s)
+
+
+def _good(keys: tuple[str, ...], token: str, *parts: object) -> bool:
+    return any(hmac.compare_digest(sign(key, *parts).encode(), token.encode()) for key in keys)
 
 
 def unsubscribe_link(base: str, secret: str, campaign: str, channel: str, message: int) -> str:
@@ -61,12 +70,13 @@ def track(
     at its end; `mailto:` and other links, and the unsubscribe link, are left alone."""
 
     def rewrite(found: re.Match[str]) -> str:
-        url = html.unescape(found[3]).strip()
+        url = html.unescape(found[3] if found[2] else found[4]).strip()
         if not re.match(r"https?://", url, re.IGNORECASE) or url == unsubscribe or len(url) > MAX_URL:
             return found[0]
         token = sign(secret, "click", campaign, channel, message, url)
         link = f"{base}/click/{campaign}/{channel}/{message}/{token}?u={quote(url, safe='')}"
-        return f"{found[1]}{found[2]}{html.escape(link)}{found[2]}"
+        quote_mark = found[2] or '"'
+        return f"{found[1]}{quote_mark}{html.escape(link)}{quote_mark}"
 
     body = _HREF.sub(rewrite, body)
     token = sign(secret, "open", campaign, channel, message)
@@ -78,30 +88,37 @@ def track(
 
 
 def routes(options: Options, base: str, events: MessageEventSink) -> list[HttpRoute]:
-    """The routes, or none when the type has no `unsubscribe_secret` to sign links with."""
-    secret = str(options.get("unsubscribe_secret") or "")
-    if not secret:
+    """The routes, or none when the type has no `unsubscribe_secret` to sign links with. Called
+    again at a reload: the new routes verify with the reloaded secrets."""
+    keys = secrets(options)
+    if not keys:
         return []
     LISTENER["base_url"] = base
-    if options.get("bounce_listen"):
-        from campaignd_email import bounces
+    from campaignd_email import bounces
 
-        bounces.start(str(options["bounce_listen"]), secret, events)
-    target = f"{{campaign:{_ID}}}/{{channel:{_ID}}}/{{message:[0-9]{{1,18}}}}"
+    bounces.serve(str(options.get("bounce_listen") or ""), keys, events)
+    # A test send's messages have negative ids: its links work but record nothing.
+    target = f"{{campaign:{_ID}}}/{{channel:{_ID}}}/{{message:-?[0-9]{{1,18}}}}"
 
     def message_of(request: web.Request, *extra: str) -> tuple[str, str, int] | None:
         info = request.match_info
         campaign, channel, message = info["campaign"], info["channel"], int(info["message"])
-        if not _good(secret, info["token"], *(extra[:1]), campaign, channel, message, *(extra[1:])):
+        if not _good(keys, info["token"], *(extra[:1]), campaign, channel, message, *(extra[1:])):
             return None
         return campaign, channel, message
+
+    def counts(request: web.Request, message: int) -> bool:
+        # HEAD (a link checker, a preview) and a test send's links are answered but not counted.
+        return request.method != "HEAD" and message >= 0
 
     async def confirm(request: web.Request) -> web.Response:
         if message_of(request, "unsubscribe") is None:
             return _page("Link not valid", "<p>This unsubscribe link is not valid.</p>", status=404)
+        # Relative to the page's own URL, so that it posts back through a proxy's path prefix.
+        action = html.escape(request.match_info["token"])
         form = (
             "<p>Do you want to stop receiving these messages?</p>"
-            f'<form method="post" action="{html.escape(request.path)}">'
+            f'<form method="post" action="{action}">'
             '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
             '<button type="submit" id="unsubscribe">Unsubscribe</button></form>'
         )
@@ -111,6 +128,10 @@ def routes(options: Options, base: str, events: MessageEventSink) -> list[HttpRo
         found = message_of(request, "unsubscribe")
         if found is None:
             return _page("Link not valid", "<p>This unsubscribe link is not valid.</p>", status=404)
+        if found[2] < 0:
+            return _page(
+                "Unsubscribed", '<p id="done">This was a test message: no address was unsubscribed.</p>'
+            )
         event_id = "email-unsubscribe:{}:{}:{}".format(*found)
         [(status, _)] = await events.record_messages(
             [MessageEvent(event_id, EventKind.UNSUBSCRIBED, message=found)]
@@ -125,9 +146,10 @@ def routes(options: Options, base: str, events: MessageEventSink) -> list[HttpRo
         found = message_of(request, "open")
         if found is None:
             raise web.HTTPNotFound()
-        await events.record_messages(
-            [MessageEvent(f"email-open:{uuid.uuid4()}", EventKind.OPENED, message=found)]
-        )
+        if counts(request, found[2]):
+            await events.record_messages(
+                [MessageEvent(f"email-open:{uuid.uuid4()}", EventKind.OPENED, message=found)]
+            )
         return web.Response(body=PIXEL, content_type="image/gif", headers={"Cache-Control": "no-store"})
 
     async def clicked(request: web.Request) -> web.Response:
@@ -137,8 +159,9 @@ def routes(options: Options, base: str, events: MessageEventSink) -> list[HttpRo
         found = message_of(request, "click", url)
         if found is None:
             raise web.HTTPNotFound()
-        event = MessageEvent(f"email-click:{uuid.uuid4()}", EventKind.CLICKED, message=found, url=url)
-        await events.record_messages([event])
+        if counts(request, found[2]):
+            event = MessageEvent(f"email-click:{uuid.uuid4()}", EventKind.CLICKED, message=found, url=url)
+            await events.record_messages([event])
         raise web.HTTPFound(url, headers={"Cache-Control": "no-store"})
 
     return [
