@@ -11,6 +11,37 @@ import pathlib
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from types import FrameType
+
+# Exit status after a second SIGTERM cut the graceful shutdown short (128 + SIGTERM).
+EXIT_INTERRUPTED = 128 + signal.SIGTERM
+
+
+class StartingSignals:
+    """SIGTERM and SIGINT that come while `serve` starts, before its event loop handles them: the
+    first is noted, for the start to stop at its next step, and a second exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.caught = False
+
+    def catch(self) -> None:
+        """Note SIGTERM and SIGINT from now on."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._noted)
+        self.caught = True
+
+    def _noted(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.requested:
+            os._exit(EXIT_INTERRUPTED)
+        self.requested = True
+
+
+STARTING = StartingSignals()
+if (__name__ == "__main__" or pathlib.Path(sys.argv[0]).name == "campaignd") and sys.argv[1:2] == ["serve"]:
+    # The imports below take a second or more; a SIGTERM meanwhile would otherwise end the
+    # process silently with 143, the status of a stop cut short.
+    STARTING.catch()
 
 import sqlalchemy as sa
 from alembic.util import CommandError
@@ -28,8 +59,6 @@ from campaignd.wiring import Components
 
 log = logs.get("campaignd.daemon")
 
-# Exit status after a second SIGTERM cut the graceful shutdown short (128 + SIGTERM).
-EXIT_INTERRUPTED = 128 + signal.SIGTERM
 # Allocations between the garbage collector's young passes once serving (Python's default: 700).
 YOUNG_COLLECTION = 20_000
 
@@ -47,14 +76,21 @@ class Daemon:
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit status."""
+        if _stopped_starting():
+            return 0
         # Every config problem, the plugins' options included, stops the start before the
         # state directory or the database is touched.
         plugins = load_plugins(self.settings)
+        if _stopped_starting():
+            return 0
         with exclusive(self.settings):
             return await self._serve(plugins)
 
     async def _serve(self, plugins: Plugins) -> int:
         database = open_database(self.settings, migrate_schema=self.settings.daemon.migrate_on_start)
+        if _stopped_starting():
+            database.close()
+            return 0
         api = ApiServer(self.settings, self.authenticator)
         components = Components(api, database, lambda: self.settings, plugins)
         try:
@@ -104,7 +140,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(components, http)))
-        await api.set_serving(True)
+        if STARTING.requested:
+            # A signal came while the listeners started: they close again, without serving.
+            self._on_terminate()
+        else:
+            await api.set_serving(True)
 
         health_updates: set[asyncio.Future[None]] = set()
 
@@ -126,19 +166,23 @@ class Daemon:
         # 40,000-message SMS benchmark fell from about 0.5 s to 0.15 s, with no full pass once
         # serving (the two left come before, during the start).
         gc.set_threshold(YOUNG_COLLECTION, 10, 100)
-        log.info(
-            "serving",
-            metrics_port=metrics_port,
-            socket=str(self.settings.socket_path),
-            tcp_port=api.tcp_port,
-            database=database.dialect,
-            version=__version__,
-        )
-        self.notifier.ready(f"serving on {self.settings.socket_path}")
-        watchdog = asyncio.ensure_future(self._watchdog(api))
         engine = components.engine
-        engine_task = asyncio.ensure_future(engine.run()) if engine is not None else None
-        rates_task = asyncio.ensure_future(components.rates.run())
+        watchdog: asyncio.Future[None] | None = None
+        engine_task: asyncio.Future[None] | None = None
+        rates_task: asyncio.Future[None] | None = None
+        if not self._stopping:
+            log.info(
+                "serving",
+                metrics_port=metrics_port,
+                socket=str(self.settings.socket_path),
+                tcp_port=api.tcp_port,
+                database=database.dialect,
+                version=__version__,
+            )
+            self.notifier.ready(f"serving on {self.settings.socket_path}")
+            watchdog = asyncio.ensure_future(self._watchdog(api))
+            engine_task = asyncio.ensure_future(engine.run()) if engine is not None else None
+            rates_task = asyncio.ensure_future(components.rates.run())
         await self._stop.wait()
 
         self.notifier.stopping()
@@ -150,13 +194,15 @@ class Daemon:
         await asyncio.gather(api.stop(grace), engine.stop(grace) if engine is not None else asyncio.sleep(0))
         if engine_task is not None:
             engine_task.cancel()
-        rates_task.cancel()
+        if rates_task is not None:
+            rates_task.cancel()
         if http is not None:
             await http.stop()
         await components.transports.close()
         await components.node.stop()
         await asyncio.get_running_loop().run_in_executor(None, components.renderer.close)
-        watchdog.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
         await asyncio.get_running_loop().run_in_executor(None, database.close)
         self.notifier.close()
         log.info("stopped")
@@ -232,6 +278,16 @@ class StartupError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+def _stopped_starting() -> bool:
+    """Whether a signal came while the daemon started (before it serves): then what the start
+    made so far is undone, and it exits 0 as a graceful stop does."""
+    if not STARTING.requested:
+        return False
+    log.info("stopping", grace_seconds=0.0, starting=True)
+    log.info("stopped")
+    return True
 
 
 def load_plugins(settings: Settings) -> Plugins:
@@ -368,6 +424,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `campaignd` command."""
     args = _parser().parse_args(argv)
+    if args.command == "serve" and not STARTING.caught:
+        # Called as a function rather than run as the program: signals are noted from here.
+        STARTING.catch()
     try:
         if args.command == "check-config":
             # Its output is the verdict alone (scripts read it); warnings still show.

@@ -115,6 +115,28 @@ def test_second_sigterm_exits_at_once(daemon_factory: DaemonFactory) -> None:
     assert time.monotonic() - started < 3
 
 
+def test_sigterm_while_starting_stops_cleanly_with_status_zero(daemon_factory: DaemonFactory) -> None:
+    """A SIGTERM at any moment of the start (while Python loads the daemon, opens the database,
+    binds the socket) logs "stopping" and "stopped" and exits 0, leaving nothing behind: no
+    socket, and a daemon started next on the same state starts and serves."""
+    daemon = daemon_factory()
+    starting = 0
+    for delay in (0.2, 1.0, 2.0, 2.5, 2.8, 3.1, 3.4):
+        daemon.log_path.unlink(missing_ok=True)
+        daemon.start(wait=False)
+        time.sleep(delay)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(15) == 0, daemon.log_text()
+        events = [e["event"] for e in daemon.log_events()]
+        assert "stopping" in events, events
+        assert events[-1] == "stopped", events
+        starting += "serving" not in events
+        assert not daemon.socket_path.exists()
+    assert starting, "every signal came after the daemon served"
+    daemon.start()
+    assert daemon.stop() == 0
+
+
 def test_sighup_changes_the_log_level(daemon_factory: DaemonFactory) -> None:
     """After SIGHUP with log.level = "debug" in the file, calls are logged at debug level."""
     daemon = daemon_factory('[log]\nlevel = "info"\nformat = "json"\n').start()
