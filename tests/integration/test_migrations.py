@@ -210,3 +210,42 @@ def test_the_cluster_migration_upgrades_and_downgrades(database_url: str) -> Non
         assert cluster_tables <= set(sa.inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_the_address_index_keeps_the_messages_and_leaves_queued_ones_out(database_url: str) -> None:
+    """0016 keeps every message and moves its address uniqueness to a unique index of the
+    messages out of QUEUED: two sent messages to one address of a channel are refused, a QUEUED
+    one is not in the index. Downgraded, the constraint covers every message again."""
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    now = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+    row = {"campaign_id": "c", "channel_id": "mail", "attempts": 0, "create_time": now, "update_time": now}
+    try:
+        migrate.upgrade(engine, "0015")
+        with engine.begin() as conn:
+            conn.execute(
+                messages.insert(),
+                [
+                    {**row, "address": "a@example.org", "state": "sent"},
+                    {**row, "address": "b@example.org", "state": "queued"},
+                ],
+            )
+        migrate.upgrade(engine)
+        with engine.begin() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar_one() == 2
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(messages.insert(), {**row, "address": "a@example.org", "state": "failed"})
+        indexes = {i["name"]: i for i in sa.inspect(engine).get_indexes("messages")}
+        assert indexes["uq_messages_campaign_id_channel_id_address"]["unique"]
+        with engine.begin() as conn:  # not in the index while QUEUED (a launch writes none twice)
+            extra = conn.execute(
+                messages.insert().returning(messages.c.id),
+                {**row, "address": "b@example.org", "state": "queued"},
+            ).scalar_one()
+            conn.execute(messages.delete().where(messages.c.id == extra))
+        migrate.downgrade(engine, "0015")
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(messages.insert(), {**row, "address": "b@example.org", "state": "queued"})
+        with engine.begin() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar_one() == 2
+    finally:
+        engine.dispose()

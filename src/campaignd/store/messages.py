@@ -1083,6 +1083,8 @@ def opt_out_latest(
         .where(
             messages.c.address == address,
             moving(OPTED_OUT_FROM, "opted_out"),
+            # As the address index's condition is written (schema.py), for SQLite to use it.
+            messages.c.state != "queued",
             sa.tuple_(messages.c.campaign_id, messages.c.channel_id).in_(of_type),
             messages.c.campaign_id.in_(live),
         )

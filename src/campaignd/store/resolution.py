@@ -240,9 +240,9 @@ def resolve(
         sa.literal(now, messages.c.create_time.type),
         sa.literal(now, messages.c.update_time.type),
     )
-    # Rows go in in address order, so that the unique (campaign, channel, address) index grows at
-    # one end instead of at a random place per row, which at a million rows no longer fits the
-    # page cache. Message ids, and so the order of sending, follow the address.
+    # Rows go in in address order: message ids, and so the order of sending, follow the address,
+    # the same on both databases. Grouped by address, they need no unique index to stay one per
+    # address (the messages' address index holds only those that have left QUEUED).
     rows: sa.Select[Any]
     if address == "email":
         # Email addresses are unique among contacts: every sendable contact is its own recipient.
