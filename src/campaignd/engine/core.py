@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import math
 import os
 import secrets
 import socket
@@ -68,6 +69,8 @@ ZONES_FOR = 5.0
 ZONES_SPACING = 50
 # The longest wait between two passes that count SENT messages as ASSUMED_DELIVERED.
 ASSUME_EVERY = 30.0
+# A lease under a rate limit takes about this many seconds of the rate (at most batch_size).
+BATCH_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -752,7 +755,7 @@ class Engine:
                     campaign_id=campaign_id,
                     channel_id=channel_id,
                     owner=self.owner,
-                    limit=config.batch_size,
+                    limit=self._batch_limit(gate, targets, config),
                     now=now,
                     expiry=expiry,
                     zones=zones,
@@ -789,6 +792,33 @@ class Engine:
                 return
             if await self._guard(key, record):
                 return
+
+    def _batch_limit(
+        self, gate: ChannelGate, targets: list[tuple[Transport, int]] | None, config: EngineSettings
+    ) -> int:
+        """How many messages a lease takes: `batch_size`, or under a rate limit the lane's part of
+        BATCH_SECONDS of the rate, if less. A batch's results are written when the whole batch is
+        sent, so under a low rate a full batch would hold progress still for batch_size / rate
+        seconds (SPEC §4.6: progress moves at least every second). Never fewer than the lane's
+        part of the transports' concurrency: sends that last (calls) need that many at once."""
+        rates = [gate.limiter.rate] if gate.limiter is not None else []
+        concurrency = 0
+        for transport, percent in targets or ():
+            if percent <= 0:
+                continue
+            share = self.transports.share(transport)
+            concurrency += share.concurrency
+            if share.rate > 0:
+                # The batch is split by percent: transport i takes p_i of it at its rate r_i, so
+                # a second's worth of the batch is the least r_i / p_i.
+                rates.append(share.rate * sum(p for _, p in targets or ()) / percent)
+        if not rates:
+            return config.batch_size
+        # The lanes share the rate: each takes its part of the second, so that all of them finish
+        # within it rather than together after batches_in_flight seconds.
+        lanes = max(1, config.batches_in_flight)
+        wanted = max(math.ceil(min(rates) * BATCH_SECONDS / lanes), math.ceil(concurrency / lanes), 1)
+        return min(config.batch_size, wanted)
 
     async def _transports_ready(
         self,

@@ -1,0 +1,40 @@
+"""Progress under a low rate limit, through the real daemon: results are written per batch, so a
+lease takes about a second of the rate, and the sent count moves at least every second or so
+(SPEC §4.6) instead of once per batch_size / rate seconds."""
+
+from __future__ import annotations
+
+import time
+
+from campaignd.v1 import resources_pb2 as pb
+from tests.integration.campaign_client import Client
+from tests.integration.conftest import TEST_CHANNELS, DaemonFactory
+from tests.integration.sending import double_campaign, people
+
+# The default batch_size (200) and batches_in_flight (4): a batch of 200 at 20/s is 10 s.
+ENGINE = "[engine]\ntick_interval = 0.05\n"
+
+
+def test_sent_count_moves_every_second_under_a_low_rate(daemon_factory: DaemonFactory) -> None:
+    """120 recipients at 20 messages/s: the report's sent count is read every 0.1 s and never
+    stays still for more than 2 s between the first send and the last (whole batches of 200
+    would have shown nothing for 6 s, then everything)."""
+    daemon = daemon_factory(TEST_CHANNELS + ENGINE).start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = double_campaign(client, people(client, "slow", 120), rate=20)
+        client.launch(campaign.name)
+        changes: list[float] = []
+        last = 0
+        deadline = time.monotonic() + 30
+        while last < 120 and time.monotonic() < deadline:
+            sent = client.report(campaign.name).totals.sent
+            if sent != last:
+                changes.append(time.monotonic())
+                last = sent
+            time.sleep(0.1)
+        assert last == 120, f"only {last} of 120 sent in 30 s"
+        gaps = [b - a for a, b in zip(changes, changes[1:], strict=False)]
+        assert len(changes) >= 4, changes
+        assert max(gaps) < 2.0, gaps
+        assert client.channel_state(campaign.name) in (pb.Channel.RUNNING, pb.Channel.COMPLETED)
