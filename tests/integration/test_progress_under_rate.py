@@ -5,12 +5,13 @@ lease takes about a second of the rate, and the sent count moves at least every 
 from __future__ import annotations
 
 import itertools
+import pathlib
 import time
 
 from campaignd.v1 import resources_pb2 as pb
-from tests.integration.campaign_client import Client
+from tests.integration.campaign_client import Client, wait_until
 from tests.integration.conftest import TEST_CHANNELS, DaemonFactory
-from tests.integration.sending import double_campaign, people
+from tests.integration.sending import double_campaign, people, sink_log
 
 # The default batch_size (200) and batches_in_flight (4): a batch of 200 at 20/s is 10 s.
 ENGINE = "[engine]\ntick_interval = 0.05\n"
@@ -39,3 +40,22 @@ def test_sent_count_moves_every_second_under_a_low_rate(daemon_factory: DaemonFa
         assert len(changes) >= 4, changes
         assert max(gaps) < 2.0, gaps
         assert client.channel_state(campaign.name) in (pb.Channel.RUNNING, pb.Channel.COMPLETED)
+
+
+def test_a_rate_below_the_batches_in_flight_sends_at_that_rate(
+    daemon_factory: DaemonFactory, tmp_path: pathlib.Path
+) -> None:
+    """rate_limit = 2 with four batches in flight: 12 sends take about 6 s, never more than 2
+    in any one-second window. (Four lanes each holding a unit of a rate of 2 used to wait for
+    one another for good: nothing was sent, and the channel failed after sending_timeout.)"""
+    sink = tmp_path / "sink"
+    daemon = daemon_factory(TEST_CHANNELS + ENGINE).start()
+    with daemon.channel() as channel:
+        client = Client(channel)
+        campaign = double_campaign(client, people(client, "two", 12), rate=2, sink=str(sink))
+        client.launch(campaign.name)
+        wait_until(lambda: client.channel_state(campaign.name) == pb.Channel.COMPLETED, 30, "the campaign")
+    times = sorted(t for t, _ in sink_log(sink))
+    assert len(times) == 12
+    assert 4.5 < times[-1] - times[0] < 9.0, times
+    assert max(sum(1 for t in times if a <= t < a + 1.0) for a in times) <= 2, times

@@ -20,6 +20,8 @@ WINDOW = 1.0
 # How far ahead of its place in an evenly spaced stream a unit may go: a provider sees at most
 # this long's worth of sends (at the rate) at once, plus one.
 SPREAD = 0.1
+# How often a caller waiting for units that others hold looks again.
+HELD_POLL = 0.01
 
 
 class RateLimiter:
@@ -35,6 +37,9 @@ class RateLimiter:
         # When the next unit is due in an evenly spaced stream at the rate (units sent and held
         # have taken their places before it).
         self._due = 0.0
+        # The same for the units sent: held units taken together (after a start mark's write,
+        # say) still go one by one at the rate, not at once.
+        self._sent_due = 0.0
         self._lock = asyncio.Lock()
         self.rate = rate
 
@@ -60,8 +65,8 @@ class RateLimiter:
         """Seconds to wait before `weight` units may go; 0 when they may go now. `placed`: units
         held by `reserve`, which have their place in the stream already."""
         now = self.clock.monotonic()
-        spacing = 0.0 if placed else max(0.0, self._due - SPREAD - now)
-        return max(spacing, self._window_delay(weight, now))
+        due = self._sent_due if placed else max(self._due, self._sent_due)
+        return max(due - SPREAD - now, self._window_delay(weight, now), 0.0)
 
     def _window_delay(self, weight: float, now: float) -> float:
         self._forget(now)
@@ -69,7 +74,7 @@ class RateLimiter:
         if weight > capacity:
             # A unit heavier than the whole window (e.g. a 10-part SMS at 5/s) goes alone.
             if self._reserved:
-                return 0.01  # until the units held are sent or given up
+                return HELD_POLL  # until the units held are sent or given up
             return 0.0 if not self._log else self._log[-1][0] + self._horizon() - now
         excess = self._in_window + self._reserved + weight - capacity
         if excess <= 1e-9:
@@ -80,7 +85,9 @@ class RateLimiter:
             released += logged
             if released >= excess - 1e-9:
                 return max(0.0, time + self._horizon() - now)
-        return self._horizon()
+        # The rest is held: it must be sent (or given up) first, by a caller that does not wait
+        # behind this one.
+        return HELD_POLL
 
     def record(self, weight: float = 1.0, placed: bool = False) -> None:
         """Count `weight` units as sent now (`placed`: held by `reserve`, which placed them)."""
@@ -88,6 +95,7 @@ class RateLimiter:
         self._forget(now)
         self._log.append((now, weight))
         self._in_window += weight
+        self._sent_due = max(self._sent_due, now) + weight / self.rate
         if not placed:
             self._place(weight, now)
 
@@ -114,14 +122,22 @@ class RateLimiter:
 
     async def acquire(self, weight: float = 1.0, reserved: bool = False) -> None:
         """Wait until `weight` units may go (held already when `reserved`), then count them."""
-        async with self._lock:
-            if reserved:
-                # Sent now, in the place its reservation took.
+        if reserved:
+            # Not behind the lock: a reserve() waiting under it may wait for exactly these units
+            # to be sent. They keep their hold while they wait for their turn among the sends.
+            while True:
                 self._unhold(weight)
-            # The wait is for time to pass, not for another task, so a sleep is the right tool.
-            while (wait := self.delay(weight, placed=reserved)) > 0:  # noqa: ASYNC110
+                wait = self.delay(weight, placed=True)
+                if wait <= 0:
+                    self.record(weight, placed=True)
+                    return
+                self._reserved += weight
                 await asyncio.sleep(math.nextafter(wait, math.inf))
-            self.record(weight, placed=reserved)
+        async with self._lock:
+            # The wait is for time to pass, not for another task, so a sleep is the right tool.
+            while (wait := self.delay(weight)) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(math.nextafter(wait, math.inf))
+            self.record(weight)
 
 
 class RecentCount:

@@ -140,7 +140,8 @@ def test_acquire_waits_in_real_time() -> None:
 
 def test_reserved_units_hold_their_place_until_taken() -> None:
     """reserve() holds units without logging a send: at 20/s, twenty reservations fill the
-    window, a twenty-first waits, and the twenty acquire(reserved=True) go at once."""
+    window and a twenty-first waits. The twenty acquire(reserved=True), asked at once (as after
+    a start mark's write), go one by one at the rate, not in a burst."""
 
     async def run() -> None:
         limiter = RateLimiter(20)
@@ -151,9 +152,43 @@ def test_reserved_units_hold_their_place_until_taken() -> None:
             await asyncio.wait_for(limiter.reserve(), 0.2)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await asyncio.gather(*(limiter.acquire(reserved=True) for _ in range(20)))
-        assert loop.time() - started < 0.1
-        assert limiter.delay() > 0.5  # now as sends, in the window
+        sent: list[float] = []
+
+        async def send() -> None:
+            await limiter.acquire(reserved=True)
+            sent.append(loop.time() - started)
+
+        await asyncio.gather(*(send() for _ in range(20)))
+        # SPREAD's worth (2 at 20/s) and one more at once, then one per 50 ms.
+        assert 0.7 < sent[-1] < 1.2, sent
+        assert max(sum(1 for t in sent if a <= t < a + 0.1) for a in sent) <= 4, sent
+        assert limiter.delay() > 0  # now as sends, in the window
+
+    asyncio.run(run())
+
+
+def test_more_callers_than_the_rate_all_get_through() -> None:
+    """At 2/s, four callers that each reserve, then acquire what they reserved (the engine's
+    batches in flight), send 12 units in about 6 s. A reserve() waiting for units another
+    caller holds must not keep that caller from sending them (it did: none was ever sent)."""
+
+    async def run() -> None:
+        limiter = RateLimiter(2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sent: list[float] = []
+
+        async def caller() -> None:
+            for _ in range(3):
+                await limiter.reserve()
+                await asyncio.sleep(0.01)  # the start mark's write
+                await limiter.acquire(reserved=True)
+                sent.append(loop.time() - started)
+
+        await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(4))), 10)
+        assert len(sent) == 12
+        assert 4.5 < sent[-1] < 7.0, sent
+        assert all(sum(1 for t in sent if a <= t < a + 1.0) <= 2 for a in sent), sent
 
     asyncio.run(run())
 
