@@ -160,6 +160,30 @@ def test_progress_line_shows_state_counts_rate_and_eta() -> None:
     assert bar.count("\n") == 1
 
 
+def test_progress_line_says_when_a_closed_window_reopens() -> None:
+    """The report gives window_reopens_time per channel: the watch line names the earliest when
+    every RUNNING channel waits for its window, and nothing while one of them can send."""
+    closed = res.ChannelReport(channel_id="a", state=res.Channel.RUNNING)
+    closed.progress.window_reopens_time.FromDatetime(dt.datetime(2025, 5, 2, 8, 0, tzinfo=dt.UTC))
+    later = res.ChannelReport(channel_id="b", state=res.Channel.RUNNING)
+    later.progress.window_reopens_time.FromDatetime(dt.datetime(2025, 5, 2, 9, 0, tzinfo=dt.UTC))
+    sending = res.ChannelReport(channel_id="c", state=res.Channel.RUNNING)
+    done = res.ChannelReport(channel_id="d", state=res.Channel.COMPLETED)
+
+    def line(*channels: res.ChannelReport) -> str:
+        update = api.WatchCampaignResponse(
+            campaign=res.Campaign(state=res.Campaign.RUNNING),
+            report=res.CampaignReport(totals=res.Progress(total=10), channels=channels),
+        )
+        return render.progress_line(update)
+
+    first = dt.datetime(2025, 5, 2, 8, 0, tzinfo=dt.UTC).astimezone().strftime("%H:%M")
+    assert "window closed until" in line(later, closed, done)
+    assert first in line(later, closed, done).split("window closed until")[1]
+    assert "window closed" not in line(closed, sending)
+    assert "window closed" not in line(done)
+
+
 def test_tables_on_a_terminal_are_drawn_by_rich(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a terminal a table gets a ruled header and keeps every cell, brackets included, as text."""
     monkeypatch.setattr(render.OUTPUT, "terminal", True)

@@ -363,9 +363,20 @@ def progress_fields(update: api.WatchCampaignResponse) -> tuple[str, float, list
     ]
     if is_set(p.eta):
         fields.append(f"eta {duration((p.eta.ToDatetime(tzinfo=dt.UTC) - now).total_seconds())}")
-    if is_set(p.window_reopens_time):
-        fields.append(f"window closed until {local_time(p.window_reopens_time)}")
+    reopens = window_reopens(update.report)
+    if reopens is not None:
+        fields.append(f"window closed until {local_time(reopens)}")
     return state, p.percent_done, fields
+
+
+def window_reopens(report: res.CampaignReport) -> Timestamp | None:
+    """When a closed send window reopens, if every RUNNING channel waits for one (the report
+    gives it per channel): the earliest of them; else None."""
+    running = [c for c in report.channels if c.state == res.Channel.RUNNING]
+    closed = [c.progress.window_reopens_time for c in running if is_set(c.progress.window_reopens_time)]
+    if not running or len(closed) < len(running):
+        return None
+    return min(closed, key=lambda t: (t.seconds, t.nanos))
 
 
 def progress_line(update: api.WatchCampaignResponse) -> str:
