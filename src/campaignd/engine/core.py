@@ -803,6 +803,7 @@ class Engine:
         part of the transports' concurrency: sends that last (calls) need that many at once."""
         rates = [gate.limiter.rate] if gate.limiter is not None else []
         concurrency = 0
+        total = sum(percent for _, percent in targets or ())
         for transport, percent in targets or ():
             if percent <= 0:
                 continue
@@ -811,7 +812,7 @@ class Engine:
             if share.rate > 0:
                 # The batch is split by percent: transport i takes p_i of it at its rate r_i, so
                 # a second's worth of the batch is the least r_i / p_i.
-                rates.append(share.rate * sum(p for _, p in targets or ()) / percent)
+                rates.append(share.rate * total / percent)
         if not rates:
             return config.batch_size
         # The lanes share the rate: each takes its part of the second, so that all of them finish
