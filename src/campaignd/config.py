@@ -134,6 +134,8 @@ class GrpcSettings(_Section):
     tcp_address: str = ""
     tls: TlsSettings | None = None
     max_message_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    # Serve the listeners from a process of their own, apart from the sending (api/front.py).
+    front_process: bool = True
 
     @model_validator(mode="after")
     def _tcp_needs_tls(self) -> GrpcSettings:

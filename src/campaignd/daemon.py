@@ -48,6 +48,7 @@ from alembic.util import CommandError
 
 from campaignd import __version__, logs, loops, metrics
 from campaignd.api.auth import Authenticator
+from campaignd.api.front_process import FrontError, FrontProcess, private_socket
 from campaignd.api.server import ApiServer, SocketInUseError
 from campaignd.config import ConfigError, Problem, Settings, load
 from campaignd.http import HttpListener, MountError
@@ -91,7 +92,10 @@ class Daemon:
         if _stopped_starting():
             database.close()
             return 0
-        api = ApiServer(self.settings, self.authenticator)
+        front = FrontProcess(self.settings, self.config_path) if self.settings.grpc.front_process else None
+        api = ApiServer(
+            self.settings, self.authenticator, private_socket(self.settings) if front is not None else None
+        )
         components = Components(api, database, lambda: self.settings, plugins)
         try:
             # A cluster member joins before it answers: a Pause must reach it from the start.
@@ -115,17 +119,24 @@ class Daemon:
         except OSError as exc:
             problem = _os_problem(f"the runtime directory {self.settings.socket_path.parent}", exc)
             raise await abandon(problem, EXIT_CONFIG) from None
+        if front is not None:
+            try:
+                await front.start()
+            except FrontError as exc:
+                await api.stop(0)
+                raise await abandon(*_front_problem(self.settings, exc)) from None
+        tcp_port = front.tcp_port if front is not None else api.tcp_port
         http = None
         if self.settings.http.address:
             http = HttpListener(self.settings.http, plugins, components.recorder)
             try:
                 await http.start()
             except OSError as exc:
-                await api.stop(0)
+                await _stop_api(front, api)
                 raise await abandon(f"cannot listen on [http] address: {exc}", EXIT_TRANSIENT) from None
             except MountError as exc:
                 await http.stop()
-                await api.stop(0)
+                await _stop_api(front, api)
                 raise await abandon(f"cannot start the http routes: {exc}", EXIT_TRANSIENT) from None
         metrics_port = None
         if self.settings.metrics.address:
@@ -134,12 +145,14 @@ class Daemon:
             except OSError as exc:
                 if http is not None:
                     await http.stop()
-                await api.stop(0)
+                await _stop_api(front, api)
                 raise await abandon(f"cannot listen on [metrics] address: {exc}", EXIT_TRANSIENT) from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
         loop.add_signal_handler(signal.SIGINT, self._on_terminate)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(components, http)))
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(components, http, front))
+        )
         if STARTING.requested:
             # A signal came while the listeners started: they close again, without serving.
             self._on_terminate()
@@ -175,7 +188,7 @@ class Daemon:
                 "serving",
                 metrics_port=metrics_port,
                 socket=str(self.settings.socket_path),
-                tcp_port=api.tcp_port,
+                tcp_port=tcp_port,
                 database=database.dialect,
                 version=__version__,
             )
@@ -191,7 +204,9 @@ class Daemon:
         await loops.call_on(api.loop, components.close)
         grace = self.settings.daemon.shutdown_timeout
         # No new calls and no new leases; sends in flight finish and are recorded within the bound.
-        await asyncio.gather(api.stop(grace), engine.stop(grace) if engine is not None else asyncio.sleep(0))
+        await asyncio.gather(
+            _stop_api(front, api, grace), engine.stop(grace) if engine is not None else asyncio.sleep(0)
+        )
         if engine_task is not None:
             engine_task.cancel()
         if rates_task is not None:
@@ -215,7 +230,9 @@ class Daemon:
         self._stopping = True
         self._stop.set()
 
-    async def _reload(self, components: Components, http: HttpListener | None) -> None:
+    async def _reload(
+        self, components: Components, http: HttpListener | None, front: FrontProcess | None
+    ) -> None:
         self.notifier.reloading()
         try:
             new = load(self.config_path)
@@ -225,6 +242,8 @@ class Daemon:
                     # The plugins' routes take the reloaded options (a rotated secret, say).
                     http.reconfigure()
             self.authenticator.set_tokens(new.auth.tokens)
+            if front is not None:
+                front.reload()
         except ConfigError as exc:
             log.error("reload failed; keeping the running settings", problems=[str(p) for p in exc.problems])
             self.notifier.ready("reload failed; see the log")
@@ -252,6 +271,24 @@ class Daemon:
             if await api.alive(interval / 2):
                 self.notifier.watchdog()
             await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+
+
+async def _stop_api(front: FrontProcess | None, api: ApiServer, grace: float = 0.0) -> None:
+    """The front first (its calls under way go on through the daemon's socket), then the API."""
+    if front is not None:
+        await front.stop(grace)
+    await api.stop(grace)
+
+
+def _front_problem(settings: Settings, exc: FrontError) -> tuple[str, int]:
+    """The start's error for a front that could not listen, as the daemon's own listeners say it."""
+    if exc.kind == "in-use":
+        return exc.message, EXIT_TRANSIENT
+    if exc.kind == "cannot-listen":
+        return f"cannot listen: {exc.message}", EXIT_TRANSIENT
+    if exc.kind == "os-error":
+        return f"cannot use the runtime directory {settings.socket_path.parent}: {exc.message}", EXIT_CONFIG
+    return exc.message, EXIT_TRANSIENT
 
 
 RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics", "templates", "http", "cluster")

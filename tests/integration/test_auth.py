@@ -481,6 +481,35 @@ def test_viewer_lists_campaigns_made_over_the_socket(tls_daemon: TlsDaemon, pki:
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_the_history_names_the_token_that_made_a_change(tls_daemon: TlsDaemon, pki: Pki) -> None:
+    """A change made over TCP is recorded with the token's name, one made over the socket as local."""
+    with tls_channel(tls_daemon.port, pki) as channel:
+        stub = svc_grpc.CampaignServiceStub(channel)
+        created = stub.CreateCampaign(
+            svc.CreateCampaignRequest(
+                campaign_id="made-by-deployer",
+                campaign=draft_campaign(),
+            ),
+            metadata=bearer(tls_daemon.tokens.operator),
+            timeout=CALL_TIMEOUT,
+        )
+    local = create_over_socket(tls_daemon.daemon, "made-locally")
+    with tls_channel(tls_daemon.port, pki) as channel:
+        stub = svc_grpc.CampaignServiceStub(channel)
+        actors = {
+            name: {
+                event.actor
+                for event in stub.ListCampaignHistory(
+                    svc.ListCampaignHistoryRequest(parent=name),
+                    metadata=bearer(tls_daemon.tokens.viewer),
+                    timeout=CALL_TIMEOUT,
+                ).events
+            }
+            for name in (created.name, local.name)
+        }
+    assert actors == {created.name: {"deployer"}, local.name: {"local"}}
+
+
 @pytest.mark.parametrize(
     "header",
     [

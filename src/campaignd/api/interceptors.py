@@ -30,8 +30,12 @@ class CallInterceptor:
     rather than as a grpc.aio interceptor, which runs a coroutine and builds a new handler for
     every call."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(
+        self, authenticator: Authenticator, observe: Callable[[str, str, float], None] | None = None
+    ) -> None:
         self.authenticator = authenticator
+        # Each call's method, status code and seconds; by default into this process's metrics.
+        self.observe = observe
 
     def generic(self, handler: GenericHandler) -> GenericHandler:
         """A generic handler whose method handlers are wrapped."""
@@ -76,7 +80,7 @@ class _GenericHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
 
 class _Metadata:
-    """A call's metadata, read only when a TCP caller's token is looked for."""
+    """A call's metadata, read only when the authenticator looks into it."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -96,6 +100,9 @@ class _Call:
         code = context.code()
         name = code.name if isinstance(code, grpc.StatusCode) else "OK"
         seconds = time.perf_counter() - started
+        if self.interceptor.observe is not None:
+            self.interceptor.observe(self.method, name, seconds)
+            return
         observer = self._observers.get(name)
         if observer is None:
             observer = self._observers[name] = metrics.RPC_SECONDS.labels(self.method, name)

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from campaignd import logs, loops
+from campaignd import logs, loops, metrics
 from campaignd.api.auth import Authenticator
 from campaignd.api.interceptors import CallInterceptor
 from campaignd.config import Settings
@@ -48,8 +48,13 @@ class ApiServer:
     main loop's sending does not hold up calls; its methods may be awaited from the main loop.
     """
 
-    def __init__(self, settings: Settings, authenticator: Authenticator) -> None:
+    def __init__(
+        self, settings: Settings, authenticator: Authenticator, private: pathlib.Path | None = None
+    ) -> None:
         self.settings = settings
+        # Behind a front process (api/front.py), which serves the configured listeners: only a
+        # socket of the daemon's own user, which the front forwards calls to.
+        self.private = private
         self._interceptor = CallInterceptor(authenticator)
         self._services: list[tuple[Callable[[Any, Any], None], Any, str]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -118,11 +123,7 @@ class ApiServer:
             loop.close()
 
     async def _start(self) -> None:
-        options = [
-            ("grpc.max_receive_message_length", self.settings.grpc.max_message_bytes),
-            ("grpc.max_send_message_length", self.settings.grpc.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
+        options = [*server_options(self.settings), ("grpc.so_reuseport", 0)]
         # grpc.aio binds a server to the event loop it is made on.
         server = self._server = aio.server(options=options)
         registrar = _Registrar(server, self._interceptor)
@@ -134,21 +135,27 @@ class ApiServer:
             reflection_aio.ReflectionServicer([*self.services, reflection.SERVICE_NAME]), registrar
         )
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
-        path = self.settings.socket_path
-        _prepare_socket_path(path)
-        mode = int(self.settings.grpc.socket_mode, 8)
-        # Bind under a umask that already gives the final mode, so the socket is never more open.
-        old_umask = os.umask(0o777 & ~mode)
-        try:
-            server.add_insecure_port(f"unix:{path}")
-            if self.settings.grpc.tcp_address:
-                self.tcp_port = server.add_secure_port(
-                    self.settings.grpc.tcp_address, _tls_credentials(self.settings)
+        if self.private is None:
+            self.tcp_port = await listen(server, self.settings)
+            return
+        service, _, method = metrics.FRONT_OBSERVED.lstrip("/").partition("/")
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    service, {method: grpc.unary_unary_rpc_method_handler(_observed)}
                 )
+            ]
+        )
+        # The front answers on the configured socket: none may serve there already.
+        _prepare_socket_path(self.settings.socket_path)
+        _prepare_socket_path(self.private)
+        old_umask = os.umask(0o077)
+        try:
+            server.add_insecure_port(f"unix:{self.private}")
             await server.start()
         finally:
             os.umask(old_umask)
-        os.chmod(path, mode)
+        os.chmod(self.private, 0o600)
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING for every service."""
@@ -175,7 +182,7 @@ class ApiServer:
         """Refuse new calls, give running ones `grace` seconds to finish, and end the thread."""
         if self._server is not None:
             await loops.run_on(self.loop, self._server.stop(grace))
-        self.settings.socket_path.unlink(missing_ok=True)
+        (self.private or self.settings.socket_path).unlink(missing_ok=True)
         await self._end_thread()
 
     async def _end_thread(self) -> None:
@@ -207,6 +214,41 @@ class _Registrar:
         # Typed without this method, which grpc.aio servers have (grpc >= 1.63).
         server: Any = self.server
         server.add_registered_method_handlers(service, wrapped)
+
+
+async def _observed(batch: bytes, _context: Any) -> bytes:
+    # The durations of the calls the front answered itself (metrics.FRONT_OBSERVED).
+    metrics.observe_rpcs(batch)
+    return b""
+
+
+async def listen(server: aio.Server, settings: Settings) -> int | None:
+    """Bind the configured listeners (the Unix socket, and TCP with TLS when configured) and start
+    `server`; the TCP port bound, if any. SocketInUseError, RuntimeError (grpc cannot bind the
+    TCP address), OSError (the runtime directory)."""
+    path = settings.socket_path
+    _prepare_socket_path(path)
+    mode = int(settings.grpc.socket_mode, 8)
+    tcp_port = None
+    # Bind under a umask that already gives the final mode, so the socket is never more open.
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        server.add_insecure_port(f"unix:{path}")
+        if settings.grpc.tcp_address:
+            tcp_port = server.add_secure_port(settings.grpc.tcp_address, _tls_credentials(settings))
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    return tcp_port
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """The options of a server, or a channel, that carries the API's messages."""
+    return [
+        ("grpc.max_receive_message_length", settings.grpc.max_message_bytes),
+        ("grpc.max_send_message_length", settings.grpc.max_message_bytes),
+    ]
 
 
 def _prepare_socket_path(path: pathlib.Path) -> None:

@@ -1,0 +1,152 @@
+"""The daemon's side of its front process (`api/front.py`): start it, wait until it listens,
+start it again if it dies, tell it to reload, stop it first when the daemon stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+from campaignd import logs
+from campaignd.config import Settings
+
+log = logs.get("campaignd.daemon")
+
+# How long a front may take to import and listen before the start is given up.
+START_TIMEOUT = 60.0
+# Seconds before a front that died is started again, doubling up to the last.
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# A front that served this long before it died starts again after the first delay.
+STEADY_SECONDS = 60.0
+
+
+class FrontError(Exception):
+    """The front could not listen: why, and whether the cause may pass (in use) or not."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def private_socket(settings: Settings) -> pathlib.Path:
+    """The daemon's own socket behind its front, beside the configured one."""
+    path = settings.socket_path
+    return path.with_name(f"{path.stem}-core{path.suffix or '.sock'}")
+
+
+class FrontProcess:
+    """One front process at a time, watched from the daemon's event loop."""
+
+    def __init__(self, settings: Settings, config_path: pathlib.Path | None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.tcp_port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start the front and return once it listens; FrontError when it cannot."""
+        await self._spawn()
+        self._watch = asyncio.ensure_future(self._restart_when_dead())
+
+    async def _spawn(self) -> None:
+        read_end, write_end = os.pipe()
+        command = [
+            sys.executable,
+            "-m",
+            "campaignd.api.front",
+            "--upstream",
+            str(private_socket(self.settings)),
+            "--ready-fd",
+            str(write_end),
+            "--parent",
+            str(os.getpid()),
+        ]
+        if self.config_path is not None:
+            command += ["--config", str(self.config_path)]
+        # The service manager hears from the daemon alone.
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
+        }
+        try:
+            # Forked from this (the main) thread, not a worker's: the front's death signal follows
+            # the thread that forked it, which lives as long as the daemon.
+            self._proc = subprocess.Popen(command, pass_fds=(write_end,), env=env)  # noqa: ASYNC220
+        finally:
+            os.close(write_end)
+        try:
+            line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_end), START_TIMEOUT)
+        except TimeoutError:
+            self._proc.kill()
+            raise FrontError(
+                "timeout", f"the API's front process did not listen within {START_TIMEOUT:.0f} s"
+            ) from None
+        finally:
+            os.close(read_end)
+        kind, _, detail = line.partition(" ")
+        if kind == "ok":
+            self.tcp_port = int(detail) or None
+            return
+        await asyncio.to_thread(self._proc.wait)
+        if not kind:
+            raise FrontError("exited", f"the API's front process exited with status {self._proc.returncode}")
+        raise FrontError(kind, detail)
+
+    async def _restart_when_dead(self) -> None:
+        attempt = 0
+        while True:
+            proc = self._proc
+            assert proc is not None
+            started = asyncio.get_running_loop().time()
+            status = await asyncio.to_thread(proc.wait)
+            if self._stopping:
+                return
+            if asyncio.get_running_loop().time() - started > STEADY_SECONDS:
+                attempt = 0
+            delay = RESTART_DELAYS[min(attempt, len(RESTART_DELAYS) - 1)]
+            log.error("the API's front process exited; starting it again", status=status, delay_seconds=delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+            try:
+                await self._spawn()
+            except FrontError as exc:
+                log.error("the API's front process cannot start", reason=exc.message)
+            else:
+                log.info("the API's front process serves again", pid=self._proc.pid if self._proc else None)
+
+    def reload(self) -> None:
+        """Have the front take the reloaded tokens, limits and log level."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
+
+    async def stop(self, grace: float) -> None:
+        """Stop the front: no new calls, `grace` seconds for those under way, then killed."""
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, grace + 5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, 5.0)
+
+
+def _read_line(fd: int) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
