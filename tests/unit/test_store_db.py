@@ -124,3 +124,35 @@ def test_an_sqlite_library_without_json_functions_is_refused(monkeypatch: pytest
         db.create_engine("sqlite:///unused.db")
     monkeypatch.undo()
     db.check_sqlite_library()  # this machine's library passes
+
+
+def test_row_here_on_sqlite_sees_each_commit_of_another_process(tmp_path: pathlib.Path) -> None:
+    """On SQLite, row_here reads outside any transaction: each read sees what another connection
+    (a daemon beside its front process) committed before it, and leaves no transaction open
+    that would pin an old snapshot or hold up a checkpoint."""
+    path = tmp_path / "rows.db"
+    database = Database(create_engine(f"sqlite:///{path}"))
+    table = sa.table("t", sa.column("id"), sa.column("n"))
+    statement = sa.select(table.c.n).where(table.c.id == sa.bindparam("id"))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        database.write_sync(lambda conn: conn.exec_driver_sql("CREATE TABLE t (id TEXT, n INTEGER)"))
+
+        async def reads() -> list[tuple[Any, ...] | None]:
+            seen = [await database.row_here(statement, id="a")]
+            for n in (1, 2):
+                other.execute("DELETE FROM t")
+                other.execute("INSERT INTO t VALUES ('a', ?)", (n,))
+                seen.append(await database.row_here(statement, id="a"))
+            return seen
+
+        assert asyncio.run(reads()) == [None, (1,), (2,)]
+        assert not database._kept[0].connection.driver_connection.in_transaction  # type: ignore[union-attr]
+        # A writer elsewhere is not held up by a reader here.
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("UPDATE t SET n = 3")
+        other.execute("COMMIT")
+        assert asyncio.run(database.row_here(statement, id="a")) == (3,)
+    finally:
+        other.close()
+        database.close()

@@ -393,6 +393,8 @@ class Database:
         On PostgreSQL, calls for the same row that wait for the connection share one read, which
         starts after every one of them was made: each still sees every write committed before
         it was called, and twenty callers cost a round trip or two instead of twenty in a row."""
+        if self.dialect == "sqlite":
+            return await self._row_here_sqlite(statement, params)
         if self.dialect != "postgresql":
             return await self.read_here(functools.partial(driver_row, statement=statement, **params))
         if self.fault is not None:
@@ -414,6 +416,29 @@ class Database:
             shared.add_done_callback(_retrieved)
             self._unstarted[key] = shared
         return await asyncio.shield(shared)
+
+    async def _row_here_sqlite(
+        self, statement: sa.Select[Any], params: dict[str, Any]
+    ) -> tuple[Any, ...] | None:
+        # One SELECT outside any transaction (the driver's connection is in autocommit) reads one
+        # snapshot all the same, and spares the BEGIN and COMMIT around it: a third of the read.
+        try:
+            conn = self._here_connection()
+            sql, values = _driver_sql(statement, self.engine.dialect, params)
+            try:
+                row = conn.connection.driver_connection.execute(sql, values).fetchone()  # type: ignore[union-attr]
+            except sqlite3.Error as exc:
+                raise sa.exc.DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
+        except sa.exc.OperationalError as exc:
+            if storage_fault(exc) != "database is locked":
+                self._noticed(exc)
+                raise
+        except Exception as exc:
+            self._noticed(exc)
+            raise
+        else:
+            return tuple(row) if row is not None else None
+        return await self.read(functools.partial(driver_row, statement=statement, **params))
 
     async def _row_on_loop(
         self, key: tuple[Any, ...], statement: sa.Select[Any], params: dict[str, Any], sql: str, values: Any
