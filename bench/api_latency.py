@@ -1,7 +1,8 @@
 """API latency benchmark: unary calls idle and while a campaign sends at full speed.
 
     .venv/bin/python bench/api_latency.py [--recipients N] [--seconds S] [--rounds R]
-                                          [--backend sqlite|postgresql] [--profile DIR [--gil]]
+                                          [--backend sqlite|postgresql] [--no-front]
+                                          [--profile DIR [--gil]]
 
 In one run:
 1. starts `smtp-sink` on a free loopback port and the real daemon (one email transport to the
@@ -11,7 +12,7 @@ In one run:
    answer for that campaign, so both send the same bytes), with no interceptor, no database and
    nothing else on its event loop;
 3. idle: the same client drives GetCampaign on the bare server and on the daemon, with 1 and
-   with 20 concurrent callers (`--seconds` each, after a second of warm-up), alternating between
+   with 20 concurrent callers (`--seconds` each, 3 by default, after a second of warm-up), alternating between
    the two servers so that both see the same load on the machine;
 4. sending: launches the campaign and, once it sends, repeats step 3 while it sends to the sink
    (the bare server runs throughout, so it shares the machine with the sending daemon too);
@@ -20,7 +21,10 @@ In one run:
 
 The client is a process of its own (`grpc.aio`, one channel, the callers as tasks), so its CPU
 is not in the measured process. It prints calls/s, p50 and p99 of each measurement, leading with
-the ratios daemon / bare server, and the CPU model and load average of the machine.
+the ratios daemon / bare server, and the CPU model and load average of the machine. A server's
+CPU is that of its process and of its children (the daemon's API front process, its workers).
+The daemon serves its API from its front process (`[grpc] front_process`, the default); with
+--no-front, from its own API thread.
 With --profile DIR, py-spy records the daemon during the measurements, idle and while it sends
 (with --gil, only the thread holding the GIL, by thread).
 """
@@ -165,11 +169,26 @@ def load_average() -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the process and of its children (a daemon's API front, its workers)."""
+    total = 0.0
+    for stat in [pathlib.Path(f"/proc/{pid}/stat"), *_children(pid)]:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid: int) -> list[pathlib.Path]:
+    found = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(stat)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def run_client(target: str, callers: int, seconds: float) -> dict[str, Any]:
@@ -455,6 +474,9 @@ def run(args: argparse.Namespace) -> int:
         workdir = pathlib.Path(tmp)
         daemon = Daemon(workdir, url)
         configure(daemon, url, port, 20)
+        if args.no_front:
+            with daemon.config_path.open("a", encoding="utf-8") as config:
+                config.write("[grpc]\nfront_process = false\n")
         daemon.start()
         node = None
         try:
@@ -533,7 +555,7 @@ def main() -> int:
     client.add_argument("--callers", type=int, required=True)
     client.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--recipients", type=int, default=100_000)
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement")
     parser.add_argument("--rounds", type=int, default=1, help="measurements per server, callers and phase")
     parser.add_argument("--phase", choices=["idle", "sending", "both"], default="both")
     parser.add_argument(
@@ -542,6 +564,11 @@ def main() -> int:
         help="also measure an API-only cluster member beside the sending one (PostgreSQL only)",
     )
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--no-front",
+        action="store_true",
+        help="the daemon serves its API from its own thread (`[grpc] front_process = false`)",
+    )
     parser.add_argument(
         "--pg-delay",
         type=float,
