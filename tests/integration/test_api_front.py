@@ -3,6 +3,7 @@ it does not answer, comes back when it dies, and never outlives the daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import signal
@@ -13,8 +14,10 @@ import urllib.request
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from grpc import aio
 
 from campaignd.v1 import campaign_service_pb2 as svc
+from campaignd.v1 import contact_service_pb2 as cs
 from campaignd.v1 import resources_pb2 as pb
 from tests.integration.campaign_client import Client, channel, expect_failure
 from tests.integration.conftest import TEST_CHANNELS, DaemonFactory, DaemonProcess
@@ -207,3 +210,27 @@ def test_the_daemons_metrics_count_the_calls_its_front_answered(daemon_factory: 
     time.sleep(1.5)
     assert rpc_count(port, create, "OK") == 1
     assert rpc_count(port, get, "OK") == 25
+
+
+def test_an_asyncio_client_gets_the_refusal_of_an_import_stream(served: DaemonProcess) -> None:
+    """A stream refused at its first or a later message answers INVALID_ARGUMENT every time, to
+    an asyncio client as through the front (whose own client is one): the refusal goes once the
+    stream was sent, not while the client still writes, which its gRPC library turned INTERNAL."""
+    bad_options = cs.ImportContactsRequest(
+        options=cs.ImportOptions(match_on=cs.ImportOptions.MatchOn.ValueType(7))
+    ).SerializeToString()
+    first = cs.ImportContactsRequest(options=cs.ImportOptions()).SerializeToString()
+
+    async def codes(stream: list[bytes]) -> set[grpc.StatusCode]:
+        seen = set()
+        async with aio.insecure_channel(served.address) as ch:
+            call = ch.stream_unary("/campaignd.v1.ContactService/ImportContacts", None, None)
+            for _ in range(60):
+                try:
+                    await call(iter(stream), timeout=15)
+                except aio.AioRpcError as exc:
+                    seen.add(exc.code())
+        return seen
+
+    assert asyncio.run(codes([bad_options, bad_options, bad_options])) == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert asyncio.run(codes([first, first, first, first])) == {grpc.StatusCode.INVALID_ARGUMENT}

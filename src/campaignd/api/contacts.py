@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 from collections.abc import AsyncIterator, Callable
@@ -210,6 +211,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
             return _import_response(await session.finish()) if session is not None else _import_response()
         except errors.ApiError as exc:
             if session is None:
+                await _drain(requests)
                 raise
             # A bad message ends the stream where it stands: the messages before it are applied,
             # and the error says so.
@@ -218,6 +220,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
             except Exception:
                 log.exception("import failed", applied_rows=session.applied_rows)
                 await session.stop()
+            await _drain(requests)
             await _abort_import(context, exc, session)
         except asyncio.CancelledError:
             if session is not None:
@@ -230,6 +233,7 @@ class ContactService(cs_grpc.ContactServiceServicer):
                 )
             raise
         except Exception:
+            await _drain(requests)
             if session is None:
                 raise
             log.exception("import failed", applied_rows=session.applied_rows)
@@ -465,6 +469,15 @@ def _import_response(result: ImportResult | None = None) -> cs.ImportContactsRes
             for r in rejected[:MAX_REJECTED_ROWS]
         ],
     )
+
+
+async def _drain(requests: AsyncIterator[Any]) -> None:
+    """Read and drop what is left of a refused stream, so that its status goes once the caller
+    has sent it all: an asyncio client (an API front process among them) still writing when the
+    call ends gets INTERNAL from its gRPC library instead of the refusal."""
+    with contextlib.suppress(Exception):
+        async for _ in requests:
+            pass
 
 
 async def _abort_import(context: Context, error: errors.ApiError, session: ImportSession) -> None:

@@ -102,11 +102,11 @@ class _Call:
         seconds = time.perf_counter() - started
         if self.interceptor.observe is not None:
             self.interceptor.observe(self.method, name, seconds)
-            return
-        observer = self._observers.get(name)
-        if observer is None:
-            observer = self._observers[name] = metrics.RPC_SECONDS.labels(self.method, name)
-        observer.observe(seconds)
+        else:
+            observer = self._observers.get(name)
+            if observer is None:
+                observer = self._observers[name] = metrics.RPC_SECONDS.labels(self.method, name)
+            observer.observe(seconds)
         if logs.enabled("debug"):
             log.debug("rpc", method=self.method, code=name, ms=round(seconds * 1000, 2))
 
