@@ -243,7 +243,7 @@ class Daemon:
                     http.reconfigure()
             self.authenticator.set_tokens(new.auth.tokens)
             if front is not None:
-                front.reload()
+                await front.reload()
         except ConfigError as exc:
             log.error("reload failed; keeping the running settings", problems=[str(p) for p in exc.problems])
             self.notifier.ready("reload failed; see the log")

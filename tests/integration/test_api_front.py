@@ -234,3 +234,22 @@ def test_an_asyncio_client_gets_the_refusal_of_an_import_stream(served: DaemonPr
 
     assert asyncio.run(codes([bad_options, bad_options, bad_options])) == {grpc.StatusCode.INVALID_ARGUMENT}
     assert asyncio.run(codes([first, first, first, first])) == {grpc.StatusCode.INVALID_ARGUMENT}
+
+
+def test_a_reload_is_reported_once_the_front_has_taken_it(daemon_factory: DaemonFactory) -> None:
+    """A reload reaches the front: a limit it applies itself (ListCampaigns' page size) holds from
+    the first call made once `reloaded` is logged, every time."""
+    daemon = daemon_factory(TEST_CHANNELS + "[limits]\nmax_page_size = 1\n").start()
+    with daemon.channel() as ch:
+        client = Client(ch)
+        for n in range(3):
+            client.create(channel("e1"), campaign_id=f"paged{n}", display_name="paged")
+        for reload, size in enumerate([5, 1, 5, 1, 5], start=1):
+            daemon.write_config(TEST_CHANNELS + f"[limits]\nmax_page_size = {size}\n")
+            daemon.signal(signal.SIGHUP)
+            # Polled without a pause: the first call goes as soon as the reload is reported.
+            deadline = time.monotonic() + 15
+            while daemon.log_text().count('"reloaded"') < reload:
+                assert time.monotonic() < deadline, "no reload reported"
+            listed = client.stub.ListCampaigns(svc.ListCampaignsRequest(page_size=10), timeout=10)
+            assert len(listed.campaigns) == min(size, 3)

@@ -278,7 +278,7 @@ class Front:
         server.add_generic_rpc_handlers([interceptor.generic(Routes(self.local_handlers(plugins), upstream))])
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._reload(ready))
         try:
             tcp_port = await listen(server, self.settings)
         except SocketInUseError as exc:
@@ -298,16 +298,19 @@ class Front:
         await upstream.close()
         self.settings.socket_path.unlink(missing_ok=True)
 
-    def _reload(self) -> None:
+    def _reload(self, tell: Callable[[str], None]) -> None:
         # The listeners stay as they are (a restart changes them); tokens, limits and the log level
-        # follow the file, as in the daemon.
+        # follow the file, as in the daemon, which waits for the word that it is done.
         try:
             new = load(self.config_path)
         except ConfigError:
-            return  # the daemon logs the problems and keeps its settings, as this does
+            # The daemon logs the problems and keeps its settings, as this does.
+            tell("reloaded")
+            return
         self.authenticator.set_tokens(new.auth.tokens)
         logs.configure(new.log.level, new.log.format)
         self.settings = new.model_copy(update={"grpc": self.settings.grpc, "daemon": self.settings.daemon})
+        tell("reloaded")
 
     def close(self) -> None:
         """Stop the import workers and the database's threads."""
@@ -335,8 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loops.serve_first()
 
     def ready(line: str) -> None:
+        # A line to the daemon: whether it listens, then each reload done. Left open till the end.
         os.write(args.ready_fd, line.encode() + b"\n")
-        os.close(args.ready_fd)
 
     try:
         settings = load(args.config)

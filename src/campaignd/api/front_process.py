@@ -10,6 +10,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+from typing import BinaryIO
 
 from campaignd import logs
 from campaignd.config import Settings
@@ -18,6 +19,8 @@ log = logs.get("campaignd.daemon")
 
 # How long a front may take to import and listen before the start is given up.
 START_TIMEOUT = 60.0
+# How long a reload waits for the front to confirm it.
+RELOAD_TIMEOUT = 5.0
 # Seconds before a front that died is started again, doubling up to the last.
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # A front that served this long before it died starts again after the first delay.
@@ -48,6 +51,8 @@ class FrontProcess:
         self.tcp_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._replies: asyncio.Future[None] | None = None
+        self._reloaded = asyncio.Event()
         self._stopping = False
 
     async def start(self) -> None:
@@ -80,19 +85,21 @@ class FrontProcess:
             self._proc = subprocess.Popen(command, pass_fds=(write_end,), env=env)  # noqa: ASYNC220
         finally:
             os.close(write_end)
+        replies = os.fdopen(read_end, "rb")
         try:
-            line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_end), START_TIMEOUT)
+            line = await asyncio.wait_for(asyncio.to_thread(_read_line, replies), START_TIMEOUT)
         except TimeoutError:
             self._proc.kill()
+            replies.close()
             raise FrontError(
                 "timeout", f"the API's front process did not listen within {START_TIMEOUT:.0f} s"
             ) from None
-        finally:
-            os.close(read_end)
         kind, _, detail = line.partition(" ")
         if kind == "ok":
             self.tcp_port = int(detail) or None
+            self._replies = asyncio.ensure_future(self._read_replies(replies))
             return
+        replies.close()
         await asyncio.to_thread(self._proc.wait)
         if not kind:
             raise FrontError("exited", f"the API's front process exited with status {self._proc.returncode}")
@@ -120,10 +127,26 @@ class FrontProcess:
             else:
                 log.info("the API's front process serves again", pid=self._proc.pid if self._proc else None)
 
-    def reload(self) -> None:
-        """Have the front take the reloaded tokens, limits and log level."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGHUP)
+    async def _read_replies(self, replies: BinaryIO) -> None:
+        # Until the front exits (end of file): each reload it finished.
+        try:
+            while line := await asyncio.to_thread(_read_line, replies):
+                if line == "reloaded":
+                    self._reloaded.set()
+        finally:
+            replies.close()
+
+    async def reload(self) -> None:
+        """Have the front take the reloaded tokens, limits and log level, and return once it has
+        (or after RELOAD_TIMEOUT): a token added works through it once the reload is reported."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._reloaded.clear()
+        self._proc.send_signal(signal.SIGHUP)
+        try:
+            await asyncio.wait_for(self._reloaded.wait(), RELOAD_TIMEOUT)
+        except TimeoutError:
+            log.warning("the API's front process did not confirm the reload", seconds=RELOAD_TIMEOUT)
 
     async def stop(self, grace: float) -> None:
         """Stop the front: no new calls, `grace` seconds for those under way, then killed."""
@@ -142,11 +165,5 @@ class FrontProcess:
                 await asyncio.to_thread(proc.wait, 5.0)
 
 
-def _read_line(fd: int) -> str:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace").strip()
+def _read_line(replies: BinaryIO) -> str:
+    return replies.readline().decode(errors="replace").strip()
