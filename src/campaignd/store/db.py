@@ -371,8 +371,14 @@ class Database:
         read to `read`; a disk that stalls holds up this thread, as it would every writer."""
         if self.dialect != "sqlite":
             return await self.read(fn, *args)
+        return await self._on_this_thread(fn, args, transaction=True)
+
+    async def _on_this_thread(self, fn: Callable[..., T], args: tuple[Any, ...], *, transaction: bool) -> T:
+        # SQLite, on this thread's kept connection; busy, on a worker thread (`read`).
         try:
             conn = self._here_connection()
+            if not transaction:
+                return fn(conn, *args)
             with conn.begin():
                 return fn(conn, *args)
         except sa.exc.OperationalError as exc:
@@ -386,17 +392,19 @@ class Database:
 
     async def row_here(self, statement: sa.Select[Any], **params: Any) -> tuple[Any, ...] | None:
         """`driver_row` of `statement` run on this thread, without a worker thread's round trip:
-        on SQLite through `read_here`; on PostgreSQL on this event loop's own connection, in
-        autocommit (one round trip, the latest committed row). That connection failing or slow
-        (HERE_TIMEOUT), or a storage fault, sends the read to a worker thread (`read`).
+        on SQLite as `read_here` does, but outside a transaction; on PostgreSQL on this event
+        loop's own connection, in autocommit (one round trip, the latest committed row). That
+        connection failing or slow (HERE_TIMEOUT), or a storage fault, sends the read to a worker
+        thread (`read`).
 
         On PostgreSQL, calls for the same row that wait for the connection share one read, which
         starts after every one of them was made: each still sees every write committed before
         it was called, and twenty callers cost a round trip or two instead of twenty in a row."""
-        if self.dialect == "sqlite":
-            return await self._row_here_sqlite(statement, params)
         if self.dialect != "postgresql":
-            return await self.read_here(functools.partial(driver_row, statement=statement, **params))
+            # One SELECT outside any transaction (the driver's connection is in autocommit) reads
+            # one snapshot all the same, and spares the BEGIN and COMMIT around it.
+            read = functools.partial(driver_row, statement=statement, **params)
+            return await self._on_this_thread(read, (), transaction=False)
         if self.fault is not None:
             return await self.read(functools.partial(driver_row, statement=statement, **params))
         loop = asyncio.get_running_loop()
@@ -416,29 +424,6 @@ class Database:
             shared.add_done_callback(_retrieved)
             self._unstarted[key] = shared
         return await asyncio.shield(shared)
-
-    async def _row_here_sqlite(
-        self, statement: sa.Select[Any], params: dict[str, Any]
-    ) -> tuple[Any, ...] | None:
-        # One SELECT outside any transaction (the driver's connection is in autocommit) reads one
-        # snapshot all the same, and spares the BEGIN and COMMIT around it: a third of the read.
-        try:
-            conn = self._here_connection()
-            sql, values = _driver_sql(statement, self.engine.dialect, params)
-            try:
-                row = conn.connection.driver_connection.execute(sql, values).fetchone()  # type: ignore[union-attr]
-            except sqlite3.Error as exc:
-                raise sa.exc.DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
-        except sa.exc.OperationalError as exc:
-            if storage_fault(exc) != "database is locked":
-                self._noticed(exc)
-                raise
-        except Exception as exc:
-            self._noticed(exc)
-            raise
-        else:
-            return tuple(row) if row is not None else None
-        return await self.read(functools.partial(driver_row, statement=statement, **params))
 
     async def _row_on_loop(
         self, key: tuple[Any, ...], statement: sa.Select[Any], params: dict[str, Any], sql: str, values: Any
