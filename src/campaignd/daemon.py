@@ -111,20 +111,14 @@ class Daemon:
 
         try:
             await api.start()
-        except SocketInUseError as exc:
-            raise await abandon(str(exc), EXIT_TRANSIENT) from None
-        except RuntimeError as exc:
-            # grpc cannot bind the TCP address (in use, or not an address of this host).
-            raise await abandon(f"cannot listen: {exc}", EXIT_TRANSIENT) from None
-        except OSError as exc:
-            problem = _os_problem(f"the runtime directory {self.settings.socket_path.parent}", exc)
-            raise await abandon(problem, EXIT_CONFIG) from None
+        except (SocketInUseError, RuntimeError, OSError) as exc:
+            raise await abandon(*_listen_problem(self.settings, exc)) from None
         if front is not None:
             try:
                 await front.start()
-            except FrontError as exc:
+            except (FrontError, SocketInUseError, RuntimeError, OSError) as exc:
                 await api.stop(0)
-                raise await abandon(*_front_problem(self.settings, exc)) from None
+                raise await abandon(*_listen_problem(self.settings, exc)) from None
         tcp_port = front.tcp_port if front is not None else api.tcp_port
         http = None
         if self.settings.http.address:
@@ -280,15 +274,16 @@ async def _stop_api(front: FrontProcess | None, api: ApiServer, grace: float = 0
     await api.stop(grace)
 
 
-def _front_problem(settings: Settings, exc: FrontError) -> tuple[str, int]:
-    """The start's error for a front that could not listen, as the daemon's own listeners say it."""
-    if exc.kind == "in-use":
-        return exc.message, EXIT_TRANSIENT
-    if exc.kind == "cannot-listen":
-        return f"cannot listen: {exc.message}", EXIT_TRANSIENT
-    if exc.kind == "os-error":
-        return f"cannot use the runtime directory {settings.socket_path.parent}: {exc.message}", EXIT_CONFIG
-    return exc.message, EXIT_TRANSIENT
+def _listen_problem(settings: Settings, exc: Exception) -> tuple[str, int]:
+    """The start's error, and exit status, for listeners that could not be bound, the daemon's own
+    or its front process's."""
+    if isinstance(exc, RuntimeError):
+        # grpc cannot bind the TCP address (in use, or not an address of this host).
+        return f"cannot listen: {exc}", EXIT_TRANSIENT
+    if isinstance(exc, OSError):
+        return _os_problem(f"the runtime directory {settings.socket_path.parent}", exc), EXIT_CONFIG
+    # The socket in use, or a front that could not start: either may pass.
+    return str(exc), EXIT_TRANSIENT
 
 
 RESTART_ONLY = ("daemon", "database", "grpc", "plugins", "metrics", "templates", "http", "cluster")

@@ -13,6 +13,7 @@ import sys
 from typing import BinaryIO
 
 from campaignd import logs
+from campaignd.api.server import SocketInUseError
 from campaignd.config import Settings
 
 log = logs.get("campaignd.daemon")
@@ -28,12 +29,15 @@ STEADY_SECONDS = 60.0
 
 
 class FrontError(Exception):
-    """The front could not listen: why, and whether the cause may pass (in use) or not."""
+    """The front could not start (timed out, exited, refused its config)."""
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+
+# What the front says it could not listen for, as the errors of the daemon's own listeners.
+_LISTEN_ERRORS: dict[str, type[Exception]] = {
+    "in-use": SocketInUseError,
+    "cannot-listen": RuntimeError,
+    "os-error": OSError,
+}
 
 
 def private_socket(settings: Settings) -> pathlib.Path:
@@ -56,7 +60,8 @@ class FrontProcess:
         self._stopping = False
 
     async def start(self) -> None:
-        """Start the front and return once it listens; FrontError when it cannot."""
+        """Start the front and return once it listens; FrontError, or the error of the listener it
+        could not bind (SocketInUseError, RuntimeError, OSError), as ApiServer.start raises."""
         await self._spawn()
         self._watch = asyncio.ensure_future(self._restart_when_dead())
 
@@ -91,9 +96,7 @@ class FrontProcess:
         except TimeoutError:
             self._proc.kill()
             replies.close()
-            raise FrontError(
-                "timeout", f"the API's front process did not listen within {START_TIMEOUT:.0f} s"
-            ) from None
+            raise FrontError(f"the API's front process did not listen within {START_TIMEOUT:.0f} s") from None
         kind, _, detail = line.partition(" ")
         if kind == "ok":
             self.tcp_port = int(detail) or None
@@ -102,8 +105,8 @@ class FrontProcess:
         replies.close()
         await asyncio.to_thread(self._proc.wait)
         if not kind:
-            raise FrontError("exited", f"the API's front process exited with status {self._proc.returncode}")
-        raise FrontError(kind, detail)
+            raise FrontError(f"the API's front process exited with status {self._proc.returncode}")
+        raise _LISTEN_ERRORS.get(kind, FrontError)(detail)
 
     async def _restart_when_dead(self) -> None:
         attempt = 0
@@ -122,8 +125,8 @@ class FrontProcess:
             attempt += 1
             try:
                 await self._spawn()
-            except FrontError as exc:
-                log.error("the API's front process cannot start", reason=exc.message)
+            except (FrontError, SocketInUseError, RuntimeError, OSError) as exc:
+                log.error("the API's front process cannot start", reason=str(exc))
             else:
                 log.info("the API's front process serves again", pid=self._proc.pid if self._proc else None)
 

@@ -135,27 +135,16 @@ class ApiServer:
             reflection_aio.ReflectionServicer([*self.services, reflection.SERVICE_NAME]), registrar
         )
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.private is None:
-            self.tcp_port = await listen(server, self.settings)
-            return
-        service, _, method = metrics.FRONT_OBSERVED.lstrip("/").partition("/")
-        server.add_generic_rpc_handlers(
-            [
-                grpc.method_handlers_generic_handler(
-                    service, {method: grpc.unary_unary_rpc_method_handler(_observed)}
-                )
-            ]
-        )
-        # The front answers on the configured socket: none may serve there already.
-        _prepare_socket_path(self.settings.socket_path)
-        _prepare_socket_path(self.private)
-        old_umask = os.umask(0o077)
-        try:
-            server.add_insecure_port(f"unix:{self.private}")
-            await server.start()
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.private, 0o600)
+        if self.private is not None:
+            service, _, method = metrics.FRONT_OBSERVED.lstrip("/").partition("/")
+            server.add_generic_rpc_handlers(
+                [
+                    grpc.method_handlers_generic_handler(
+                        service, {method: grpc.unary_unary_rpc_method_handler(_observed)}
+                    )
+                ]
+            )
+        self.tcp_port = await listen(server, self.settings, self.private)
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING for every service."""
@@ -222,20 +211,27 @@ async def _observed(batch: bytes, _context: Any) -> bytes:
     return b""
 
 
-async def listen(server: aio.Server, settings: Settings) -> int | None:
-    """Bind the configured listeners (the Unix socket, and TCP with TLS when configured) and start
-    `server`; the TCP port bound, if any. SocketInUseError, RuntimeError (grpc cannot bind the
-    TCP address), OSError (the runtime directory)."""
-    path = settings.socket_path
-    _prepare_socket_path(path)
-    mode = int(settings.grpc.socket_mode, 8)
+async def listen(server: aio.Server, settings: Settings, private: pathlib.Path | None = None) -> int | None:
+    """Bind the configured listeners (the Unix socket, and TCP with TLS when configured), or behind
+    a front process the daemon's `private` socket alone (mode 0600; the configured one must be
+    free for the front), and start `server`; the TCP port bound, if any. SocketInUseError,
+    RuntimeError (grpc cannot bind the TCP address), OSError (the runtime directory)."""
+    _prepare_socket_path(settings.socket_path)
+    path, mode, tcp_address = (
+        settings.socket_path,
+        int(settings.grpc.socket_mode, 8),
+        settings.grpc.tcp_address,
+    )
+    if private is not None:
+        _prepare_socket_path(private)
+        path, mode, tcp_address = private, 0o600, ""
     tcp_port = None
     # Bind under a umask that already gives the final mode, so the socket is never more open.
     old_umask = os.umask(0o777 & ~mode)
     try:
         server.add_insecure_port(f"unix:{path}")
-        if settings.grpc.tcp_address:
-            tcp_port = server.add_secure_port(settings.grpc.tcp_address, _tls_credentials(settings))
+        if tcp_address:
+            tcp_port = server.add_secure_port(tcp_address, _tls_credentials(settings))
         await server.start()
     finally:
         os.umask(old_umask)
